@@ -1,0 +1,118 @@
+#!/bin/sh
+# capsa guest init: PID 1 of the default initramfs (busybox ash).
+#
+# Boot speed matters more than generality: every external command costs a fork+exec under
+# software emulation, so only what the kernel command line asks for is done before the shell.
+# Knobs (all optional): capsa.hostname=NAME capsa.net=1 capsa.pci=1 capsa.rng=1 capsa.acpid=1
+# capsa.login=1 capsa.user=NAME capsa.pass=HEX. PID 1 must never exit: the kernel would panic.
+
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+export HOME=/root USER=root LOGNAME=root
+
+# Set first: the kernel drops signals PID 1 has no handler for.
+# busybox halt/poweroff/reboot signal PID 1 with USR1/USR2/TERM; Ctrl-Alt-Del sends INT.
+trap 'poweroff -f' USR1 USR2
+trap 'reboot -f' TERM INT
+
+mount -t proc -o nosuid,nodev,noexec proc /proc
+mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
+mount -t devtmpfs -o nosuid,mode=755 devtmpfs /dev
+mkdir /dev/pts
+mount -t devpts -o nosuid,noexec,gid=5,mode=620,ptmxmode=666 devpts /dev/pts
+mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs /tmp
+mount -t tmpfs -o nosuid,nodev,mode=755 tmpfs /run
+
+# An image built on a host that could not run busybox has no applet links yet.
+[ -e /bin/ls ] || /bin/busybox --install -s
+
+hostname=capsa net=0 pci=0 rng=0 acpid=0 login=0 user= pass= quiet=0
+set -f  # the command line is split on spaces below and must not be globbed
+read -r cmdline < /proc/cmdline
+for arg in $cmdline; do
+	case $arg in
+	capsa.hostname=?*) hostname=${arg#*=} ;;
+	capsa.net=*) net=${arg#*=} ;;
+	capsa.pci=*) pci=${arg#*=} ;;
+	capsa.rng=*) rng=${arg#*=} ;;
+	capsa.acpid=*) acpid=${arg#*=} ;;
+	capsa.login=*) login=${arg#*=} ;;
+	capsa.user=*) user=${arg#*=} ;;
+	capsa.pass=*) pass=${arg#*=} ;;
+	quiet) quiet=1 ;;
+	esac
+done
+set +f
+
+# Late kernel messages would interleave with command output on the console.
+[ "$quiet" = 1 ] && echo 1 > /proc/sys/kernel/printk
+echo "$hostname" > /proc/sys/kernel/hostname
+echo "127.0.1.1	$hostname" >> /etc/hosts
+
+# load LIST: insmod each "name path" line of LIST that is not loaded yet (lists share modules).
+load() {
+	while read -r name path; do
+		[ -d "/sys/module/$name" ] || insmod "$path"
+	done < "$1"
+}
+
+transport=
+[ "$pci" = 1 ] && transport=-pci
+
+ip link set lo up
+if [ "$net" = 1 ]; then
+	if [ "$pci" = 1 ]; then load /etc/capsa/modules.pci; else load /etc/capsa/modules.net; fi
+	# The driver normally registers eth0 inside insmod; allow a little time in case it did not.
+	tries=0
+	while [ ! -e /sys/class/net/eth0 ] && [ $tries -lt 40 ]; do
+		sleep 0.05
+		tries=$((tries + 1))
+	done
+	ip link set eth0 up && udhcpc -i eth0 -s /etc/udhcpc/default.script -q -t 3 -T 1 -n >/dev/null 2>&1
+fi
+[ "$rng" = 1 ] && load "/etc/capsa/modules.rng$transport"
+if [ "$acpid" = 1 ]; then
+	load /etc/capsa/modules.acpi
+	acpid -l /dev/null
+fi
+
+# unhex HEX: print the bytes HEX encodes (printf understands \xHH).
+unhex() {
+	rest=$1 esc=
+	while [ -n "$rest" ]; do
+		tail=${rest#??}
+		esc="$esc\\x${rest%"$tail"}"
+		rest=$tail
+	done
+	printf "$esc"
+}
+
+add_user() {
+	case $user in ""|root) return ;; esac
+	home=/home/$user
+	hash=  # empty in /etc/shadow: busybox login lets the user in without a prompt
+	[ -n "$pass" ] && hash=$(unhex "$pass" | mkpasswd -P 0 -m sha512)
+	echo "$user:x:1000:1000:$user:$home:/bin/capsa-shell" >> /etc/passwd
+	echo "$user:$hash:1:0:99999:7:::" >> /etc/shadow
+	echo "$user:x:1000:" >> /etc/group
+	mkdir -p "$home" && chown 1000:1000 "$home" && chmod 700 "$home"
+}
+
+if [ "$login" = 1 ]; then
+	add_user
+	# login reports to syslog and, with no syslogd, onto the console: keep it in memory (logread).
+	syslogd -C64
+	session="/sbin/getty -L 0 ttyS0 vt100"
+else
+	# cttyhack opens the real console as controlling tty so Ctrl-C reaches the job.
+	session="/bin/cttyhack /bin/capsa-shell"
+fi
+
+# busybox init takes over as PID 1: it respawns the console session, reaps orphans and turns
+# poweroff/reboot/halt into clean shutdowns. A shell loop cannot do the respawning: a job
+# it starts with & has SIGINT ignored, and every shell below would inherit that (no Ctrl-C).
+cat > /etc/inittab <<EOT
+::respawn:$session
+::shutdown:/bin/sync
+EOT
+trap - USR1 USR2 TERM INT
+exec /sbin/init

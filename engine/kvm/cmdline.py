@@ -1,0 +1,94 @@
+"""The QEMU command line for one machine, built from plain data (no I/O).
+
+QEMU connects to sockets that the engine listens on (``server=off``): the connections exist
+before the guest runs, so no console byte is lost and nothing polls for socket files.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.errors import ConfigError
+
+MACHINE_TYPES = ("microvm", "pc", "q35")
+
+
+@dataclass(frozen=True)
+class MachineSpec:
+    """Everything QEMU needs to run one guest."""
+
+    kernel: Path
+    initrd: Path | None
+    append: str
+    cpus: int = 1
+    memory_mb: int = 256
+    accel: str = "tcg"
+    machine: str = "microvm"
+    extra_args: tuple[str, ...] = field(default_factory=tuple)
+
+    def validate(self) -> None:
+        if self.machine not in MACHINE_TYPES:
+            raise ConfigError(f"machine type {self.machine!r} is not supported: use one of {', '.join(MACHINE_TYPES)}")
+        if not 1 <= self.cpus <= 64:
+            raise ConfigError(f"cpus must be between 1 and 64, got {self.cpus}")
+        if not 16 <= self.memory_mb <= 1 << 20:
+            raise ConfigError(f"memory_mb must be between 16 and 1048576, got {self.memory_mb}")
+        if self.accel not in ("kvm", "tcg"):
+            raise ConfigError(f"accel must be 'kvm' or 'tcg', got {self.accel!r}")
+
+
+@dataclass(frozen=True)
+class MachineSockets:
+    """Unix socket paths the engine listens on and QEMU connects to."""
+
+    qmp: Path
+    serial: Path
+
+
+def kernel_flags(machine: str, tsc_khz: int | None) -> list[str]:
+    """Kernel command-line flags that make our guests boot fast and fail loudly.
+
+    ``tsc_early_khz`` tells the kernel the TSC rate it would otherwise calibrate: under TCG
+    about half the boots hang in that calibration (QEMU-FACTS.md). ``panic=-1`` turns a panic
+    into an immediate reset, which ``-no-reboot`` turns into QEMU exiting, so a panicked guest
+    is noticed at once instead of hanging.
+    """
+    flags = ["console=ttyS0", "quiet", "loglevel=3", "panic=-1", "8250.nr_uarts=1", "cryptomgr.notests"]
+    if tsc_khz:
+        flags.append(f"tsc_early_khz={tsc_khz}")
+    if machine == "microvm":
+        # microvm has no PCI bus; probing for one only costs time and prints an error.
+        flags.append("pci=off")
+    return flags
+
+
+def qemu_argv(binary: str, spec: MachineSpec, sockets: MachineSockets) -> list[str]:
+    """The full argv for ``spec``; QEMU connects to ``sockets`` at start-up."""
+    spec.validate()
+    machine = spec.machine
+    if machine == "microvm":
+        # ACPI stays on: this kernel finds virtio-mmio devices only through ACPI.
+        machine = "microvm,x-option-roms=off,isa-serial=on,rtc=on"
+    cpu = "host" if spec.accel == "kvm" else "max"
+    argv = [
+        binary,
+        "-name", "capsa-vm",
+        "-machine", machine,
+        "-accel", spec.accel,
+        "-cpu", cpu,
+        "-smp", str(spec.cpus),
+        "-m", f"{spec.memory_mb}M",
+        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+        # The guest is untrusted: deny QEMU the syscalls it never needs.
+        "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+        "-chardev", f"socket,id=qmp0,path={sockets.qmp},server=off",
+        "-mon", "chardev=qmp0,mode=control",
+        "-chardev", f"socket,id=con0,path={sockets.serial},server=off",
+        "-serial", "chardev:con0",
+        "-kernel", str(spec.kernel),
+        "-append", spec.append,
+    ]
+    if spec.initrd is not None:
+        argv += ["-initrd", str(spec.initrd)]
+    argv += list(spec.extra_args)
+    return argv

@@ -1,0 +1,245 @@
+"""One running machine: a QEMU process, its QMP session and its serial connection.
+
+The engine listens on two Unix sockets in a private temporary folder and QEMU connects to them
+while it starts, before the guest runs a single instruction. Once both are connected the folder
+is removed, so a running machine leaves nothing on disk. Lifecycle comes from two sources: QMP
+events (why the guest stopped) and the process exit status (that it stopped).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import signal
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from qemu.qmp import QMPClient
+from qemu.qmp.error import QMPError
+
+from engine.errors import MachineError
+from engine.kvm.cmdline import MachineSockets, MachineSpec, qemu_argv
+from engine.kvm.host import find_qemu
+from engine.kvm.process import StderrTail, spawn_tied
+
+log = logging.getLogger(__name__)
+
+EventCallback = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass
+class MachineExit:
+    """How a machine process ended."""
+
+    returncode: int
+    shutdown_reason: str | None = None  # from QMP SHUTDOWN, e.g. "guest-shutdown", "guest-reset"
+    guest_panicked: bool = False
+    requested: bool = False  # the engine asked for it (stop, kill)
+
+    @property
+    def killed_by_signal(self) -> int | None:
+        return -self.returncode if self.returncode < 0 else None
+
+
+@dataclass
+class _Connections:
+    serial: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]]
+    server: asyncio.AbstractServer | None = None
+    extra: list[asyncio.Task[Any]] = field(default_factory=list)
+
+
+class Machine:
+    """A QEMU process running one guest; owns the process, QMP client and serial stream."""
+
+    def __init__(
+        self,
+        process: asyncio.subprocess.Process,
+        qmp: QMPClient,
+        serial: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+        stderr: StderrTail,
+        stderr_task: asyncio.Task[None],
+    ) -> None:
+        self.process = process
+        self.qmp = qmp
+        self.serial_reader, self.serial_writer = serial
+        self._stderr = stderr
+        self._stderr_task = stderr_task
+        self._callbacks: list[EventCallback] = []
+        self._shutdown_reason: str | None = None
+        self._panicked = False
+        self._requested = False
+        self._events_task = asyncio.create_task(self._watch_events(), name=f"qmp-events-{process.pid}")
+        self._exit_task = asyncio.create_task(self._wait_exit(), name=f"machine-exit-{process.pid}")
+
+    # ----- start -----------------------------------------------------------------------------
+
+    @classmethod
+    async def launch(cls, spec: MachineSpec, *, binary: str | None = None, timeout: float = 15.0) -> Machine:
+        """Start QEMU for ``spec`` and return once QMP and the serial port are connected."""
+        binary = binary or find_qemu()
+        workdir = Path(tempfile.mkdtemp(prefix="capsa-vm-"))
+        sockets = MachineSockets(qmp=workdir / "qmp.sock", serial=workdir / "serial.sock")
+        loop = asyncio.get_running_loop()
+        conns = _Connections(serial=loop.create_future())
+        qmp = QMPClient("capsa")
+        process: asyncio.subprocess.Process | None = None
+        stderr = StderrTail()
+        try:
+            conns.server = await asyncio.start_unix_server(
+                lambda r, w: _take_first(conns.serial, r, w), path=str(sockets.serial)
+            )
+            await qmp.start_server(str(sockets.qmp))
+            process = await spawn_tied(qemu_argv(binary, spec, sockets))
+            assert process.stderr is not None
+            stderr_task = asyncio.create_task(stderr.collect(process.stderr))
+            serial = await _connect_or_fail(qmp, conns, process, stderr, stderr_task, timeout)
+            return cls(process, qmp, serial, stderr, stderr_task)
+        except BaseException:
+            if process is not None and process.returncode is None:
+                process.kill()
+                await process.wait()
+            await _abandon(qmp, conns)
+            raise
+        finally:
+            if conns.server is not None:
+                conns.server.close()
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    # ----- state -----------------------------------------------------------------------------
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def exited(self) -> bool:
+        return self._exit_task.done()
+
+    def stderr_tail(self) -> str:
+        return self._stderr.text()
+
+    def on_event(self, callback: EventCallback) -> None:
+        """Call ``callback(name, data)`` for every QMP event (from the event loop)."""
+        self._callbacks.append(callback)
+
+    # ----- control ---------------------------------------------------------------------------
+
+    async def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
+        """Run a QMP command; MachineError when the machine is gone or refuses."""
+        try:
+            return await self.qmp.execute(command, arguments)
+        except (QMPError, OSError, EOFError) as err:
+            raise MachineError(f"QMP command {command!r} failed: {err}") from err
+
+    async def powerdown(self) -> None:
+        """Press the ACPI power button: a cooperative guest shuts itself down."""
+        self._requested = True
+        await self.execute("system_powerdown")
+
+    def terminate(self) -> None:
+        """SIGTERM: QEMU stops the guest and exits cleanly."""
+        self._requested = True
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """SIGKILL: the machine is gone at once."""
+        self._requested = True
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, sig: int) -> None:
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(sig)
+
+    async def wait(self) -> MachineExit:
+        """Wait until the process has exited and everything it held is released."""
+        return await asyncio.shield(self._exit_task)
+
+    async def close(self) -> MachineExit:
+        """Kill the machine if it still runs, and release every resource it holds."""
+        if not self.exited:
+            self.kill()
+        return await self.wait()
+
+    # ----- background ------------------------------------------------------------------------
+
+    async def _watch_events(self) -> None:
+        with contextlib.suppress(asyncio.CancelledError, QMPError, EOFError, OSError):
+            async for event in self.qmp.events:
+                name = str(event["event"])
+                data = dict(event.get("data", {}))
+                if name == "SHUTDOWN":
+                    self._shutdown_reason = str(data.get("reason", ""))
+                elif name == "GUEST_PANICKED":
+                    self._panicked = True
+                for callback in list(self._callbacks):
+                    try:
+                        callback(name, data)
+                    except Exception:  # a faulty observer must not stop lifecycle tracking
+                        log.exception("machine event callback failed")
+
+    async def _wait_exit(self) -> MachineExit:
+        returncode = await self.process.wait()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._stderr_task), 2)
+        # Let the event watcher pick up a SHUTDOWN that arrived just before the exit.
+        await asyncio.sleep(0)
+        self._events_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._events_task
+        with contextlib.suppress(Exception):
+            await self.qmp.disconnect()
+        self.serial_writer.close()
+        return MachineExit(returncode, self._shutdown_reason, self._panicked, self._requested)
+
+
+def _take_first(
+    future: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]],
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+) -> None:
+    if future.done():
+        writer.close()  # only QEMU may connect, and only once
+    else:
+        future.set_result((reader, writer))
+
+
+async def _connect_or_fail(
+    qmp: QMPClient,
+    conns: _Connections,
+    process: asyncio.subprocess.Process,
+    stderr: StderrTail,
+    stderr_task: asyncio.Task[None],
+    timeout: float,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    accept = asyncio.create_task(qmp.accept())
+    exited = asyncio.create_task(process.wait())
+    ready = asyncio.gather(accept, conns.serial)
+    done, _ = await asyncio.wait({ready, exited}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    if ready in done and ready.exception() is None:
+        exited.cancel()
+        return conns.serial.result()
+    ready.cancel()
+    accept.cancel()
+    exited.cancel()
+    with contextlib.suppress(BaseException):
+        await ready
+    if process.returncode is not None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stderr_task, 2)
+        raise MachineError(f"QEMU exited during start-up with status {process.returncode}", stderr.text())
+    if ready in done:
+        raise MachineError(f"QEMU's control connection failed: {ready.exception()}", stderr.text())
+    raise MachineError(f"QEMU did not connect its control and serial sockets within {timeout:.0f}s", stderr.text())
+
+
+async def _abandon(qmp: QMPClient, conns: _Connections) -> None:
+    with contextlib.suppress(Exception):
+        await qmp.disconnect()
+    if conns.serial.done() and not conns.serial.cancelled() and conns.serial.exception() is None:
+        conns.serial.result()[1].close()
+    elif not conns.serial.done():
+        conns.serial.cancel()

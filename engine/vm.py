@@ -1,0 +1,254 @@
+"""VmHandle: one running VM, its lifecycle (VmStatus) and its console.
+
+The handle turns what the machine layer reports (process exit, QMP events) and what the console
+shows (ready marker, kernel panic) into the user's view of the VM: Starting, Running, Stopping,
+Stopped(exit_code) or Failed(message).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import weakref
+from typing import Any
+
+from engine.console import Console, ConsoleStream
+from engine.errors import ConsoleError, EngineError, MachineError
+from engine.kvm.accel import AccelChoice, choose_accelerator
+from engine.kvm.cmdline import MachineSpec, kernel_flags
+from engine.kvm.host import host_tsc_khz
+from engine.kvm.machine import Machine, MachineExit
+from engine.status import Failed, Running, Starting, Stopped, Stopping, VmStatus
+from engine.vmspec import VmSpec
+
+log = logging.getLogger(__name__)
+
+PANIC_TEXT = b"Kernel panic - not syncing"
+_TERMINATE_GRACE_S = 5.0
+_PANIC_TAIL_LINES = 25
+
+_live: weakref.WeakSet[VmHandle] = weakref.WeakSet()
+
+
+def live_vms() -> list[VmHandle]:
+    """VMs of this process whose machine has not exited (tests use it to prove no leaks)."""
+    return [vm for vm in _live if not vm.status().is_terminal]
+
+
+def kernel_cmdline(spec: VmSpec) -> str:
+    """The kernel command line for ``spec``: our fast-boot flags, capsa.* args, then the user's."""
+    if spec.cmdline_override is not None:
+        return spec.cmdline_override
+    parts = kernel_flags(spec.machine, host_tsc_khz())
+    if spec.boot.capsa_guest:
+        parts.append(f"capsa.hostname={spec.hostname}")
+        # The guest's init answers the ACPI power button (QMP system_powerdown) with a clean
+        # poweroff, which is what makes stop() graceful and quick.
+        parts.append("capsa.acpid=1")
+        if spec.login is not None:
+            parts += ["capsa.login=1", f"capsa.user={spec.login.user}"]
+            if spec.login.password:
+                # Hex keeps any character of the password intact through the kernel's parser.
+                parts.append(f"capsa.pass={spec.login.password.encode().hex()}")
+    parts += list(spec.cmdline_flags)
+    for key, value in spec.cmdline_args:
+        parts.append(f'{key}="{value}"' if any(c.isspace() for c in value) else f"{key}={value}")
+    return " ".join(parts)
+
+
+class _TailWatcher:
+    """Spots a literal in console chunks, even when it straddles two chunks."""
+
+    def __init__(self, needle: bytes) -> None:
+        self._needle = needle
+        self._carry = b""
+        self.seen = False
+
+    def __call__(self, chunk: bytes) -> None:
+        if self.seen:
+            return
+        window = self._carry + chunk
+        if self._needle in window:
+            self.seen = True
+        self._carry = window[-(len(self._needle) - 1):]
+
+
+class VmHandle:
+    """A started VM. Use ``async with`` to be sure it is killed when the block ends."""
+
+    def __init__(self, spec: VmSpec, accel: AccelChoice, machine: Machine, stream: ConsoleStream) -> None:
+        self.spec = spec
+        self.accel = accel
+        self._machine = machine
+        self._stream = stream
+        self._console: Console | None = None
+        self._exit: MachineExit | None = None
+        self._status: VmStatus = Starting()
+        self._status_changed = asyncio.Event()
+        self._panic = _TailWatcher(PANIC_TEXT)
+        stream.add_watcher(self._panic)
+        machine.on_event(self._on_machine_event)
+        self._ready_task = asyncio.create_task(self._watch_ready(), name=f"vm-ready-{machine.pid}")
+        self._exit_task = asyncio.create_task(self._watch_exit(), name=f"vm-exit-{machine.pid}")
+        _live.add(self)
+
+    @classmethod
+    async def start(cls, spec: VmSpec) -> VmHandle:
+        spec.validate()
+        spec.boot.check()
+        accel = choose_accelerator(spec.accel)
+        machine_spec = MachineSpec(
+            kernel=spec.boot.kernel,
+            initrd=spec.boot.initrd,
+            append=kernel_cmdline(spec),
+            cpus=spec.cpus,
+            memory_mb=spec.memory_mb,
+            accel=accel.name,
+            machine=spec.machine,
+            extra_args=spec.extra_qemu_args,
+        )
+        machine = await Machine.launch(machine_spec)
+        stream = ConsoleStream(
+            machine.serial_reader,
+            machine.serial_writer,
+            scrollback=spec.scrollback_bytes,
+            ready_marker=spec.boot.ready_marker,
+        )
+        return cls(spec, accel, machine, stream)
+
+    # ----- state -----------------------------------------------------------------------------
+
+    def status(self) -> VmStatus:
+        return self._status
+
+    @property
+    def pid(self) -> int:
+        """The machine process's pid."""
+        return self._machine.pid
+
+    def resources(self) -> dict[str, Any]:
+        return {"cpus": self.spec.cpus, "memory_mb": self.spec.memory_mb, "accel": self.accel.name}
+
+    def _set_status(self, status: VmStatus) -> None:
+        if self._status.is_terminal:
+            return
+        self._status = status
+        self._status_changed.set()
+        self._status_changed = asyncio.Event()
+
+    async def wait_ready(self, timeout: float | None = 60) -> None:
+        """Wait until the guest is Running; EngineError if it stops or fails first."""
+        async with asyncio.timeout(timeout):
+            while not isinstance(self._status, Running):
+                if self._status.is_terminal:
+                    raise EngineError(f"the VM ended before it was ready: {self._status}")
+                await self._status_changed.wait()
+
+    # ----- console ---------------------------------------------------------------------------
+
+    async def console(self) -> Console:
+        """The VM's serial console (one per VM; its reader starts at the first byte kept)."""
+        if not self.spec.console:
+            raise ConsoleError("this VM was built without a console: call console_enabled() on the builder")
+        if self._console is None:
+            self._console = Console(self._stream)
+        return self._console
+
+    def console_tail(self, lines: int = 20) -> str:
+        """The last lines the guest printed on its console (for error reports)."""
+        text = self._stream.tail(16384).decode(errors="replace").replace("\r", "")
+        return "\n".join(text.splitlines()[-lines:])
+
+    # ----- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def shutdown_reason(self) -> str | None:
+        """Why QEMU says the machine stopped (e.g. "guest-shutdown"), once it has exited."""
+        return self._exit.shutdown_reason if self._exit is not None else None
+
+    async def stop(self, timeout: float = 30) -> VmStatus:
+        """Ask the guest to power off; terminate, then kill, the machine if it does not."""
+        if self._machine.exited:
+            return await self.wait()
+        self._set_status(Stopping())
+        with contextlib.suppress(MachineError):
+            await self._machine.powerdown()
+        if await self.wait_timeout(timeout) is None:
+            self._machine.terminate()
+            if await self.wait_timeout(_TERMINATE_GRACE_S) is None:
+                self._machine.kill()
+        return await self.wait()
+
+    async def kill(self) -> VmStatus:
+        """Kill the machine process at once and wait until everything is released."""
+        if not self._machine.exited:
+            self._set_status(Stopping())
+            self._machine.kill()
+        return await self.wait()
+
+    async def wait(self) -> VmStatus:
+        """Wait for the machine to exit; returns the final status."""
+        await asyncio.shield(self._exit_task)
+        return self._status
+
+    async def wait_timeout(self, timeout: float) -> VmStatus | None:
+        """Like wait(), but None if the machine still runs after ``timeout`` seconds."""
+        try:
+            return await asyncio.wait_for(self.wait(), timeout)
+        except TimeoutError:
+            return None
+
+    async def __aenter__(self) -> VmHandle:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.kill()
+
+    # ----- background ------------------------------------------------------------------------
+
+    def _on_machine_event(self, name: str, data: dict[str, Any]) -> None:
+        if name in ("SHUTDOWN", "POWERDOWN") and not self._status.is_terminal:
+            self._set_status(Stopping())
+
+    async def _watch_ready(self) -> None:
+        if self.spec.boot.ready_marker is None or self.spec.login is not None:
+            # Without a marker the engine cannot tell more than "the machine runs"; a login
+            # guest prints its marker only after someone logs in.
+            self._set_status(Running())
+            return
+        with contextlib.suppress(EngineError):
+            await self._stream.wait_ready(None)
+            if isinstance(self._status, Starting):
+                self._set_status(Running())
+
+    async def _watch_exit(self) -> None:
+        outcome = await self._machine.wait()
+        self._exit = outcome
+        # Give the console pump the last bytes (the panic text comes just before the exit).
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._drain_console(), 2)
+        self._ready_task.cancel()
+        self._status = self._final_status(outcome)
+        self._status_changed.set()
+        await self._stream.close()
+
+    async def _drain_console(self) -> None:
+        reader = self._stream.reader()
+        while await reader.read():
+            pass
+
+    def _final_status(self, outcome: MachineExit) -> VmStatus:
+        if self._panic.seen or outcome.guest_panicked:
+            return Failed(f"guest kernel panic; last console lines:\n{self.console_tail(_PANIC_TAIL_LINES)}")
+        if outcome.requested:
+            return Stopped(outcome.returncode)
+        if outcome.killed_by_signal is not None:
+            sig = outcome.killed_by_signal
+            name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+            return Failed(f"machine process {self._machine.pid} was killed by {name} from outside the engine")
+        if outcome.returncode != 0:
+            return Failed(
+                f"QEMU exited with status {outcome.returncode}: {self._machine.stderr_tail() or 'no message'}"
+            )
+        return Stopped(outcome.returncode)

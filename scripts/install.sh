@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Install everything capsa-tui needs on a Debian/Ubuntu host: QEMU and the guest's Debian
+# packages, a virtual environment with the project, and the default guest image.
+# Safe to run again: it only does what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=
+[ "$(id -u)" = 0 ] || SUDO=sudo
+# lz4 unpacks Debian's kernel into the vmlinux we boot through PVH (the faster boot);
+# busybox-static and the kernel package are downloaded, never installed, by the image builder.
+PACKAGES=(qemu-system-x86 busybox-static lz4 python3-venv tmux)
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+	dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+# A fresh machine has empty package lists: apt-get download (the image builder) needs them too.
+if [ ${#missing[@]} -gt 0 ] || ! compgen -G "/var/lib/apt/lists/*_Packages*" >/dev/null; then
+	$SUDO apt-get update -qq
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+	echo "installing Debian packages: ${missing[*]}"
+	$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+	python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e '.[test]'
+.venv/bin/capsa-tui image build

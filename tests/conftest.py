@@ -1,0 +1,100 @@
+"""Shared fixtures: the default guest, VMs shared across tests, and leak checks.
+
+Booting costs seconds of both cores under software emulation, so tests that only run commands
+share one guest per session. Every test is followed by a check that it left no machine
+process, socket folder or VM behind.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+import engine
+
+REQUIRE_GUESTS_ENV = "CAPSA_REQUIRE_GUESTS"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    """Where guests are required (CI), a skipped guest test is a failure, not a pass."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and item.get_closest_marker("guest") and os.environ.get(REQUIRE_GUESTS_ENV) == "1":
+        report.outcome = "failed"
+        report.longrepr = f"guest test skipped while {REQUIRE_GUESTS_ENV}=1: {report.longrepr}"
+
+
+def _qemu_children() -> set[int]:
+    """Pids of qemu processes whose parent is this test process."""
+    me = os.getpid()
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        if ppid == me and comm.startswith("qemu-system"):
+            found.add(int(entry.name))
+    return found
+
+
+def _socket_dirs() -> set[str]:
+    return {p.name for p in Path(tempfile.gettempdir()).glob("capsa-vm-*")}
+
+
+@pytest.fixture(autouse=True)
+def no_leaks() -> Iterator[None]:
+    """After each test: only VMs the engine still tracks run, and no socket folder is left."""
+    dirs_before = _socket_dirs()
+    yield
+    live = {vm.pid for vm in engine.live_vms()}
+    orphans = _qemu_children() - live
+    assert not orphans, f"machine processes left behind: {orphans}"
+    assert _socket_dirs() - dirs_before == set(), "socket folders left behind"
+
+
+def guests_available() -> str | None:
+    """Why guests cannot boot here, or None when they can."""
+    if shutil.which("qemu-system-x86_64") is None:
+        return "qemu-system-x86_64 is not installed"
+    try:
+        engine.default_image(build=False)
+    except engine.EngineError as err:
+        return f"no guest image ({err}); run 'capsa-tui image build'"
+    return None
+
+
+@pytest.fixture(scope="session")
+def boot() -> engine.LinuxDirectBoot:
+    reason = guests_available()
+    if reason:
+        pytest.skip(reason)
+    return engine.default_boot()
+
+
+@pytest.fixture(scope="session")
+async def shared_vm(boot: engine.LinuxDirectBoot) -> AsyncIterator[engine.VmHandle]:
+    """One running guest (2 vCPUs, 320 MiB) for tests that only run commands in it."""
+    vm = await engine.vm(boot).cpus(2).memory_mb(320).console_enabled().build()
+    try:
+        await vm.wait_ready(60)
+        yield vm
+    finally:
+        await vm.kill()
+
+
+@pytest.fixture
+async def console(shared_vm: engine.VmHandle) -> engine.Console:
+    con = await shared_vm.console()
+    # A test that left a command running must not break the next one.
+    assert (await con.run("true", timeout=30)).exit_code == 0
+    return con
