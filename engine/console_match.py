@@ -291,10 +291,9 @@ class CommandFraming:
 
     def _final_line(self, run: str) -> bytes:
         n = self.nonce
-        trap = (
-            f"trap '__capsa_s=$?; trap - INT; printf \"E%s:%d\\n\" {n} \"$__capsa_s\"; "
-            "kill -INT $$' INT"
-        )
+        # 130 = 128 + SIGINT, stated outright: by the time the trap runs $? may already hold
+        # the status of a later command (a loop's condition, say).
+        trap = f"trap 'trap - INT; printf \"E%s:130\\n\" {n}; kill -INT $$' INT"
         # The leading space keeps the wrapper out of shells' history where that is supported.
         return (
             f" printf 'B%s\\n' {n}; {trap}; {run}; __capsa_s=$?; trap - INT; "

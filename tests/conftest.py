@@ -18,6 +18,16 @@ import engine
 
 REQUIRE_GUESTS_ENV = "CAPSA_REQUIRE_GUESTS"
 
+# A temporary folder of this run's own, also for the commands tests start, so the leak check
+# sees only what this run created (other runs on the machine may be booting VMs too).
+_RUN_TMP = tempfile.mkdtemp(prefix="capsa-test-")
+os.environ["TMPDIR"] = _RUN_TMP
+tempfile.tempdir = None
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(_RUN_TMP, ignore_errors=True)
+
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
