@@ -12,6 +12,7 @@ from __future__ import annotations
 from engine.boot import LinuxDirectBoot, default_boot
 from engine.console import CommandResult, Console, ConsoleReader, ConsoleWriter
 from engine.errors import (
+    BootTimeout,
     ConfigError,
     ConsoleClosed,
     ConsoleError,
@@ -30,6 +31,7 @@ from engine.vmspec import LoginSpec, VmBuilder, VmSpec, vm
 
 __all__ = [
     "AccelChoice",
+    "BootTimeout",
     "CommandResult",
     "ConfigError",
     "Console",

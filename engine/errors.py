@@ -49,3 +49,7 @@ class ConsoleTimeout(ConsoleError, TimeoutError):
         tail = seen[-500:]
         super().__init__(f"{message}; last output seen: {tail!r}" if seen else f"{message}; no output seen")
         self.seen = seen
+
+
+class BootTimeout(EngineError, TimeoutError):
+    """The guest did not become ready in time; the message carries its last console lines."""

@@ -14,7 +14,7 @@ import weakref
 from typing import Any
 
 from engine.console import Console, ConsoleStream
-from engine.errors import ConsoleError, EngineError, MachineError
+from engine.errors import BootTimeout, ConsoleError, EngineError, MachineError, VmNotRunning
 from engine.kvm.accel import AccelChoice, choose_accelerator
 from engine.kvm.cmdline import MachineSpec, kernel_flags
 from engine.kvm.host import host_tsc_khz
@@ -138,12 +138,17 @@ class VmHandle:
         self._status_changed = asyncio.Event()
 
     async def wait_ready(self, timeout: float | None = 60) -> None:
-        """Wait until the guest is Running; EngineError if it stops or fails first."""
-        async with asyncio.timeout(timeout):
-            while not isinstance(self._status, Running):
-                if self._status.is_terminal:
-                    raise EngineError(f"the VM ended before it was ready: {self._status}")
-                await self._status_changed.wait()
+        """Wait until the guest is Running; VmNotRunning if it ends first, BootTimeout if slow."""
+        try:
+            async with asyncio.timeout(timeout):
+                while not isinstance(self._status, Running):
+                    if self._status.is_terminal:
+                        raise VmNotRunning(f"the VM ended before it was ready: {self._status}")
+                    await self._status_changed.wait()
+        except TimeoutError:
+            raise BootTimeout(
+                f"the guest was not ready after {timeout}s; last console lines:\n{self.console_tail()}"
+            ) from None
 
     # ----- console ---------------------------------------------------------------------------
 
@@ -171,9 +176,14 @@ class VmHandle:
         """Ask the guest to power off; terminate, then kill, the machine if it does not."""
         if self._machine.exited:
             return await self.wait()
+        booting = isinstance(self._status, Starting) and self.spec.boot.capsa_guest
         self._set_status(Stopping())
-        with contextlib.suppress(MachineError):
-            await self._machine.powerdown()
+        if booting:
+            # Our guest answers the power button only once its init runs: nothing to wait for.
+            self._machine.terminate()
+        else:
+            with contextlib.suppress(MachineError):
+                await self._machine.powerdown()
         if await self.wait_timeout(timeout) is None:
             self._machine.terminate()
             if await self.wait_timeout(_TERMINATE_GRACE_S) is None:

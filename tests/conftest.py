@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import engine
+from tests.procs import processes
 
 REQUIRE_GUESTS_ENV = "CAPSA_REQUIRE_GUESTS"
 
@@ -42,19 +43,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
 def _qemu_children() -> set[int]:
     """Pids of qemu processes whose parent is this test process."""
     me = os.getpid()
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
-        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-        if ppid == me and comm.startswith("qemu-system"):
-            found.add(int(entry.name))
-    return found
+    return {p.pid for p in processes() if p.ppid == me and p.comm.startswith("qemu-system")}
 
 
 def _socket_dirs() -> set[str]:

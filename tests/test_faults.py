@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import engine
+from tests.procs import alive
 
 
 async def test_missing_qemu_names_the_package(
@@ -78,20 +79,12 @@ def test_machine_dies_with_a_killed_parent(boot: engine.LinuxDirectBoot) -> None
         parent.send_signal(signal.SIGKILL)
         parent.wait(10)
         deadline = time.monotonic() + 10
-        while _alive(qemu_pid) and time.monotonic() < deadline:
+        while alive(qemu_pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not _alive(qemu_pid), "QEMU outlived the process that started it"
+        assert not alive(qemu_pid), "QEMU outlived the process that started it"
     finally:
         parent.kill()
         parent.wait()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
 
 
 @pytest.mark.guest

@@ -168,3 +168,20 @@ async def test_console_requires_console_enabled(boot: engine.LinuxDirectBoot) ->
     async with await engine.vm(boot).build() as vm:
         with pytest.raises(engine.ConsoleError, match="console_enabled"):
             await vm.console()
+
+
+async def test_boot_timeout_names_the_console(boot: engine.LinuxDirectBoot) -> None:
+    async with await engine.vm(boot).console_enabled().build() as vm:
+        with pytest.raises(engine.BootTimeout, match="not ready after 0.01s"):
+            await vm.wait_ready(0.01)
+
+
+async def test_a_vm_lifecycle_leaks_no_fds(boot: engine.LinuxDirectBoot) -> None:
+    async def one_vm() -> None:
+        async with await engine.vm(boot).console_enabled().build() as vm:
+            assert await (await vm.console()).exec("echo up") == "up\n"
+
+    await one_vm()  # the first run may open lazily-created loop resources
+    before = len(os.listdir("/proc/self/fd"))
+    await one_vm()
+    assert len(os.listdir("/proc/self/fd")) == before

@@ -1,0 +1,41 @@
+"""Read the host's process table from /proc (tests use it to prove nothing is left running)."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ProcStat:
+    """The fields of /proc/PID/stat that the tests look at."""
+
+    pid: int
+    comm: str
+    state: str
+    ppid: int
+    sid: int
+
+
+def read_stat(pid: int) -> ProcStat | None:
+    """The stat of ``pid``, or None when there is no such process."""
+    try:
+        text = (Path("/proc") / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    # comm may hold spaces and parentheses: it ends at the last ')'.
+    fields = text[text.rindex(")") + 2 :].split()
+    return ProcStat(pid, text[text.index("(") + 1 : text.rindex(")")], fields[0], int(fields[1]), int(fields[3]))
+
+
+def processes() -> Iterator[ProcStat]:
+    """Every process alive now."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (stat := read_stat(int(entry.name))) is not None:
+            yield stat
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie counts as gone)."""
+    stat = read_stat(pid)
+    return stat is not None and stat.state != "Z"
