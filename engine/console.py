@@ -28,6 +28,7 @@ from engine.console_match import (
     MatchResult,
     PatternLike,
     PatternMatcher,
+    compile_pattern,
     describe_pattern,
     normalize_newlines,
 )
@@ -50,6 +51,7 @@ DEFAULT_SCROLLBACK = 1024 * 1024
 _READ_SIZE = 64 * 1024
 _SEEN_TAIL = 4096  # bytes of recent output quoted by timeout errors
 _LOGIN_PROMPT_GRACE = 2.0  # seconds to wait for "login: " before asking for a fresh one
+_PROMPT_GRACE = 1.0  # seconds run_command waits for the prompt before typing anyway
 
 Watcher = Callable[[bytes], None]
 
@@ -607,6 +609,7 @@ class Console:
         is lost with it; :meth:`exec` has no such limits.
         """
         async with self._command_lock:
+            await self._settle_at_prompt(prompt)
             begin = self._stream.end_offset
             scanner = ConsoleReader(self._stream, begin)
             try:
@@ -623,6 +626,23 @@ class Console:
             self._reader._advance_to(scanner.offset)
         text = normalize_newlines(result.before).decode("utf-8", errors="replace")
         return text[: text.rfind("\n") + 1]
+
+    async def _settle_at_prompt(self, prompt: PatternLike) -> None:
+        """Give the shell a moment to show its prompt before typing.
+
+        A line typed before the line editor is back (right after the previous command's
+        output) is echoed twice, by the tty and then by the editor, around the prompt; the naive
+        form would stop at that prompt. Gives up after a short grace and types anyway.
+        """
+        matcher_pattern = compile_pattern(prompt)
+        try:
+            async with asyncio.timeout(_PROMPT_GRACE):
+                while not _ends_with_prompt(self._stream.tail(512), matcher_pattern):
+                    await self._stream.next_chunk(self._stream.end_offset)
+                    if self._stream.closed:
+                        return
+        except TimeoutError:
+            pass
 
     async def _skip_echo(self, scanner: ConsoleReader, line: str) -> None:
         skipper = EchoSkipper(line)
@@ -676,6 +696,18 @@ class Console:
             # The prompt may have scrolled by before we looked: ask getty for a fresh one.
             await self._writer.write(b"\n")
             await self._reader.wait_for("login: ", remaining())
+
+
+_TRAILING_CSI = re.compile(rb"(?:\x1b\[[0-9;?]*[A-Za-z])+$")
+
+
+def _ends_with_prompt(tail: bytes, prompt: bytes | re.Pattern[bytes]) -> bool:
+    """Does the output end with ``prompt`` (ignoring trailing terminal queries like ESC[6n)?"""
+    tail = _TRAILING_CSI.sub(b"", tail)
+    if isinstance(prompt, bytes):
+        return tail.endswith(prompt)
+    last_line = tail[tail.rfind(b"\n") + 1 :]
+    return any(m.end() == len(last_line) for m in prompt.finditer(last_line))
 
 
 def _describe(patterns: Sequence[PatternLike]) -> str:

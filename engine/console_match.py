@@ -238,7 +238,9 @@ class CommandFraming:
     or decorated. The output is what lies between the end of the ``BNONCE`` line and
     ``ENONCE:`` (which may be mid-line when the output lacks a final newline). The INT trap
     prints the end marker when Ctrl-C kills the command (an interactive shell otherwise drops
-    the rest of the line) and then re-raises the interrupt so loops still stop.
+    the rest of the line) and then re-raises the interrupt so loops still stop. Limit: a Ctrl-C
+    that lands while the shell itself owns the terminal, in the instant between two commands of
+    the list, is held by the trap until the next foreground job ends (plain ash would abort).
 
     Commands that are long, multi-line or contain non-printable or non-ASCII characters are first
     written to ``{tmpdir}/.capsa-NONCE`` by short ``printf`` lines (octal escapes, no control

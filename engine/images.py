@@ -31,6 +31,7 @@ import platformdirs
 
 from engine import apt, cpio, elf, vmlinux
 from engine.apt import PackageRef
+from engine.console_match import READY_MARKER  # printed by the guest's /etc/profile
 from engine.errors import ImageError
 from engine.kmods import KernelModule, ModuleTree
 
@@ -41,7 +42,6 @@ KERNEL_METAPACKAGE = "linux-image-cloud-amd64"
 KERNEL_PREFIX = "linux-image-"
 BUSYBOX_PACKAGE = "busybox-static"
 
-READY_MARKER: bytes = b"\x1b]777;capsa-ready\x07"
 
 # Module lists written to /etc/capsa/modules.<name>; each is closed under dependencies, so
 # /init loads one list per feature. Roots that are built into the kernel are skipped.

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from engine.console import ConsoleStream
 from engine.console_match import READY_MARKER
+from tests.procs import processes
 
 BUSYBOX = "/usr/bin/busybox"
 PS1 = "capsa:/# "
@@ -33,18 +34,7 @@ PS1 = "capsa:/# "
 
 def _session_pids(sid: int) -> list[int]:
     """Every live process whose session id is ``sid``."""
-    pids: list[int] = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) > 3 and int(fields[3]) == sid:
-            pids.append(int(entry.name))
-    return pids
+    return [p.pid for p in processes() if p.sid == sid]
 
 
 class HostShell:
@@ -174,6 +164,24 @@ class HostShell:
             await future
         finally:
             remove(self._master)  # type: ignore[operator]
+
+    def foreground_command(self) -> str | None:
+        """Name of the program leading the tty's foreground process group (None if unknown).
+
+        Tests use it to send Ctrl-C only once a job really owns the terminal.
+        """
+        try:
+            stat = Path(f"/proc/{self.process.pid}/stat").read_text()
+            tpgid = int(stat[stat.rfind(")") + 2 :].split()[5])
+            return Path(f"/proc/{tpgid}/comm").read_text().strip()
+        except (OSError, ValueError, IndexError):
+            return None
+
+    async def wait_foreground(self, name: str, timeout: float = 5) -> None:
+        """Wait until ``name`` is the foreground job of the shell's terminal."""
+        async with asyncio.timeout(timeout):
+            while self.foreground_command() != name:
+                await asyncio.sleep(0.01)
 
     # -- teardown ---------------------------------------------------------------------------------
 
