@@ -12,7 +12,7 @@ from engine.images import READY_MARKER, default_image
 class LinuxDirectBoot:
     """Boot a Linux kernel directly (no firmware, no bootloader) with an optional initramfs.
 
-    ``ready_marker`` is the byte string the guest prints each time its shell is ready for input;
+    ``ready_marker`` is the byte string the guest prints each time a shell starts and is ready for input;
     the default guest prints one, so ``exec`` right after ``build()`` waits for the shell instead
     of typing into a guest that is still booting. ``capsa_guest`` says the initramfs is ours and
     understands the ``capsa.*`` kernel arguments (hostname, login, network).
