@@ -5,15 +5,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import ConfigError
-from engine.images import READY_MARKER, default_image
+from engine.console_match import READY_MARKER
+from engine.images import default_image
 
 
 @dataclass(frozen=True)
 class LinuxDirectBoot:
     """Boot a Linux kernel directly (no firmware, no bootloader) with an optional initramfs.
 
-    ``ready_marker`` is the byte string the guest prints each time a shell starts and is ready for input;
-    the default guest prints one, so ``exec`` right after ``build()`` waits for the shell instead
+    ``ready_marker`` is the byte string the guest prints each time a shell starts and is ready
+    for input; the default guest prints one, so ``exec`` right after ``build()`` waits for the shell instead
     of typing into a guest that is still booting. ``capsa_guest`` says the initramfs is ours and
     understands the ``capsa.*`` kernel arguments (hostname, login, network).
     """

@@ -31,7 +31,6 @@ import platformdirs
 
 from engine import apt, cpio, elf, vmlinux
 from engine.apt import PackageRef
-from engine.console_match import READY_MARKER  # printed by the guest's /etc/profile
 from engine.errors import ImageError
 from engine.kmods import KernelModule, ModuleTree
 

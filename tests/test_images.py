@@ -13,7 +13,8 @@ import pytest
 
 from engine import apt, images, kmods, vmlinux
 from engine.errors import ImageError
-from engine.images import READY_MARKER, GuestImage, ImageInputs
+from engine.console_match import READY_MARKER
+from engine.images import GuestImage, ImageInputs
 
 
 @pytest.fixture(scope="module")
