@@ -1,6 +1,6 @@
 """Boot and console latency of our VMs, beside plain QEMU started by hand.
 
-Run: ``/work/venv/bin/python bench/boot.py [--runs N]``. Prints one table:
+Run: ``.venv/bin/python bench/boot.py [--runs N]``. Prints one table:
 
 1. boot to first command answered: ``build()`` -> first ``exec("true")`` returning (ours), beside
    plain QEMU (``-serial stdio``, same kernel, initrd, kernel command line and machine flags)

@@ -1,6 +1,7 @@
 """Boot configurations: which kernel and initramfs a VM starts from."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,4 +52,8 @@ class LinuxDirectBoot:
 def default_boot() -> LinuxDirectBoot:
     """The cached default guest (Debian cloud kernel + our busybox initramfs), built if absent."""
     image = default_image()
-    return LinuxDirectBoot(image.kernel, image.initrd, ready_marker=READY_MARKER, capsa_guest=True)
+    # With CAPSA_INITRD the userland is someone else's: it prints no marker, knows no capsa.* args.
+    ours = not os.environ.get("CAPSA_INITRD")
+    return LinuxDirectBoot(
+        image.kernel, image.initrd, ready_marker=READY_MARKER if ours else None, capsa_guest=ours
+    )

@@ -84,7 +84,10 @@ class VmHandle:
         self._stream = stream
         self._console: Console | None = None
         self._exit: MachineExit | None = None
-        self._status: VmStatus = Starting()
+        # Without a marker the engine cannot tell more than "the machine runs"; a login guest
+        # prints its marker only after someone logs in.
+        watch_marker = spec.boot.ready_marker is not None and spec.login is None
+        self._status: VmStatus = Starting() if watch_marker else Running()
         self._status_changed = asyncio.Event()
         self._panic = _TailWatcher(PANIC_TEXT)
         stream.add_watcher(self._panic)
@@ -222,10 +225,7 @@ class VmHandle:
             self._set_status(Stopping())
 
     async def _watch_ready(self) -> None:
-        if self.spec.boot.ready_marker is None or self.spec.login is not None:
-            # Without a marker the engine cannot tell more than "the machine runs"; a login
-            # guest prints its marker only after someone logs in.
-            self._set_status(Running())
+        if not isinstance(self._status, Starting):
             return
         with contextlib.suppress(EngineError):
             await self._stream.wait_ready(None)
