@@ -47,7 +47,10 @@ class Stopping(VmStatus):
 
 @dataclass(frozen=True)
 class Stopped(VmStatus):
-    """The machine exited normally; ``exit_code`` is the machine process's status."""
+    """The machine exited as asked or as the guest chose; ``exit_code`` is QEMU's exit status.
+
+    After ``kill()`` it is the negative signal number (-9), as :mod:`subprocess` reports it.
+    """
 
     exit_code: int = 0
 

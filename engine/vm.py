@@ -254,11 +254,17 @@ class VmHandle:
         if outcome.requested:
             return Stopped(outcome.returncode)
         if outcome.killed_by_signal is not None:
-            sig = outcome.killed_by_signal
-            name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+            name = _signal_name(outcome.killed_by_signal)
             return Failed(f"machine process {self._machine.pid} was killed by {name} from outside the engine")
         if outcome.returncode != 0:
             return Failed(
                 f"QEMU exited with status {outcome.returncode}: {self._machine.stderr_tail() or 'no message'}"
             )
         return Stopped(outcome.returncode)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
