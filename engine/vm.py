@@ -14,6 +14,7 @@ import weakref
 from typing import Any
 
 from engine.console import Console, ConsoleStream
+from engine.console_match import PatternMatcher
 from engine.errors import BootTimeout, ConsoleError, EngineError, MachineError, VmNotRunning
 from engine.kvm.accel import AccelChoice, choose_accelerator
 from engine.kvm.cmdline import MachineSpec, kernel_flags
@@ -57,21 +58,16 @@ def kernel_cmdline(spec: VmSpec) -> str:
     return " ".join(parts)
 
 
-class _TailWatcher:
-    """Spots a literal in console chunks, even when it straddles two chunks."""
+class _PanicWatcher:
+    """Console watcher that notes the kernel's panic line, even when it straddles two chunks."""
 
-    def __init__(self, needle: bytes) -> None:
-        self._needle = needle
-        self._carry = b""
+    def __init__(self) -> None:
+        self._matcher = PatternMatcher([PANIC_TEXT], window=4 * len(PANIC_TEXT))
         self.seen = False
 
     def __call__(self, chunk: bytes) -> None:
-        if self.seen:
-            return
-        window = self._carry + chunk
-        if self._needle in window:
+        if not self.seen and self._matcher.feed(chunk) is not None:
             self.seen = True
-        self._carry = window[-(len(self._needle) - 1):]
 
 
 class VmHandle:
@@ -89,7 +85,7 @@ class VmHandle:
         watch_marker = spec.boot.ready_marker is not None and spec.login is None
         self._status: VmStatus = Starting() if watch_marker else Running()
         self._status_changed = asyncio.Event()
-        self._panic = _TailWatcher(PANIC_TEXT)
+        self._panic = _PanicWatcher()
         stream.add_watcher(self._panic)
         machine.on_event(self._on_machine_event)
         self._ready_task = asyncio.create_task(self._watch_ready(), name=f"vm-ready-{machine.pid}")
