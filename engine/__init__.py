@@ -20,17 +20,37 @@ from engine.errors import (
     EngineError,
     ImageError,
     MachineError,
+    PoolBootError,
+    PoolClosed,
+    PoolEmpty,
+    PoolError,
+    PoolTimeout,
     QemuNotFound,
     VmNotRunning,
 )
 from engine.images import GuestImage, build_image, default_image, image_info
 from engine.kvm.accel import AccelChoice, choose_accelerator
+from engine.pool import PoolBuilder, PoolSettings, VmPool, vm_pool
+from engine.pool_stats import PoolMember, PoolStats
+from engine.pooled_vm import PooledVm
+from engine.profile_schema import ProfileError, ProfileIssue
+from engine.profile_store import find_profile, load_profile, load_profiles, profile_dirs, save_profile
+from engine.profiles import BootChoice, NetworkChoice, Profile, parse_profile
+from engine.service import (
+    PoolServer,
+    ServiceClient,
+    ServiceError,
+    ServiceUnavailable,
+    ServiceVersionError,
+    service_socket_path,
+)
 from engine.status import Created, Failed, Running, Starting, Stopped, Stopping, VmStatus
 from engine.vm import VmHandle, live_vms
 from engine.vmspec import LoginSpec, VmBuilder, VmSpec, vm
 
 __all__ = [
     "AccelChoice",
+    "BootChoice",
     "BootTimeout",
     "CommandResult",
     "ConfigError",
@@ -48,21 +68,49 @@ __all__ = [
     "LinuxDirectBoot",
     "LoginSpec",
     "MachineError",
+    "NetworkChoice",
+    "PoolBootError",
+    "PoolBuilder",
+    "PoolClosed",
+    "PoolEmpty",
+    "PoolError",
+    "PoolMember",
+    "PoolServer",
+    "PoolSettings",
+    "PoolStats",
+    "PoolTimeout",
+    "PooledVm",
+    "Profile",
+    "ProfileError",
+    "ProfileIssue",
     "QemuNotFound",
     "Running",
+    "ServiceClient",
+    "ServiceError",
+    "ServiceUnavailable",
+    "ServiceVersionError",
     "Starting",
     "Stopped",
     "Stopping",
     "VmBuilder",
     "VmHandle",
     "VmNotRunning",
+    "VmPool",
     "VmSpec",
     "VmStatus",
     "build_image",
     "choose_accelerator",
     "default_boot",
     "default_image",
+    "find_profile",
     "image_info",
     "live_vms",
+    "load_profile",
+    "load_profiles",
+    "parse_profile",
+    "profile_dirs",
+    "save_profile",
+    "service_socket_path",
     "vm",
+    "vm_pool",
 ]

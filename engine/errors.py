@@ -53,3 +53,23 @@ class ConsoleTimeout(ConsoleError, TimeoutError):
 
 class BootTimeout(EngineError, TimeoutError):
     """The guest did not become ready in time; the message carries its last console lines."""
+
+
+class PoolError(EngineError):
+    """Base class of the errors a VM pool raises."""
+
+
+class PoolEmpty(PoolError):
+    """``try_reserve`` found no idle VM (the pool is still booting replacements)."""
+
+
+class PoolTimeout(PoolError, TimeoutError):
+    """``reserve`` waited its whole timeout without a VM becoming free."""
+
+
+class PoolClosed(PoolError):
+    """The pool was closed (before or while the caller waited for a VM)."""
+
+
+class PoolBootError(PoolError):
+    """The pool's VMs keep failing to boot; the message carries the last failure."""

@@ -20,6 +20,7 @@ from engine.kvm.accel import AccelChoice, choose_accelerator
 from engine.kvm.cmdline import MachineSpec, kernel_flags
 from engine.kvm.host import host_tsc_khz
 from engine.kvm.machine import Machine, MachineExit
+from engine.kvm.process import process_running
 from engine.status import Failed, Running, Starting, Stopped, Stopping, VmStatus
 from engine.vmspec import VmSpec
 
@@ -148,6 +149,28 @@ class VmHandle:
             raise BootTimeout(
                 f"the guest was not ready after {timeout}s; last console lines:\n{self.console_tail()}"
             ) from None
+
+    def machine_alive(self) -> bool:
+        """Whether the machine process runs at this instant (asks the kernel, not the loop)."""
+        return not self._machine.exited and process_running(self._machine.pid)
+
+    async def probe_console(self, timeout: float = 2.0) -> bool:
+        """Send a newline and wait for the guest to print anything back: its console answers.
+
+        Works whether or not the VM was built with a console for its user (the serial line is
+        always connected); a shell answers with a prompt, a getty with its login prompt.
+        """
+        stream = self._stream
+        if stream.closed:
+            return False
+        offset = stream.end_offset
+        try:
+            async with asyncio.timeout(timeout):
+                await stream.write(b"\n")
+                _skipped, data = await stream.next_chunk(offset)
+        except (TimeoutError, EngineError):
+            return False
+        return bool(data)
 
     # ----- console ---------------------------------------------------------------------------
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 from engine.boot import LinuxDirectBoot
 from engine.errors import ConfigError
@@ -65,57 +65,61 @@ class VmSpec:
 
 
 @dataclass
-class VmBuilder:
-    """Fluent builder: ``await engine.vm(boot).cpus(2).memory_mb(256).console_enabled().build()``."""
+class ShapeBuilder:
+    """The shape methods a VM builder and a pool builder share; each returns the builder."""
 
     _spec: VmSpec
 
-    def _with(self, **changes: object) -> VmBuilder:
+    def _with(self, **changes: object) -> Self:
         self._spec = replace(self._spec, **changes)  # type: ignore[arg-type]
         return self
 
-    def cpus(self, n: int) -> VmBuilder:
+    def cpus(self, n: int) -> Self:
         return self._with(cpus=int(n))
 
-    def memory_mb(self, mb: int) -> VmBuilder:
+    def memory_mb(self, mb: int) -> Self:
         return self._with(memory_mb=int(mb))
 
-    def console_enabled(self, enabled: bool = True) -> VmBuilder:
+    def console_enabled(self, enabled: bool = True) -> Self:
         return self._with(console=enabled)
 
-    def cmdline_arg(self, key: str, value: str) -> VmBuilder:
+    def cmdline_arg(self, key: str, value: str) -> Self:
         return self._with(cmdline_args=self._spec.cmdline_args + ((key, str(value)),))
 
-    def cmdline_flag(self, flag: str) -> VmBuilder:
+    def cmdline_flag(self, flag: str) -> Self:
         return self._with(cmdline_flags=self._spec.cmdline_flags + (flag,))
 
-    def cmdline_override(self, cmdline: str) -> VmBuilder:
+    def cmdline_override(self, cmdline: str) -> Self:
         """Replace the whole kernel command line (the engine adds nothing, not even console=)."""
         return self._with(cmdline_override=cmdline)
 
-    def login_user(self, user: str, password: str | None = None) -> VmBuilder:
+    def login_user(self, user: str, password: str | None = None) -> Self:
         """Put a getty/login on the console with ``user`` (and root, without password)."""
         return self._with(login=LoginSpec(user, password))
 
-    def hostname(self, name: str) -> VmBuilder:
+    def hostname(self, name: str) -> Self:
         return self._with(hostname=name)
 
-    def machine_type(self, machine: str) -> VmBuilder:
+    def machine_type(self, machine: str) -> Self:
         return self._with(machine=machine)
 
-    def accel(self, accel: str) -> VmBuilder:
+    def accel(self, accel: str) -> Self:
         return self._with(accel=accel)
 
-    def scrollback_bytes(self, n: int) -> VmBuilder:
+    def scrollback_bytes(self, n: int) -> Self:
         return self._with(scrollback_bytes=int(n))
 
-    def qemu_args(self, *args: str) -> VmBuilder:
+    def qemu_args(self, *args: str) -> Self:
         """Extra QEMU arguments, appended verbatim (an escape hatch, not validated)."""
         return self._with(extra_qemu_args=self._spec.extra_qemu_args + tuple(args))
 
     def spec(self) -> VmSpec:
         self._spec.validate()
         return self._spec
+
+
+class VmBuilder(ShapeBuilder):
+    """Fluent builder: ``await engine.vm(boot).cpus(2).memory_mb(256).console_enabled().build()``."""
 
     async def build(self) -> VmHandle:
         """Start the VM and return its handle while the guest boots."""

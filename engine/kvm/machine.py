@@ -227,6 +227,10 @@ async def _connect_or_fail(
     exited.cancel()
     with contextlib.suppress(BaseException):
         await ready
+    if ready in done:
+        # A control connection that breaks at once usually means QEMU is exiting: say why.
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(process.wait(), 1)
     if process.returncode is not None:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stderr_task, 2)

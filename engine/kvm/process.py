@@ -50,3 +50,19 @@ async def spawn_tied(argv: list[str]) -> asyncio.subprocess.Process:
         start_new_session=True,
         preexec_fn=lambda: _die_with_parent(parent),
     )
+
+
+def process_running(pid: int) -> bool:
+    """Whether ``pid`` runs right now (a zombie does not): read from /proc, not from our loop.
+
+    The event loop learns of a child's death only when it next handles SIGCHLD; a pool handing
+    out a VM must not trust that lag, so it asks the kernel directly (one small file read).
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    # The command name is parenthesised and may itself hold spaces or parentheses.
+    state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]
+    return state not in (b"Z", b"X", b"x", b"")

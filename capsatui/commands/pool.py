@@ -1,0 +1,294 @@
+"""``capsa-tui serve``, ``capsa-tui pool ...`` and ``capsa-tui run``: warm pools as a service.
+
+``serve`` boots the profiles' pools and serves them on a private Unix socket until SIGINT or
+SIGTERM; ``pool status`` and ``pool attach`` talk to it; ``run`` takes a warm VM from it when it
+holds the profile's pool and boots a cold VM in-process otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import termios
+import tty
+from collections.abc import Sequence
+from typing import Any
+
+import engine
+from capsatui.attach import DETACH_KEY
+from capsatui.commands.vm import command_words
+
+_READY_TIMEOUT = 120.0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    serve = sub.add_parser("serve", help="keep pools of VMs warm and serve them on a Unix socket")
+    serve.add_argument("profiles", nargs="*", metavar="PROFILE", help="profiles whose pools to serve (default: default)")
+    serve.set_defaults(handler=_serve)
+
+    pool = sub.add_parser("pool", help="inspect the pools a running 'capsa-tui serve' holds")
+    pool_sub = pool.add_subparsers(dest="pool_command", metavar="ACTION", required=True)
+    status = pool_sub.add_parser("status", help="each pool's VMs and counters")
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.set_defaults(handler=_status)
+    attach = pool_sub.add_parser("attach", help="watch a pool VM's console (Ctrl-] detaches)")
+    attach.add_argument("vm", metavar="VM_ID", help="a VM id from 'capsa-tui pool status'")
+    attach.add_argument("--write", action="store_true", help="type into the console too")
+    attach.add_argument("--from-start", action="store_true", help="show the scrollback first")
+    attach.set_defaults(handler=_attach)
+
+    run = sub.add_parser("run", help="run CMD in a VM of PROFILE (warm from 'serve' if it runs), exit with its status")
+    run.add_argument("profile", metavar="PROFILE", help="the profile (and pool) to take the VM from")
+    _add_run_options(run)
+    run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...", help="the command to run in the guest")
+    run.set_defaults(handler=_run)
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds CMD may run (default 300)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="say whether the VM came warm from a pool")
+
+
+def _split_run_words(args: argparse.Namespace) -> list[str] | None:
+    """The command words; options written between PROFILE and ``--`` are applied to ``args``.
+
+    argparse's REMAINDER takes everything after PROFILE, options included (and drops a ``--``
+    that directly follows PROFILE), so leading options are parsed here again.
+    """
+    words = list(args.cmd)
+    if not words or not words[0].startswith("-") or words[0] == "--":
+        return words
+    if "--" not in words:
+        return None
+    cut = words.index("--")
+    options = argparse.ArgumentParser(prog="capsa-tui run", add_help=False)
+    _add_run_options(options)
+    options.set_defaults(timeout=args.timeout, verbose=args.verbose)
+    options.parse_args(words[:cut], namespace=args)
+    return words[cut:]
+
+
+# -- serve ---------------------------------------------------------------------------------------
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    names = list(dict.fromkeys(args.profiles or ["default"]))
+    profiles = [engine.find_profile(name) for name in names]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    pools: list[engine.VmPool] = []
+    try:
+        async with engine.PoolServer() as server:
+            print(f"capsa-tui serve: listening on {server.path}", flush=True)
+            try:
+                if await _until_stopped(_build_pools(profiles, server, pools), stop):
+                    print("capsa-tui serve: all pools warm; Ctrl-C stops", flush=True)
+                    await stop.wait()
+            finally:
+                await server.close()  # drops clients first: their VMs go back to the pools
+                await asyncio.gather(*(pool.close() for pool in pools), return_exceptions=True)
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+    print("capsa-tui serve: stopped", flush=True)
+    return 0
+
+
+async def _until_stopped(work: Any, stop: asyncio.Event) -> bool:
+    """Run ``work`` unless ``stop`` is set first (then cancel it); True if it finished."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait([task, stopper], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.wait([task])
+    if task.cancelled():
+        return False
+    task.result()  # a failed build is the command's error
+    return True
+
+
+async def _build_pools(profiles: Sequence[engine.Profile], server: engine.PoolServer, pools: list[engine.VmPool]) -> None:
+    async def build(profile: engine.Profile) -> None:
+        pool = await profile.pool_builder().build(profile.size)
+        pools.append(pool)
+        server.add_pool(pool)
+        print(f"capsa-tui serve: pool {pool.name}: {pool.size} VMs warm (at most {pool.max_size})", flush=True)
+
+    try:
+        async with asyncio.TaskGroup() as group:  # one failure cancels the other builds
+            for profile in profiles:
+                group.create_task(build(profile))
+    except BaseExceptionGroup as group:
+        errors = [err for err in group.exceptions if isinstance(err, engine.EngineError)]
+        if errors:
+            raise errors[0] from None
+        raise
+
+
+# -- pool status ---------------------------------------------------------------------------------
+
+
+async def _connect() -> engine.ServiceClient | None:
+    try:
+        return await engine.ServiceClient.connect()
+    except engine.ServiceUnavailable as err:
+        _say(f"{err}; start one with 'capsa-tui serve'")
+        return None
+
+
+async def _status(args: argparse.Namespace) -> int:
+    client = await _connect()
+    if client is None:
+        return 1
+    async with client:
+        pools = await client.status()
+    if args.json:
+        print(json.dumps({"socket": str(client.path), "pools": pools}, indent=2))
+    else:
+        _print_status(str(client.path), pools)
+    return 0
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}s"
+
+
+def _print_status(socket_path: str, pools: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    out = Console(width=None if sys.stdout.isatty() else 160)
+    out.print(f"capsa-tui serve on {socket_path}")
+    if not pools:
+        out.print("no pools yet (they may still be booting)")
+        return
+    columns = ["pool", "idle", "booting", "reserved", "max", "created", "released", "evicted",
+               "failed", "misses", "boot p50", "boot p95", "last error"]
+    table = Table(*columns)
+    for p in pools:
+        counts = [str(p[key]) for key in ("idle", "booting", "reserved", "max_size", "created",
+                                          "released", "evicted", "failed", "misses")]
+        table.add_row(p["name"], *counts, _seconds(p["boot_p50_s"]), _seconds(p["boot_p95_s"]), p["last_error"] or "-")
+    out.print(table)
+    members = Table("vm", "pool", "state", "pid", "age")
+    for p in pools:
+        for m in p.get("members", []):
+            members.add_row(m["id"], p["name"], m["state"], str(m["pid"] or "-"), f"{m['age_s']:.0f}s")
+    if members.row_count:
+        out.print(members)
+
+
+# -- pool attach ---------------------------------------------------------------------------------
+
+
+async def _attach(args: argparse.Namespace) -> int:
+    client = await _connect()
+    if client is None:
+        return 1
+    async with client:
+        attachment = await client.attach(args.vm, from_start=args.from_start, write=args.write)
+        mode = "typing goes to the VM" if args.write else "read-only (--write to type)"
+        _say(f"watching {args.vm}, {mode}; Ctrl-] detaches\r")
+        await _relay(attachment, args.write)
+        reason = attachment.closed_reason or "detached"
+        with contextlib.suppress(engine.ServiceError):
+            await attachment.detach()
+    _say(f"\r\ncapsa-tui: {reason}\r")
+    return 0
+
+
+async def _relay(attachment: Any, writable: bool) -> None:
+    """Service console <-> this terminal (raw) until Ctrl-] or the end of the attachment."""
+    stdin_fd = sys.stdin.fileno()
+    saved = termios.tcgetattr(stdin_fd) if os.isatty(stdin_fd) else None
+    loop = asyncio.get_running_loop()
+    detached = asyncio.Event()
+    keys: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def on_stdin() -> None:
+        data = os.read(stdin_fd, 4096)
+        if not data or DETACH_KEY in data:
+            detached.set()
+            data = data.split(DETACH_KEY, 1)[0]
+        if data and writable:
+            keys.put_nowait(data)
+
+    async def pump_keys() -> None:
+        while True:
+            await attachment.write(await keys.get())
+
+    async def pump_output() -> None:
+        out = sys.stdout.buffer
+        async for chunk in attachment:
+            out.write(chunk)
+            out.flush()
+        detached.set()
+
+    if saved is not None:
+        tty.setraw(stdin_fd)
+    loop.add_reader(stdin_fd, on_stdin)
+    tasks = [asyncio.create_task(pump_keys()), asyncio.create_task(pump_output())]
+    try:
+        await detached.wait()
+    finally:
+        loop.remove_reader(stdin_fd)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, engine.EngineError):
+                await task
+        if saved is not None:
+            termios.tcsetattr(stdin_fd, termios.TCSADRAIN, saved)
+
+
+# -- run -----------------------------------------------------------------------------------------
+
+
+async def _run(args: argparse.Namespace) -> int:
+    words = _split_run_words(args)
+    command = command_words(words) if words is not None else None
+    if command is None:
+        print("capsa-tui run: give the command after --, e.g. capsa-tui run default -v -- uname -a", file=sys.stderr)
+        return 2
+    result = await _run_warm(args, command)
+    if result is None:
+        result = await _run_cold(args, command)
+    sys.stdout.write(result.output)
+    sys.stdout.flush()
+    return result.exit_code
+
+
+async def _run_warm(args: argparse.Namespace, command: str) -> engine.CommandResult | None:
+    """The command's result from a serve's pool, or None when no serve holds that pool."""
+    try:
+        client = await engine.ServiceClient.connect()
+    except engine.ServiceUnavailable:
+        return None
+    async with client:
+        if args.profile not in client.pools:
+            if args.verbose:
+                _say(f"the serve on {client.path} holds no pool {args.profile!r}; booting a cold VM")
+            return None
+        if args.verbose:
+            _say(f"a warm VM of pool {args.profile!r} from the serve on {client.path}")
+        return await client.run(args.profile, command, timeout=args.timeout, reserve_timeout=args.timeout)
+
+
+async def _run_cold(args: argparse.Namespace, command: str) -> engine.CommandResult:
+    profile = engine.find_profile(args.profile)
+    async with await profile.vm_builder().console_enabled().build() as vm:
+        if args.verbose:
+            _say(f"a cold VM of profile {profile.name!r} on {vm.accel.describe()}")
+        await vm.wait_ready(_READY_TIMEOUT)
+        console = await vm.console()
+        return await console.run(command, timeout=args.timeout)

@@ -1,0 +1,102 @@
+"""``capsa-tui image ...`` and ``capsa-tui vm ...``: the guest image and one-off VMs."""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+import engine
+from capsatui.attach import attach_terminal
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    image = sub.add_parser("image", help="build and inspect the default guest image")
+    image_sub = image.add_subparsers(dest="image_command", metavar="ACTION", required=True)
+    build = image_sub.add_parser("build", help="download Debian's cloud kernel and busybox, build the initramfs")
+    build.add_argument("--force", action="store_true", help="rebuild even if a current image is cached")
+    build.set_defaults(handler=lambda args: _image_build(args.force))
+    info = image_sub.add_parser("info", help="show the cached image's paths, sizes and versions, and the accelerator")
+    info.set_defaults(handler=lambda args: _image_info())
+
+    vm = sub.add_parser("vm", help="run a one-off VM of the default guest")
+    vm_sub = vm.add_subparsers(dest="vm_command", metavar="ACTION", required=True)
+    run = vm_sub.add_parser("run", help="boot a VM, run CMD in it, print its output, exit with its status")
+    _add_shape(run)
+    run.add_argument("--timeout", type=float, default=300.0, help="seconds CMD may run (default 300)")
+    run.add_argument("-v", "--verbose", action="store_true", help="say which accelerator runs the VM")
+    run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...", help="the command to run in the guest")
+    run.set_defaults(handler=_vm_run)
+    console = vm_sub.add_parser("console", help="attach this terminal to a fresh VM's console (Ctrl-] detaches)")
+    _add_shape(console)
+    console.set_defaults(handler=_vm_console)
+
+
+def _add_shape(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cpus", type=int, default=1, help="virtual CPUs (default 1)")
+    parser.add_argument("--memory", type=int, default=256, metavar="MB", help="guest memory in MiB (default 256)")
+
+
+def command_words(cmd: list[str]) -> str | None:
+    """The guest command line from argparse's REMAINDER: one word passes through, several are quoted."""
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        return None
+    return cmd[0] if len(cmd) == 1 else shlex.join(cmd)
+
+
+def _image_build(force: bool) -> int:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), transient=False) as bar:
+        task = bar.add_task("guest image", total=1.0)
+
+        def report(step: str, fraction: float) -> None:
+            bar.update(task, description=step, completed=fraction)
+
+        image = engine.build_image(force=force, progress=report)
+    print(f"kernel {image.kernel}\ninitrd {image.initrd}")
+    return 0
+
+
+def _image_info() -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_header=False, box=None)
+    for key, value in engine.image_info().items():
+        table.add_row(f"[bold]{key}[/]", value)
+    table.add_row("[bold]accelerator[/]", engine.choose_accelerator().describe())
+    Console().print(table)
+    return 0
+
+
+def _builder(args: argparse.Namespace) -> engine.VmBuilder:
+    return engine.vm(engine.default_boot()).cpus(args.cpus).memory_mb(args.memory).console_enabled()
+
+
+async def _vm_run(args: argparse.Namespace) -> int:
+    command = command_words(list(args.cmd))
+    if command is None:
+        print("capsa-tui vm run: give the command after --, e.g. capsa-tui vm run -- uname -a", file=sys.stderr)
+        return 2
+    async with await _builder(args).build() as vm:
+        if args.verbose:
+            print(f"capsa-tui: {vm.accel.describe()}", file=sys.stderr)
+        console = await vm.console()
+        result = await console.run(command, timeout=args.timeout)
+        sys.stdout.write(result.output)
+        sys.stdout.flush()
+        return result.exit_code
+
+
+async def _vm_console(args: argparse.Namespace) -> int:
+    async with await _builder(args).build() as vm:
+        print(
+            f"capsa-tui: VM {vm.pid} on {vm.accel.describe()}\r\n"
+            "capsa-tui: Ctrl-] detaches and stops the VM\r",
+            file=sys.stderr,
+        )
+        await attach_terminal(await vm.console())
+    print(f"\r\ncapsa-tui: VM stopped ({vm.status()})", file=sys.stderr)
+    return 0

@@ -1,0 +1,555 @@
+"""VmPool: pre-warmed VMs handed out the moment they are asked for, replaced after use.
+
+    pool = await engine.vm_pool(boot).cpus(1).memory_mb(256).console_enabled().max_size(8).build(4)
+    async with await pool.reserve() as vm:
+        print(await (await vm.console()).exec("echo hi"))
+    await pool.close()
+
+The pool keeps ``size`` VMs booted and idle. ``reserve`` takes an idle VM at once, or queues
+(first come, first served) while the pool boots more; a released VM is killed, never reused,
+and a fresh one boots in its place. Every VM whose machine process exists counts against
+``max_size``, including those still booting and those being killed, so no burst can start more.
+
+Health: an idle VM is handed out only if its machine process runs at that instant (asked of the
+kernel, not of the event loop, which learns of deaths late), and only if its console answered
+within the last ``health_interval`` seconds; a background task probes idle consoles that often,
+so the hand-out itself stays a few microseconds. A VM that fails either check is evicted and
+replaced. Boot failures back off exponentially (one probe boot at a time) instead of spinning.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from engine.errors import EngineError, PoolBootError, PoolClosed, PoolEmpty, PoolTimeout
+from engine.pool_stats import MemberState, PoolMember, PoolStats, percentile
+from engine.pooled_vm import PooledVm
+from engine.status import Failed
+from engine.vm import VmHandle
+from engine.vmspec import LinuxDirectBoot, ShapeBuilder, VmSpec
+
+log = logging.getLogger(__name__)
+
+_ids = itertools.count(1)
+_BOOT_SAMPLES = 512
+StatsListener = Callable[[PoolStats], None]
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    """How a pool behaves, apart from the shape of its VMs."""
+
+    name: str = "pool"
+    size: int = 1
+    max_size: int = 1
+    boot_timeout: float = 120.0
+    health_interval: float = 10.0
+    probe_timeout: float = 2.0
+    backoff_base: float = 0.5
+    backoff_max: float = 30.0
+    max_boot_failures: int = 3  # in a row: then waiters get PoolBootError instead of hanging
+
+
+@dataclass
+class PoolBuilder(ShapeBuilder):
+    """``engine.vm_pool(boot)``: the VM shape methods of ``engine.vm`` plus pool settings."""
+
+    _max_size: int | None = None
+    _name: str | None = None
+    _boot_timeout: float = PoolSettings.boot_timeout
+    _health_interval: float = PoolSettings.health_interval
+
+    def max_size(self, n: int) -> PoolBuilder:
+        """The most VMs alive at once (booting + idle + reserved); defaults to the pool size."""
+        self._max_size = int(n)
+        return self
+
+    def name(self, name: str) -> PoolBuilder:
+        self._name = name
+        return self
+
+    def boot_timeout(self, seconds: float) -> PoolBuilder:
+        self._boot_timeout = float(seconds)
+        return self
+
+    def health_interval(self, seconds: float) -> PoolBuilder:
+        """How stale an idle VM's last console answer may be before a hand-out probes it again."""
+        self._health_interval = float(seconds)
+        return self
+
+    def settings(self, size: int) -> PoolSettings:
+        from engine.errors import ConfigError
+
+        max_size = self._max_size if self._max_size is not None else max(size, 1)
+        if size < 0:
+            raise ConfigError(f"pool size must be 0 or more, got {size}")
+        if max_size < max(size, 1):
+            raise ConfigError(f"max_size ({max_size}) must be at least the pool size ({size}) and at least 1")
+        if self._boot_timeout <= 0 or self._health_interval <= 0:
+            raise ConfigError("boot_timeout and health_interval must be positive")
+        return PoolSettings(
+            name=self._name or f"pool{next(_ids)}",
+            size=size,
+            max_size=max_size,
+            boot_timeout=self._boot_timeout,
+            health_interval=self._health_interval,
+        )
+
+    async def build(self, size: int) -> VmPool:
+        """Start the pool and return once ``size`` VMs are booted and idle."""
+        return await VmPool.start(self.spec(), self.settings(size))
+
+
+def vm_pool(boot: LinuxDirectBoot) -> PoolBuilder:
+    """Start describing a pool of identical VMs that boot ``boot``."""
+    return PoolBuilder(VmSpec(boot=boot))
+
+
+@dataclass(eq=False)
+class _Member:
+    """The pool's bookkeeping for one VM."""
+
+    id: str
+    state: MemberState
+    started: float
+    handle: VmHandle | None = None
+    last_answer: float = 0.0
+    probing: bool = False
+    pooled: PooledVm | None = None
+    release_requested: bool = False
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class VmPool:
+    """A set of identical pre-booted VMs; see the module docstring for the rules it keeps."""
+
+    def __init__(self, spec: VmSpec, settings: PoolSettings) -> None:
+        self.spec = spec
+        self.settings = settings
+        self._members: dict[str, _Member] = {}
+        self._idle: deque[_Member] = deque()
+        self._waiters: deque[asyncio.Future[_Member]] = deque()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._listeners: list[StatsListener] = []
+        self._changed = asyncio.Event()
+        self._boot_times: deque[float] = deque(maxlen=_BOOT_SAMPLES)
+        self._counts = dict.fromkeys(("created", "released", "evicted", "failed", "misses"), 0)
+        self._failures_in_row = 0
+        self._retry_at = 0.0
+        self._retry_timer: asyncio.TimerHandle | None = None
+        self._closed = False
+        self._close_done = asyncio.Event()
+        self._seq = itertools.count(1)
+        self.last_error: str | None = None
+        self._health_task: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def start(cls, spec: VmSpec, settings: PoolSettings) -> VmPool:
+        spec.validate()
+        spec.boot.check()
+        pool = cls(spec, settings)
+        if spec.boot.ready_marker is not None:
+            pool._health_task = asyncio.create_task(pool._health_loop(), name=f"pool-{settings.name}-health")
+        pool._replenish()
+        try:
+            await pool._wait_until(lambda: len(pool._idle) >= settings.size)
+        except BaseException:
+            await pool.close()
+            raise
+        return pool
+
+    # ----- public state ----------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    @property
+    def size(self) -> int:
+        return self.settings.size
+
+    @property
+    def max_size(self) -> int:
+        return self.settings.max_size
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def available_count(self) -> int:
+        """How many VMs are idle and ready to hand out right now."""
+        return len(self._idle)
+
+    def stats(self) -> PoolStats:
+        states = [m.state for m in self._members.values()]
+        times = list(self._boot_times)
+        return PoolStats(
+            name=self.name,
+            size=self.size,
+            max_size=self.max_size,
+            idle=len(self._idle),
+            booting=states.count("booting"),
+            reserved=states.count("reserved"),
+            stopping=states.count("stopping"),
+            boot_p50_s=percentile(times, 0.50),
+            boot_p95_s=percentile(times, 0.95),
+            last_error=self.last_error,
+            **self._counts,
+        )
+
+    def members(self) -> list[PoolMember]:
+        now = time.monotonic()
+        return [
+            PoolMember(m.id, m.state, m.handle.pid if m.handle else None, round(now - m.started, 3))
+            for m in self._members.values()
+        ]
+
+    def handle(self, vm_id: str) -> VmHandle:
+        """The VM ``vm_id`` of this pool, to watch its console (KeyError if it has no machine)."""
+        member = self._members.get(vm_id)
+        if member is None or member.handle is None:
+            raise KeyError(f"pool {self.name!r} has no running VM {vm_id!r}")
+        return member.handle
+
+    def add_listener(self, listener: StatsListener) -> None:
+        """Call ``listener(stats)`` after every change (from the event loop; keep it quick)."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: StatsListener) -> None:
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(listener)
+
+    # ----- reserve ---------------------------------------------------------------------------
+
+    def try_reserve(self) -> PooledVm:
+        """An idle VM at once, or PoolEmpty."""
+        self._check_open()
+        member = self._take_idle()
+        if member is None:
+            self._counts["misses"] += 1
+            self._notify()
+            raise PoolEmpty(f"pool {self.name!r} has no idle VM ({self._describe_load()})")
+        return self._hand_out(member)
+
+    async def reserve(self, timeout: float | None = None) -> PooledVm:
+        """An idle VM, waiting (in arrival order) up to ``timeout`` seconds for one."""
+        self._check_open()
+        if not self._waiters:  # never jump the queue
+            while (member := self._take_idle()) is not None:
+                if time.monotonic() - member.last_answer <= self.settings.health_interval:
+                    return self._hand_out(member)
+                if await self._probe(member):
+                    return self._hand_out(member)
+                self._evict(member, "its console did not answer")
+        self._counts["misses"] += 1
+        waiter: asyncio.Future[_Member] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self._replenish()
+        self._notify()
+        try:
+            async with asyncio.timeout(timeout):
+                member = await waiter
+        except BaseException as err:
+            self._forget_waiter(waiter)
+            if isinstance(err, TimeoutError):
+                raise PoolTimeout(
+                    f"no VM of pool {self.name!r} became free within {timeout}s ({self._describe_load()})"
+                ) from None
+            raise
+        return self._hand_out(member)
+
+    def _forget_waiter(self, waiter: asyncio.Future[_Member]) -> None:
+        with contextlib.suppress(ValueError):
+            self._waiters.remove(waiter)
+        # Cancelled (or timed out) after a VM was already assigned: give it to the next in line.
+        if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+            member = waiter.result()
+            if member.pooled is None and member.state == "reserved":
+                member.state = "idle"
+                self._offer(member)
+        elif not waiter.done():
+            waiter.cancel()
+
+    def _take_idle(self) -> _Member | None:
+        """Pop an idle VM whose machine runs (evicting dead ones); prefer ones not being probed."""
+        while self._idle:
+            member = next((m for m in self._idle if not m.probing), self._idle[0])
+            self._idle.remove(member)
+            assert member.handle is not None
+            if member.handle.machine_alive():
+                member.state = "reserved"
+                return member
+            self._evict(member, f"its machine process died ({member.handle.status()})", idle_popped=True)
+        return None
+
+    def _hand_out(self, member: _Member) -> PooledVm:
+        member.state = "reserved"
+        pooled = PooledVm(self, member.id, member.handle)  # type: ignore[arg-type]
+        member.pooled = pooled
+        # A holder that drops the object without release() must not pin a slot forever.
+        weakref.finalize(pooled, self._abandoned, member)
+        self._replenish()
+        self._notify()
+        return pooled
+
+    def _abandoned(self, member: _Member) -> None:
+        if member.state == "reserved" and not member.release_requested:
+            with contextlib.suppress(RuntimeError):  # the loop may be gone at interpreter exit
+                self._spawn(self._kill_member(member, released=True), f"pool-{member.id}-abandoned")
+
+    # ----- release ---------------------------------------------------------------------------
+
+    async def release(self, vm_id: str) -> None:
+        """Kill the reserved VM ``vm_id``; a replacement boots in the background."""
+        member = self._members.get(vm_id)
+        if member is None:
+            return
+        if member.state == "reserved" and not member.release_requested:
+            await self._kill_member(member, released=True)
+        await member.exited.wait()
+
+    async def _kill_member(self, member: _Member, *, released: bool) -> None:
+        member.release_requested = True
+        member.state = "stopping"
+        if released:
+            self._counts["released"] += 1
+        self._notify()
+        if member.handle is not None:
+            await member.handle.kill()
+        await member.exited.wait()
+
+    # ----- close -----------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Kill every VM, fail every waiter with PoolClosed, and wait until all is released."""
+        if self._closed:
+            await self._close_done.wait()
+            return
+        self._closed = True
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+        if self._health_task is not None:
+            self._health_task.cancel()
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_exception(PoolClosed(f"pool {self.name!r} was closed"))
+        for member in list(self._members.values()):
+            if member.pooled is not None and member.state == "reserved":
+                member.pooled.lost = "the pool was closed"
+            member.release_requested = True
+            if member.handle is not None:
+                self._spawn(member.handle.kill(), f"pool-{member.id}-close")
+        for task in list(self._tasks):
+            if task.get_name().endswith("-boot"):
+                task.cancel()
+        while self._tasks:
+            await asyncio.wait(list(self._tasks))
+        if self._health_task is not None:
+            await asyncio.wait([self._health_task])
+        self._notify()
+        self._close_done.set()
+
+    async def __aenter__(self) -> VmPool:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ----- booting ---------------------------------------------------------------------------
+
+    def _replenish(self) -> None:
+        """Start as many boots as the pool needs and its bound allows."""
+        if self._closed:
+            return
+        now = time.monotonic()
+        if now < self._retry_at:
+            if self._retry_timer is None:
+                loop = asyncio.get_running_loop()
+                self._retry_timer = loop.call_at(loop.time() + self._retry_at - now, self._retry)
+            return
+        booting = sum(1 for m in self._members.values() if m.state == "booting")
+        wanted = self.size + self._live_waiters() - len(self._idle) - booting
+        room = self.max_size - len(self._members)
+        count = min(wanted, room)
+        if self._failures_in_row:
+            # After a failure, one probe boot at a time: a broken kernel must not eat the host.
+            count = min(count, 1 - booting)
+        for _ in range(max(0, count)):
+            member = _Member(f"{self.name}-{next(self._seq)}", "booting", time.monotonic())
+            self._members[member.id] = member
+            self._spawn(self._boot(member), f"pool-{member.id}-boot")
+
+    def _retry(self) -> None:
+        self._retry_timer = None
+        self._replenish()
+
+    def _live_waiters(self) -> int:
+        return sum(1 for w in self._waiters if not w.done())
+
+    async def _boot(self, member: _Member) -> None:
+        started = asyncio.ensure_future(VmHandle.start(self.spec))
+        try:
+            member.handle = await asyncio.shield(started)
+        except asyncio.CancelledError:
+            # Let the launch finish so the machine it spawned is killed, not orphaned.
+            with contextlib.suppress(BaseException):
+                await (await started).kill()
+            self._forget(member)
+            raise
+        except EngineError as err:
+            self._boot_failed(member, err)
+            return
+        self._spawn(self._watch(member), f"pool-{member.id}-watch")
+        try:
+            await member.handle.wait_ready(self.settings.boot_timeout)
+        except EngineError as err:
+            await member.handle.kill()
+            self._boot_failed(member, err)
+            return
+        if member.state != "booting":  # the pool closed meanwhile
+            return
+        self._boot_times.append(time.monotonic() - member.started)
+        self._counts["created"] += 1
+        self._failures_in_row = 0
+        self._retry_at = 0.0
+        member.last_answer = time.monotonic()  # it just printed its ready marker
+        member.state = "idle"
+        self._offer(member)
+
+    def _boot_failed(self, member: _Member, err: EngineError) -> None:
+        member.state = "stopping"
+        self._counts["failed"] += 1
+        self._failures_in_row += 1
+        self.last_error = f"boot of {member.id} failed: {err}"
+        log.warning("pool %s: %s", self.name, self.last_error)
+        delay = min(self.settings.backoff_max, self.settings.backoff_base * 2 ** (self._failures_in_row - 1))
+        self._retry_at = time.monotonic() + delay
+        if self._failures_in_row >= self.settings.max_boot_failures:
+            error = PoolBootError(
+                f"pool {self.name!r}: {self._failures_in_row} boots failed in a row; last: {err}"
+            )
+            for waiter in self._waiters:
+                if not waiter.done():
+                    waiter.set_exception(error)
+        if member.handle is None:
+            self._forget(member)
+        self._notify()
+
+    def _offer(self, member: _Member) -> None:
+        """Give a ready VM to the first live waiter, or put it with the idle ones."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                member.state = "reserved"
+                waiter.set_result(member)
+                self._notify()
+                return
+        self._idle.append(member)
+        self._notify()
+
+    # ----- watching and health ---------------------------------------------------------------
+
+    async def _watch(self, member: _Member) -> None:
+        """Wait for the member's machine to exit, then account for it and refill the pool."""
+        assert member.handle is not None
+        status = await member.handle.wait()
+        if member in self._idle:
+            self._idle.remove(member)
+        if member.state == "idle":
+            self._counts["evicted"] += 1
+            self.last_error = f"idle VM {member.id} died: {status}"
+        elif member.state == "reserved" and not member.release_requested:
+            # Ended under its holder: stopped on request counts as a release, anything else failed.
+            if isinstance(status, Failed):
+                self._counts["failed"] += 1
+                self.last_error = f"reserved VM {member.id} died: {status}"
+                if member.pooled is not None:
+                    member.pooled.lost = str(status)
+            else:
+                self._counts["released"] += 1
+        self._forget(member)
+        self._notify()
+
+    def _forget(self, member: _Member) -> None:
+        member.state = "stopping"
+        self._members.pop(member.id, None)
+        member.exited.set()
+        self._replenish()
+
+    def _evict(self, member: _Member, reason: str, *, idle_popped: bool = False) -> None:
+        if not idle_popped and member in self._idle:
+            self._idle.remove(member)
+        self._counts["evicted"] += 1
+        self.last_error = f"evicted idle VM {member.id}: {reason}"
+        log.warning("pool %s: %s", self.name, self.last_error)
+        self._spawn(self._kill_member(member, released=False), f"pool-{member.id}-evict")
+
+    async def _probe(self, member: _Member) -> bool:
+        assert member.handle is not None
+        member.probing = True
+        try:
+            answered = await member.handle.probe_console(self.settings.probe_timeout)
+        finally:
+            member.probing = False
+        if answered:
+            member.last_answer = time.monotonic()
+        return answered and member.handle.machine_alive()
+
+    async def _health_loop(self) -> None:
+        interval = self.settings.health_interval
+        while True:
+            await asyncio.sleep(interval / 2)
+            stale = [m for m in self._idle if time.monotonic() - m.last_answer > interval / 2 and not m.probing]
+            results = await asyncio.gather(*(self._probe(m) for m in stale))
+            for member, healthy in zip(stale, results):
+                if not healthy and member in self._idle:
+                    self._evict(member, "its console did not answer a health probe")
+
+    # ----- helpers ---------------------------------------------------------------------------
+
+    def _spawn(self, coro: object, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("pool %s: task %s failed", self.name, task.get_name(), exc_info=task.exception())
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise PoolClosed(f"pool {self.name!r} is closed")
+
+    def _describe_load(self) -> str:
+        s = self.stats()
+        return f"{s.booting} booting, {s.reserved} reserved, {s.stopping} stopping, max_size {s.max_size}"
+
+    async def _wait_until(self, ready: Callable[[], bool]) -> None:
+        while not ready():
+            self._check_open()
+            if self._failures_in_row >= self.settings.max_boot_failures:
+                raise PoolBootError(
+                    f"pool {self.name!r} could not boot its VMs: {self._failures_in_row} boots failed "
+                    f"in a row; last error: {self.last_error}"
+                )
+            await self._changed.wait()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+        if not self._listeners:
+            return
+        stats = self.stats()
+        for listener in list(self._listeners):
+            try:
+                listener(stats)
+            except Exception:
+                log.exception("pool %s: stats listener failed", self.name)

@@ -1,0 +1,65 @@
+"""Plain data a VM pool reports: its counters (PoolStats) and its members (PoolMember)."""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+MemberState = Literal["booting", "idle", "reserved", "stopping"]
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """A snapshot of one pool: how many VMs are in each state, and what happened so far.
+
+    ``created`` counts VMs that finished booting, ``released`` VMs their holder gave back,
+    ``evicted`` idle VMs the health check threw out, ``failed`` boots that failed plus reserved
+    VMs whose machine died under their holder, ``misses`` reserve calls that found no idle VM.
+    """
+
+    name: str
+    size: int
+    max_size: int
+    idle: int
+    booting: int
+    reserved: int
+    stopping: int
+    created: int
+    released: int
+    evicted: int
+    failed: int
+    misses: int
+    boot_p50_s: float | None
+    boot_p95_s: float | None
+    last_error: str | None
+
+    @property
+    def alive(self) -> int:
+        """VMs whose machine process exists: never more than ``max_size``."""
+        return self.idle + self.booting + self.reserved + self.stopping
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PoolMember:
+    """One VM of a pool as the pool sees it (for status listings and console attach)."""
+
+    id: str
+    state: MemberState
+    pid: int | None
+    age_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def percentile(values: Sequence[float], fraction: float) -> float | None:
+    """The nearest-rank percentile of ``values`` (None when there are none)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, math.ceil(fraction * len(ordered)) - 1))
+    return ordered[rank]

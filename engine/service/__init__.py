@@ -1,0 +1,25 @@
+"""The pool service: VM pools served to other processes on a private Unix socket.
+
+:class:`PoolServer` (what ``capsa-tui serve`` runs) serves pools; :class:`ServiceClient`
+reserves, runs commands and watches consoles through it. The wire format is in
+:mod:`engine.service.protocol`.
+"""
+from __future__ import annotations
+
+from engine.service.client import Attachment, ServiceClient
+from engine.service.errors import ProtocolError, ServiceError, ServiceUnavailable, ServiceVersionError
+from engine.service.paths import service_socket_path
+from engine.service.protocol import PROTOCOL_VERSION
+from engine.service.server import PoolServer
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "Attachment",
+    "PoolServer",
+    "ProtocolError",
+    "ServiceClient",
+    "ServiceError",
+    "ServiceUnavailable",
+    "ServiceVersionError",
+    "service_socket_path",
+]

@@ -1,0 +1,312 @@
+"""One client connection of the pool service: its requests, reservations and attachments.
+
+Each request runs in a task of its own, so a ``reserve`` that waits or a long ``run`` never
+holds up the connection's other requests; frames out are serialized by a lock. Everything a
+connection acquires (request tasks, reserved VMs, console watchers) is recorded here and given
+back in :meth:`Connection.serve`'s cleanup, whichever way the connection ends.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.console import ConsoleReader
+from engine.errors import ConsoleError, EngineError
+from engine.pool import VmPool
+from engine.pooled_vm import PooledVm
+from engine.service import protocol
+from engine.service.errors import BadRequest, ProtocolError, ServiceError, ServiceVersionError
+from engine.vm import VmHandle
+
+log = logging.getLogger(__name__)
+
+_READ_SIZE = 65536
+_OUTPUT_CHUNK = 65536  # console bytes per output event
+_INPUT_BACKLOG = 1024  # input frames queued for a console that does not take them
+
+Handler = Callable[[protocol.Message, "int | None"], Awaitable["protocol.Message | None"]]
+
+
+@dataclass(eq=False)
+class _Attachment:
+    """This connection watching one console: the output pump and the ordered input writer."""
+
+    vm_id: str
+    write: bool
+    inputs: asyncio.Queue[bytes] = field(default_factory=lambda: asyncio.Queue(_INPUT_BACKLOG))
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+class Connection:
+    """Serves one client; ``pools`` is the server's live table of pools by name."""
+
+    def __init__(
+        self, pools: Mapping[str, VmPool], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self._pools = pools
+        self._reader = reader
+        self._writer = writer
+        self._decoder = protocol.FrameDecoder()
+        self._write_lock = asyncio.Lock()
+        self._requests: set[asyncio.Task[None]] = set()
+        self._reserved: dict[str, PooledVm] = {}
+        self._attachments: dict[str, _Attachment] = {}
+        self._handlers: dict[str, Handler] = {
+            "status": self._op_status,
+            "reserve": self._op_reserve,
+            "release": self._op_release,
+            "exec": self._op_exec,
+            "run": self._op_run,
+            "attach": self._op_attach,
+            "detach": self._op_detach,
+            "input": self._op_input,
+        }
+
+    @property
+    def reserved(self) -> list[str]:
+        return list(self._reserved)
+
+    async def serve(self) -> None:
+        """Handshake, then read requests until the client goes; then give everything back."""
+        try:
+            if await self._handshake():
+                await self._read_requests()
+        except ProtocolError as err:
+            log.warning("pool service: dropping a client: %s", err)
+            with contextlib.suppress(ConnectionError, OSError, ServiceError):
+                await self._send(protocol.error_reply(None, str(err), "ProtocolError"))
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            await self._cleanup()
+
+    async def _handshake(self) -> bool:
+        while not (messages := self._decoder.feed(await self._read())):
+            pass
+        first = messages[0]
+        try:
+            protocol.check_hello(first)
+        except ServiceVersionError as err:
+            await self._send(protocol.hello_refusal(str(err)))
+            return False
+        await self._send(protocol.hello_reply(sorted(self._pools)))
+        for message in messages[1:]:  # a client may pipeline requests behind its hello
+            self._dispatch(message)
+        return True
+
+    async def _read(self) -> bytes:
+        data = await self._reader.read(_READ_SIZE)
+        if not data:
+            raise ConnectionResetError("the client closed the connection")
+        return data
+
+    async def _read_requests(self) -> None:
+        while True:
+            for message in self._decoder.feed(await self._read()):
+                self._dispatch(message)
+
+    def _dispatch(self, message: protocol.Message) -> None:
+        task = asyncio.create_task(self._handle(message), name=f"service-{message.get('op')}")
+        self._requests.add(task)
+        task.add_done_callback(self._requests.discard)
+
+    async def _handle(self, message: protocol.Message) -> None:
+        request_id = protocol.request_id(message)
+        try:
+            if request_id is None:
+                raise BadRequest("every request needs an integer 'id'")
+            op = message.get("op")
+            handler = self._handlers.get(op) if isinstance(op, str) else None
+            if handler is None:
+                raise ServiceError(f"unknown op {op!r}; known: {', '.join(sorted(self._handlers))}", "UnknownOp")
+            reply = await handler(message, request_id)
+            if reply is not None:
+                await self._send(protocol.ok_reply(request_id, **reply))
+        except (ConnectionError, OSError):
+            pass  # the client is gone; serve() sees the end of the stream and cleans up
+        except ServiceError as err:
+            await self._send_error(request_id, str(err), err.kind or type(err).__name__)
+        except EngineError as err:
+            await self._send_error(request_id, str(err), type(err).__name__)
+        except Exception as err:  # a bug must cost one request, not the server
+            log.exception("pool service: request %r failed", message.get("op"))
+            await self._send_error(request_id, f"internal error: {err!r}", "InternalError")
+
+    async def _send(self, message: protocol.Message) -> None:
+        frame = protocol.encode(message)
+        async with self._write_lock:
+            self._writer.write(frame)
+            await self._writer.drain()
+
+    async def _send_error(self, request_id: int | None, error: str, kind: str) -> None:
+        with contextlib.suppress(ConnectionError, OSError):
+            await self._send(protocol.error_reply(request_id, error, kind))
+
+    # -- lookups ---------------------------------------------------------------------------------
+
+    def _pool(self, message: protocol.Message, name_field: str = "pool") -> VmPool:
+        name = protocol.field(message, name_field, str)
+        pool = self._pools.get(name)
+        if pool is None:
+            known = ", ".join(sorted(self._pools)) or "none"
+            raise ServiceError(f"this server holds no pool {name!r} (pools: {known})", "UnknownPool")
+        return pool
+
+    def _reserved_vm(self, message: protocol.Message) -> PooledVm:
+        vm_id = protocol.field(message, "vm", str)
+        vm = self._reserved.get(vm_id)
+        if vm is None:
+            raise ServiceError(f"VM {vm_id!r} is not reserved by this connection", "NotReserved")
+        return vm
+
+    def _member(self, vm_id: str) -> VmHandle:
+        for pool in self._pools.values():
+            with contextlib.suppress(KeyError):
+                return pool.handle(vm_id)
+        raise ServiceError(f"no pool of this server has a running VM {vm_id!r}", "UnknownVm")
+
+    # -- ops -------------------------------------------------------------------------------------
+
+    async def _op_status(self, message: protocol.Message, request_id: int | None) -> protocol.Message:
+        pools = []
+        for pool in self._pools.values():
+            entry = pool.stats().to_dict()
+            entry["members"] = [member.to_dict() for member in pool.members()]
+            pools.append(entry)
+        return {"pools": pools}
+
+    async def _op_reserve(self, message: protocol.Message, request_id: int | None) -> protocol.Message:
+        pool = self._pool(message)
+        vm = await pool.reserve(protocol.timeout_field(message))
+        # recorded before any other await: a cancellation from here on finds it in cleanup
+        self._reserved[vm.id] = vm
+        return {"vm": vm.id}
+
+    async def _op_release(self, message: protocol.Message, request_id: int | None) -> protocol.Message:
+        vm = self._reserved_vm(message)
+        del self._reserved[vm.id]
+        await vm.release()
+        return {}
+
+    async def _op_exec(self, message: protocol.Message, request_id: int | None) -> protocol.Message:
+        vm = self._reserved_vm(message)
+        command = protocol.field(message, "command", str)
+        return await _run_command(vm, command, protocol.timeout_field(message))
+
+    async def _op_run(self, message: protocol.Message, request_id: int | None) -> protocol.Message:
+        pool = self._pool(message)
+        command = protocol.field(message, "command", str)
+        timeout = protocol.timeout_field(message)
+        vm = await pool.reserve(protocol.timeout_field(message, "reserve_timeout"))
+        self._reserved[vm.id] = vm
+        try:
+            return await _run_command(vm, command, timeout)
+        finally:
+            self._reserved.pop(vm.id, None)
+            await vm.release()
+
+    async def _op_attach(self, message: protocol.Message, request_id: int | None) -> None:
+        vm_id = protocol.field(message, "vm", str)
+        from_start = protocol.field(message, "from_start", bool, False)
+        write = protocol.field(message, "write", bool, False)
+        if vm_id in self._attachments:
+            raise ServiceError(f"VM {vm_id!r} is already attached on this connection", "AlreadyAttached")
+        console = await self._member(vm_id).console()
+        reader = console.reader(from_start)
+        attachment = _Attachment(vm_id, write)
+        self._attachments[vm_id] = attachment
+        # the reply goes out before the first output event
+        await self._send(protocol.ok_reply(request_id))
+        attachment.tasks = [
+            asyncio.create_task(self._pump_output(attachment, reader), name=f"service-watch-{vm_id}"),
+            asyncio.create_task(self._pump_input(attachment, reader), name=f"service-type-{vm_id}"),
+        ]
+        return None
+
+    async def _op_detach(self, message: protocol.Message, request_id: int | None) -> protocol.Message:
+        vm_id = protocol.field(message, "vm", str)
+        attachment = self._attachments.pop(vm_id, None)
+        if attachment is None:
+            raise ServiceError(f"VM {vm_id!r} is not attached on this connection", "NotAttached")
+        await _stop(attachment)
+        return {}
+
+    async def _op_input(self, message: protocol.Message, request_id: int | None) -> protocol.Message:
+        vm_id = protocol.field(message, "vm", str)
+        data = protocol.b64decode(protocol.field(message, "data", str))
+        attachment = self._attachments.get(vm_id)
+        if attachment is None:
+            raise ServiceError(f"attach to VM {vm_id!r} before sending it input", "NotAttached")
+        if not (attachment.write or vm_id in self._reserved):
+            raise ServiceError(
+                f"VM {vm_id!r} is attached read-only: reserve it, or attach with write=true", "ReadOnly"
+            )
+        try:
+            attachment.inputs.put_nowait(data)
+        except asyncio.QueueFull:
+            raise ServiceError(f"VM {vm_id!r} is not taking input (backlog full)", "InputBacklog") from None
+        return {}
+
+    # -- console pumps ---------------------------------------------------------------------------
+
+    async def _pump_output(self, attachment: _Attachment, reader: ConsoleReader) -> None:
+        vm_id = attachment.vm_id
+        with contextlib.suppress(ConnectionError, OSError):
+            while data := await reader.read(_OUTPUT_CHUNK):
+                await self._send(protocol.output_event(vm_id, data, reader.dropped))
+            if self._attachments.get(vm_id) is attachment:
+                del self._attachments[vm_id]
+            reason = reader.stream.close_reason or "the console closed"
+            await self._send(protocol.closed_event(vm_id, reason))
+            for task in attachment.tasks:
+                if task is not asyncio.current_task():
+                    task.cancel()
+
+    async def _pump_input(self, attachment: _Attachment, reader: ConsoleReader) -> None:
+        # one writer per attachment keeps keystrokes in the order they were sent
+        with contextlib.suppress(ConsoleError):
+            while True:
+                await reader.stream.write(await attachment.inputs.get())
+
+    # -- cleanup ---------------------------------------------------------------------------------
+
+    async def _cleanup(self) -> None:
+        """Cancel requests, stop watchers, release reservations, close the socket."""
+        requests = list(self._requests)
+        for task in requests:
+            task.cancel()
+        if requests:
+            await asyncio.wait(requests)
+        attachments = list(self._attachments.values())
+        self._attachments.clear()
+        for attachment in attachments:
+            await _stop(attachment)
+        reserved = list(self._reserved.values())
+        self._reserved.clear()
+        if reserved:
+            results = await asyncio.gather(*(vm.release() for vm in reserved), return_exceptions=True)
+            for vm, result in zip(reserved, results):
+                if isinstance(result, BaseException):
+                    log.warning("pool service: releasing %s failed: %r", vm.id, result)
+        self._writer.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await self._writer.wait_closed()
+
+
+async def _run_command(vm: PooledVm, command: str, timeout: float | None) -> dict[str, Any]:
+    console = await vm.console()
+    result = await console.run(command, timeout)
+    return {"exit_code": result.exit_code, "output": result.output, "dropped": result.dropped}
+
+
+async def _stop(attachment: _Attachment) -> None:
+    current = asyncio.current_task()
+    tasks = [task for task in attachment.tasks if task is not current]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks)

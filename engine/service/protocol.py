@@ -1,0 +1,245 @@
+"""The pool service's wire protocol, sans I/O: framing, message builders and field checks.
+
+Framing
+    Every message is one frame: a 4-byte big-endian length, then that many bytes of UTF-8 JSON
+    holding one object. A frame longer than :data:`MAX_FRAME` (16 MiB), bytes that are not
+    UTF-8 JSON, or JSON that is not an object is a :class:`ProtocolError`; the server drops
+    such a connection.
+
+Handshake
+    The client speaks first: ``{"op": "hello", "version": 1}``. The server answers
+    ``{"ok": true, "version": 1, "pools": [names]}``, or on a version mismatch
+    ``{"ok": false, "version": 1, "error": "..."}`` and closes the connection; the client
+    then raises :class:`ServiceVersionError` naming both versions.
+
+Requests and replies
+    A request is ``{"op": OP, "id": N, ...fields}`` with an integer ``id`` that the reply
+    echoes, so a client may pipeline: each request runs in its own task on the server and
+    replies can come back in any order. A reply is ``{"id": N, "ok": true, ...result}`` or
+    ``{"id": N, "ok": false, "error": message, "kind": name}`` where ``kind`` names the error
+    (``PoolEmpty``, ``PoolTimeout``, ``PoolClosed``, ``PoolBootError``, ``ConsoleTimeout``,
+    ``BadRequest``, ``UnknownOp``, ``UnknownPool``, ``UnknownVm``, ``NotReserved``,
+    ``NotAttached``...).
+
+    ``status``                        -> ``{"pools": [PoolStats fields + "members":
+                                          [{id, state, pid, age_s}]]}``
+    ``reserve {pool, timeout}``       -> ``{"vm": id}``; the VM belongs to this connection
+                                          until ``release`` or until the connection closes
+    ``release {vm}``                  -> ``{}``; kills the VM, the pool boots a replacement
+    ``exec {vm, command, timeout}``   -> ``{exit_code, output, dropped}`` (a VM this
+                                          connection reserved)
+    ``run {pool, command, timeout, reserve_timeout}`` -> like ``exec`` on a VM reserved and
+                                          released for this one command
+    ``attach {vm, from_start, write}`` -> ``{}``, then events (below) until ``detach`` or the
+                                          VM ends
+    ``detach {vm}``                   -> ``{}``
+    ``input {vm, data}``              -> ``{}``; ``data`` (base64) is written to the console
+
+Watching and typing
+    Any member of any pool (idle or reserved by anyone) may be attached and watched; many
+    connections may watch the same console. Input needs a writable attachment on this
+    connection: one on a VM this connection reserved, or one asked for with ``"write": true``.
+
+Events (no ``id``)
+    ``{"event": "output", "vm": id, "data": base64, "dropped": n}`` console bytes (``dropped``
+    counts bytes this watcher lost so far because it fell behind the console's scrollback);
+    ``{"event": "closed", "vm": id, "reason": text}`` when the VM's console ends.
+
+A client that disconnects has every request it left running cancelled, its attachments
+stopped and every VM it reserved released.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import struct
+from typing import Any, TypeVar
+
+from engine.service.errors import BadRequest, ProtocolError, ServiceVersionError
+
+PROTOCOL_VERSION = 1
+MAX_FRAME = 16 * 1024 * 1024
+_HEADER = struct.Struct(">I")
+
+Message = dict[str, Any]
+T = TypeVar("T")
+
+_MISSING: Any = object()
+
+
+# -- framing ---------------------------------------------------------------------------------
+
+
+def encode(message: Message) -> bytes:
+    """One frame holding ``message``; :class:`ProtocolError` if it would exceed MAX_FRAME."""
+    body = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    if len(body) > MAX_FRAME:
+        raise ProtocolError(f"message of {len(body)} bytes exceeds the frame limit of {MAX_FRAME} bytes")
+    return _HEADER.pack(len(body)) + body
+
+
+class FrameDecoder:
+    """Incremental decoder: feed it bytes as they arrive, get whole messages back.
+
+    After a :class:`ProtocolError` the stream is out of step; the decoder refuses more input.
+    """
+
+    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+        self._buffer = bytearray()
+        self._max_frame = max_frame
+        self._broken: ProtocolError | None = None
+
+    @property
+    def pending(self) -> int:
+        """Bytes received that do not yet form a whole frame."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[Message]:
+        if self._broken is not None:
+            raise self._broken
+        self._buffer += data
+        messages: list[Message] = []
+        try:
+            while (message := self._next()) is not None:
+                messages.append(message)
+        except ProtocolError as err:
+            self._broken = err
+            raise
+        return messages
+
+    def _next(self) -> Message | None:
+        if len(self._buffer) < _HEADER.size:
+            return None
+        (length,) = _HEADER.unpack_from(self._buffer)
+        # Checked before the body arrives: a bogus length must not make us buffer 4 GiB.
+        if length > self._max_frame:
+            raise ProtocolError(f"frame of {length} bytes exceeds the limit of {self._max_frame} bytes")
+        end = _HEADER.size + length
+        if len(self._buffer) < end:
+            return None
+        body = bytes(self._buffer[_HEADER.size : end])
+        del self._buffer[:end]
+        return decode_body(body)
+
+
+def decode_body(body: bytes) -> Message:
+    try:
+        message = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise ProtocolError(f"frame is not UTF-8 JSON: {err}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError(f"frame holds a JSON {type(message).__name__}, not an object")
+    return message
+
+
+# -- handshake -------------------------------------------------------------------------------
+
+
+def hello(version: int = PROTOCOL_VERSION) -> Message:
+    return {"op": "hello", "version": version}
+
+
+def mismatch_text(client: object, server: int) -> str:
+    return (
+        f"protocol version mismatch: client speaks version {client}, server speaks version {server}; "
+        "use the same capsa-tui for the client and for 'capsa-tui serve'"
+    )
+
+
+def check_hello(message: Message) -> None:
+    """Server side: raise :class:`ServiceVersionError` unless ``message`` is our hello."""
+    if message.get("op") != "hello":
+        raise ProtocolError(f"expected a hello first, got {message.get('op')!r}")
+    version = message.get("version")
+    if version != PROTOCOL_VERSION:
+        raise ServiceVersionError(mismatch_text(version, PROTOCOL_VERSION))
+
+
+def hello_reply(pools: list[str]) -> Message:
+    return {"ok": True, "version": PROTOCOL_VERSION, "pools": pools}
+
+
+def hello_refusal(error: str) -> Message:
+    return {"ok": False, "version": PROTOCOL_VERSION, "error": error}
+
+
+def check_hello_reply(reply: Message, version: int = PROTOCOL_VERSION) -> None:
+    """Client side: raise unless the server accepted our hello and speaks our version."""
+    server = reply.get("version")
+    if server != version:
+        raise ServiceVersionError(mismatch_text(version, server))  # type: ignore[arg-type]
+    if reply.get("ok") is not True:
+        raise ServiceVersionError(str(reply.get("error", "the server refused the handshake")))
+
+
+# -- requests, replies, events ---------------------------------------------------------------
+
+
+def request(op: str, request_id: int, **fields: Any) -> Message:
+    return {"op": op, "id": request_id, **fields}
+
+
+def ok_reply(request_id: int | None, **fields: Any) -> Message:
+    return {"id": request_id, "ok": True, **fields}
+
+
+def error_reply(request_id: int | None, error: str, kind: str) -> Message:
+    return {"id": request_id, "ok": False, "error": error, "kind": kind}
+
+
+def output_event(vm_id: str, data: bytes, dropped: int = 0) -> Message:
+    return {"event": "output", "vm": vm_id, "data": b64encode(data), "dropped": dropped}
+
+
+def closed_event(vm_id: str, reason: str) -> Message:
+    return {"event": "closed", "vm": vm_id, "reason": reason}
+
+
+def request_id(message: Message) -> int | None:
+    """The request's id, or None when it has none usable (the error reply then says so)."""
+    value = message.get("id")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def field(message: Message, name: str, kind: type[T] | tuple[type, ...], default: Any = _MISSING) -> T:
+    """``message[name]`` checked against ``kind``; :class:`BadRequest` if missing or mistyped.
+
+    A default (None included) is returned when the field is missing or null.
+    """
+    value = message.get(name)
+    if value is None:
+        if default is not _MISSING:
+            return default  # type: ignore[no-any-return]
+        raise BadRequest(f"{message.get('op')}: missing field {name!r}")
+    # bool is an int to Python, never to us: true is not a timeout
+    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        raise BadRequest(f"{message.get('op')}: field {name!r} must be {_kind_name(kind)}, not {value!r}")
+    if not isinstance(value, kind):
+        raise BadRequest(f"{message.get('op')}: field {name!r} must be {_kind_name(kind)}, not {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def timeout_field(message: Message, name: str = "timeout") -> float | None:
+    """An optional non-negative number of seconds."""
+    value = field(message, name, (int, float), None)
+    if value is not None and value < 0:
+        raise BadRequest(f"{message.get('op')}: field {name!r} must be >= 0, not {value!r}")
+    return None if value is None else float(value)
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {bool: "a boolean", str: "a string", int: "a number", float: "a number", dict: "an object"}
+    return " or ".join(sorted({names.get(k, k.__name__) for k in kinds}))
+
+
+def b64encode(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def b64decode(text: str) -> bytes:
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError, ValueError):
+        raise BadRequest("data is not valid base64") from None
