@@ -224,10 +224,11 @@ async def test_close_during_boots_leaves_nothing(boot: engine.LinuxDirectBoot) -
 
 
 async def test_close_kills_reserved_and_idle_and_fails_waiters(boot: engine.LinuxDirectBoot) -> None:
-    pool = await _pool(boot, "closing").max_size(2).build(2)
+    pool = await _pool(boot, "closing").max_size(3).build(2)
     held = [pool.try_reserve(), pool.try_reserve()]
     waiter = asyncio.create_task(pool.reserve())
     await asyncio.sleep(0.05)
+    assert pool.stats().booting == 1  # the third VM is still booting when the pool closes
     await pool.close()
     with pytest.raises(engine.PoolClosed):
         await waiter

@@ -26,6 +26,9 @@ from engine.kvm.host import find_qemu
 from engine.kvm.process import StderrTail, spawn_tied
 
 log = logging.getLogger(__name__)
+# qemu.qmp logs every failed handshake at ERROR; a QEMU that dies at start-up already becomes
+# one MachineError carrying its stderr, so its log lines would only repeat that, louder.
+logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
 
 EventCallback = Callable[[str, dict[str, Any]], None]
 

@@ -1,0 +1,430 @@
+"""Network policy: a default action plus ordered rules, decided per flow and per DNS name.
+
+capsa's model: the first rule whose criteria match decides; ALLOW and DENY stop, LOG records the
+rule and goes on; if no rule decides, the default does. Policies are immutable, so a running VM
+swaps one for another atomically (every builder method returns a new policy).
+
+Domain rules, exactly (the security-relevant part):
+
+* A flow carries ``domains`` (names the gateway's own DNS answers mapped to its destination,
+  see :class:`~engine.netstack.domains.DomainTracker`) and ``sni_or_host`` (the TLS SNI or HTTP
+  Host the guest sent, when the gateway read one).
+* For an **ALLOW** rule all evidence must agree: some name in ``domains`` matches the pattern
+  *and*, when ``sni_or_host`` is not None, it matches the pattern too. Sharing an IP with an
+  allowed name therefore does not let a guest ask that IP for another name, and an SNI alone
+  (to an address no allowed name resolved to) opens nothing. Only plain host names can be
+  allowed; ``sni_or_host=""`` (the gateway read a hello it could not parse) allows nothing.
+* For **DENY** and **LOG** rules any evidence suffices: a name in ``domains`` *or* the
+  ``sni_or_host`` matching the pattern, compared by suffix even when the name is odd, so a
+  lying or malformed name cannot dodge a deny.
+* A domain rule names an off-limits address (below) only for a static host entry of the
+  profile (``Flow.static_host``): a public name that resolves to 127.0.0.1 or 169.254.169.254
+  (DNS rebinding) opens nothing.
+
+Off-limits destinations (:func:`is_restricted`): ``0/8``, loopback, link-local and metadata
+(169.254/16), the private ranges, CGNAT (100.64/10), multicast, reserved and broadcast, plus
+the networks the gateway passes as ``protected`` (its guest subnet, i.e. other VMs, and the
+host's own addresses). To such a destination an ALLOW rule — and an allow-by-default — applies
+only if its criteria *name* the address: an ``ip`` equal to it, an ``ip_range`` containing it
+that is no wider than every off-limits block holding it (``10.0.0.0/8`` names ``10.1.2.3``,
+``0.0.0.0/0`` names nothing), or a domain rule on a static host. Any other matching ALLOW
+rule is passed over (evaluation goes on), and the default ALLOW becomes DENY.
+
+DNS questions (:meth:`NetworkPolicy.evaluate_name`): see that method.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from ipaddress import IPv4Address, IPv4Network
+
+from engine.netstack.domains import DomainPattern, DomainTracker, PolicyError, canonical_name
+from engine.netstack.policy_criteria import (
+    AllMatch, AnyMatch, DomainMatch, IpMatch, IpRangeMatch, MatchCriteria, PortMatch, PortRangeMatch,
+    Protocol, ProtocolMatch, criteria_from_data, criteria_to_data)
+
+# The criteria and domain types live in sibling modules (to keep each file small); import them
+# from here.
+__all__ = [
+    "PolicyAction", "Protocol", "MatchCriteria", "AnyMatch", "IpMatch", "IpRangeMatch", "PortMatch",
+    "PortRangeMatch", "ProtocolMatch", "DomainMatch", "AllMatch", "DomainPattern", "DomainTracker",
+    "Rule", "Flow", "Decision", "NetworkPolicy", "PolicyError", "RESTRICTED_NETWORKS",
+    "is_restricted", "restricted_blocks",
+]
+
+RESTRICTED_NETWORKS: tuple[tuple[IPv4Network, str], ...] = tuple(
+    (IPv4Network(net), label) for net, label in (
+        ("0.0.0.0/8", "'this network'"),
+        ("127.0.0.0/8", "loopback"),
+        ("169.254.0.0/16", "link-local / cloud metadata"),
+        ("10.0.0.0/8", "private"),
+        ("172.16.0.0/12", "private"),
+        ("192.168.0.0/16", "private"),
+        ("100.64.0.0/10", "shared address space (CGNAT)"),
+        ("224.0.0.0/4", "multicast"),
+        ("255.255.255.255/32", "broadcast"),
+        ("240.0.0.0/4", "reserved"),
+    ))
+
+
+class PolicyAction(Enum):
+    """What a rule (or the default) does with a matching flow."""
+
+    ALLOW = "allow"
+    DENY = "deny"
+    LOG = "log"
+
+
+def restricted_blocks(ip: IPv4Address, protected: Iterable[IPv4Network] = ()) -> list[tuple[IPv4Network, str]]:
+    """Every off-limits block holding ``ip`` (built-in ones and ``protected``), with its label."""
+    found = [(net, label) for net, label in RESTRICTED_NETWORKS if ip in net]
+    found += [(net, "protected by the gateway (guest subnet or host address)") for net in protected if ip in net]
+    return found
+
+
+def is_restricted(ip: IPv4Address | str, protected: Iterable[IPv4Network] = ()) -> str | None:
+    """Why ``ip`` is off-limits unless a rule names it (e.g. ``"loopback (127.0.0.0/8)"``), or None."""
+    return _reason(restricted_blocks(IPv4Address(ip), protected))
+
+
+def _reason(blocks: list[tuple[IPv4Network, str]]) -> str | None:
+    return "; ".join(f"{label} ({net})" for net, label in blocks) or None
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One policy rule: an action and the criteria a flow must match."""
+
+    action: PolicyAction
+    criteria: MatchCriteria
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.action, PolicyAction):
+            raise PolicyError(f"rule action must be a PolicyAction, not {self.action!r}")
+        if not isinstance(self.criteria, MatchCriteria):
+            raise PolicyError(f"rule criteria must be MatchCriteria, not {self.criteria!r}")
+
+    def matches(self, flow: Flow) -> bool:
+        # ALLOW needs every piece of domain evidence to agree; DENY/LOG any of it (module doc).
+        return self.criteria.matches(flow, strict=self.action is PolicyAction.ALLOW)
+
+    def describe(self) -> str:
+        """One line for the TUI, e.g. ``allow domain *.github.com``."""
+        return f"{self.action.value} {self.criteria.describe()}"
+
+    def to_dict(self) -> dict[str, object]:
+        return {"action": self.action.value, **criteria_to_data(self.criteria, flat=True)}
+
+    @classmethod
+    def from_dict(cls, data: object, path: tuple[str | int, ...] = ()) -> Rule:
+        if not isinstance(data, dict) and not hasattr(data, "items"):
+            raise PolicyError(f"a rule is a mapping with 'action' and criteria, found {data!r}", path)
+        items = dict(data.items())  # type: ignore[union-attr]
+        if "action" not in items:
+            raise PolicyError("the rule has no 'action' (allow, deny or log)", path)
+        action = _parse_action(items.pop("action"), (*path, "action"), default=False)
+        if not items:
+            raise PolicyError("the rule has no criteria (write 'any: true' to match all traffic)", path)
+        return cls(action, criteria_from_data(items, path))
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """What the gateway knows about a new flow when it asks the policy.
+
+    ``domains``: names the gateway's DNS answers mapped to ``dst_ip`` (not expired).
+    ``sni_or_host``: the TLS SNI or HTTP Host the guest sent; None when none was sent or the
+    gateway did not look; ``""`` when it looked and could not parse what it read (allows
+    nothing by domain). ``static_host``: ``dst_ip`` comes from a static host entry of the
+    profile whose name is in ``domains``. ``dst_port`` is 0 for ICMP (port criteria never match
+    it). Strings are accepted for addresses; names are canonicalised.
+    """
+
+    protocol: Protocol
+    dst_ip: IPv4Address
+    dst_port: int = 0
+    src_ip: IPv4Address = IPv4Address(0)
+    src_port: int = 0
+    domains: frozenset[str] = frozenset()
+    sni_or_host: str | None = None
+    static_host: bool = False
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__  # frozen: normalise once here so matching stays cheap
+        if not isinstance(self.protocol, Protocol):
+            set_(self, "protocol", Protocol(self.protocol))
+        if not isinstance(self.dst_ip, IPv4Address):
+            set_(self, "dst_ip", IPv4Address(self.dst_ip))
+        if not isinstance(self.src_ip, IPv4Address):
+            set_(self, "src_ip", IPv4Address(self.src_ip))
+        set_(self, "domains", frozenset(canonical_name(d) for d in self.domains))
+        if self.sni_or_host is not None:
+            set_(self, "sni_or_host", canonical_name(self.sni_or_host))
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome for one flow or DNS name.
+
+    ``action`` is ALLOW or DENY; ``rule_index`` the deciding rule (None: the default);
+    ``logged`` the LOG rules the evaluation passed through; ``rule_text`` a line for the flow
+    log; ``restricted`` why the destination is off-limits, when it is.
+    """
+
+    action: PolicyAction
+    rule_index: int | None
+    logged: tuple[int, ...] = ()
+    rule_text: str = ""
+    restricted: str | None = None
+
+    @property
+    def allowed(self) -> bool:
+        return self.action is PolicyAction.ALLOW
+
+
+def _parse_action(value: object, path: tuple[str | int, ...], default: bool) -> PolicyAction:
+    choices = ("allow", "deny") if default else ("allow", "deny", "log")
+    if isinstance(value, PolicyAction):
+        text = value.value
+    elif isinstance(value, str):
+        text = value.strip().lower()
+    else:
+        text = None
+    if text not in choices:
+        raise PolicyError(f"expected {', '.join(choices[:-1])} or {choices[-1]}, found {value!r}", path)
+    return PolicyAction(text)
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkPolicy:
+    """A default action (ALLOW or DENY) and ordered rules; immutable, built fluently."""
+
+    default: PolicyAction = PolicyAction.DENY
+    rules: tuple[Rule, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.default not in (PolicyAction.ALLOW, PolicyAction.DENY):
+            raise PolicyError(f"the default must be allow or deny, not {self.default!r}", ("default",))
+        rules = tuple(self.rules)
+        for i, rule in enumerate(rules):
+            if not isinstance(rule, Rule):
+                raise PolicyError(f"expected a Rule, found {rule!r}", ("rules", i))
+        object.__setattr__(self, "rules", rules)
+
+    # -- construction ---------------------------------------------------------------------
+    @classmethod
+    def deny_all(cls) -> NetworkPolicy:
+        return cls(PolicyAction.DENY)
+
+    @classmethod
+    def allow_all(cls) -> NetworkPolicy:
+        return cls(PolicyAction.ALLOW)
+
+    def rule(self, action: PolicyAction, criteria: MatchCriteria) -> NetworkPolicy:
+        """A copy with one more rule at the end."""
+        return replace(self, rules=(*self.rules, Rule(action, criteria)))
+
+    def allow(self, criteria: MatchCriteria) -> NetworkPolicy:
+        return self.rule(PolicyAction.ALLOW, criteria)
+
+    def deny(self, criteria: MatchCriteria) -> NetworkPolicy:
+        return self.rule(PolicyAction.DENY, criteria)
+
+    def log(self, criteria: MatchCriteria) -> NetworkPolicy:
+        return self.rule(PolicyAction.LOG, criteria)
+
+    def allow_dns(self) -> NetworkPolicy:
+        """UDP port 53 (capsa's meaning): DNS as a service; domain rules still decide names."""
+        return self.allow(MatchCriteria.all(MatchCriteria.protocol(Protocol.UDP), MatchCriteria.port(53)))
+
+    def allow_https(self) -> NetworkPolicy:
+        """TCP port 443."""
+        return self.allow(MatchCriteria.all(MatchCriteria.protocol(Protocol.TCP), MatchCriteria.port(443)))
+
+    def allow_port(self, port: int) -> NetworkPolicy:
+        """``port`` over any protocol."""
+        return self.allow(MatchCriteria.port(port))
+
+    def allow_tcp_port(self, port: int) -> NetworkPolicy:
+        return self.allow(MatchCriteria.all(MatchCriteria.protocol(Protocol.TCP), MatchCriteria.port(port)))
+
+    def allow_udp_port(self, port: int) -> NetworkPolicy:
+        return self.allow(MatchCriteria.all(MatchCriteria.protocol(Protocol.UDP), MatchCriteria.port(port)))
+
+    def allow_port_range(self, start: int, end: int) -> NetworkPolicy:
+        return self.allow(MatchCriteria.port_range(start, end))
+
+    def allow_ip(self, ip: IPv4Address | str) -> NetworkPolicy:
+        return self.allow(MatchCriteria.ip(ip))
+
+    def allow_ip_range(self, network: str, prefix: int | None = None) -> NetworkPolicy:
+        return self.allow(MatchCriteria.ip_range(network, prefix))
+
+    def allow_domain(self, pattern: str) -> NetworkPolicy:
+        return self.allow(MatchCriteria.domain(pattern))
+
+    def deny_port(self, port: int) -> NetworkPolicy:
+        return self.deny(MatchCriteria.port(port))
+
+    def deny_ip(self, ip: IPv4Address | str) -> NetworkPolicy:
+        return self.deny(MatchCriteria.ip(ip))
+
+    def deny_ip_range(self, network: str, prefix: int | None = None) -> NetworkPolicy:
+        return self.deny(MatchCriteria.ip_range(network, prefix))
+
+    def deny_domain(self, pattern: str) -> NetworkPolicy:
+        return self.deny(MatchCriteria.domain(pattern))
+
+    # -- editing (the TUI's rule editor) ----------------------------------------------------
+    def with_default(self, action: PolicyAction) -> NetworkPolicy:
+        return NetworkPolicy(action, self.rules)
+
+    def with_rule(self, rule: Rule, index: int | None = None) -> NetworkPolicy:
+        """A copy with ``rule`` inserted before ``index`` (appended when None)."""
+        rules = list(self.rules)
+        if index is None:
+            rules.append(rule)
+        else:
+            if not 0 <= index <= len(rules):
+                raise PolicyError(f"cannot insert at {index}: the policy has {len(rules)} rules", ("rules",))
+            rules.insert(index, rule)
+        return replace(self, rules=tuple(rules))
+
+    def without_rule(self, index: int) -> NetworkPolicy:
+        self._check_index(index)
+        return replace(self, rules=self.rules[:index] + self.rules[index + 1:])
+
+    def replace_rule(self, index: int, rule: Rule) -> NetworkPolicy:
+        self._check_index(index)
+        return replace(self, rules=(*self.rules[:index], rule, *self.rules[index + 1:]))
+
+    def move_rule(self, index: int, to: int) -> NetworkPolicy:
+        """A copy with the rule at ``index`` moved so that it ends up at position ``to``."""
+        self._check_index(index)
+        self._check_index(to)
+        rules = list(self.rules)
+        rules.insert(to, rules.pop(index))
+        return replace(self, rules=tuple(rules))
+
+    def _check_index(self, index: int) -> None:
+        if not 0 <= index < len(self.rules):
+            raise PolicyError(f"no rule {index}: the policy has {len(self.rules)} rules", ("rules", index))
+
+    # -- decisions --------------------------------------------------------------------------
+    @property
+    def has_domain_rules(self) -> bool:
+        """Whether any rule looks at names (only then is reading SNI/Host worth it)."""
+        return any(r.criteria.has_domain() for r in self.rules)
+
+    def evaluate(self, flow: Flow, protected: Iterable[IPv4Network] = ()) -> Decision:
+        """Decide a new flow: first ALLOW/DENY rule that matches, else the default.
+
+        ``protected``: networks off-limits besides the built-in ones (the gateway's guest subnet,
+        the host's own addresses). See the module docstring for domain and off-limits rules.
+        """
+        found = restricted_blocks(flow.dst_ip, protected)
+        blocks = [net for net, _ in found]
+        reason = _reason(found)
+        logged: list[int] = []
+        passed_over: int | None = None
+        for i, rule in enumerate(self.rules):
+            if not rule.matches(flow):
+                continue
+            if rule.action is PolicyAction.LOG:
+                logged.append(i)
+                continue
+            if rule.action is PolicyAction.ALLOW and blocks and not rule.criteria.names_address(flow, blocks):
+                # This allow does not name the off-limits destination; a later rule may.
+                passed_over = i if passed_over is None else passed_over
+                continue
+            return Decision(rule.action, i, tuple(logged), rule.describe(), reason)
+        text = f"default {self.default.value}"
+        if reason and (self.default is PolicyAction.ALLOW or passed_over is not None):
+            by = ("the default allow" if passed_over is None
+                  else f"rule {passed_over + 1} ({self.rules[passed_over].describe()})")
+            text = f"deny {flow.dst_ip}: {reason}; {by} does not name it"
+            return Decision(PolicyAction.DENY, None, tuple(logged), text, reason)
+        return Decision(self.default, None, tuple(logged), text, reason)
+
+    def evaluate_name(self, name: str, protocol: Protocol = Protocol.UDP, port: int = 53) -> Decision:
+        """Decide whether the gateway may resolve ``name`` for the guest (DENY: NXDOMAIN, no upstream).
+
+        Rules split in two kinds. *Name rules* have a domain criterion; such a rule matches the
+        name when its domain criteria match it and — for DENY only — it has no other criterion
+        but ``any`` (a rule that denies a name only on port 25 must not hide the name; an ALLOW
+        of the name on port 443 must let it resolve). *Transport rules* (no domain criterion,
+        e.g. ``allow_dns``, ``deny_port(53)``, ``any``) are matched against the DNS service itself,
+        by ``protocol`` and ``port`` alone: ``ip``/``ip_range`` criteria never match it (the
+        query goes to the gateway, whose upstream is not the guest's business, so
+        ``deny_ip_range("10.0.0.0", 8)`` does not switch DNS off). Walking the rules in order:
+
+        * a matching name rule decides (LOG: recorded, go on);
+        * the first matching transport rule, if DENY, decides (DNS itself is refused before any
+          name rule spoke); if ALLOW it is remembered and the walk goes on, so ``allow_dns()``
+          first does not hide a later ``deny_domain``;
+        * at the end, the remembered transport ALLOW decides, else the default.
+
+        So with ``deny_all()`` and no ``allow_dns()`` only names that some allow-domain rule
+        covers resolve, and with ``allow_dns()`` every name resolves except the denied ones.
+        """
+        qname = canonical_name(name)
+        logged: list[int] = []
+        transport: int | None = None
+        for i, rule in enumerate(self.rules):
+            if rule.criteria.has_domain():
+                if not rule.criteria.name_match(qname, deny=rule.action is PolicyAction.DENY):
+                    continue
+                if rule.action is PolicyAction.LOG:
+                    logged.append(i)
+                    continue
+                return Decision(rule.action, i, tuple(logged), rule.describe())
+            if not rule.criteria.matches_service(protocol, port):
+                continue
+            if rule.action is PolicyAction.LOG:
+                logged.append(i)
+            elif transport is None:
+                if rule.action is PolicyAction.DENY:
+                    return Decision(PolicyAction.DENY, i, tuple(logged), rule.describe())
+                transport = i
+        if transport is not None:
+            return Decision(PolicyAction.ALLOW, transport, tuple(logged), self.rules[transport].describe())
+        return Decision(self.default, None, tuple(logged), f"default {self.default.value}")
+
+    # -- presentation and plain data ------------------------------------------------------
+    def describe(self) -> str:
+        """Numbered rules (from 1) and the default, one per line."""
+        lines = [f"{i + 1}. {rule.describe()}" for i, rule in enumerate(self.rules)]
+        return "\n".join([*lines, f"default: {self.default.value}"])
+
+    def lint(self) -> list[str]:
+        """Warnings for the editor: rules no flow can reach."""
+        warnings = []
+        for i, rule in enumerate(self.rules):
+            if rule.action is not PolicyAction.LOG and rule.criteria == MatchCriteria.any():
+                warnings += [f"rule {j + 1} ({self.rules[j].describe()}) is never reached: "
+                             f"rule {i + 1} matches all traffic" for j in range(i + 1, len(self.rules))]
+                break
+        return warnings
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain data for YAML: ``{"default": "deny", "rules": [{"action": "allow", ...}, ...]}``."""
+        return {"default": self.default.value, "rules": [rule.to_dict() for rule in self.rules]}
+
+    @classmethod
+    def from_dict(cls, data: object) -> NetworkPolicy:
+        """The inverse of :meth:`to_dict`; ``default`` may be left out (deny). Raises PolicyError."""
+        if not hasattr(data, "items"):
+            raise PolicyError(f"a policy is a mapping with 'default' and 'rules', found {data!r}")
+        items = dict(data.items())  # type: ignore[union-attr]
+        unknown = sorted(set(items) - {"default", "rules"}, key=str)
+        if unknown:
+            raise PolicyError(f"unknown key {unknown[0]!r} (a policy has 'default' and 'rules')", (str(unknown[0]),))
+        default = _parse_action(items.get("default", "deny"), ("default",), default=True)
+        raw_rules = items.get("rules", [])
+        if raw_rules is None:
+            raw_rules = []
+        if isinstance(raw_rules, (str, bytes)) or not isinstance(raw_rules, Iterable) or hasattr(raw_rules, "items"):
+            raise PolicyError(f"expected a list of rules, found {raw_rules!r}", ("rules",))
+        return cls(default, tuple(Rule.from_dict(r, ("rules", i)) for i, r in enumerate(raw_rules)))
+

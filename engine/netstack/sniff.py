@@ -1,0 +1,342 @@
+"""Read the name a guest asks for in the first bytes of a TCP stream: TLS SNI or HTTP Host.
+
+The gateway buffers what the guest sends first on a connection (up to ``MAX_SNIFF_BYTES``)
+and asks :func:`sniff` (or :func:`tls_client_hello_sni` / :func:`http_host`) until the answer
+is no longer ``NEED_MORE``; the name goes into ``Flow.sni_or_host`` as
+:attr:`SniffResult.flow_name` says. Nothing here raises on any input: bad bytes are a
+``MALFORMED`` result with a ``detail``.
+
+TLS: a ClientHello is reassembled from consecutive handshake records (so a hello split over
+several records, e.g. a large post-quantum key share, is read); the ``server_name`` extension
+must appear at most once with at most one ``host_name``, since a server might pick another
+entry than we would. With Encrypted Client Hello only the outer (public) name is visible; the
+gateway's DNS refuses HTTPS/SVCB records, from which a client would learn ECH keys.
+
+HTTP/1.x: the request line and headers up to the empty line (CRLF or bare LF, as servers
+accept both). An absolute-form target (``GET http://x/``) or a CONNECT authority names the host
+too, and servers prefer it to ``Host``; if both are present they must agree. Several ``Host``
+headers, folded header lines and HTTP/2 prior knowledge (``PRI *``: its authority is
+HPACK-coded) are ``MALFORMED`` so an ambiguous request cannot name one host to us and
+another to the server.
+"""
+from __future__ import annotations
+
+import re
+import struct
+from dataclasses import dataclass
+from enum import Enum
+
+from engine.netstack.domains import canonical_name, is_plain_name
+
+MAX_SNIFF_BYTES = 16384
+TLS_HANDSHAKE = 22
+HANDSHAKE_CLIENT_HELLO = 1
+EXT_SERVER_NAME = 0
+MAX_TLS_RECORD = 16384  # TLSPlaintext.length limit (RFC 8446 5.1)
+
+
+class SniffStatus(Enum):
+    """What the first bytes of a stream told us."""
+
+    NEED_MORE = "need_more"        # consistent so far, incomplete: buffer more and ask again
+    FOUND = "found"                # a host name: SniffResult.name
+    ABSENT = "absent"              # the protocol, complete, naming no host (no SNI / no Host)
+    NOT_PROTOCOL = "not_protocol"  # not TLS (resp. not an HTTP/1 request) at all
+    MALFORMED = "malformed"        # looks like the protocol but is broken, ambiguous or too large
+
+
+NEED_MORE = SniffStatus.NEED_MORE
+
+
+@dataclass(frozen=True, slots=True)
+class SniffResult:
+    """A sniffing verdict; ``name`` (canonical: lowercase, no trailing dot) only when FOUND."""
+
+    status: SniffStatus
+    name: str | None = None
+    detail: str = ""
+
+    @property
+    def flow_name(self) -> str | None:
+        """What to put in ``Flow.sni_or_host`` when the gateway stops reading here.
+
+        FOUND: the name. ABSENT / NOT_PROTOCOL: None (no name was sent; domain rules use DNS
+        knowledge alone). MALFORMED, or NEED_MORE when the gateway gives up waiting: ``""``,
+        a name that matches no pattern, so nothing is allowed by domain on an unreadable hello.
+        """
+        if self.status is SniffStatus.FOUND:
+            return self.name
+        if self.status in (SniffStatus.ABSENT, SniffStatus.NOT_PROTOCOL):
+            return None
+        return ""
+
+
+# Aliases naming what each function returns.
+SniResult = SniffResult
+HostResult = SniffResult
+
+
+def _result(status: SniffStatus, detail: str = "", name: str | None = None) -> SniffResult:
+    return SniffResult(status, name, detail)
+
+
+def _host_name(raw: bytes) -> str | None:
+    """A canonical plain host name from wire bytes, or None if they are not one."""
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    name = canonical_name(text)
+    return name if is_plain_name(name) else None
+
+
+def sniff(data: bytes, max_bytes: int = MAX_SNIFF_BYTES) -> SniffResult:
+    """TLS if the stream starts like a TLS handshake record, else HTTP/1."""
+    if not data:
+        return _result(SniffStatus.NEED_MORE)
+    if data[0] == TLS_HANDSHAKE:
+        return tls_client_hello_sni(data, max_bytes)
+    return http_host(data, max_bytes)
+
+
+def tls_sni(data: bytes, max_bytes: int = MAX_SNIFF_BYTES) -> str | None | SniffStatus:
+    """Short form: ``NEED_MORE``, else :attr:`SniffResult.flow_name` of the TLS verdict."""
+    result = tls_client_hello_sni(data, max_bytes)
+    return NEED_MORE if result.status is SniffStatus.NEED_MORE else result.flow_name
+
+
+# -- TLS -----------------------------------------------------------------------------------
+class _Short(Exception):
+    """A length field points past the end of a complete message (internal: means malformed)."""
+
+
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def take(self, n: int) -> bytes:
+        if self.pos + n > len(self.data):
+            raise _Short()
+        out = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+    def u8(self) -> int:
+        return self.take(1)[0]
+
+    def u16(self) -> int:
+        return int(struct.unpack("!H", self.take(2))[0])
+
+    def vec8(self) -> bytes:
+        return self.take(self.u8())
+
+    def vec16(self) -> bytes:
+        return self.take(self.u16())
+
+    @property
+    def left(self) -> int:
+        return len(self.data) - self.pos
+
+
+def _more_or_too_large(data: bytes, max_bytes: int) -> SniffResult:
+    if len(data) >= max_bytes:
+        return _result(SniffStatus.MALFORMED, f"no complete ClientHello in the first {max_bytes} bytes")
+    return _result(SniffStatus.NEED_MORE)
+
+
+def tls_client_hello_sni(data: bytes, max_bytes: int = MAX_SNIFF_BYTES) -> SniffResult:
+    """The SNI host name of the TLS ClientHello at the start of ``data``.
+
+    Any prefix of a valid hello gives NEED_MORE; only the first ``max_bytes`` are looked at.
+    """
+    data = bytes(data[:max_bytes])
+    handshake = b""
+    needed: int | None = None  # total handshake message length, once its header is in
+    pos = 0
+    while True:
+        header = data[pos:pos + 5]
+        first = pos == 0
+        if header[:1] and header[0] != TLS_HANDSHAKE:
+            return (_result(SniffStatus.NOT_PROTOCOL, "first byte is not a TLS handshake record") if first
+                    else _result(SniffStatus.MALFORMED, f"record of type {header[0]} inside the ClientHello"))
+        if len(header) >= 2 and header[1] != 3:
+            return (_result(SniffStatus.NOT_PROTOCOL, "record version is not TLS (3.x)") if first
+                    else _result(SniffStatus.MALFORMED, "record version changed inside the ClientHello"))
+        if len(header) < 5:
+            return _more_or_too_large(data, max_bytes)
+        length = int.from_bytes(header[3:5], "big")
+        if length == 0 or length > MAX_TLS_RECORD:
+            return _result(SniffStatus.MALFORMED, f"handshake record length {length}")
+        fragment = data[pos + 5:pos + 5 + length]
+        handshake += fragment
+        if handshake and handshake[0] != HANDSHAKE_CLIENT_HELLO:
+            return _result(SniffStatus.MALFORMED, f"first handshake message is type {handshake[0]}, not ClientHello")
+        if needed is None and len(handshake) >= 4:
+            needed = 4 + int.from_bytes(handshake[1:4], "big")
+            if needed + 5 > max_bytes:
+                return _result(SniffStatus.MALFORMED,
+                               f"ClientHello of {needed} bytes exceeds the {max_bytes}-byte limit")
+        if needed is not None and len(handshake) >= needed:
+            return _parse_client_hello(handshake[4:needed])
+        if len(fragment) < length:
+            return _more_or_too_large(data, max_bytes)
+        pos += 5 + length
+
+
+def _parse_client_hello(body: bytes) -> SniffResult:
+    try:
+        r = _Reader(body)
+        r.take(2 + 32)  # legacy_version, random
+        if len(r.vec8()) > 32:
+            return _result(SniffStatus.MALFORMED, "session id longer than 32 bytes")
+        suites = r.vec16()
+        if not suites or len(suites) % 2:
+            return _result(SniffStatus.MALFORMED, "bad cipher suite list")
+        if not r.vec8():
+            return _result(SniffStatus.MALFORMED, "empty compression method list")
+        if r.left == 0:
+            return _result(SniffStatus.ABSENT, "ClientHello without extensions")
+        extensions = _Reader(r.vec16())
+        if r.left:
+            return _result(SniffStatus.MALFORMED, "bytes after the extensions")
+        seen: set[int] = set()
+        name: str | None = None
+        while extensions.left:
+            ext_type = extensions.u16()
+            ext_data = extensions.vec16()
+            if ext_type in seen:
+                return _result(SniffStatus.MALFORMED, f"extension {ext_type} appears twice")
+            seen.add(ext_type)
+            if ext_type == EXT_SERVER_NAME:
+                found = _parse_server_name(ext_data)
+                if isinstance(found, SniffResult):
+                    return found
+                name = found
+    except _Short:
+        return _result(SniffStatus.MALFORMED, "a length field runs past the end of the ClientHello")
+    if name is None:
+        return _result(SniffStatus.ABSENT, "ClientHello without server_name")
+    return _result(SniffStatus.FOUND, name=name)
+
+
+def _parse_server_name(ext_data: bytes) -> str | SniffResult:
+    r = _Reader(ext_data)
+    entries = _Reader(r.vec16())
+    if r.left or not entries.left:
+        return _result(SniffStatus.MALFORMED, "bad server_name list length")
+    names: list[bytes] = []
+    while entries.left:
+        name_type = entries.u8()
+        value = entries.vec16()
+        if name_type == 0:
+            names.append(value)
+    if len(names) != 1:
+        return _result(SniffStatus.MALFORMED, f"server_name has {len(names)} host names")
+    name = _host_name(names[0])
+    if name is None:
+        return _result(SniffStatus.MALFORMED, f"server name {names[0][:64]!r} is not a host name")
+    return name
+
+
+# -- HTTP/1 --------------------------------------------------------------------------------
+_TCHAR = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]"
+_REQUEST_LINE = re.compile(rb"(" + _TCHAR + rb"+) ([\x21-\x7e\x80-\xff]+) HTTP/(\d)\.(\d)\r?")
+_METHOD_PREFIX = re.compile(_TCHAR + rb"{0,32}( |$)")
+_HEADER_NAME = re.compile(_TCHAR + rb"+")
+_REG_NAME = re.compile(rb"[A-Za-z0-9._-]+")
+
+
+def http_host(data: bytes, max_bytes: int = MAX_SNIFF_BYTES) -> SniffResult:
+    """The host an HTTP/1 request at the start of ``data`` is for (Host header or absolute target)."""
+    data = bytes(data[:max_bytes])
+    first_end = data.find(b"\n")
+    if first_end < 0:
+        if not _METHOD_PREFIX.match(data[:34]):
+            return _result(SniffStatus.NOT_PROTOCOL, "does not start with an HTTP method")
+        return _more_or_too_large_http(data, max_bytes)
+    line = _REQUEST_LINE.fullmatch(data[:first_end])
+    if line is None:
+        return _result(SniffStatus.NOT_PROTOCOL, "first line is not an HTTP/1 request line")
+    method, target, major = line.group(1), line.group(2), line.group(3)
+    if method == b"PRI" and major == b"2":
+        return _result(SniffStatus.MALFORMED, "HTTP/2 prior knowledge: the authority is HPACK-coded")
+    if major != b"1":
+        return _result(SniffStatus.NOT_PROTOCOL, f"HTTP/{major.decode()} request line")
+    headers: list[bytes] = []
+    pos = first_end + 1
+    while True:
+        end = data.find(b"\n", pos)
+        if end < 0:
+            return _more_or_too_large_http(data, max_bytes)
+        raw = data[pos:end]
+        raw = raw[:-1] if raw.endswith(b"\r") else raw
+        pos = end + 1
+        if not raw:
+            break
+        headers.append(raw)
+    host_values: list[bytes] = []
+    for raw in headers:
+        if raw[:1] in (b" ", b"\t"):
+            return _result(SniffStatus.MALFORMED, "folded header line")
+        name, colon, value = raw.partition(b":")
+        if not colon or not _HEADER_NAME.fullmatch(name):
+            return _result(SniffStatus.MALFORMED, f"bad header line {raw[:64]!r}")
+        if name.lower() == b"host":
+            host_values.append(value.strip(b" \t"))
+    if len(host_values) > 1:
+        return _result(SniffStatus.MALFORMED, "several Host headers")
+    target_host = _target_host(method, target)
+    if isinstance(target_host, SniffResult):
+        return target_host
+    header_host: str | None = None
+    if host_values and host_values[0]:
+        header_host = _authority_host(host_values[0])
+        if header_host is None:
+            return _result(SniffStatus.MALFORMED, f"Host {host_values[0][:64]!r} is not a host name")
+    if target_host is not None and header_host is not None and target_host != header_host:
+        return _result(SniffStatus.MALFORMED, f"request target names {target_host} but Host says {header_host}")
+    name = target_host or header_host
+    if name is None:
+        return _result(SniffStatus.ABSENT, "request without Host")
+    return _result(SniffStatus.FOUND, name=name)
+
+
+def _more_or_too_large_http(data: bytes, max_bytes: int) -> SniffResult:
+    if len(data) >= max_bytes:
+        return _result(SniffStatus.MALFORMED, f"request headers longer than {max_bytes} bytes")
+    return _result(SniffStatus.NEED_MORE)
+
+
+def _target_host(method: bytes, target: bytes) -> str | None | SniffResult:
+    """The host an absolute-form or CONNECT target names (None for origin-form ``/path``)."""
+    if method == b"CONNECT":
+        authority = target
+    else:
+        scheme, sep, rest = target.partition(b"://")
+        if not sep or not re.fullmatch(rb"[A-Za-z][A-Za-z0-9+.-]*", scheme):
+            return None
+        authority = re.split(rb"[/?#]", rest, maxsplit=1)[0]
+        authority = authority.rpartition(b"@")[2]  # drop userinfo
+    host = _authority_host(authority)
+    if host is None:
+        return _result(SniffStatus.MALFORMED, f"request target {target[:64]!r} has no valid host")
+    return host
+
+
+def _authority_host(authority: bytes) -> str | None:
+    """``host[:port]`` or ``[v6][:port]`` -> canonical host (v6 literal kept in brackets), or None."""
+    if authority.startswith(b"["):
+        literal, close, rest = authority.partition(b"]")
+        if not close or (rest and not re.fullmatch(rb":\d*", rest)):
+            return None
+        try:
+            return (literal + close).decode("ascii").lower()
+        except UnicodeDecodeError:
+            return None
+    host, colon, port = authority.partition(b":")
+    if colon and not port.isdigit() and port != b"":
+        return None
+    if not _REG_NAME.fullmatch(host):
+        return None
+    return _host_name(host)
