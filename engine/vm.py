@@ -80,6 +80,7 @@ class VmHandle:
         self._machine = machine
         self._stream = stream
         self._console: Console | None = None
+        self._logged_in = False
         self._exit: MachineExit | None = None
         # Without a marker the engine cannot tell more than "the machine runs"; a login guest
         # prints its marker only after someone logs in.
@@ -181,6 +182,14 @@ class VmHandle:
         if self._console is None:
             self._console = Console(self._stream)
         return self._console
+
+    async def shell(self, timeout: float = 30) -> Console:
+        """The console with a shell at it: a VM with a getty is logged in as its login user first."""
+        console = await self.console()
+        if self.spec.login is not None and not self._logged_in:
+            await console.login(self.spec.login.user, self.spec.login.password, timeout)
+            self._logged_in = True
+        return console
 
     def console_tail(self, lines: int = 20) -> str:
         """The last lines the guest printed on its console (for error reports)."""

@@ -247,3 +247,11 @@ async def test_pool_builder_rejects_bad_sizes(boot: engine.LinuxDirectBoot) -> N
         await engine.vm_pool(boot).build(-1)
     with pytest.raises(engine.ConfigError, match="cpus"):
         await engine.vm_pool(boot).cpus(0).build(1)
+
+
+async def test_login_pool_hands_out_getty_vms_that_shell_logs_into(boot: engine.LinuxDirectBoot) -> None:
+    async with await _pool(boot, "getty").login_user("alice", "s3cret").max_size(1).build(1) as pool:
+        async with pool.try_reserve() as vm:
+            console = await vm.shell()
+            assert await console.exec("id -un") == "alice\n"
+            assert (await vm.shell()) is console  # logged in once

@@ -72,6 +72,10 @@ def _split_run_words(args: argparse.Namespace) -> list[str] | None:
     return words[cut:]
 
 
+def _say(text: str) -> None:
+    print(f"capsa-tui: {text}", file=sys.stderr, flush=True)
+
+
 # -- serve ---------------------------------------------------------------------------------------
 
 
@@ -290,5 +294,5 @@ async def _run_cold(args: argparse.Namespace, command: str) -> engine.CommandRes
         if args.verbose:
             _say(f"a cold VM of profile {profile.name!r} on {vm.accel.describe()}")
         await vm.wait_ready(_READY_TIMEOUT)
-        console = await vm.console()
+        console = await vm.shell()
         return await console.run(command, timeout=args.timeout)

@@ -24,6 +24,8 @@ class MachineSpec:
     memory_mb: int = 256
     accel: str = "tcg"
     machine: str = "microvm"
+    nic_mac: str | None = None  # a virtio-net card whose backend is the engine's socket
+    nic_mtu: int = 1500
     extra_args: tuple[str, ...] = field(default_factory=tuple)
 
     def validate(self) -> None:
@@ -43,6 +45,7 @@ class MachineSockets:
 
     qmp: Path
     serial: Path
+    net: Path | None = None
 
 
 def kernel_flags(machine: str, tsc_khz: int | None) -> list[str]:
@@ -90,5 +93,20 @@ def qemu_argv(binary: str, spec: MachineSpec, sockets: MachineSockets) -> list[s
     ]
     if spec.initrd is not None:
         argv += ["-initrd", str(spec.initrd)]
+    if spec.nic_mac is not None and sockets.net is not None:
+        argv += nic_args(spec, sockets.net)
     argv += list(spec.extra_args)
     return argv
+
+
+def nic_args(spec: MachineSpec, path: Path) -> list[str]:
+    """A virtio-net card whose frames QEMU streams (length-prefixed) to our socket at ``path``."""
+    device = "virtio-net-device" if spec.machine == "microvm" else "virtio-net-pci"
+    options = f"{device},netdev=net0,mac={spec.nic_mac}"
+    if spec.nic_mtu != 1500:
+        # Advertised to the guest (VIRTIO_NET_F_MTU), so its driver accepts the larger MTU.
+        options += f",host_mtu={spec.nic_mtu}"
+    return [
+        "-netdev", f"stream,id=net0,server=off,addr.type=unix,addr.path={path}",
+        "-device", options,
+    ]

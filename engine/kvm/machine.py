@@ -1,6 +1,6 @@
 """One running machine: a QEMU process, its QMP session and its serial connection.
 
-The engine listens on two Unix sockets in a private temporary folder and QEMU connects to them
+The engine listens on Unix sockets (QMP, serial, and the network card's when it has one) in a private temporary folder and QEMU connects to them
 while it starts, before the guest runs a single instruction. Once both are connected the folder
 is removed, so a running machine leaves nothing on disk. Lifecycle comes from two sources: QMP
 events (why the guest stopped) and the process exit status (that it stopped).
@@ -12,6 +12,7 @@ import contextlib
 import logging
 import shutil
 import signal
+import socket
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,8 @@ class MachineExit:
 @dataclass
 class _Connections:
     serial: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]]
+    net: asyncio.Future[tuple[socket.socket, Any]] | None = None
+    net_listener: socket.socket | None = None
     server: asyncio.AbstractServer | None = None
     extra: list[asyncio.Task[Any]] = field(default_factory=list)
 
@@ -64,8 +67,10 @@ class Machine:
         serial: tuple[asyncio.StreamReader, asyncio.StreamWriter],
         stderr: StderrTail,
         stderr_task: asyncio.Task[None],
+        net_socket: socket.socket | None = None,
     ) -> None:
         self.process = process
+        self._net_socket = net_socket
         self.qmp = qmp
         self.serial_reader, self.serial_writer = serial
         self._stderr = stderr
@@ -84,7 +89,11 @@ class Machine:
         """Start QEMU for ``spec`` and return once QMP and the serial port are connected."""
         binary = binary or find_qemu()
         workdir = Path(tempfile.mkdtemp(prefix="capsa-vm-"))
-        sockets = MachineSockets(qmp=workdir / "qmp.sock", serial=workdir / "serial.sock")
+        sockets = MachineSockets(
+            qmp=workdir / "qmp.sock",
+            serial=workdir / "serial.sock",
+            net=workdir / "net.sock" if spec.nic_mac else None,
+        )
         loop = asyncio.get_running_loop()
         conns = _Connections(serial=loop.create_future())
         qmp = QMPClient("capsa")
@@ -95,11 +104,15 @@ class Machine:
                 lambda r, w: _take_first(conns.serial, r, w), path=str(sockets.serial)
             )
             await qmp.start_server(str(sockets.qmp))
+            if sockets.net is not None:
+                conns.net_listener = _listen_unix(sockets.net)
+                conns.net = asyncio.ensure_future(loop.sock_accept(conns.net_listener))
             process = await spawn_tied(qemu_argv(binary, spec, sockets))
             assert process.stderr is not None
             stderr_task = asyncio.create_task(stderr.collect(process.stderr))
             serial = await _connect_or_fail(qmp, conns, process, stderr, stderr_task, timeout)
-            return cls(process, qmp, serial, stderr, stderr_task)
+            net_socket = conns.net.result()[0] if conns.net is not None else None
+            return cls(process, qmp, serial, stderr, stderr_task, net_socket)
         except BaseException:
             if process is not None and process.returncode is None:
                 process.kill()
@@ -109,6 +122,8 @@ class Machine:
         finally:
             if conns.server is not None:
                 conns.server.close()
+            if conns.net_listener is not None:
+                conns.net_listener.close()
             shutil.rmtree(workdir, ignore_errors=True)
 
     # ----- state -----------------------------------------------------------------------------
@@ -123,6 +138,11 @@ class Machine:
 
     def stderr_tail(self) -> str:
         return self._stderr.text()
+
+    def take_net_socket(self) -> socket.socket | None:
+        """The connected socket of the machine's network card; the caller owns it from now on."""
+        sock, self._net_socket = self._net_socket, None
+        return sock
 
     def on_event(self, callback: EventCallback) -> None:
         """Call ``callback(name, data)`` for every QMP event (from the event loop)."""
@@ -196,6 +216,8 @@ class Machine:
         with contextlib.suppress(Exception):
             await self.qmp.disconnect()
         self.serial_writer.close()
+        if self._net_socket is not None:  # nobody took it: still ours to close
+            self._net_socket.close()
         return MachineExit(returncode, self._shutdown_reason, self._panicked, self._requested)
 
 
@@ -220,7 +242,7 @@ async def _connect_or_fail(
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     accept = asyncio.create_task(qmp.accept())
     exited = asyncio.create_task(process.wait())
-    ready = asyncio.gather(accept, conns.serial)
+    ready = asyncio.gather(accept, conns.serial, *([conns.net] if conns.net is not None else []))
     done, _ = await asyncio.wait({ready, exited}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     if ready in done and ready.exception() is None:
         exited.cancel()
@@ -250,3 +272,20 @@ async def _abandon(qmp: QMPClient, conns: _Connections) -> None:
         conns.serial.result()[1].close()
     elif not conns.serial.done():
         conns.serial.cancel()
+    if conns.net is not None:
+        if conns.net.done() and not conns.net.cancelled() and conns.net.exception() is None:
+            conns.net.result()[0].close()
+        elif not conns.net.done():
+            conns.net.cancel()
+
+
+def _listen_unix(path: Path) -> socket.socket:
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        listener.bind(str(path))
+        listener.listen(1)
+        listener.setblocking(False)
+    except OSError:
+        listener.close()
+        raise
+    return listener

@@ -95,6 +95,8 @@ class Attachment:
 class ServiceClient:
     """One connection to the pool service. Requests may run concurrently (pipelined)."""
 
+    protocol_version = protocol.PROTOCOL_VERSION  # what hello announces (tests speak others)
+
     def __init__(self, path: Path, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.path = path
         self._reader = reader
@@ -137,7 +139,7 @@ class ServiceClient:
         return list(self._pools)
 
     async def _handshake(self) -> None:
-        await self._send(protocol.hello())
+        await self._send(protocol.hello(self.protocol_version))
         while True:
             data = await self._reader.read(_READ_SIZE)
             if not data:
@@ -146,7 +148,7 @@ class ServiceClient:
             if messages:
                 break
         reply = messages[0]
-        protocol.check_hello_reply(reply)
+        protocol.check_hello_reply(reply, self.protocol_version)
         self._pools = [str(name) for name in reply.get("pools", [])]
 
     # -- requests --------------------------------------------------------------------------------

@@ -126,12 +126,13 @@ class Connection:
             reply = await handler(message, request_id)
             if reply is not None:
                 await self._send(protocol.ok_reply(request_id, **reply))
-        except (ConnectionError, OSError):
-            pass  # the client is gone; serve() sees the end of the stream and cleans up
+        # engine errors first: ConsoleTimeout and PoolTimeout are TimeoutErrors, hence OSErrors
         except ServiceError as err:
             await self._send_error(request_id, str(err), err.kind or type(err).__name__)
         except EngineError as err:
             await self._send_error(request_id, str(err), type(err).__name__)
+        except (ConnectionError, OSError):
+            pass  # the client is gone; serve() sees the end of the stream and cleans up
         except Exception as err:  # a bug must cost one request, not the server
             log.exception("pool service: request %r failed", message.get("op"))
             await self._send_error(request_id, f"internal error: {err!r}", "InternalError")
@@ -246,6 +247,8 @@ class Connection:
                 f"VM {vm_id!r} is attached read-only: reserve it, or attach with write=true", "ReadOnly"
             )
         try:
+            # no await before this point: request tasks start in arrival order, so keystrokes
+            # sent as separate requests reach the queue, and the console, in that order
             attachment.inputs.put_nowait(data)
         except asyncio.QueueFull:
             raise ServiceError(f"VM {vm_id!r} is not taking input (backlog full)", "InputBacklog") from None
@@ -254,6 +257,8 @@ class Connection:
     # -- console pumps ---------------------------------------------------------------------------
 
     async def _pump_output(self, attachment: _Attachment, reader: ConsoleReader) -> None:
+        # A slow client holds up only this pump (in drain): the console's ring drops what this
+        # reader misses, counted in "dropped"; the guest and the other watchers never wait.
         vm_id = attachment.vm_id
         with contextlib.suppress(ConnectionError, OSError):
             while data := await reader.read(_OUTPUT_CHUNK):
@@ -298,7 +303,7 @@ class Connection:
 
 
 async def _run_command(vm: PooledVm, command: str, timeout: float | None) -> dict[str, Any]:
-    console = await vm.console()
+    console = await vm.shell()
     result = await console.run(command, timeout)
     return {"exit_code": result.exit_code, "output": result.output, "dropped": result.dropped}
 

@@ -56,7 +56,7 @@ import json
 import struct
 from typing import Any, TypeVar
 
-from engine.service.errors import BadRequest, ProtocolError, ServiceVersionError
+from engine.service.errors import BadRequest, ProtocolError, ServiceError, ServiceVersionError
 
 PROTOCOL_VERSION = 1
 MAX_FRAME = 16 * 1024 * 1024
@@ -169,8 +169,8 @@ def check_hello_reply(reply: Message, version: int = PROTOCOL_VERSION) -> None:
     server = reply.get("version")
     if server != version:
         raise ServiceVersionError(mismatch_text(version, server))  # type: ignore[arg-type]
-    if reply.get("ok") is not True:
-        raise ServiceVersionError(str(reply.get("error", "the server refused the handshake")))
+    if reply.get("ok") is not True:  # same version, refused anyway (another user, closing)
+        raise ServiceError(f"the server refused the connection: {reply.get('error', 'no reason given')}")
 
 
 # -- requests, replies, events ---------------------------------------------------------------

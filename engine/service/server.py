@@ -96,6 +96,11 @@ class PoolServer:
         self._connections[task] = connection
         try:
             await connection.serve()
+        except asyncio.CancelledError:
+            # close() cancels us, after the cleanup in serve() ran. Python 3.11's stream server
+            # logs a cancelled connection task as an error, so it ends normally instead.
+            if not self._closed:
+                raise
         finally:
             self._connections.pop(task, None)
 
