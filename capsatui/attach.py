@@ -1,4 +1,4 @@
-"""Attach the user's terminal, raw, to a VM console until Ctrl-] is typed or the VM ends."""
+"""Attach the user's terminal, raw, to a VM console until Ctrl-] is typed or the output ends."""
 from __future__ import annotations
 
 import asyncio
@@ -7,19 +7,29 @@ import os
 import sys
 import termios
 import tty
+from collections.abc import AsyncIterable, Awaitable, Callable
 
 import engine
 
 DETACH_KEY = b"\x1d"  # Ctrl-], as telnet and virsh console use
 
+Write = Callable[[bytes], Awaitable[object]]
+
 
 async def attach_terminal(console: engine.Console) -> None:
     """Relay stdin -> console and console -> stdout; returns on Ctrl-] or console EOF."""
+    # The reader starts where the console's own reader stands, so a fresh VM's boot messages
+    # are shown before live output.
+    reader, writer = await console.split()
+    await relay_terminal(reader, writer.write)
+
+
+async def relay_terminal(output: AsyncIterable[bytes], write: Write | None) -> None:
+    """This terminal, raw, between ``output`` and ``write`` (None: read-only) until Ctrl-] or EOF."""
     stdin_fd = sys.stdin.fileno()
     saved = termios.tcgetattr(stdin_fd) if os.isatty(stdin_fd) else None
     loop = asyncio.get_running_loop()
     detached = asyncio.Event()
-    reader, writer = await console.split()
     keys: asyncio.Queue[bytes] = asyncio.Queue()
 
     def on_stdin() -> None:
@@ -27,18 +37,17 @@ async def attach_terminal(console: engine.Console) -> None:
         if not data or DETACH_KEY in data:
             detached.set()
             data = data.split(DETACH_KEY, 1)[0]
-        if data:
+        if data and write is not None:
             keys.put_nowait(data)
 
     async def pump_keys() -> None:
+        assert write is not None
         while True:
-            await writer.write(await keys.get())
+            await write(await keys.get())
 
     async def pump_output() -> None:
-        # The reader starts where the console's own reader stands, so a fresh VM's boot
-        # messages are shown before live output.
         out = sys.stdout.buffer
-        async for chunk in reader:
+        async for chunk in output:
             out.write(chunk)
             out.flush()
         detached.set()
@@ -46,7 +55,9 @@ async def attach_terminal(console: engine.Console) -> None:
     if saved is not None:
         tty.setraw(stdin_fd)
     loop.add_reader(stdin_fd, on_stdin)
-    tasks = [asyncio.create_task(pump_keys()), asyncio.create_task(pump_output())]
+    tasks = [asyncio.create_task(pump_output())]
+    if write is not None:
+        tasks.append(asyncio.create_task(pump_keys()))
     try:
         await detached.wait()
     finally:

@@ -10,16 +10,13 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import sys
-import termios
-import tty
 from collections.abc import Sequence
 from typing import Any
 
 import engine
-from capsatui.attach import DETACH_KEY
+from capsatui.attach import relay_terminal
 from capsatui.commands.vm import command_words
 
 _READY_TIMEOUT = 120.0
@@ -203,56 +200,12 @@ async def _attach(args: argparse.Namespace) -> int:
         attachment = await client.attach(args.vm, from_start=args.from_start, write=args.write)
         mode = "typing goes to the VM" if args.write else "read-only (--write to type)"
         _say(f"watching {args.vm}, {mode}; Ctrl-] detaches\r")
-        await _relay(attachment, args.write)
+        await relay_terminal(attachment, attachment.write if args.write else None)
         reason = attachment.closed_reason or "detached"
         with contextlib.suppress(engine.ServiceError):
             await attachment.detach()
     _say(f"\r\ncapsa-tui: {reason}\r")
     return 0
-
-
-async def _relay(attachment: Any, writable: bool) -> None:
-    """Service console <-> this terminal (raw) until Ctrl-] or the end of the attachment."""
-    stdin_fd = sys.stdin.fileno()
-    saved = termios.tcgetattr(stdin_fd) if os.isatty(stdin_fd) else None
-    loop = asyncio.get_running_loop()
-    detached = asyncio.Event()
-    keys: asyncio.Queue[bytes] = asyncio.Queue()
-
-    def on_stdin() -> None:
-        data = os.read(stdin_fd, 4096)
-        if not data or DETACH_KEY in data:
-            detached.set()
-            data = data.split(DETACH_KEY, 1)[0]
-        if data and writable:
-            keys.put_nowait(data)
-
-    async def pump_keys() -> None:
-        while True:
-            await attachment.write(await keys.get())
-
-    async def pump_output() -> None:
-        out = sys.stdout.buffer
-        async for chunk in attachment:
-            out.write(chunk)
-            out.flush()
-        detached.set()
-
-    if saved is not None:
-        tty.setraw(stdin_fd)
-    loop.add_reader(stdin_fd, on_stdin)
-    tasks = [asyncio.create_task(pump_keys()), asyncio.create_task(pump_output())]
-    try:
-        await detached.wait()
-    finally:
-        loop.remove_reader(stdin_fd)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, engine.EngineError):
-                await task
-        if saved is not None:
-            termios.tcsetattr(stdin_fd, termios.TCSADRAIN, saved)
 
 
 # -- run -----------------------------------------------------------------------------------------
