@@ -133,7 +133,10 @@ def _s(seconds: float | None) -> str:
 def _ratio(ours: float | None, base: float | None) -> str:
     if not ours or not base:
         return "-"
-    return f"{base / ours:.0f}× faster" if base >= ours else f"{ours / base:.2f}× slower"
+    if base >= ours:
+        ratio = base / ours
+        return f"{ratio:.0f}× faster" if ratio >= 10 else f"{ratio:.2f}× faster"
+    return f"{ours / base:.2f}× slower"
 
 
 async def main() -> None:
