@@ -30,6 +30,9 @@ from engine.errors import (
 )
 from engine.images import GuestImage, build_image, default_image, image_info
 from engine.kvm.accel import AccelChoice, choose_accelerator
+from engine.netstack.config import NetworkMode, NoNetwork, PortForward, UserNatConfig
+from engine.netstack.flowlog import FlowEvent
+from engine.netstack.policy import DomainPattern, MatchCriteria, NetworkPolicy, PolicyAction, Protocol
 from engine.pool import PoolBuilder, PoolSettings, VmPool, vm_pool
 from engine.pool_stats import PoolMember, PoolStats
 from engine.pooled_vm import PooledVm
@@ -61,14 +64,21 @@ __all__ = [
     "ConsoleTimeout",
     "ConsoleWriter",
     "Created",
+    "DomainPattern",
     "EngineError",
     "Failed",
+    "FlowEvent",
     "GuestImage",
     "ImageError",
     "LinuxDirectBoot",
     "LoginSpec",
     "MachineError",
+    "MatchCriteria",
     "NetworkChoice",
+    "NetworkMode",
+    "NetworkPolicy",
+    "NoNetwork",
+    "PolicyAction",
     "PoolBootError",
     "PoolBuilder",
     "PoolClosed",
@@ -80,9 +90,11 @@ __all__ = [
     "PoolStats",
     "PoolTimeout",
     "PooledVm",
+    "PortForward",
     "Profile",
     "ProfileError",
     "ProfileIssue",
+    "Protocol",
     "QemuNotFound",
     "Running",
     "ServiceClient",
@@ -92,6 +104,7 @@ __all__ = [
     "Starting",
     "Stopped",
     "Stopping",
+    "UserNatConfig",
     "VmBuilder",
     "VmHandle",
     "VmNotRunning",

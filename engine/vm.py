@@ -11,16 +11,21 @@ import contextlib
 import logging
 import signal
 import weakref
+from collections.abc import AsyncIterator
 from typing import Any
 
 from engine.console import Console, ConsoleStream
 from engine.console_match import PatternMatcher
-from engine.errors import BootTimeout, ConsoleError, EngineError, MachineError, VmNotRunning
+from engine.errors import BootTimeout, ConfigError, ConsoleError, EngineError, MachineError, VmNotRunning
 from engine.kvm.accel import AccelChoice, choose_accelerator
 from engine.kvm.cmdline import MachineSpec, kernel_flags
 from engine.kvm.host import host_tsc_khz
 from engine.kvm.machine import Machine, MachineExit
 from engine.kvm.process import process_running
+from engine.netstack.config import UserNatConfig
+from engine.netstack.flowlog import FlowEvent
+from engine.netstack.gateway import Gateway
+from engine.netstack.policy import NetworkPolicy
 from engine.status import Failed, Running, Starting, Stopped, Stopping, VmStatus
 from engine.vmspec import VmSpec
 
@@ -48,6 +53,8 @@ def kernel_cmdline(spec: VmSpec) -> str:
         # The guest's init answers the ACPI power button (QMP system_powerdown) with a clean
         # poweroff, which is what makes stop() graceful and quick.
         parts.append("capsa.acpid=1")
+        if isinstance(spec.network, UserNatConfig):
+            parts.append("capsa.net=1")
         if spec.login is not None:
             parts += ["capsa.login=1", f"capsa.user={spec.login.user}"]
             if spec.login.password:
@@ -74,8 +81,16 @@ class _PanicWatcher:
 class VmHandle:
     """A started VM. Use ``async with`` to be sure it is killed when the block ends."""
 
-    def __init__(self, spec: VmSpec, accel: AccelChoice, machine: Machine, stream: ConsoleStream) -> None:
+    def __init__(
+        self,
+        spec: VmSpec,
+        accel: AccelChoice,
+        machine: Machine,
+        stream: ConsoleStream,
+        gateway: Gateway | None = None,
+    ) -> None:
         self.spec = spec
+        self._gateway = gateway
         self.accel = accel
         self._machine = machine
         self._stream = stream
@@ -107,16 +122,28 @@ class VmHandle:
             memory_mb=spec.memory_mb,
             accel=accel.name,
             machine=spec.machine,
+            nic_mac=spec.network.guest_mac if isinstance(spec.network, UserNatConfig) else None,
+            nic_mtu=spec.network.mtu if isinstance(spec.network, UserNatConfig) else 1500,
             extra_args=spec.extra_qemu_args,
         )
         machine = await Machine.launch(machine_spec)
+        gateway = None
+        if isinstance(spec.network, UserNatConfig):
+            try:
+                gateway = Gateway(spec.network, name=f"vm-{machine.pid}")
+                sock = machine.take_net_socket()
+                assert sock is not None
+                await gateway.start(sock)
+            except BaseException:
+                await machine.close()
+                raise
         stream = ConsoleStream(
             machine.serial_reader,
             machine.serial_writer,
             scrollback=spec.scrollback_bytes,
             ready_marker=spec.boot.ready_marker,
         )
-        return cls(spec, accel, machine, stream)
+        return cls(spec, accel, machine, stream, gateway)
 
     # ----- state -----------------------------------------------------------------------------
 
@@ -196,6 +223,25 @@ class VmHandle:
         text = self._stream.tail(16384).decode(errors="replace").replace("\r", "")
         return "\n".join(text.splitlines()[-lines:])
 
+    # ----- network ---------------------------------------------------------------------------
+
+    def _require_gateway(self) -> Gateway:
+        if self._gateway is None:
+            raise ConfigError("this VM has no network: build it with .network(NetworkMode.user_nat()...build())")
+        return self._gateway
+
+    def network_events(self) -> AsyncIterator[FlowEvent]:
+        """Every flow the gateway allows, denies or logs from now on (ends when the VM stops)."""
+        return self._require_gateway().flow_log.subscribe()
+
+    def set_policy(self, policy: NetworkPolicy) -> None:
+        """Apply ``policy`` to this VM's new flows and DNS questions at once."""
+        self._require_gateway().set_policy(policy)
+
+    def network_stats(self) -> dict[str, Any]:
+        """Byte and flow counters of the gateway (empty without a network)."""
+        return self._gateway.stats() if self._gateway is not None else {}
+
     # ----- lifecycle -------------------------------------------------------------------------
 
     @property
@@ -267,6 +313,8 @@ class VmHandle:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._drain_console(), 2)
         self._ready_task.cancel()
+        if self._gateway is not None:
+            await self._gateway.close()
         self._status = self._final_status(outcome)
         self._status_changed.set()
         await self._stream.close()

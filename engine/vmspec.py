@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Self
 
 from engine.boot import LinuxDirectBoot
 from engine.errors import ConfigError
+from engine.netstack.config import NetworkConfig, NoNetwork, UserNatConfig
 
 if TYPE_CHECKING:
     from engine.vm import VmHandle
@@ -41,8 +42,13 @@ class VmSpec:
     accel: str | None = None  # None: probe (or $CAPSA_ACCEL)
     scrollback_bytes: int = DEFAULT_SCROLLBACK
     extra_qemu_args: tuple[str, ...] = ()
+    network: NetworkConfig = NoNetwork()
 
     def validate(self) -> None:
+        if isinstance(self.network, UserNatConfig):
+            self.network.validate()
+        elif not isinstance(self.network, NoNetwork):
+            raise ConfigError(f"network must be NetworkMode.none() or NetworkMode.user_nat()...build(), got {self.network!r}")
         if not 1 <= self.cpus <= 64:
             raise ConfigError(f"cpus must be between 1 and 64, got {self.cpus}")
         if not 32 <= self.memory_mb <= 1 << 20:
@@ -112,6 +118,10 @@ class ShapeBuilder:
     def qemu_args(self, *args: str) -> Self:
         """Extra QEMU arguments, appended verbatim (an escape hatch, not validated)."""
         return self._with(extra_qemu_args=self._spec.extra_qemu_args + tuple(args))
+
+    def network(self, mode: NetworkConfig) -> Self:
+        """``NetworkMode.none()`` (the default) or ``NetworkMode.user_nat()...build()``."""
+        return self._with(network=mode)
 
     def spec(self) -> VmSpec:
         self._spec.validate()

@@ -1,0 +1,119 @@
+"""The DNS server's I/O: guest questions in, upstream resolvers over UDP, answers back out.
+
+The decisions live in ``dns.DnsCore`` (sans-IO); this adapter owns one UDP socket toward the
+upstream resolvers, the timer of the core's pending table, and the translation of the core's
+events into flow-log events. Answers are accepted only from the configured resolvers.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from engine.netstack.dns import DnsCore, Forward, NameVerdict, Reply
+from engine.netstack.ipv4 import PROTO_UDP
+from engine.netstack.udp import build_udp
+
+if TYPE_CHECKING:
+    from engine.netstack.gateway import Gateway
+
+log = logging.getLogger(__name__)
+
+
+def host_resolvers(resolv_conf: Path = Path("/etc/resolv.conf")) -> list[tuple[str, int]]:
+    """IPv4 nameservers of the host's resolv.conf (the default upstream)."""
+    servers: list[tuple[str, int]] = []
+    with contextlib.suppress(OSError):
+        for line in resolv_conf.read_text().splitlines():
+            words = line.split()
+            if len(words) >= 2 and words[0] == "nameserver":
+                with contextlib.suppress(ValueError):
+                    servers.append((str(IPv4Address(words[1])), 53))
+    return servers
+
+
+class DnsAdapter:
+    """Drives a DnsCore for one gateway."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        hosts: dict[str, list[IPv4Address]] = {}
+        for name, ip in gateway.guest_hosts:
+            hosts.setdefault(name, []).append(ip)
+        self.core = DnsCore(hosts, self._allowed, gateway.tracker)
+        configured = gateway.config.dns_upstream
+        self.upstreams = list(configured) if configured is not None else host_resolvers()
+        self._transport: asyncio.DatagramTransport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def _allowed(self, name: str) -> NameVerdict:
+        decision = self.gateway.policy.evaluate_name(name)
+        return NameVerdict(decision.allowed, decision.rule_text)
+
+    async def start(self) -> None:
+        if not self.upstreams:
+            return  # every forwarded question then times out into SERVFAIL; static hosts work
+        loop = self.gateway.loop
+        self._transport, _ = await loop.create_datagram_endpoint(
+            lambda: _UpstreamProtocol(self), local_addr=("0.0.0.0", 0), family=2
+        )
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._transport is not None:
+            self._transport.close()
+
+    def query(self, src: IPv4Address, src_port: int, payload: bytes) -> None:
+        self._apply(self.core.handle_query(payload, (src, src_port), self.gateway.now()))
+
+    def upstream_answer(self, data: bytes, addr: tuple[str, int]) -> None:
+        if (addr[0], addr[1]) not in self.upstreams:
+            self.gateway.counters["dns_foreign_answer"] += 1
+            return
+        self._apply(self.core.handle_upstream(data, self.gateway.now()))
+
+    def _tick(self) -> None:
+        self._timer = None
+        self._apply(self.core.tick(self.gateway.now()))
+
+    def _apply(self, actions: list[Reply | Forward]) -> None:
+        gw = self.gateway
+        for action in actions:
+            if isinstance(action, Reply):
+                ip, port = action.client
+                gw.send_ip(gw.dns_ip, ip, PROTO_UDP, build_udp(gw.dns_ip, ip, 53, port, action.wire))
+            elif self._transport is not None and not action.tcp:
+                server = self.upstreams[action.attempt % len(self.upstreams)]
+                self._transport.sendto(action.wire, server)
+            else:
+                gw.counters["dns_tcp_upstream_unsupported"] += 1
+        for event in self.core.poll_events():
+            action = "deny" if event.action == "deny" else "allow"
+            gw.flow_log.emit("dns", str(event.client[0]), str(gw.dns_ip), 53, event.name,
+                             event.reason or event.action, action, f"{event.qtype} {event.action}")
+        self._schedule()
+
+    def _schedule(self) -> None:
+        deadline = self.core.next_timer()
+        if self._timer is not None:
+            if deadline is not None and abs(self._timer.when() - deadline) < 1e-3:
+                return
+            self._timer.cancel()
+            self._timer = None
+        if deadline is not None:
+            self._timer = self.gateway.loop.call_at(deadline, self._tick)
+
+
+class _UpstreamProtocol(asyncio.DatagramProtocol):
+    def __init__(self, adapter: DnsAdapter) -> None:
+        self.adapter = adapter
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+        self.adapter.upstream_answer(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("DNS upstream socket error: %s", exc)

@@ -1,0 +1,293 @@
+"""The user-mode NAT gateway of one VM: the asyncio adapter around the sans-IO cores.
+
+QEMU streams the guest's Ethernet frames to a Unix socket (4-byte length + frame); this module
+reads them, dispatches by protocol (ARP, ICMP echo, DHCP and DNS at the gateway's addresses,
+TCP and UDP flows elsewhere), asks the policy about every new flow, and relays allowed flows
+over host sockets (``gateway_tcp``, ``gateway_udp``). Frames to the guest are batched: all that
+one turn of the event loop produces goes out in one write.
+
+The gateway answers only at its own two addresses (gateway .2 and DNS .3); every other
+destination is a flow that the policy decides, and off-limits addresses (loopback, link-local,
+private ranges, the guest subnet) stay closed unless a rule names them.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+from collections import Counter
+from ipaddress import IPv4Address
+from typing import Any
+
+from engine.netstack.arp import ArpResponder
+from engine.netstack.config import GATEWAY_MAC, UserNatConfig
+from engine.netstack.dhcp import DhcpConfig, DhcpServer
+from engine.netstack.dns_upstream import DnsAdapter
+from engine.netstack.domains import DomainTracker
+from engine.netstack.errors import PacketError
+from engine.netstack.ethernet import ETHERTYPE_ARP, ETHERTYPE_IPV4, build_ethernet, parse_ethernet, parse_mac
+from engine.netstack.flowlog import FlowLog
+from engine.netstack.frames import StreamDeframer, frame
+from engine.netstack.gateway_tcp import TcpRelay
+from engine.netstack.gateway_udp import UdpRelay
+from engine.netstack.icmp import echo_reply
+from engine.netstack.ipv4 import PROTO_ICMP, PROTO_TCP, PROTO_UDP, Ipv4Packet, build_ipv4, parse_ipv4
+from engine.netstack.policy import Decision, Flow, NetworkPolicy, Protocol
+from engine.netstack.udp import build_udp, parse_udp
+
+log = logging.getLogger(__name__)
+
+_GUEST_WRITE_HIGH = 4 << 20  # bytes queued toward QEMU before host sockets stop being read
+# Static hosts on the host's loopback are shown to the guest at stand-in addresses from the
+# benchmarking block (RFC 2544, never routed): 127.0.0.1 inside the guest is the guest itself.
+STAND_IN_BASE = IPv4Address("198.18.0.0")
+
+
+class Gateway:
+    """One VM's network: owns the QEMU socket, every host socket of its flows, and the flow log."""
+
+    def __init__(self, config: UserNatConfig, name: str = "vm") -> None:
+        config.validate()
+        self.config = config
+        self.name = name
+        self.policy = config.policy
+        self.flow_log = FlowLog(name)
+        self.counters: Counter[str] = Counter()
+        self.gateway_ip = config.gateway
+        self.dns_ip = config.dns
+        self.gateway_mac = parse_mac(GATEWAY_MAC)
+        self.guest_mac = parse_mac(config.guest_mac)
+        self.guest_ip: IPv4Address | None = None
+        self.rng = random.Random()
+        self.tracker = DomainTracker()
+        self.stand_ins: dict[IPv4Address, IPv4Address] = {}
+        self.guest_hosts: list[tuple[str, IPv4Address]] = []
+        for index, (host, address) in enumerate(config.hosts):
+            if address.is_loopback:
+                stand_in = STAND_IN_BASE + index + 1
+                self.stand_ins[stand_in] = address
+                address = stand_in
+            self.guest_hosts.append((host, address))
+        self._arp = ArpResponder(self.gateway_mac, {self.gateway_ip, self.dns_ip})
+        self._dhcp = DhcpServer(DhcpConfig.for_subnet(config.subnet, mtu=config.mtu))
+        self.dns = DnsAdapter(self)
+        self.tcp = TcpRelay(self)
+        self.udp = UdpRelay(self)
+        self._deframer = StreamDeframer()
+        self._transport: asyncio.Transport | None = None
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        self._guest_paused = False
+        self._closed = asyncio.Event()
+        self._closing = False
+        self.loop = asyncio.get_running_loop()
+
+    # ----- lifecycle -------------------------------------------------------------------------
+
+    async def start(self, sock: socket.socket) -> None:
+        """Serve the guest on ``sock`` (QEMU's connected stream socket; the gateway owns it now)."""
+        try:
+            await self.dns.start()
+            await self.tcp.start_forwards()
+            await self.udp.start_forwards()
+            await self.loop.connect_accepted_socket(lambda: _GuestLink(self), sock)
+        except BaseException:
+            sock.close()
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        """Close every flow, listener and socket; idempotent."""
+        if self._closing:
+            await self._closed.wait()
+            return
+        self._closing = True
+        await self.tcp.close()
+        await self.udp.close()
+        self.dns.close()
+        if self._transport is not None:
+            self._transport.abort()
+        self.flow_log.close()
+        self._closed.set()
+
+    def set_policy(self, policy: NetworkPolicy) -> None:
+        """Swap the policy: new flows and DNS questions are decided by it from now on."""
+        self.policy = policy
+
+    def now(self) -> float:
+        return self.loop.time()
+
+    # ----- guest link ------------------------------------------------------------------------
+
+    def _connected(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        transport.set_write_buffer_limits(high=_GUEST_WRITE_HIGH)
+
+    def _received(self, data: bytes) -> None:
+        try:
+            frames = self._deframer.feed(data)
+        except PacketError as err:
+            log.error("%s: %s; closing the network link", self.name, err)
+            self.counters["stream_corrupt"] += 1
+            if self._transport is not None:
+                self._transport.abort()
+            return
+        for raw in frames:
+            try:
+                self._dispatch(raw)
+            except PacketError:
+                self.counters["malformed"] += 1
+            except Exception:  # a bug must cost one frame, not the VM's network
+                self.counters["internal_error"] += 1
+                log.exception("%s: frame handling failed", self.name)
+
+    def _dispatch(self, raw: bytes) -> None:
+        eth = parse_ethernet(raw)
+        self.counters["frames_in"] += 1
+        if eth.ethertype == ETHERTYPE_ARP:
+            reply = self._arp.handle(eth)
+            if reply is not None:
+                self.send_frame(reply)
+            return
+        if eth.ethertype != ETHERTYPE_IPV4:
+            self.counters["not_ipv4"] += 1  # IPv6, RARP after restore: not ours to route
+            return
+        ip = parse_ipv4(eth.payload)
+        if ip.is_fragment:
+            self.counters["fragment_dropped"] += 1
+            return
+        if ip.src not in self.config.subnet and not (ip.src == IPv4Address(0) and ip.protocol == PROTO_UDP):
+            self.counters["spoofed_source"] += 1
+            return
+        if ip.dst in (self.gateway_ip, self.dns_ip) or ip.dst == IPv4Address("255.255.255.255"):
+            self._to_gateway(ip)
+        elif ip.dst in self.config.subnet:
+            # Another address on the guest's subnet (another VM, the broadcast): never routed.
+            self.counters["subnet_dropped"] += 1
+        elif ip.protocol == PROTO_TCP:
+            self.tcp.segment(ip)
+        elif ip.protocol == PROTO_UDP:
+            self.udp.datagram(ip, parse_udp(ip))
+        else:
+            self.counters["protocol_dropped"] += 1  # ICMP beyond the gateway is not relayed
+
+    def _to_gateway(self, ip: Ipv4Packet) -> None:
+        if ip.protocol == PROTO_ICMP:
+            reply = echo_reply(ip)
+            if reply is not None:
+                self.send_ip(ip.dst, ip.src, PROTO_ICMP, reply)
+            return
+        if ip.protocol == PROTO_UDP:
+            udp = parse_udp(ip)
+            if udp.dst_port == 67:
+                self._dhcp_request(udp.payload)
+            elif udp.dst_port == 53 and ip.dst == self.dns_ip:
+                self.dns.query(ip.src, udp.src_port, udp.payload)
+            elif ip.dst == self.gateway_ip:
+                self.udp.forward_reply(ip, udp)
+            return
+        if ip.protocol == PROTO_TCP:
+            self.tcp.segment(ip)  # replies on port-forward flows; anything else gets a RST
+            return
+        self.counters["protocol_dropped"] += 1
+
+    def _dhcp_request(self, payload: bytes) -> None:
+        reply = self._dhcp.handle(payload, self.now())
+        if reply is None:
+            return
+        if reply.message_type == 5:  # DHCPACK: the guest's address from now on
+            self.guest_ip = reply.dst_ip if reply.dst_ip != IPv4Address("255.255.255.255") else self.guest_ip
+            lease = self._dhcp.lease_of(self.guest_mac, self.now())
+            if lease is not None:
+                self.guest_ip = lease
+        udp = build_udp(reply.src_ip, reply.dst_ip, 67, 68, reply.payload)
+        ip = build_ipv4(reply.src_ip, reply.dst_ip, PROTO_UDP, udp)
+        self.send_frame(build_ethernet(reply.dst_mac, self.gateway_mac, ETHERTYPE_IPV4, ip))
+
+    # ----- sending ---------------------------------------------------------------------------
+
+    def send_ip(self, src: IPv4Address, dst: IPv4Address, protocol: int, payload: bytes) -> None:
+        ip = build_ipv4(src, dst, protocol, payload, ident=self.rng.getrandbits(16))
+        self.send_frame(build_ethernet(self.guest_mac, self.gateway_mac, ETHERTYPE_IPV4, ip))
+
+    def send_frame(self, data: bytes) -> None:
+        self._out.append(frame(data))
+        self.counters["frames_out"] += 1
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        out, self._out = self._out, []
+        if self._transport is not None and not self._transport.is_closing() and out:
+            self._transport.write(b"".join(out))
+
+    @property
+    def guest_paused(self) -> bool:
+        """QEMU reads slower than the host sends: host sockets must wait."""
+        return self._guest_paused
+
+    def _pause(self, paused: bool) -> None:
+        self._guest_paused = paused
+        self.tcp.guest_paused(paused)
+
+    # ----- policy ----------------------------------------------------------------------------
+
+    def host_address(self, dst: IPv4Address) -> IPv4Address:
+        """Where on the host side a guest's destination is (stand-ins become loopback)."""
+        return self.stand_ins.get(dst, dst)
+
+    def decide(self, protocol: Protocol, src: IPv4Address, src_port: int, dst: IPv4Address, dst_port: int,
+               sni_or_host: str | None = None, *, emit: bool = True) -> Decision:
+        """The policy's decision on a new flow (to its host-side address), logged to the flow log."""
+        domains = self.tracker.domains_for(dst, self.now())
+        real = self.host_address(dst)
+        static = dst in self.stand_ins or any(ip == real and name in domains for name, ip in self.config.hosts)
+        flow = Flow(protocol, real, dst_port, src, src_port, domains, sni_or_host, static_host=static)
+        dst = real
+        decision = self.policy.evaluate(flow, protected=[self.config.subnet])
+        if emit:
+            proto = protocol.value if hasattr(protocol, "value") else str(protocol)
+            domain = sni_or_host or (sorted(domains)[0] if domains else None)
+            for index in decision.logged:
+                self.flow_log.emit(proto, str(src), str(dst), dst_port, domain,
+                                   self.policy.rules[index].describe(), "log")
+            self.flow_log.emit(proto, str(src), str(dst), dst_port, domain, decision.rule_text,
+                               "allow" if decision.allowed else "deny", decision.restricted or "")
+        return decision
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "counters": dict(self.counters),
+            "tcp_flows": len(self.tcp.flows),
+            "udp_flows": len(self.udp.flows),
+            "bytes_to_host": self.tcp.bytes_up + self.udp.bytes_up,
+            "bytes_to_guest": self.tcp.bytes_down + self.udp.bytes_down,
+            "events": self.flow_log.count,
+        }
+
+
+class _GuestLink(asyncio.Protocol):
+    """The QEMU socket as an asyncio protocol (no StreamReader: one copy less per frame)."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.gateway._connected(transport)  # type: ignore[arg-type]
+
+    def data_received(self, data: bytes) -> None:
+        self.gateway._received(data)
+
+    def pause_writing(self) -> None:
+        self.gateway._pause(True)
+
+    def resume_writing(self) -> None:
+        self.gateway._pause(False)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        with contextlib.suppress(RuntimeError):
+            self.gateway.loop.create_task(self.gateway.close())
