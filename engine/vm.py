@@ -22,7 +22,7 @@ from engine.kvm.cmdline import MachineSpec, kernel_flags
 from engine.kvm.host import host_tsc_khz
 from engine.kvm.machine import Machine, MachineExit
 from engine.kvm.process import process_running
-from engine.netstack.config import UserNatConfig
+from engine.netstack.config import PortForward, UserNatConfig
 from engine.netstack.flowlog import FlowEvent
 from engine.netstack.gateway import Gateway
 from engine.netstack.policy import NetworkPolicy
@@ -237,6 +237,10 @@ class VmHandle:
     def set_policy(self, policy: NetworkPolicy) -> None:
         """Apply ``policy`` to this VM's new flows and DNS questions at once."""
         self._require_gateway().set_policy(policy)
+
+    def forwarded_ports(self) -> list[tuple[PortForward, int]]:
+        """Each port forward and the host port it listens on (the one picked, for host_port 0)."""
+        return list(self._gateway.forwarded_ports) if self._gateway is not None else []
 
     def network_stats(self) -> dict[str, Any]:
         """Byte and flow counters of the gateway (empty without a network)."""

@@ -185,7 +185,7 @@ class NetVm:
 
 @pytest.fixture(scope="module")
 async def netvm(boot: engine.LinuxDirectBoot, servers: Servers) -> AsyncIterator[NetVm]:
-    nat = engine.NetworkMode.user_nat().forward_tcp(servers.forward_port, 80)
+    nat = engine.NetworkMode.user_nat().forward_tcp(servers.forward_port, 80).forward_tcp(0, 80)
     for name in NAMES:
         nat = nat.host(name, "127.0.0.1")
     net = nat.dns_upstream(f"127.0.0.1:{servers.dns_port}").policy(base_policy()).build()
@@ -292,12 +292,16 @@ async def test_udp_round_trip(net: NetVm, servers: Servers) -> None:
 async def test_port_forward_reaches_httpd_in_the_guest(net: NetVm, servers: Servers) -> None:
     await sh(net, "mkdir -p /www && echo guest page > /www/index.html && httpd -p 80 -h /www")
 
-    def fetch() -> bytes:
-        with urllib.request.urlopen(f"http://127.0.0.1:{servers.forward_port}/index.html", timeout=30) as reply:
+    ports = [port for fwd, port in net.vm.forwarded_ports()]
+    assert ports[0] == servers.forward_port and ports[1] > 0  # host_port 0: any free port
+
+    def fetch(port: int) -> bytes:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=30) as reply:
             return reply.read()
 
     try:
-        assert await asyncio.to_thread(fetch) == b"guest page\n"
+        for port in ports:
+            assert await asyncio.to_thread(fetch, port) == b"guest page\n"
     finally:
         await sh(net, "killall httpd")
 
@@ -355,3 +359,11 @@ async def test_loopback_and_gateway_services_stay_closed_without_a_naming_rule(n
     assert refused.exit_code != 0 and "refused" in refused.output
     # Another address of the guest's subnet (another VM) is not routed at all.
     assert (await sh(net, "ping -c 1 -W 1 10.0.2.99")).exit_code != 0
+
+
+async def test_a_host_port_already_forwarded_fails_the_second_vm_clearly(
+    boot: engine.LinuxDirectBoot, servers: Servers, netvm: NetVm
+) -> None:
+    net = engine.NetworkMode.user_nat().forward_tcp(servers.forward_port, 80).build()
+    with pytest.raises(engine.ConfigError, match=f"cannot listen on 127.0.0.1:{servers.forward_port}.*host_port 0"):
+        await engine.vm(boot).network(net).console_enabled().build()

@@ -28,7 +28,11 @@ GATEWAY_MAC = "52:55:0a:00:02:02"
 
 @dataclass(frozen=True)
 class PortForward:
-    """Host ``host_addr:host_port`` relayed to the guest's ``guest_port`` (loopback by default)."""
+    """Host ``host_addr:host_port`` relayed to the guest's ``guest_port`` (loopback by default).
+
+    ``host_port`` 0 takes any free port (the VM reports which): the way to forward a port of
+    every VM of a pool, since one fixed host port can belong to one VM only.
+    """
 
     protocol: ForwardProtocol
     host_port: int
@@ -76,11 +80,12 @@ class UserNatConfig:
             raise ConfigError(f"mtu must be between 576 and 65520, got {self.mtu}")
         seen: set[tuple[str, str, int]] = set()
         for fwd in self.forwards:
-            for name, port in (("host_port", fwd.host_port), ("guest_port", fwd.guest_port)):
-                if not 1 <= port <= 65535:
-                    raise ConfigError(f"forward {fwd.describe()}: {name} must be 1..65535, got {port}")
+            if not 1 <= fwd.guest_port <= 65535:
+                raise ConfigError(f"forward {fwd.describe()}: guest_port must be 1..65535, got {fwd.guest_port}")
+            if not 0 <= fwd.host_port <= 65535:
+                raise ConfigError(f"forward {fwd.describe()}: host_port must be 0 (any free port) to 65535")
             key = (fwd.protocol, fwd.host_addr, fwd.host_port)
-            if key in seen:
+            if fwd.host_port and key in seen:
                 raise ConfigError(f"forward {fwd.describe()}: host port {fwd.host_port}/{fwd.protocol} is forwarded twice")
             seen.add(key)
 
@@ -159,6 +164,13 @@ class NetworkMode:
     @staticmethod
     def user_nat() -> UserNatBuilder:
         return UserNatBuilder()
+
+
+def forward_error(fwd: PortForward, err: OSError) -> ConfigError:
+    """Why a forward's host socket could not be opened, in words a user can act on."""
+    hint = " (another VM or program holds it; host_port 0 takes any free port)" if fwd.host_port else ""
+    return ConfigError(f"cannot listen on {fwd.host_addr}:{fwd.host_port} for forward {fwd.describe()}: "
+                       f"{err.strerror or err}{hint}")
 
 
 def _check_address(text: str, what: str) -> IPv4Address:

@@ -22,7 +22,7 @@ from ipaddress import IPv4Address
 from typing import Any
 
 from engine.netstack.arp import ArpResponder
-from engine.netstack.config import GATEWAY_MAC, UserNatConfig
+from engine.netstack.config import GATEWAY_MAC, PortForward, UserNatConfig
 from engine.netstack.dhcp import DhcpConfig, DhcpServer
 from engine.netstack.dns_upstream import DnsAdapter
 from engine.netstack.domains import DomainTracker
@@ -60,6 +60,7 @@ class Gateway:
         self.gateway_mac = parse_mac(GATEWAY_MAC)
         self.guest_mac = parse_mac(config.guest_mac)
         self.guest_ip: IPv4Address | None = None
+        self.forwarded_ports: list[tuple[PortForward, int]] = []  # each forward and its bound port
         self.rng = random.Random()
         self.tracker = DomainTracker()
         self.stand_ins: dict[IPv4Address, IPv4Address] = {}

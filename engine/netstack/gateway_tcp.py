@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import TYPE_CHECKING
 
-from engine.netstack.config import PortForward
+from engine.netstack.config import PortForward, forward_error
 from engine.netstack.errors import PacketError
 from engine.netstack.ipv4 import PROTO_TCP, Ipv4Packet
 from engine.netstack.policy import Protocol
@@ -347,10 +347,14 @@ class TcpRelay:
         for fwd in self.gw.config.forwards:
             if fwd.protocol != "tcp":
                 continue
-            server = await self.gw.loop.create_server(
-                lambda fwd=fwd: _ForwardTcp(self, fwd), fwd.host_addr, fwd.host_port, reuse_address=True
-            )
+            try:
+                server = await self.gw.loop.create_server(
+                    lambda fwd=fwd: _ForwardTcp(self, fwd), fwd.host_addr, fwd.host_port, reuse_address=True
+                )
+            except OSError as err:
+                raise forward_error(fwd, err) from None
             self._servers.append(server)
+            self.gw.forwarded_ports.append((fwd, server.sockets[0].getsockname()[1]))
 
     def forward_accepted(self, fwd: PortForward, transport: asyncio.Transport) -> TcpFlow | None:
         gw = self.gw

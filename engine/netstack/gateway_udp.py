@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import TYPE_CHECKING, Any
 
-from engine.netstack.config import PortForward
+from engine.netstack.config import PortForward, forward_error
 from engine.netstack.icmp import UNREACH_ADMIN_PROHIBITED, dest_unreachable, may_send_error
 from engine.netstack.ipv4 import PROTO_ICMP, PROTO_UDP, Ipv4Packet, build_ipv4
 from engine.netstack.policy import Protocol
@@ -139,10 +139,14 @@ class UdpRelay:
         for fwd in self.gw.config.forwards:
             if fwd.protocol != "udp":
                 continue
-            transport, _ = await self.gw.loop.create_datagram_endpoint(
-                lambda fwd=fwd: _ForwardUdp(self, fwd), local_addr=(fwd.host_addr, fwd.host_port)
-            )
+            try:
+                transport, _ = await self.gw.loop.create_datagram_endpoint(
+                    lambda fwd=fwd: _ForwardUdp(self, fwd), local_addr=(fwd.host_addr, fwd.host_port)
+                )
+            except OSError as err:
+                raise forward_error(fwd, err) from None
             self._listeners.append(transport)  # type: ignore[arg-type]
+            self.gw.forwarded_ports.append((fwd, transport.get_extra_info("sockname")[1]))
 
     def from_forward_client(self, listener: _ForwardUdp, data: bytes, client: Any) -> None:
         gw = self.gw
