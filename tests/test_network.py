@@ -131,6 +131,27 @@ def _serve_dns(sock: socket.socket) -> None:
         sock.sendto(reply.to_wire(), addr)
 
 
+def _serve_dns_tcp(server: socket.socket) -> None:
+    """The stub resolver over TCP: the same answers, length-prefixed."""
+    while True:
+        try:
+            conn, _ = server.accept()
+        except OSError:
+            return
+        with conn:
+            data = b""
+            while len(data) < 2 or len(data) < 2 + int.from_bytes(data[:2], "big"):
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            query = dns.message.from_wire(data[2:])
+            reply = dns.message.make_response(query)
+            reply.answer.append(dns.rrset.from_text("upstream.test.", 60, "IN", "A", "203.0.113.7"))
+            wire = reply.to_wire()
+            conn.sendall(len(wire).to_bytes(2, "big") + wire)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -155,11 +176,13 @@ def servers() -> Iterator[Servers]:
     resolver.bind(("127.0.0.1", 0))
     found.dns_port = resolver.getsockname()[1]
     _thread(lambda: _serve_dns(resolver))
+    resolver_tcp = socket.create_server(("127.0.0.1", found.dns_port))
+    _thread(lambda: _serve_dns_tcp(resolver_tcp))
     found.forward_port = _free_port()
     yield found
     httpd.shutdown()
     httpd.server_close()
-    for sock in (tftp, sink, resolver):
+    for sock in (tftp, sink, resolver, resolver_tcp):
         sock.close()
 
 
@@ -367,3 +390,21 @@ async def test_a_host_port_already_forwarded_fails_the_second_vm_clearly(
     net = engine.NetworkMode.user_nat().forward_tcp(servers.forward_port, 80).build()
     with pytest.raises(engine.ConfigError, match=f"cannot listen on 127.0.0.1:{servers.forward_port}.*host_port 0"):
         await engine.vm(boot).network(net).console_enabled().build()
+
+
+async def _ask_over_tcp(net: NetVm, name: str) -> dns.message.Message:
+    wire = dns.message.make_query(name, "A").to_wire()
+    octal = "".join(f"\\{byte:03o}" for byte in len(wire).to_bytes(2, "big") + wire)
+    result = await sh(net, f"printf '{octal}' | timeout 10 nc 10.0.2.3 53 | od -An -v -tx1")
+    answer = bytes.fromhex("".join(result.output.split()))
+    assert len(answer) >= 2 and int.from_bytes(answer[:2], "big") == len(answer) - 2, result.output
+    return dns.message.from_wire(answer[2:])
+
+
+async def test_dns_over_tcp_at_the_gateway(net: NetVm) -> None:
+    static = await _ask_over_tcp(net, "api.example.test")
+    assert [r.address for r in static.answer[0]] == ["198.18.0.1"]
+    denied = await _ask_over_tcp(net, "denied.test")
+    assert denied.rcode() == dns.rcode.NXDOMAIN
+    forwarded = await _ask_over_tcp(net, "upstream.test")  # relayed to the upstream over TCP
+    assert [r.address for r in forwarded.answer[0]] == ["203.0.113.7"]

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from engine.netstack.gateway import Gateway
 
 log = logging.getLogger(__name__)
+_TCP_UPSTREAM_TIMEOUT_S = 5.0
 
 
 def host_resolvers(resolv_conf: Path = Path("/etc/resolv.conf")) -> list[tuple[str, int]]:
@@ -48,6 +49,7 @@ class DnsAdapter:
         self.upstreams = list(configured) if configured is not None else host_resolvers()
         self._transport: asyncio.DatagramTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._tcp_tasks: set[asyncio.Task[None]] = set()
 
     def _allowed(self, name: str) -> NameVerdict:
         decision = self.gateway.policy.evaluate_name(name)
@@ -64,11 +66,17 @@ class DnsAdapter:
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        for task in self._tcp_tasks:
+            task.cancel()
         if self._transport is not None:
             self._transport.close()
 
     def query(self, src: IPv4Address, src_port: int, payload: bytes) -> None:
         self._apply(self.core.handle_query(payload, (src, src_port), self.gateway.now()))
+
+    def query_tcp(self, flow_key: tuple[object, ...], payload: bytes) -> None:
+        """A question the guest asked over TCP; the answer goes back on that connection."""
+        self._apply(self.core.handle_query(payload, ("tcp", flow_key), self.gateway.now(), tcp=True))
 
     def upstream_answer(self, data: bytes, addr: tuple[str, int]) -> None:
         if (addr[0], addr[1]) not in self.upstreams:
@@ -84,18 +92,44 @@ class DnsAdapter:
         gw = self.gateway
         for action in actions:
             if isinstance(action, Reply):
+                if action.client[0] == "tcp":
+                    gw.tcp.dns_reply(action.client[1], action.wire)
+                    continue
                 ip, port = action.client
                 gw.send_ip(gw.dns_ip, ip, PROTO_UDP, build_udp(gw.dns_ip, ip, 53, port, action.wire))
-            elif self._transport is not None and not action.tcp:
+            elif not self.upstreams:
+                gw.counters["dns_no_upstream"] += 1
+            elif action.tcp:
+                server = self.upstreams[action.attempt % len(self.upstreams)]
+                task = gw.loop.create_task(self._ask_over_tcp(action.wire, server))
+                self._tcp_tasks.add(task)
+                task.add_done_callback(self._tcp_tasks.discard)
+            elif self._transport is not None:
                 server = self.upstreams[action.attempt % len(self.upstreams)]
                 self._transport.sendto(action.wire, server)
-            else:
-                gw.counters["dns_tcp_upstream_unsupported"] += 1
         for event in self.core.poll_events():
             action = "deny" if event.action == "deny" else "allow"
             gw.flow_log.emit("dns", str(event.client[0]), str(gw.dns_ip), 53, event.name,
                              event.reason or event.action, action, f"{event.qtype} {event.action}")
         self._schedule()
+
+    async def _ask_over_tcp(self, wire: bytes, server: tuple[str, int]) -> None:
+        """One question over TCP (truncated UDP answers, TCP guests); the core times out failures."""
+        writer = None
+        try:
+            async with asyncio.timeout(_TCP_UPSTREAM_TIMEOUT_S):
+                reader, writer = await asyncio.open_connection(*server)
+                writer.write(len(wire).to_bytes(2, "big") + wire)
+                size = int.from_bytes(await reader.readexactly(2), "big")
+                answer = await reader.readexactly(size)
+        except (OSError, TimeoutError, asyncio.IncompleteReadError) as err:
+            self.gateway.counters["dns_tcp_upstream_failed"] += 1
+            log.debug("DNS over TCP to %s failed: %s", server, err)
+            return
+        finally:
+            if writer is not None:
+                writer.close()
+        self._apply(self.core.handle_upstream(answer, self.gateway.now()))
 
     def _schedule(self) -> None:
         deadline = self.core.next_timer()

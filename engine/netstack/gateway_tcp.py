@@ -53,6 +53,8 @@ class TcpFlow:
     conn: TcpConnection | None = None
     host: asyncio.Transport | None = None
     inbound: bool = False
+    local_dns: bool = False  # DNS over TCP to the gateway's resolver: answered here, no host socket
+    dns_pending: int = 0
     syn: object | None = None
     early: bytearray = field(default_factory=bytearray)  # guest bytes read before the host socket
     guest_eof: bool = False
@@ -98,6 +100,12 @@ class TcpRelay:
                 return
         elif flow is not None:
             return  # a retransmitted SYN while the host socket connects
+        if new_syn and ip.dst == gw.dns_ip and seg.dst_port == 53 and len(self.flows) < MAX_TCP_FLOWS:
+            flow = TcpFlow(key, syn=seg, local_dns=True)
+            self.flows[key] = flow
+            flow.conn = self._accept(flow)
+            self.pump(flow)
+            return
         if not new_syn or ip.dst in (gw.gateway_ip, gw.dns_ip):
             self._reset(ip, seg)
             return
@@ -253,6 +261,32 @@ class TcpRelay:
         else:
             flow.unconsumed += len(data)
 
+    # ----- DNS over TCP at the gateway -------------------------------------------------------
+
+    def _dns_bytes(self, flow: TcpFlow, data: bytes) -> None:
+        """Split the guest's length-prefixed DNS messages (RFC 1035 4.2.2) and answer each."""
+        assert flow.conn is not None
+        flow.early += data
+        while len(flow.early) >= 2:
+            size = int.from_bytes(flow.early[:2], "big")
+            if len(flow.early) < 2 + size:
+                break
+            wire = bytes(flow.early[2 : 2 + size])
+            del flow.early[: 2 + size]
+            flow.conn.consumed(2 + size)
+            flow.dns_pending += 1
+            self.gw.dns.query_tcp(flow.key, wire)
+
+    def dns_reply(self, key: FlowKey, wire: bytes) -> None:
+        flow = self.flows.get(key)
+        if flow is None or flow.conn is None or flow.closed:
+            return
+        flow.conn.send(len(wire).to_bytes(2, "big") + wire, self.gw.now())
+        flow.dns_pending = max(0, flow.dns_pending - 1)
+        if flow.guest_eof and not flow.dns_pending:
+            flow.conn.shutdown_write(self.gw.now())
+        self.pump(flow)
+
     # ----- driving the core ------------------------------------------------------------------
 
     def pump(self, flow: TcpFlow) -> None:
@@ -278,13 +312,19 @@ class TcpRelay:
         conn = flow.conn
         assert conn is not None
         if isinstance(event, DataReceived):
-            if flow.host is not None:
+            if flow.local_dns:
+                self._dns_bytes(flow, event.data)
+            elif flow.host is not None:
                 self._to_host(flow, event.data)
             elif not flow.inbound:
                 self._early_data(flow, event.data)
         elif isinstance(event, PeerClosed):
             flow.guest_eof = True
-            if flow.host is not None and flow.host.can_write_eof():
+            if flow.local_dns and not flow.dns_pending:
+                conn.shutdown_write(self.gw.now())
+            elif flow.local_dns:
+                pass  # the FIN follows the last answer
+            elif flow.host is not None and flow.host.can_write_eof():
                 flow.host.write_eof()
             elif flow.host is None and flow.connect_task is None and not flow.inbound:
                 self._decide_sniffed(flow, sniff(bytes(flow.early), SNIFF_LIMIT).flow_name if flow.early else None)
