@@ -46,6 +46,7 @@ class FlowLog:
         self._queues: list[asyncio.Queue[FlowEvent | None]] = []
         self.dropped = 0
         self.count = 0
+        self._closed = False
 
     def emit(self, protocol: str, src: str, dst: str, port: int, domain: str | None,
              rule: str, action: str, detail: str = "") -> FlowEvent:
@@ -59,7 +60,9 @@ class FlowLog:
         return event
 
     async def subscribe(self) -> AsyncIterator[FlowEvent]:
-        """Events from now on, until the gateway closes."""
+        """Events from now on, until the gateway closes (at once if it has)."""
+        if self._closed:
+            return
         queue: asyncio.Queue[FlowEvent | None] = asyncio.Queue(_LISTENER_QUEUE)
         self._queues.append(queue)
         try:
@@ -69,6 +72,7 @@ class FlowLog:
             self._queues.remove(queue)
 
     def close(self) -> None:
+        self._closed = True
         for queue in self._queues:
             if queue.full():
                 queue.get_nowait()

@@ -34,7 +34,7 @@ from engine.netstack.gateway_tcp import TcpRelay
 from engine.netstack.gateway_udp import UdpRelay
 from engine.netstack.icmp import echo_reply
 from engine.netstack.ipv4 import PROTO_ICMP, PROTO_TCP, PROTO_UDP, Ipv4Packet, build_ipv4, parse_ipv4
-from engine.netstack.policy import Decision, Flow, NetworkPolicy, Protocol
+from engine.netstack.policy import Decision, Flow, NetworkPolicy, Protocol, is_restricted
 from engine.netstack.udp import build_udp, parse_udp
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ class Gateway:
         if ip.is_fragment:
             self.counters["fragment_dropped"] += 1
             return
-        if ip.src not in self.config.subnet and not (ip.src == IPv4Address(0) and ip.protocol == PROTO_UDP):
+        if ip.src not in self.config.subnet and not self._dhcp_from_nowhere(ip):
             self.counters["spoofed_source"] += 1
             return
         if ip.dst in (self.gateway_ip, self.dns_ip) or ip.dst == IPv4Address("255.255.255.255"):
@@ -173,6 +173,15 @@ class Gateway:
             self.udp.datagram(ip, parse_udp(ip))
         else:
             self.counters["protocol_dropped"] += 1  # ICMP beyond the gateway is not relayed
+
+    def _dhcp_from_nowhere(self, ip: Ipv4Packet) -> bool:
+        """A guest without an address yet may only ask the DHCP server."""
+        return (
+            ip.src == IPv4Address(0)
+            and ip.protocol == PROTO_UDP
+            and ip.dst in (self.gateway_ip, IPv4Address("255.255.255.255"))
+            and ip.payload[2:4] == b"\x00\x43"  # destination port 67
+        )
 
     def _to_gateway(self, ip: Ipv4Packet) -> None:
         if ip.protocol == PROTO_ICMP:
@@ -246,7 +255,12 @@ class Gateway:
         """The policy's decision on a new flow (to its host-side address), logged to the flow log."""
         domains = self.tracker.domains_for(dst, self.now())
         real = self.host_address(dst)
-        static = dst in self.stand_ins or any(ip == real and name in domains for name, ip in self.config.hosts)
+        static_names = frozenset(name for name, ip in self.guest_hosts if ip == dst)
+        if dst in self.stand_ins or (static_names and is_restricted(real, [self.config.subnet])):
+            # An off-limits address stands only for its static entries: another name that maps
+            # to it came from an upstream answer (DNS rebinding) and must not open it.
+            domains = domains & static_names
+        static = bool(domains & static_names)
         flow = Flow(protocol, real, dst_port, src, src_port, domains, sni_or_host, static_host=static)
         dst = real
         decision = self.policy.evaluate(flow, protected=[self.config.subnet])

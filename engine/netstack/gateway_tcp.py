@@ -306,6 +306,10 @@ class TcpRelay:
                 self._on_event(flow, event)
             if flow.closed:
                 return
+        if conn.state is TcpState.TIME_WAIT and flow.host is not None:
+            # Both directions are finished: the host socket has nothing left to do.
+            flow.host.close()
+            flow.host = None
         self._schedule(flow)
 
     def _on_event(self, flow: TcpFlow, event: object) -> None:

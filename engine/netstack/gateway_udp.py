@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 MAX_UDP_FLOWS = 512
 UDP_IDLE_S = 60.0
 _PENDING_LIMIT = 64  # datagrams held while a flow's host socket opens
+MAX_FORWARD_CLIENTS = 4096  # UDP forward clients remembered; past it the oldest is forgotten
 UdpKey = tuple[IPv4Address, int, IPv4Address, int]
 
 
@@ -155,11 +156,18 @@ class UdpRelay:
             return
         port = self._client_ports.get((id(listener), client))
         if port is None:
+            if len(self._forward_ports) >= MAX_FORWARD_CLIENTS:
+                # Without a bound, 16384 clients exhaust the ports and next() below never returns.
+                old_listener, old_client = self._forward_ports.pop(next(iter(self._forward_ports)))
+                self._client_ports.pop((id(old_listener), old_client), None)
             port = next(p for p in self._ports if p not in self._forward_ports)
             self._client_ports[(id(listener), client)] = port
             self._forward_ports[port] = (listener, client)
             gw.flow_log.emit("udp", f"{client[0]}:{client[1]}", str(gw.guest_ip), listener.fwd.guest_port,
                              None, f"forward {listener.fwd.describe()}", "allow")
+        if len(data) > gw.config.mtu - 28:
+            gw.counters["udp_too_big"] += 1  # we do not fragment toward the guest
+            return
         self.bytes_down += len(data)
         gw.send_ip(gw.gateway_ip, gw.guest_ip, PROTO_UDP,
                    build_udp(gw.gateway_ip, gw.guest_ip, port, listener.fwd.guest_port, data))
