@@ -38,7 +38,7 @@ from engine.pool_stats import PoolMember, PoolStats
 from engine.pooled_vm import PooledVm
 from engine.profile_schema import ProfileError, ProfileIssue
 from engine.profile_store import find_profile, load_profile, load_profiles, profile_dirs, save_profile
-from engine.profiles import BootChoice, NetworkChoice, Profile, parse_profile
+from engine.profiles import BootChoice, Profile, parse_profile
 from engine.service import (
     PoolServer,
     ServiceClient,
@@ -74,7 +74,6 @@ __all__ = [
     "LoginSpec",
     "MachineError",
     "MatchCriteria",
-    "NetworkChoice",
     "NetworkMode",
     "NetworkPolicy",
     "NoNetwork",

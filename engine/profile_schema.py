@@ -13,13 +13,14 @@ from __future__ import annotations
 import difflib
 import io
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import CommentMark, MarkedYAMLError, YAMLError
+from ruamel.yaml.tokens import CommentToken
 
 from engine.errors import ConfigError
 
@@ -127,16 +128,19 @@ class Fields:
         return f"{parent}.{key}" if parent else str(key)
 
     @staticmethod
-    def line_of(mapping: CommentedMap, key: object | None = None) -> int:
-        """1-based line of ``key`` in ``mapping``, or of the mapping itself."""
+    def line_of(node: CommentedMap | CommentedSeq, key: object | None = None) -> int:
+        """1-based line of ``key`` in a mapping (or of item ``key`` of a list), or of the node itself."""
         try:
-            if key is not None and key in mapping:
-                return mapping.lc.key(key)[0] + 1
-            return mapping.lc.line + 1
+            if isinstance(node, CommentedSeq):
+                if isinstance(key, int) and 0 <= key < len(node):
+                    return node.lc.item(key)[0] + 1
+            elif key is not None and key in node:
+                return node.lc.key(key)[0] + 1
+            return node.lc.line + 1
         except (AttributeError, KeyError, TypeError):  # mappings we built ourselves have no marks
             return 1
 
-    def error(self, mapping: CommentedMap, key: object | None, field: str, message: str) -> None:
+    def error(self, mapping: CommentedMap | CommentedSeq, key: object | None, field: str, message: str) -> None:
         self.issues.append(ProfileIssue(self.file, self.line_of(mapping, key), field, message))
 
     def expected(self, mapping: CommentedMap, key: str, parent: str, what: str) -> None:
@@ -215,3 +219,159 @@ class Fields:
             self.expected(mapping, key, parent, what)
             return None
         return str(value)
+
+
+# -- saving: replace values in a round-trip document, keeping what comments we can -------------
+#
+# ruamel keeps a comment in the slot of the scalar *before* it, so the comment lines that follow
+# a block (often the heading of the next key: "\n# pool sizing\n") live on its last scalar.
+# Replacing a block wholesale would drop them; merge_node edits in place instead, reuses list
+# items that did not change (with their comments) and moves that "tail" to the new last scalar.
+
+
+def merge_node(old: Any, new: Any) -> Any:
+    """The node to store in place of ``old`` for the plain value ``new``; ``old`` may be edited."""
+    if isinstance(old, CommentedMap) and isinstance(new, Mapping):
+        tail = take_tail(old)
+        for key in [key for key in old if key not in new]:
+            del old[key]
+        for key, value in new.items():
+            old[key] = merge_node(old[key], value) if key in old else to_node(value)
+        put_tail(old, tail)
+        return old
+    if isinstance(old, CommentedSeq) and isinstance(new, (list, tuple)):
+        return _merge_seq(old, new)
+    if isinstance(old, str) and isinstance(new, str) and old == new:
+        return old  # keeps the user's quoting
+    if type(old) is type(new) and old == new:
+        return old
+    node = to_node(new)
+    if isinstance(old, (CommentedMap, CommentedSeq)):
+        put_tail(node, take_tail(old))  # a scalar has no slot of its own: then the lines go
+    return node
+
+
+def _merge_seq(old: CommentedSeq, new: list[Any] | tuple[Any, ...]) -> CommentedSeq:
+    tail = take_tail(old)
+    used: set[int] = set()
+    picks: list[int | None] = []
+    for value in new:  # unchanged items first, wherever they moved
+        match = next((i for i, item in enumerate(old) if i not in used and _same(item, value)), None)
+        if match is not None:
+            used.add(match)
+        picks.append(match)
+    for n, value in enumerate(new):  # an edited item (same keys, other values) keeps what it can
+        if picks[n] is not None or not isinstance(value, Mapping):
+            continue
+        edits = [i for i, item in enumerate(old) if i not in used and isinstance(item, CommentedMap) and set(item) == set(value)]
+        if edits:  # the most values in common, then the nearest place
+            best = max(edits, key=lambda i: (sum(_same(old[i][k], value[k]) for k in value), -abs(i - n)))
+            used.add(best)
+            picks[n] = best
+    flow_items = len(old) > 0 and all(isinstance(item, CommentedMap) and item.fa.flow_style() for item in old)
+    seq = CommentedSeq()
+    if old.fa.flow_style():
+        seq.fa.set_flow_style()
+    seq.ca.comment = old.ca.comment
+    for n, value in enumerate(new):
+        pick = picks[n]
+        if pick is None:
+            node = to_node(value)
+            if flow_items and isinstance(node, CommentedMap):
+                node.fa.set_flow_style()  # like its siblings
+        else:
+            node = merge_node(old[pick], value)
+        seq.append(node)
+    for n, pick in enumerate(picks):  # after the appends, which shift the comments of later items
+        if pick is not None and pick in old.ca.items:
+            seq.ca.items[n] = old.ca.items[pick]
+    put_tail(seq, tail)
+    return seq
+
+
+def _same(node: Any, value: Any) -> bool:
+    if isinstance(value, bool) or isinstance(node, bool):
+        return type(node) is type(value) and node == value
+    if isinstance(node, Mapping) and isinstance(value, Mapping):
+        return list(node) == list(value) and all(_same(node[k], value[k]) for k in node)
+    if isinstance(node, (list, tuple)) and isinstance(value, (list, tuple)):
+        return len(node) == len(value) and all(_same(a, b) for a, b in zip(node, value))
+    return bool(node == value)
+
+
+def to_node(value: Any) -> Any:
+    """Plain dicts and lists as round-trip nodes (so comments can be attached to them)."""
+    if isinstance(value, (CommentedMap, CommentedSeq)):
+        return value
+    if isinstance(value, Mapping):
+        node = CommentedMap()
+        for key, item in value.items():
+            node[key] = to_node(item)
+        return node
+    if isinstance(value, (list, tuple)):
+        return CommentedSeq(to_node(item) for item in value)
+    return value
+
+
+def _last_slot(node: Any) -> tuple[Any, int] | None:
+    """The key (or index) of a block node's last entry and the comment slot after its value."""
+    if isinstance(node, CommentedMap) and len(node) and not node.fa.flow_style():
+        return next(reversed(node)), 2
+    if isinstance(node, CommentedSeq) and len(node) and not node.fa.flow_style():
+        return len(node) - 1, 0
+    return None
+
+
+def take_tail(node: Any) -> str:
+    """Remove and return the comment lines that follow block ``node`` (the end-of-line comment
+    of its last line stays where it is)."""
+    last = _last_slot(node)
+    if last is None:
+        return ""
+    tail = take_entry_tail(node, last[0])
+    if not tail and node.ca.end:
+        tail = "".join(token.value for token in node.ca.end)
+        node.ca.end.clear()
+    return tail
+
+
+def take_entry_tail(node: CommentedMap | CommentedSeq, key: Any) -> str:
+    """Like :func:`take_tail`, for the entry ``key`` (a key, or an index) of block ``node``."""
+    if node.fa.flow_style():
+        return ""  # a flow collection ends with its bracket; what follows is its parent's
+    tail = take_tail(node[key])
+    slot = node.ca.items.get(key)
+    pos = 2 if isinstance(node, CommentedMap) else 0
+    if not tail and slot and len(slot) > pos and isinstance(slot[pos], CommentToken):
+        first, newline, rest = slot[pos].value.partition("\n")
+        if rest:
+            if first:
+                slot[pos].value = first + newline
+            else:
+                slot[pos] = None  # nothing but the line's end was left
+            tail = rest
+    return tail
+
+
+def put_tail(node: Any, tail: str) -> bool:
+    """Attach comment lines ``tail`` after block ``node``; False when it has no place for them."""
+    if not tail:
+        return True
+    last = _last_slot(node)
+    return last is not None and put_entry_tail(node, last[0], tail)
+
+
+def put_entry_tail(node: CommentedMap | CommentedSeq, key: Any, tail: str) -> bool:
+    """Like :func:`put_tail`, after the entry ``key`` of ``node``."""
+    if node.fa.flow_style():
+        return False
+    if put_tail(node[key], tail):
+        return True
+    slot = node.ca.items.setdefault(key, [None, None, None, None])
+    pos = 2 if isinstance(node, CommentedMap) else 0
+    token = slot[pos]
+    if isinstance(token, CommentToken):
+        token.value = (token.value if token.value.endswith("\n") else token.value + "\n") + tail
+    else:
+        slot[pos] = CommentToken("\n" + tail, CommentMark(0))
+    return True

@@ -18,7 +18,9 @@ import platformdirs
 from ruamel.yaml.comments import CommentedMap
 
 from engine.errors import ConfigError
-from engine.profile_schema import ProfileError, ProfileIssue, dump_yaml, parse_document
+from engine.profile_schema import (
+    ProfileError, ProfileIssue, dump_yaml, merge_node, parse_document, put_entry_tail, put_tail, take_entry_tail,
+    take_tail, to_node)
 from engine.profiles import Profile, Source, parse_profile
 
 CONFIG_DIR_ENV = "CAPSA_CONFIG_DIR"
@@ -138,7 +140,9 @@ def save_profile(target: Profile | str | Path, updates: Mapping[str, object]) ->
     """Apply ``updates`` to a profile file, keeping its comments and key order; return the result.
 
     Keys are dotted paths (``"pool.size"``, ``"login.user"``); missing mappings are created and
-    a value of None removes the key. The result is validated before anything is written, and the
+    a value of None removes the key. A mapping or list value (``{"network.policy":
+    policy.to_dict()}``) is merged into what is there, so comments on the parts that did not
+    change, and the comment lines after the block, are kept. The result is validated before anything is written, and the
     file is replaced atomically. A bundled profile is never modified: its edited copy goes to the
     user folder, where it overrides the bundled one from then on.
     """
@@ -175,18 +179,35 @@ def _apply(document: CommentedMap, dotted: str, value: object) -> None:
     if not all(keys):
         raise ConfigError(f"profile field {dotted!r} is not a dotted path like 'pool.size'")
     node = document
+    # Comment lines after a value (often the heading of the next key) are kept after it when the
+    # value grows, shrinks or goes (see engine.profile_schema.merge_node).
+    replaced: list[tuple[CommentedMap, str, str]] = []
     for key in keys[:-1]:
         child = node.get(key)
         if not isinstance(child, CommentedMap):
             if value is None:
                 return  # removing a key under a mapping that is not there: nothing to do
+            replaced.append((node, key, take_entry_tail(node, key) if key in node else ""))
             child = CommentedMap()
             node[key] = child  # replacing a scalar (e.g. `network: none`) keeps the key's place
         node = child
+    key = keys[-1]
+    tail = take_tail(node)
     if value is None:
-        node.pop(keys[-1], None)
+        if key in node:
+            before = list(node)
+            index = before.index(key)
+            lines = take_entry_tail(node, key)
+            del node[key]
+            if lines and index:
+                put_entry_tail(node, before[index - 1], lines)
+    elif key in node:
+        node[key] = merge_node(node[key], value)  # edits in place: comments inside survive
     else:
-        node[keys[-1]] = value
+        node[key] = to_node(value)
+    put_tail(node, tail)
+    for parent, name, lines in reversed(replaced):
+        put_entry_tail(parent, name, lines)
 
 
 def _write_atomically(dest: Path, text: str) -> None:

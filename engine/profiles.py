@@ -4,7 +4,9 @@
     pool = await profile.pool_builder().build(profile.size)
 
 A profile names its boot (the default guest or a kernel/initrd of your own), the VM shape
-(cpus, memory, console, hostname, kernel arguments, login) and the pool's size and max_size.
+(cpus, memory, console, hostname, kernel arguments, login), the pool's size and max_size, and
+the guest's network (none, or user-mode NAT with forwards, static hosts and a policy: parsed in
+``engine.profile_network``).
 Profiles come from the bundled ``profiles/`` folder and from the user's config folder
 (``platformdirs`` ``user_config_path("capsa-tui")/profiles``, or ``$CAPSA_CONFIG_DIR/profiles``);
 a user profile overrides a bundled one of the same name.
@@ -24,7 +26,9 @@ from typing import Literal, TypeVar
 from ruamel.yaml.comments import CommentedMap
 
 from engine.boot import LinuxDirectBoot, default_boot
+from engine.netstack.config import NetworkConfig, NoNetwork
 from engine.pool import PoolBuilder, vm_pool
+from engine.profile_network import network_summary, parse_network
 from engine.profile_schema import HOSTNAME_RE, NAME_RE, USER_RE, Fields, ProfileError, parse_document
 from engine.vmspec import LoginSpec, ShapeBuilder, VmBuilder, vm
 
@@ -37,10 +41,6 @@ TOP_KEYS = (
 BOOT_KEYS = ("kernel", "initrd", "cmdline")
 LOGIN_KEYS = ("user", "password")
 POOL_KEYS = ("size", "max_size")
-NETWORK_KEYS = ("mode",)
-# Keys that belong to user-mode NAT networking (issue 5): named so the error says why, not "unknown".
-NETWORK_NAT_KEYS = ("forwards", "policy")
-NETWORK_MODES_LATER = ("user_nat", "nat", "user")
 CPUS = (1, 64)
 MEMORY_MB = (64, 65536)
 POOL_SIZE = (0, 64)
@@ -68,13 +68,6 @@ class BootChoice:
 
 
 @dataclass(frozen=True)
-class NetworkChoice:
-    """The guest's network. Only ``none`` until user-mode NAT networking lands (issue 5)."""
-
-    mode: Literal["none"] = "none"
-
-
-@dataclass(frozen=True)
 class Profile:
     """One validated pool profile; ``vm_builder()`` / ``pool_builder()`` turn it into VMs."""
 
@@ -90,13 +83,13 @@ class Profile:
     login: LoginSpec | None = None
     size: int = 2
     max_size: int = 4
-    network: NetworkChoice = field(default_factory=NetworkChoice)
+    network: NetworkConfig = field(default_factory=NoNetwork)  # NoNetwork or a built UserNatConfig
     source: Source = "file"
 
     def _shape(self, builder: B) -> B:
         """Apply the VM shape to a VmBuilder or PoolBuilder (they share these methods)."""
         builder = builder.cpus(self.cpus).memory_mb(self.memory_mb).console_enabled(self.console)
-        builder = builder.hostname(self.hostname)
+        builder = builder.hostname(self.hostname).network(self.network)
         for key, value in self.kernel_args:
             builder = builder.cmdline_arg(key, value)
         if self.login is not None:
@@ -132,7 +125,7 @@ class Profile:
             "login": {"user": self.login.user} if self.login else None,
             "size": self.size,
             "max_size": self.max_size,
-            "network": {"mode": self.network.mode},
+            "network": network_summary(self.network),
         }
 
 
@@ -176,7 +169,7 @@ def parse_profile(
         login=login,
         size=size,
         max_size=max_size,
-        network=parse_network(f, document),
+        network=parse_network(f, document, max_size),
         source=source,
     )
     if f.issues:
@@ -274,26 +267,3 @@ def parse_kernel_args(f: Fields, document: CommentedMap, boot: BootChoice | None
         else:
             pairs.append((key, str(value)))
     return tuple(pairs)
-
-
-def parse_network(f: Fields, document: CommentedMap) -> NetworkChoice:
-    """``network: none`` or ``network: {mode: none}``; issue 5 adds user-mode NAT here."""
-    if "network" not in document:
-        return NetworkChoice()
-    value = document["network"]
-    if isinstance(value, CommentedMap):
-        f.unknown_keys(value, "network", NETWORK_KEYS + NETWORK_NAT_KEYS)
-        for key in NETWORK_NAT_KEYS:
-            if key in value:
-                f.error(value, key, f"network.{key}", "needs user-mode NAT networking, which is not available yet")
-        holder, key, parent = value, "mode", "network"
-        if "mode" not in value:
-            return NetworkChoice()
-    else:
-        holder, key, parent = document, "network", ""
-    mode = holder[key]
-    if isinstance(mode, str) and mode in NETWORK_MODES_LATER:
-        f.error(holder, key, f.path(parent, key), f"expected 'none', found {mode!r}: user-mode NAT networking is not available yet")
-    elif mode != "none" or not isinstance(mode, str):
-        f.expected(holder, key, parent, "'none' (the only network mode for now)" if parent else "'none' or a mapping with mode")
-    return NetworkChoice()

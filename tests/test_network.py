@@ -408,3 +408,23 @@ async def test_dns_over_tcp_at_the_gateway(net: NetVm) -> None:
     assert denied.rcode() == dns.rcode.NXDOMAIN
     forwarded = await _ask_over_tcp(net, "upstream.test")  # relayed to the upstream over TCP
     assert [r.address for r in forwarded.answer[0]] == ["203.0.113.7"]
+
+
+async def test_a_networked_profile_gives_each_pooled_vm_its_gateway(boot: engine.LinuxDirectBoot) -> None:
+    profile = engine.find_profile("web")
+    async with await profile.pool_builder().memory_mb(192).build(1) as pool:
+        async with await pool.reserve(timeout=60) as vm:
+            events: list[engine.FlowEvent] = []
+
+            async def collect() -> None:
+                async for event in vm.network_events():
+                    events.append(event)
+
+            collector = asyncio.create_task(collect())
+            console = await vm.console()
+            assert "inet 10.0.2.15/24" in await console.exec("ip -4 addr show eth0")
+            refused = await console.run("timeout 10 nc 203.0.113.5 80 </dev/null")
+            assert refused.exit_code != 0
+            await asyncio.sleep(0.1)
+            collector.cancel()
+            assert any(e.action == "deny" and e.dst == "203.0.113.5" and e.rule == "default deny" for e in events)

@@ -58,7 +58,7 @@ def test_a_name_alone_gives_the_documented_defaults() -> None:
     profile = _parse("name: web\n")
     assert (profile.cpus, profile.memory_mb, profile.console, profile.size, profile.max_size) == (1, 256, True, 2, 4)
     assert profile.boot == engine.BootChoice("default")
-    assert profile.network == engine.NetworkChoice("none")
+    assert profile.network == engine.NoNetwork()
     assert profile.hostname == "web" and profile.login is None and profile.kernel_args == ()
     assert profile.description == "" and profile.source == "file"
 
@@ -224,14 +224,14 @@ def test_login_needs_the_default_guest_and_a_user() -> None:
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
-        ("network: user_nat", "network: expected 'none', found 'user_nat': user-mode NAT networking is not available yet"),
-        ("network: {mode: user_nat}", "network.mode: expected 'none', found 'user_nat': user-mode NAT networking is not available yet"),
-        ("network: {mode: none, policy: {}}", "network.policy: needs user-mode NAT networking, which is not available yet"),
-        ("network: wifi", "network: expected 'none' or a mapping with mode, found string 'wifi'"),
-        ("network: {mode: 3}", "network.mode: expected 'none' (the only network mode for now), found integer 3"),
+        ("network: wifi", "network: expected 'none', 'user_nat' or a mapping with mode, found string 'wifi'"),
+        ("network: {mode: nat}", "network.mode: expected 'none' or 'user_nat', found string 'nat' (did you mean 'user_nat'?)"),
+        ("network: {mode: none, policy: {}}", "network.policy: expected no policy with mode none (no network card), or mode user_nat"),
+        ("network: {mode: 3}", "network.mode: expected 'none' or 'user_nat', found integer 3"),
     ],
 )
-def test_network_modes_other_than_none_are_not_available_yet(line: str, expected: str) -> None:
+def test_a_bad_network_mode_names_line_and_field(line: str, expected: str) -> None:
+    """The rest of the network section is tested in test_profile_network.py."""
     assert _issues(f"name: a\n{line}\n") == [f"p.yaml:2: {expected}"]
 
 
@@ -307,12 +307,14 @@ def test_pool_builder_carries_shape_name_and_max_size(fake_guest: engine.LinuxDi
 
 def test_bundled_profiles_load_and_make_valid_specs(user_dir: Path, fake_guest: engine.LinuxDirectBoot) -> None:
     profiles = {p.name: p for p in engine.load_profiles()}
-    assert {"default", "login", "tiny"} <= set(profiles)
+    assert {"default", "login", "tiny", "web"} <= set(profiles)
     for profile in profiles.values():
         assert profile.source == "bundled" and profile.description
         profile.vm_builder().spec()  # VmSpec.validate agrees with the profile's own checks
         profile.pool_builder().settings(profile.size)
     default = profiles["default"]
+    assert default.network == engine.NoNetwork()
+    assert isinstance(profiles["web"].network, engine.UserNatConfig)
     shape = (default.cpus, default.memory_mb, default.console, default.size, default.max_size)
     assert shape == (1, 256, True, 2, 4)
     assert profiles["login"].login is not None and profiles["login"].login.password
