@@ -39,7 +39,9 @@ from engine.netstack.udp import build_udp, parse_udp
 
 log = logging.getLogger(__name__)
 
-_GUEST_WRITE_HIGH = 4 << 20  # bytes queued toward QEMU before host sockets stop being read
+BROADCAST = IPv4Address("255.255.255.255")
+_GUEST_WRITE_HIGH = 4 << 20
+_SOCKET_BUFFER = 4 << 20  # bytes queued toward QEMU before host sockets stop being read
 # Static hosts on the host's loopback are shown to the guest at stand-in addresses from the
 # benchmarking block (RFC 2544, never routed): 127.0.0.1 inside the guest is the guest itself.
 STAND_IN_BASE = IPv4Address("198.18.0.0")
@@ -62,6 +64,7 @@ class Gateway:
         self.guest_ip: IPv4Address | None = None
         self.forwarded_ports: list[tuple[PortForward, int]] = []  # each forward and its bound port
         self.rng = random.Random()
+        self._ident = self.rng.getrandbits(16)
         self.tracker = DomainTracker()
         self.stand_ins: dict[IPv4Address, IPv4Address] = {}
         self.guest_hosts: list[tuple[str, IPv4Address]] = []
@@ -93,6 +96,10 @@ class Gateway:
             await self.dns.start()
             await self.tcp.start_forwards()
             await self.udp.start_forwards()
+            # Room for bursts toward QEMU in the kernel, not in asyncio's buffer: a full socket
+            # costs a wake-up per drain, and QEMU reads in large chunks anyway.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCKET_BUFFER)
             await self.loop.connect_accepted_socket(lambda: _GuestLink(self), sock)
         except BaseException:
             sock.close()
@@ -162,7 +169,7 @@ class Gateway:
         if ip.src not in self.config.subnet and not self._dhcp_from_nowhere(ip):
             self.counters["spoofed_source"] += 1
             return
-        if ip.dst in (self.gateway_ip, self.dns_ip) or ip.dst == IPv4Address("255.255.255.255"):
+        if ip.dst in (self.gateway_ip, self.dns_ip) or ip.dst == BROADCAST:
             self._to_gateway(ip)
         elif ip.dst in self.config.subnet:
             # Another address on the guest's subnet (another VM, the broadcast): never routed.
@@ -179,7 +186,7 @@ class Gateway:
         return (
             ip.src == IPv4Address(0)
             and ip.protocol == PROTO_UDP
-            and ip.dst in (self.gateway_ip, IPv4Address("255.255.255.255"))
+            and ip.dst in (self.gateway_ip, BROADCAST)
             and ip.payload[2:4] == b"\x00\x43"  # destination port 67
         )
 
@@ -208,7 +215,7 @@ class Gateway:
         if reply is None:
             return
         if reply.message_type == 5:  # DHCPACK: the guest's address from now on
-            self.guest_ip = reply.dst_ip if reply.dst_ip != IPv4Address("255.255.255.255") else self.guest_ip
+            self.guest_ip = reply.dst_ip if reply.dst_ip != BROADCAST else self.guest_ip
             lease = self._dhcp.lease_of(self.guest_mac, self.now())
             if lease is not None:
                 self.guest_ip = lease
@@ -219,7 +226,10 @@ class Gateway:
     # ----- sending ---------------------------------------------------------------------------
 
     def send_ip(self, src: IPv4Address, dst: IPv4Address, protocol: int, payload: bytes) -> None:
-        ip = build_ipv4(src, dst, protocol, payload, ident=self.rng.getrandbits(16))
+        # IDs count up: the guest's GRO merges a flow's segments only when they do (or are
+        # fixed), and merged segments cost its emulated CPU far less than one by one.
+        self._ident = (self._ident + 1) & 0xFFFF
+        ip = build_ipv4(src, dst, protocol, payload, ident=self._ident)
         self.send_frame(build_ethernet(self.guest_mac, self.gateway_mac, ETHERTYPE_IPV4, ip))
 
     def send_frame(self, data: bytes) -> None:

@@ -340,7 +340,9 @@ class TcpConnection(TcpSender):
             else:
                 self._retransmit_head(now)   # partial ACK: the next hole is lost too
         else:
-            self._cwnd = min(self._cwnd + min(acked, self._seg_size), 4 * self.config.send_buffer)
+            # Byte counting (RFC 3465 without its per-ACK cap): a guest whose GRO merges our
+            # segments ACKs rarely and in big steps; counting segments would starve the window.
+            self._cwnd = min(self._cwnd + acked, 4 * self.config.send_buffer)
         fin = self.fin_seq
         if fin is not None and seq_gt(ack, fin):
             st = self.state
