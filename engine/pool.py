@@ -26,9 +26,11 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from engine.errors import EngineError, PoolBootError, PoolClosed, PoolEmpty, PoolTimeout
+from engine.errors import ConfigError, EngineError, PoolBootError, PoolClosed, PoolEmpty, PoolTimeout
+from engine.netstack.config import UserNatConfig
+from engine.netstack.policy import NetworkPolicy
 from engine.pool_stats import MemberState, PoolMember, PoolStats, percentile
 from engine.pooled_vm import PooledVm
 from engine.status import Failed
@@ -85,8 +87,6 @@ class PoolBuilder(ShapeBuilder):
         return self
 
     def settings(self, size: int) -> PoolSettings:
-        from engine.errors import ConfigError
-
         max_size = self._max_size if self._max_size is not None else max(size, 1)
         if size < 0:
             raise ConfigError(f"pool size must be 0 or more, got {size}")
@@ -217,6 +217,15 @@ class VmPool:
         if member is None or member.handle is None:
             raise KeyError(f"pool {self.name!r} has no running VM {vm_id!r}")
         return member.handle
+
+    def set_policy(self, policy: NetworkPolicy) -> None:
+        """Apply ``policy`` to every VM of the pool now (new flows) and to every VM booted later."""
+        if not isinstance(self.spec.network, UserNatConfig):
+            raise ConfigError(f"pool {self.name!r} has no network: its profile needs network mode user_nat")
+        self.spec = replace(self.spec, network=replace(self.spec.network, policy=policy))
+        for member in self._members.values():
+            if member.handle is not None and member.handle.has_network:
+                member.handle.set_policy(policy)
 
     def add_listener(self, listener: StatsListener) -> None:
         """Call ``listener(stats)`` after every change (from the event loop; keep it quick)."""
@@ -406,6 +415,8 @@ class VmPool:
         except EngineError as err:
             self._boot_failed(member, err)
             return
+        if isinstance(self.spec.network, UserNatConfig) and member.handle.has_network:
+            member.handle.set_policy(self.spec.network.policy)  # set_policy may have come mid-launch
         self._spawn(self._watch(member), f"pool-{member.id}-watch")
         try:
             await member.handle.wait_ready(self.settings.boot_timeout)

@@ -246,6 +246,14 @@ class VmHandle:
         """Byte and flow counters of the gateway (empty without a network)."""
         return self._gateway.stats() if self._gateway is not None else {}
 
+    def network_flows(self) -> list[dict[str, Any]]:
+        """The open flows and their byte counts (empty without a network)."""
+        return self._gateway.flows() if self._gateway is not None else []
+
+    @property
+    def has_network(self) -> bool:
+        return self._gateway is not None
+
     # ----- lifecycle -------------------------------------------------------------------------
 
     @property

@@ -428,3 +428,27 @@ async def test_a_networked_profile_gives_each_pooled_vm_its_gateway(boot: engine
             await asyncio.sleep(0.1)
             collector.cancel()
             assert any(e.action == "deny" and e.dst == "203.0.113.5" and e.rule == "default deny" for e in events)
+
+
+async def test_pool_set_policy_reaches_running_and_future_vms(boot: engine.LinuxDirectBoot, servers: Servers) -> None:
+    net = (
+        engine.NetworkMode.user_nat().host("api.example.test", "127.0.0.1")
+        .dns_upstream(f"127.0.0.1:{servers.dns_port}")
+        .policy(engine.NetworkPolicy.deny_all().allow_domain("api.example.test"))
+        .build()
+    )
+    async with await engine.vm_pool(boot).memory_mb(192).network(net).console_enabled().max_size(2).build(1) as pool:
+        vm = await pool.reserve(timeout=60)
+        console = await vm.console()
+        url = f"http://api.example.test:{servers.http_port}/index.html"
+        assert await console.exec(f"timeout 30 wget -qO- {url}") == PAGE.decode()
+        flows = vm.network_flows()
+        assert [(f["protocol"], f["remote"], f["bytes_up"] > 0, f["bytes_down"]) for f in flows] == [
+            ("tcp", f"127.0.0.1:{servers.http_port}", True, flows[0]["bytes_down"])
+        ] and flows[0]["bytes_down"] >= len(PAGE)
+        pool.set_policy(engine.NetworkPolicy.deny_all())
+        assert "NXDOMAIN" in (await console.run("nslookup api.example.test")).output
+        await vm.release()
+        async with await pool.reserve(timeout=60) as fresh:
+            out = (await (await fresh.console()).run("nslookup api.example.test")).output
+            assert "NXDOMAIN" in out, "a VM booted after set_policy must get the new policy"

@@ -284,6 +284,24 @@ class Gateway:
                                "allow" if decision.allowed else "deny", decision.restricted or "")
         return decision
 
+    def flows(self) -> list[dict[str, Any]]:
+        """The open TCP and UDP flows with their byte counts (for the TUI's flow view)."""
+        rows: list[dict[str, Any]] = []
+        for kind, table in (("tcp", self.tcp.flows), ("udp", self.udp.flows)):
+            for flow in table.values():
+                guest_ip, guest_port, far_ip, far_port = flow.key
+                state = getattr(flow, "conn", None)
+                rows.append({
+                    "protocol": kind,
+                    "guest": f"{guest_ip}:{guest_port}",
+                    "remote": f"{self.host_address(far_ip)}:{far_port}",
+                    "domain": getattr(flow, "domain", None),
+                    "state": state.state.value if state is not None else "open",
+                    "bytes_up": flow.bytes_up,
+                    "bytes_down": flow.bytes_down,
+                })
+        return rows
+
     def stats(self) -> dict[str, Any]:
         return {
             "counters": dict(self.counters),

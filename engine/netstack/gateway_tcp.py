@@ -59,6 +59,8 @@ class TcpFlow:
     local_dns: bool = False  # DNS over TCP to the gateway's resolver: answered here, no host socket
     dns_pending: int = 0
     outgoing: list[bytes] = field(default_factory=list)  # guest bytes for the host, this loop turn
+    bytes_up: int = 0  # guest -> host
+    bytes_down: int = 0  # host -> guest
     syn: object | None = None
     early: bytearray = field(default_factory=bytearray)  # guest bytes read before the host socket
     guest_eof: bool = False
@@ -225,6 +227,7 @@ class TcpRelay:
         if flow.conn is None or flow.closed:
             return
         self.bytes_down += len(data)
+        flow.bytes_down += len(data)
         if flow.backlog:
             flow.backlog += data
         else:
@@ -281,6 +284,7 @@ class TcpRelay:
             return
         flow.host.write(data)
         self.bytes_up += len(data)
+        flow.bytes_up += len(data)
         if flow.host.get_write_buffer_size() < _HOST_WRITE_HIGH:
             flow.conn.consumed(len(data) + flow.unconsumed)
             flow.unconsumed = 0

@@ -41,6 +41,8 @@ class UdpFlow:
     pending: list[bytes] = field(default_factory=list)
     last_active: float = 0.0
     closed: bool = False
+    bytes_up: int = 0  # guest -> host
+    bytes_down: int = 0  # host -> guest
 
 
 class UdpRelay:
@@ -77,6 +79,7 @@ class UdpRelay:
             self._arm_sweeper()
         flow.last_active = gw.now()
         self.bytes_up += len(udp.payload)
+        flow.bytes_up += len(udp.payload)
         if flow.transport is not None:
             flow.transport.sendto(udp.payload)
         elif len(flow.pending) < _PENDING_LIMIT:
@@ -114,6 +117,7 @@ class UdpRelay:
             return
         flow.last_active = self.gw.now()
         self.bytes_down += len(data)
+        flow.bytes_down += len(data)
         self.gw.send_ip(far_ip, guest_ip, PROTO_UDP, build_udp(far_ip, guest_ip, far_port, guest_port, data))
 
     def _drop(self, flow: UdpFlow) -> None:
