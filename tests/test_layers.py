@@ -37,3 +37,13 @@ def test_kvm_layer_knows_nothing_above_it() -> None:
 def test_cli_uses_the_public_engine_api_only() -> None:
     wrong = [(p.name, m) for p, m in _imports("capsatui") if m.startswith("engine.")]
     assert not wrong
+
+
+def test_netstack_knows_nothing_of_machines_pools_or_the_ui() -> None:
+    allowed = ("engine.netstack", "engine.errors")
+    wrong = [
+        (p.name, m) for p, m in _imports("engine/netstack")
+        if (m.startswith("engine") and not m.startswith(allowed)) or m.split(".")[0] in ("capsatui", "qemu")
+    ]
+    assert not wrong
+
