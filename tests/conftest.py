@@ -98,3 +98,16 @@ async def console(shared_vm: engine.VmHandle) -> engine.Console:
     # A test that left a command running must not break the next one.
     assert (await con.run("true", timeout=30)).exit_code == 0
     return con
+
+
+@pytest.fixture
+def fake_guest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> engine.LinuxDirectBoot:
+    """A stand-in for the default guest, so profile builders work without the built image."""
+    import engine.profiles
+
+    kernel, initrd = tmp_path / "guest-vmlinuz", tmp_path / "guest-initrd"
+    kernel.write_bytes(b"k")
+    initrd.write_bytes(b"i")
+    boot = engine.LinuxDirectBoot(kernel, initrd, capsa_guest=True)
+    monkeypatch.setattr(engine.profiles, "default_boot", lambda: boot)
+    return boot

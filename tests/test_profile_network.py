@@ -59,14 +59,6 @@ def _network(lines: str, pool: str = "pool: {size: 1, max_size: 1}") -> str:
     return f"name: a\n{pool}\nnetwork:\n" + textwrap.indent(textwrap.dedent(lines), "  ")
 
 
-@pytest.fixture
-def fake_guest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> engine.LinuxDirectBoot:
-    kernel, initrd = tmp_path / "guest-vmlinuz", tmp_path / "guest-initrd"
-    kernel.write_bytes(b"k")
-    initrd.write_bytes(b"i")
-    boot = engine.LinuxDirectBoot(kernel, initrd, capsa_guest=True)
-    monkeypatch.setattr(engine.profiles, "default_boot", lambda: boot)
-    return boot
 
 
 @pytest.fixture

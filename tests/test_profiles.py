@@ -40,15 +40,6 @@ def user_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return folder
 
 
-@pytest.fixture
-def fake_guest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> engine.LinuxDirectBoot:
-    """A stand-in for the default guest, so builders work without the built image."""
-    kernel, initrd = tmp_path / "guest-vmlinuz", tmp_path / "guest-initrd"
-    kernel.write_bytes(b"k")
-    initrd.write_bytes(b"i")
-    boot = engine.LinuxDirectBoot(kernel, initrd, capsa_guest=True)
-    monkeypatch.setattr(engine.profiles, "default_boot", lambda: boot)
-    return boot
 
 
 # -- parsing: the good cases -------------------------------------------------------------------

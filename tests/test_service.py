@@ -161,10 +161,41 @@ async def _wait_zero(server: engine.PoolServer) -> bool:
     return True
 
 
+class _OsAsAnotherUser:
+    """``os`` as the server module sees it, but running as a uid no client of this test has."""
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(os, name)
+
+    def getuid(self) -> int:
+        return os.getuid() + 4242
+
+
+async def test_a_peer_of_another_uid_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Works without root: the server believes it runs as another user, so this very process is
+    # the stranger; SO_PEERCRED is read from the real connection as always.
+    import engine.service.server as server_module
+
+    path = Path(tempfile.mkdtemp(prefix="svc-peer-")) / "pool.sock"
+    try:
+        async with engine.PoolServer([], path):
+            monkeypatch.setattr(server_module, "os", _OsAsAnotherUser())
+            reader, writer = await asyncio.open_unix_connection(str(path))
+            size = int.from_bytes(await reader.readexactly(4), "big")
+            reply = json.loads(await reader.readexactly(size))
+            writer.close()
+            monkeypatch.undo()
+        assert reply["ok"] is False and f"uid {os.getuid()} may not use this server" in reply["error"]
+    finally:
+        path.parent.rmdir()
+
+
+@pytest.mark.skipif(
+    os.getuid() != 0 or not Path("/usr/bin/python3").exists(),
+    reason="needs root and a system python to be another user; test_a_peer_of_another_uid_is_refused covers the check",
+)
 async def test_other_users_are_refused() -> None:
     system_python = Path("/usr/bin/python3")
-    if os.getuid() != 0 or not system_python.exists():
-        pytest.skip("needs root and a system python to connect as another user")
     # a folder of its own right under /tmp, so that opening it up touches nothing else
     folder = Path(tempfile.mkdtemp(prefix="svc-uid-", dir="/tmp"))
     path = folder / "pool.sock"
