@@ -32,7 +32,17 @@ from engine.images import GuestImage, build_image, default_image, image_info
 from engine.kvm.accel import AccelChoice, choose_accelerator
 from engine.netstack.config import NetworkMode, NoNetwork, PortForward, UserNatConfig
 from engine.netstack.flowlog import FlowEvent
-from engine.netstack.policy import DomainPattern, MatchCriteria, NetworkPolicy, PolicyAction, Protocol
+from engine.netstack.policy import (
+    Decision,
+    DomainPattern,
+    Flow,
+    MatchCriteria,
+    NetworkPolicy,
+    PolicyAction,
+    PolicyError,
+    Protocol,
+    Rule,
+)
 from engine.pool import PoolBuilder, PoolSettings, VmPool, vm_pool
 from engine.pool_stats import PoolMember, PoolStats
 from engine.pooled_vm import PooledVm
@@ -64,9 +74,11 @@ __all__ = [
     "ConsoleTimeout",
     "ConsoleWriter",
     "Created",
+    "Decision",
     "DomainPattern",
     "EngineError",
     "Failed",
+    "Flow",
     "FlowEvent",
     "GuestImage",
     "ImageError",
@@ -78,6 +90,7 @@ __all__ = [
     "NetworkPolicy",
     "NoNetwork",
     "PolicyAction",
+    "PolicyError",
     "PoolBootError",
     "PoolBuilder",
     "PoolClosed",
@@ -95,6 +108,7 @@ __all__ = [
     "ProfileIssue",
     "Protocol",
     "QemuNotFound",
+    "Rule",
     "Running",
     "ServiceClient",
     "ServiceError",
