@@ -25,7 +25,16 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMAND_MODULES:
         module.register(sub)
+    app = sub.add_parser("app", help="the interactive dashboard (the default when no command is given)")
+    app.set_defaults(handler=_run_app)
     return parser
+
+
+def _run_app(args: argparse.Namespace | None = None) -> int:
+    # Imported here so the plain sub-commands never pay for loading Textual.
+    from capsatui.app import run_app
+
+    return run_app()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -33,8 +42,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handler = getattr(args, "handler", None)
     if handler is None:
-        parser.print_help()
-        return 0
+        if not (sys.stdin.isatty() and sys.stdout.isatty()):
+            parser.print_help()  # no terminal to draw on (a pipe, a script): say what there is
+            return 0
+        handler = _run_app  # no command in a terminal: the app
     try:
         outcome = handler(args)
         if inspect.iscoroutine(outcome):

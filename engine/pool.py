@@ -106,6 +106,10 @@ class PoolBuilder(ShapeBuilder):
         """Start the pool and return once ``size`` VMs are booted and idle."""
         return await VmPool.start(self.spec(), self.settings(size))
 
+    def start(self, size: int) -> VmPool:
+        """Start the pool and return at once, its VMs booting (``await pool.wait_filled()``)."""
+        return VmPool.launch(self.spec(), self.settings(size))
+
 
 def vm_pool(boot: LinuxDirectBoot) -> PoolBuilder:
     """Start describing a pool of identical VMs that boot ``boot``."""
@@ -145,25 +149,38 @@ class VmPool:
         self._retry_at = 0.0
         self._retry_timer: asyncio.TimerHandle | None = None
         self._closed = False
+        self._filled = False
         self._close_done = asyncio.Event()
         self._seq = itertools.count(1)
         self.last_error: str | None = None
         self._health_task: asyncio.Task[None] | None = None
 
     @classmethod
-    async def start(cls, spec: VmSpec, settings: PoolSettings) -> VmPool:
+    def launch(cls, spec: VmSpec, settings: PoolSettings) -> VmPool:
+        """Create the pool and start its first boots; returns at once (see :meth:`wait_filled`)."""
         spec.validate()
         spec.boot.check()
         pool = cls(spec, settings)
         if spec.boot.ready_marker is not None:
             pool._health_task = asyncio.create_task(pool._health_loop(), name=f"pool-{settings.name}-health")
         pool._replenish()
+        return pool
+
+    @classmethod
+    async def start(cls, spec: VmSpec, settings: PoolSettings) -> VmPool:
+        """Create the pool and return once its first ``size`` VMs are idle (closed on failure)."""
+        pool = cls.launch(spec, settings)
         try:
-            await pool._wait_until(lambda: len(pool._idle) >= settings.size)
+            await pool.wait_filled()
         except BaseException:
             await pool.close()
             raise
         return pool
+
+    async def wait_filled(self) -> None:
+        """Wait until the pool has had ``size`` idle VMs at once (PoolBootError if boots keep failing)."""
+        await self._wait_until(lambda: self._filled or len(self._idle) >= self.size)
+        self._filled = True
 
     # ----- public state ----------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ os.environ["TMPDIR"] = _RUN_TMP
 tempfile.tempdir = None
 
 
+@pytest.hookimpl(trylast=True)  # after plugins (the snapshot report) are done with the folder
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(_RUN_TMP, ignore_errors=True)
 

@@ -1,0 +1,105 @@
+"""CapsaApp: the capsa-tui Textual application (``capsa-tui`` with no arguments runs it).
+
+The app owns a :class:`~capsatui.hub.Hub` and shows the dashboard at once: profiles load and
+the autostart pool boots in the background, so the first frame never waits for a VM. Quitting
+closes the hub first, so no VM, QEMU process or socket outlives the app.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+from textual.app import App
+from textual.binding import Binding
+from textual.command import DiscoveryHit, Hit, Hits, Provider
+
+from capsatui.hub import Hub, make_hub
+from capsatui.screens.dashboard import ACTIONS, DashboardScreen
+from capsatui.screens.help import HelpScreen
+
+# (key, action, label, description) of the app-wide bindings; see ACTIONS for the dashboard's.
+APP_ACTIONS: list[tuple[str, str, str, str]] = [
+    ("q", "quit", "Quit", "Quit: stop every pool (no VM is left running) and leave"),
+    ("question_mark", "help", "Help", "Show this help"),
+    ("ctrl+t", "toggle_theme", "Theme", "Switch between the light and dark theme"),
+]
+EXTRA_KEYS = [
+    ("ctrl+p", "Command palette: every action by name"),
+    ("up / down", "Select a pool (or a reserved VM in its table)"),
+    ("tab", "Move between the pool table and the reserved VMs"),
+    ("enter", "On a reserved VM: reopen its console"),
+]
+
+
+def _key_label(key: str) -> str:
+    return {"question_mark": "?"}.get(key, key)
+
+
+class DashboardCommands(Provider):
+    """The command palette's entries: every dashboard and app action."""
+
+    def _commands(self) -> list[tuple[str, str, object]]:
+        app = self.app
+        assert isinstance(app, CapsaApp)
+        entries: list[tuple[str, str, object]] = []
+        for key, action, label, help_text in ACTIONS:
+            entries.append((f"{label} ({_key_label(key)})", help_text, partial(app.run_action, action, app.dashboard)))
+        for key, action, label, help_text in APP_ACTIONS:
+            entries.append((f"{label} ({_key_label(key)})", help_text, partial(app.run_action, action)))
+        return entries
+
+    async def discover(self) -> Hits:
+        for title, help_text, command in self._commands():
+            yield DiscoveryHit(title, command, help=help_text)  # type: ignore[arg-type]
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for title, help_text, command in self._commands():
+            score = max(matcher.match(title), matcher.match(help_text) * 0.5)
+            if score > 0:
+                yield Hit(score, matcher.highlight(title), command, text=title, help=help_text)  # type: ignore[arg-type]
+
+
+class CapsaApp(App[None]):
+    """The capsa-tui app; ``autostart`` names the profile whose pool starts at launch (None: none)."""
+
+    TITLE = "capsa-tui"
+    BINDINGS = [Binding(key, action, label) for key, action, label, _ in APP_ACTIONS]
+    COMMANDS = App.COMMANDS | {DashboardCommands}
+
+    def __init__(self, hub: Hub | None = None, autostart: str | None = "default") -> None:
+        super().__init__()
+        self.hub = hub if hub is not None else make_hub()
+        self.dashboard = DashboardScreen(self.hub, autostart)
+
+    def on_mount(self) -> None:
+        socket = getattr(self.hub, "socket_path", None)
+        self.sub_title = f"attached to serve at {socket}" if self.hub.mode == "service" else "in-process"
+        self.push_screen(self.dashboard)
+
+    def help_keys(self) -> list[tuple[str, str]]:
+        """Every binding and what it does, for the help screen."""
+        keys = [(_key_label(key), text) for key, _, _, text in ACTIONS]
+        keys += [(_key_label(key), text) for key, _, _, text in APP_ACTIONS]
+        return keys + EXTRA_KEYS
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen(self.help_keys()))
+
+    def action_toggle_theme(self) -> None:
+        self.theme = "textual-light" if self.current_theme.dark else "textual-dark"
+
+    async def action_quit(self) -> None:
+        # Close before exit: pools belong to this event loop, which ends with the app.
+        self.notify("stopping every pool…")
+        await self.hub.close()
+        self.exit()
+
+    async def on_unmount(self) -> None:
+        await self.hub.close()  # idempotent; covers ctrl+c and run_test's exit
+
+
+def run_app(autostart: str | None = "default") -> int:
+    """Run the app in this terminal until the user quits."""
+    CapsaApp(autostart=autostart).run()
+    return 0

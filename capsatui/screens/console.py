@@ -1,0 +1,423 @@
+"""The console screen: reserved VMs' serial consoles as tabs of live terminals, plus helpers.
+
+Design: one :class:`ConsoleScreen` holds every open console as a tab (a :class:`ConsoleTab`
+per VM). The dashboard calls :func:`open_console`, which pushes the app's console screen (or
+adds a tab to it). The screen is installed in the app, so detaching (``ctrl+] d``) just pops
+it: the terminals keep their state and the VMs stay reserved until released (``ctrl+] x``).
+
+Keys: everything typed goes to the guest raw (F-keys, Tab, Ctrl-C...) except ``ctrl+]``, which
+opens the helper menu (each helper has a one-letter key there; the same helpers are in the
+command palette, ``ctrl+p``), ``ctrl+pageup``/``ctrl+pagedown`` (switch tabs) and
+``shift+pageup``/``shift+pagedown`` (scrollback).
+"""
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import weakref
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from textual import on, work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.command import DiscoveryHit, Hit, Hits, Provider
+from textual.containers import Vertical
+from textual.screen import Screen
+from textual.widgets import Footer, Static, TabbedContent, TabPane
+
+import engine
+from capsatui.screens.dialogs import FormModal, HelperMenu, ResultModal
+from capsatui.widgets.terminal import TerminalView
+
+__all__ = ["ConsoleScreen", "ConsoleTab", "FormModal", "ResultModal", "open_console"]
+
+Release = Callable[[], Awaitable[None]] | None
+
+# (key in the ctrl+] menu, action, label) -- the menu, the palette and the help share this.
+HELPERS: list[tuple[str, str, str]] = [
+    ("l", "login", "Log in (asks user and password)"),
+    ("w", "wait_pattern", "Wait for a pattern (with timeout)"),
+    ("c", "interrupt", "Send interrupt (Ctrl-C)"),
+    ("e", "eof", "Send EOF (Ctrl-D)"),
+    ("r", "run_command", "Run a command, show output and exit code"),
+    ("s", "save_scrollback", "Save the scrollback to a file"),
+    ("f", "search", "Search the scrollback (n/N next/prev, Esc back)"),
+    ("y", "copy", "Copy the selection (or the screen)"),
+    ("t", "stty", "Tell the guest tty this view's size (stty)"),
+    ("n", "next_tab", "Next console tab"),
+    ("p", "prev_tab", "Previous console tab"),
+    ("d", "detach", "Detach (VM stays reserved)"),
+    ("x", "release", "Release the VM and close its tab"),
+    ("]", "send_escape_key", "Send a literal Ctrl-]"),
+]
+
+_SCREENS: weakref.WeakKeyDictionary[App[Any], ConsoleScreen] = weakref.WeakKeyDictionary()
+
+
+async def open_console(app: App[Any], title: str, console: engine.Console, on_release: Release = None) -> ConsoleScreen:
+    """The one entry point for the dashboard: show ``console`` as a tab of the console screen."""
+    screen = _SCREENS.get(app)
+    if screen is None or not screen.tabs_alive:
+        screen = ConsoleScreen(title, console, on_release)
+        _SCREENS[app] = screen
+        app.install_screen(screen, name=screen.install_name)
+        await app.push_screen(screen)
+        return screen
+    if screen not in app.screen_stack:
+        await app.push_screen(screen)
+    await screen.add_console(title, console, on_release)
+    return screen
+
+
+class ConsoleTab(Vertical):
+    """One VM's console: a terminal fed by a reader worker, keystrokes queued to the guest."""
+
+    DEFAULT_CSS = """
+    ConsoleTab { height: 1fr; }
+    ConsoleTab > .console-status { height: 1; background: $panel; color: $text-muted; }
+    ConsoleTab > .console-status.-closed { background: $error; color: $text; }
+    """
+
+    def __init__(self, title: str, console: engine.Console, on_release: Release) -> None:
+        super().__init__()
+        self.title = title
+        self.console = console
+        self.on_release = on_release
+        self.closed_reason: str | None = None
+        self._outbox: asyncio.Queue[bytes] = asyncio.Queue()
+        self.view = TerminalView(self._enqueue)
+
+    def compose(self) -> ComposeResult:
+        yield self.view
+        yield Static("ctrl+] helpers · shift+PgUp scrollback · ctrl+PgUp/PgDn tabs · ctrl+p palette",
+                     classes="console-status")
+
+    def on_mount(self) -> None:
+        self.run_worker(self._pump(), name="console-reader", group="console")
+        self.run_worker(self._send(), name="console-writer", group="console")
+        self.set_interval(1.0, self._update_status)
+
+    async def _enqueue(self, data: bytes) -> None:
+        # Keystrokes never wait on the guest: a stuck serial line must not stall the UI.
+        self._outbox.put_nowait(data)
+
+    async def _send(self) -> None:
+        while True:
+            data = await self._outbox.get()
+            while not self._outbox.empty():  # coalesce a burst (a paste, auto-repeat)
+                data += self._outbox.get_nowait()
+            try:
+                await self.console.write(data)
+            except engine.ConsoleError as err:
+                self.mark_closed(str(err))
+
+    async def _pump(self) -> None:
+        try:
+            async for chunk in self.console.reader(from_start=True):
+                self.view.feed(chunk)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # ConsoleClosed or a broken stream: say so in place
+            self.mark_closed(f"{type(err).__name__}: {err}")
+            return
+        stream = getattr(self.console, "stream", None)
+        self.mark_closed(getattr(stream, "close_reason", None) or "the stream ended")
+
+    def mark_closed(self, reason: str) -> None:
+        if self.closed_reason is not None:
+            return
+        self.closed_reason = reason
+        self.view.feed(f"\r\n\x1b[1;31m[console closed: {reason}]\x1b[0m\r\n".encode())
+        self._update_status()
+
+    def _update_status(self) -> None:
+        status = self.query_one(".console-status", Static)
+        if self.closed_reason is not None:
+            status.update(f"console closed: {self.closed_reason}")
+            status.add_class("-closed")
+        elif self.view.dropped:
+            status.update(f"output flood: {self.view.dropped} bytes not drawn (saved scrollback has them)"
+                          " · ctrl+] helpers")
+
+
+class ConsoleCommands(Provider):
+    """The console helpers in the command palette (only while the console screen is shown)."""
+
+    async def discover(self) -> Hits:
+        for _, action, label in HELPERS:
+            yield DiscoveryHit(f"Console: {label}", self._runner(action))
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for _, action, label in HELPERS:
+            score = matcher.match(f"Console: {label}")
+            if score > 0:
+                yield Hit(score, matcher.highlight(f"Console: {label}"), self._runner(action))
+
+    def _runner(self, action: str) -> Callable[[], Any]:
+        screen = self.screen
+        return lambda: screen.run_action(action)
+
+
+class ConsoleScreen(Screen[None]):
+    """Consoles of reserved VMs as tabs; see the module docstring for the keys."""
+
+    COMMANDS = {ConsoleCommands}
+    BINDINGS = [
+        Binding("ctrl+right_square_bracket", "menu", "Helpers (ctrl+])", key_display="^]"),
+        Binding("ctrl+pageup", "prev_tab", "Prev tab", show=False),
+        Binding("ctrl+pagedown", "next_tab", "Next tab", show=False),
+    ]
+    DEFAULT_CSS = """
+    ConsoleScreen TabPane { padding: 0; }
+    ConsoleScreen TabbedContent, ConsoleScreen ContentSwitcher { height: 1fr; }
+    """
+    _counter = 0
+
+    def __init__(self, title: str, console: engine.Console, on_release: Release = None) -> None:
+        super().__init__()
+        ConsoleScreen._counter += 1
+        self.install_name = f"capsa-consoles-{ConsoleScreen._counter}"
+        self._initial = [(title, console, on_release)]
+        self._pane_ids = 0
+        self.tabs_alive = True
+
+    def compose(self) -> ComposeResult:
+        with TabbedContent(id="console-tabs"):
+            for title, console, on_release in self._initial:
+                yield self._pane(title, console, on_release)
+        yield Footer()
+
+    def _pane(self, title: str, console: engine.Console, on_release: Release) -> TabPane:
+        self._pane_ids += 1
+        return TabPane(title, ConsoleTab(title, console, on_release), id=f"console-{self._pane_ids}")
+
+    def on_mount(self) -> None:
+        self.sub_title = "ctrl+] helpers"
+        self.call_after_refresh(self._focus_active)
+
+    def on_screen_resume(self) -> None:
+        self.call_after_refresh(self._focus_active)
+
+    async def add_console(self, title: str, console: engine.Console, on_release: Release = None) -> ConsoleTab:
+        """A new tab for another VM's console; it becomes the active tab."""
+        pane = self._pane(title, console, on_release)
+        tabs = self.query_one(TabbedContent)
+        await tabs.add_pane(pane)
+        tabs.active = pane.id or ""
+        self.call_after_refresh(self._focus_active)
+        return pane.query_one(ConsoleTab)
+
+    @property
+    def tabs(self) -> list[ConsoleTab]:
+        return list(self.query(ConsoleTab))
+
+    @property
+    def active_tab(self) -> ConsoleTab | None:
+        pane = self.query_one(TabbedContent).active_pane
+        return pane.query_one(ConsoleTab) if pane is not None else None
+
+    def _focus_active(self) -> None:
+        tab = self.active_tab
+        if tab is not None:
+            tab.view.focus()
+
+    @on(TabbedContent.TabActivated)
+    def _tab_changed(self) -> None:
+        self.call_after_refresh(self._focus_active)
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def action_menu(self) -> None:
+        def chosen(action: str | None) -> None:
+            if action:
+                self.call_after_refresh(self.run_action, action)
+
+        self.app.push_screen(HelperMenu(HELPERS), chosen)
+
+    def _ask(self, title: str, fields: list[tuple[str, str, str, bool]],
+             then: Callable[[dict[str, str]], Any]) -> None:
+        def answered(values: dict[str, str] | None) -> None:
+            if values is not None:
+                then(values)
+
+        self.app.push_screen(FormModal(title, fields), answered)
+
+    def _show(self, title: str, text: str) -> None:
+        self.app.push_screen(ResultModal(title, text))
+
+    def action_login(self) -> None:
+        self._ask("Log in", [("user", "User", "root", False), ("password", "Password (empty: none)", "", True)],
+                  lambda v: self._login(v["user"], v["password"] or None))
+
+    @work(group="helpers")
+    async def _login(self, user: str, password: str | None) -> None:
+        tab = self.active_tab
+        if tab is None:
+            return
+        try:
+            await tab.console.login(user, password)
+        except engine.ConsoleError as err:
+            self._show("Login failed", str(err))
+        else:
+            self.notify(f"logged in as {user}")
+
+    def action_wait_pattern(self) -> None:
+        self._ask("Wait for a pattern in new output",
+                  [("pattern", "Pattern (text; /regex/ for a regular expression)", "", False),
+                   ("timeout", "Timeout (seconds)", "30", False)],
+                  lambda v: self._wait(v["pattern"], v["timeout"]))
+
+    @work(group="helpers")
+    async def _wait(self, pattern: str, timeout: str) -> None:
+        tab = self.active_tab
+        if tab is None or not pattern:
+            return
+        what: str | re.Pattern[str] = pattern
+        if len(pattern) > 2 and pattern.startswith("/") and pattern.endswith("/"):
+            what = re.compile(pattern[1:-1])
+        self.notify(f"waiting for {pattern!r}…")
+        # A fresh reader: the wait is for output from now on, not for anything in the backlog.
+        try:
+            text = await tab.console.reader().wait_for(what, _seconds(timeout, 30))
+        except engine.ConsoleTimeout as err:
+            self._show(f"Timed out waiting for {pattern!r}", f"{err}\n\nSeen while waiting:\n{err.seen}")
+        except (engine.ConsoleError, ValueError, re.error) as err:
+            self._show(f"Waiting for {pattern!r} failed", str(err))
+        else:
+            self._show(f"Matched {pattern!r}", text[-4000:])
+
+    def action_run_command(self) -> None:
+        self._ask("Run a command in the guest shell",
+                  [("command", "Command", "", False), ("timeout", "Timeout (seconds)", "60", False)],
+                  lambda v: self._run(v["command"], v["timeout"]))
+
+    @work(group="helpers")
+    async def _run(self, command: str, timeout: str) -> None:
+        tab = self.active_tab
+        if tab is None or not command.strip():
+            return
+        try:
+            result = await tab.console.run(command, _seconds(timeout, 60))
+        except engine.ConsoleTimeout as err:
+            self._show(f"{command}: timed out (still running; ctrl+] c interrupts)", f"{err}\n\n{err.seen}")
+        except engine.ConsoleError as err:
+            self._show(f"{command}: failed", str(err))
+        else:
+            self._show(f"{command} — exit code {result.exit_code}",
+                       f"exit code: {result.exit_code}\n\n{result.output}")
+
+    async def action_interrupt(self) -> None:
+        await self._write_helper(b"\x03")
+
+    async def action_eof(self) -> None:
+        await self._write_helper(b"\x04")
+
+    async def action_send_escape_key(self) -> None:
+        await self._write_helper(b"\x1d")
+
+    async def _write_helper(self, data: bytes) -> None:
+        tab = self.active_tab
+        if tab is not None:
+            await tab._enqueue(data)  # in order with what was typed
+
+    async def action_stty(self) -> None:
+        tab = self.active_tab
+        if tab is not None:
+            await tab._enqueue(f"stty rows {tab.view.term.lines} cols {tab.view.term.columns}\r".encode())
+
+    def action_save_scrollback(self) -> None:
+        tab = self.active_tab
+        if tab is None:
+            return
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", tab.title).strip("-") or "vm"
+        default = str(Path.home() / f"capsa-{safe}-{time.strftime('%Y%m%d-%H%M%S')}.log")
+        self._ask("Save the scrollback", [("path", "File", default, False)],
+                  lambda v: self._save(tab, v["path"]))
+
+    @work(group="helpers")
+    async def _save(self, tab: ConsoleTab, path: str) -> None:
+        target = Path(path).expanduser()
+        data = tab.console.scrollback()
+        try:
+            await asyncio.to_thread(target.write_bytes, data)
+        except OSError as err:
+            self._show("Saving the scrollback failed", str(err))
+        else:
+            self.notify(f"saved {len(data)} bytes to {target}")
+
+    def action_search(self) -> None:
+        self._ask("Search the scrollback", [("text", "Text (/regex/ for a regular expression)", "", False)],
+                  lambda v: self._search(v["text"]))
+
+    def _search(self, text: str) -> None:
+        tab = self.active_tab
+        if tab is None or not text:
+            return
+        regex = len(text) > 2 and text.startswith("/") and text.endswith("/")
+        try:
+            found = tab.view.search(text[1:-1] if regex else text, regex=regex)
+        except re.error as err:
+            self.notify(f"bad pattern: {err}", severity="error")
+            return
+        self.notify(f"{found} matches for {text!r} (n/N next/prev, Esc back)" if found else f"no match for {text!r}")
+
+    def action_copy(self) -> None:
+        tab = self.active_tab
+        if tab is not None and not tab.view.copy_selection():
+            self.app.copy_to_clipboard(tab.view.screen_text())
+            self.notify("copied the screen")
+
+    def action_next_tab(self) -> None:
+        self._cycle(1)
+
+    def action_prev_tab(self) -> None:
+        self._cycle(-1)
+
+    def _cycle(self, step: int) -> None:
+        tabs = self.query_one(TabbedContent)
+        panes = [pane.id for pane in tabs.query(TabPane)]
+        if len(panes) > 1 and tabs.active in panes:
+            tabs.active = panes[(panes.index(tabs.active) + step) % len(panes)] or ""
+
+    def action_detach(self) -> None:
+        """Leave the consoles; the VMs stay reserved and the tabs keep running."""
+        if self.is_current:
+            self.app.pop_screen()
+
+    @work(group="helpers")
+    async def action_release(self) -> None:
+        tab = self.active_tab
+        if tab is None:
+            return
+        if tab.on_release is not None:
+            try:
+                await tab.on_release()
+            except Exception as err:  # the engine says why; the tab stays so the user can retry
+                self._show("Release failed", f"{type(err).__name__}: {err}")
+                return
+        tabs = self.query_one(TabbedContent)
+        pane = tabs.active_pane
+        if len(self.tabs) <= 1:
+            self.tabs_alive = False
+            app, installed = self.app, self.app.is_screen_installed(self)
+            if self.is_current:
+                await app.pop_screen()  # a screen not installed is removed here (and we end)
+            if installed and self not in app.screen_stack:
+                app.uninstall_screen(self)
+                app.call_later(self.remove)
+            return
+        if pane is not None and pane.id:
+            await tabs.remove_pane(pane.id)
+        self.call_after_refresh(self._focus_active)
+
+
+def _seconds(text: str, default: float) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        return default
+    return value if value > 0 else default

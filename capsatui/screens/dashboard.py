@@ -1,0 +1,393 @@
+"""The dashboard: every profile's pool, live, the reserved VMs, and the actions on both.
+
+Redraws are driven by the hub's change callbacks, debounced to at most ``MAX_REDRAWS_PER_S``:
+a change arms one ``loop.call_later``; nothing runs (no timer, no polling) while nothing changes.
+Cells are updated in place (``DataTable.update_cell``) so a redraw never clears the table.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen, Screen
+from textual.widgets import DataTable, Footer, Header, Input, Label, Sparkline, Static
+
+import engine
+from capsatui.hub import Hub, PoolState
+
+MAX_REDRAWS_PER_S = 4
+
+# (key, action, footer label, what it does) — the bindings, the help screen and the command
+# palette are all built from this one table so they cannot disagree.
+ACTIONS: list[tuple[str, str, str, str]] = [
+    ("s", "start", "Start", "Start the selected profile's pool (size from the profile)"),
+    ("x", "stop", "Stop", "Stop the selected pool (kills its VMs, reserved ones too)"),
+    ("z", "resize", "Resize", "Restart the selected pool with another size"),
+    ("r", "reserve", "Reserve", "Reserve a VM of the selected pool (starting it if stopped) and open its console"),
+    ("c", "console", "Console", "Reopen the console of the selected reserved VM"),
+    ("l", "release", "Release", "Release the selected reserved VM (it is killed; the pool boots a new one)"),
+    ("p", "policy", "Policy", "Edit the network policy of the selected pool"),
+    ("f", "flow_log", "Flow log", "Open the log of network flows of every VM"),
+    ("ctrl+r", "reload", "Reload", "Read the profile files again"),
+]
+
+COLUMNS = [
+    ("profile", "Profile"), ("state", "State"), ("idle", "Idle"), ("booting", "Booting"),
+    ("reserved", "Reserved"), ("max", "Max"), ("created", "Created"), ("evicted", "Evicted"),
+    ("failed", "Failed"), ("misses", "Misses"), ("p50", "Boot p50"), ("p95", "Boot p95"),
+    ("accel", "Accel"), ("error", "Error"),
+]  # fmt: skip
+RESERVED_COLUMNS = [("vm", "VM"), ("pool", "Pool"), ("pid", "PID"), ("status", "Status")]
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}s"
+
+
+def state_label(state: PoolState) -> Text:
+    if state.profile is None and not state.running and not state.starting:
+        return Text("invalid", style="bold red")
+    if state.starting:
+        idle = state.stats.idle if state.stats else 0
+        return Text(f"starting {idle}/{state.size}", style="yellow")
+    if state.running:
+        return Text("running", style="green")
+    return Text("failed", style="red") if state.error else Text("stopped", style="dim")
+
+
+def row_cells(state: PoolState, accel: str) -> list[Any]:
+    """The table cells of one pool, in COLUMNS order."""
+    s = state.stats
+    error = Text((state.error or "").splitlines()[0][:80] if state.error else "", style="red")
+    if s is None:
+        max_size = state.profile.max_size if state.profile else "-"
+        counts: list[Any] = ["-", "-", "-", max_size, "-", "-", "-", "-", "-", "-"]
+    else:
+        counts = [s.idle, s.booting, s.reserved, s.max_size, s.created, s.evicted, s.failed, s.misses,
+                  _seconds(s.boot_p50_s), _seconds(s.boot_p95_s)]  # fmt: skip
+    active = state.running or state.starting
+    return [state.name, state_label(state), *[str(c) for c in counts], accel if active else "", error]
+
+
+def detail_text(state: PoolState | None, accel: str) -> Text:
+    """The panel under the table: the selected pool's profile, members and last error."""
+    if state is None:
+        return Text("no profile selected", style="dim")
+    text = Text()
+    text.append(state.name, style="bold")
+    profile = state.profile
+    if profile is not None:
+        text.append(f"  ({profile.source})  {profile.description}\n")
+        text.append(f"{profile.cpus} vCPU, {profile.memory_mb} MiB, {profile.boot.describe()}, ")
+        text.append(f"pool size {state.size if state.size is not None else profile.size}, max {profile.max_size}\n")
+    else:
+        text.append("  (profile file failed to load)\n")
+    text.append(f"accelerator: {accel}\n", style="dim")
+    if state.members:
+        text.append("members:\n")
+        for m in state.members:
+            text.append(f"  {m.id:<16} {m.state:<9} pid {m.pid or '-':<8} {m.age_s:.0f}s\n")
+    elif state.running or state.starting:
+        text.append("no VMs yet\n", style="dim")
+    if state.error:
+        text.append("error:\n", style="bold red")
+        text.append(state.error + "\n", style="red")
+        if "capsa-tui image build" in state.error:
+            text.append("fix: run `capsa-tui image build` in a shell, then start the pool again\n", style="yellow")
+    return text
+
+
+class ResizeScreen(ModalScreen[int | None]):
+    """Ask for a new pool size."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+    DEFAULT_CSS = """
+    ResizeScreen { align: center middle; }
+    ResizeScreen > Vertical { width: 50; height: auto; border: thick $accent; padding: 1 2; background: $surface; }
+    """
+
+    def __init__(self, name: str, current: int) -> None:
+        super().__init__()
+        self.pool_name, self.current = name, current
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label(f"New size of pool {self.pool_name} (warm VMs):")
+            yield Input(str(self.current), type="integer", id="size")
+            yield Label("Enter applies (the pool restarts), Escape cancels", classes="hint")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        try:
+            self.dismiss(int(event.value))
+        except ValueError:
+            self.notify("type a whole number", severity="error")
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class DashboardScreen(Screen[None]):
+    """The main screen: the pool table, the selected pool's detail and the reserved VMs."""
+
+    BINDINGS = [Binding(key, action, label) for key, action, label, _ in ACTIONS]
+    DEFAULT_CSS = """
+    #accel { height: 1; color: $text-muted; padding: 0 1; }
+    #pools { height: 1fr; min-height: 6; }
+    #lower { height: 14; }
+    #detail { width: 2fr; border: round $primary; padding: 0 1; }
+    #reserved-box { width: 1fr; border: round $primary; }
+    #detail-text { height: 1fr; overflow-y: auto; }
+    .spark-label { color: $text-muted; height: 1; }
+    Sparkline { height: 1; }
+    """
+
+    def __init__(self, hub: Hub, autostart: str | None = "default") -> None:
+        super().__init__()
+        self.hub = hub
+        self.autostart = autostart
+        self._states: dict[str, PoolState] = {}
+        self._rows: dict[str, list[Any]] = {}
+        self._reserved_rows: dict[str, list[Any]] = {}
+        self._detail_key: object = None
+        self._pending: asyncio.TimerHandle | None = None
+        self._last_redraw = 0.0
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static(f"accelerator: {self.hub.accel}", id="accel")
+        yield DataTable(id="pools", cursor_type="row")
+        with Horizontal(id="lower"):
+            with Vertical(id="detail"):
+                yield Static(id="detail-text")
+                yield Label("idle VMs (history)", classes="spark-label")
+                yield Sparkline([], id="spark-idle")
+                yield Label("boot time (last boots)", classes="spark-label")
+                yield Sparkline([], id="spark-boot")
+            with Vertical(id="reserved-box"):
+                yield Label("Reserved VMs  (enter/c: console, l: release)")
+                yield DataTable(id="reserved", cursor_type="row")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        pools = self.query_one("#pools", DataTable)
+        for key, label in COLUMNS:
+            pools.add_column(label, key=key)
+        reserved = self.query_one("#reserved", DataTable)
+        for key, label in RESERVED_COLUMNS:
+            reserved.add_column(label, key=key)
+        self.hub.subscribe(self._hub_changed)
+        self.redraw()
+        self._run(self._startup(), "loading profiles")
+
+    def on_unmount(self) -> None:
+        self.hub.unsubscribe(self._hub_changed)
+        if self._pending is not None:
+            self._pending.cancel()
+
+    async def _startup(self) -> None:
+        await self.hub.reload_profiles()
+        if self.autostart and self.hub.profile(self.autostart) is not None:
+            await self.hub.start_pool(self.autostart)
+
+    # ----- redrawing -------------------------------------------------------------------------
+
+    def _hub_changed(self) -> None:
+        """Called by the hub on every change: arm one delayed redraw unless one is armed."""
+        if self._pending is not None:
+            return
+        delay = max(0.0, self._last_redraw + 1 / MAX_REDRAWS_PER_S - time.monotonic())
+        self._pending = asyncio.get_running_loop().call_later(delay, self._fire)
+
+    def _fire(self) -> None:
+        self._pending = None
+        if self.is_attached:
+            self.call_later(self.redraw)
+
+    def redraw(self) -> None:
+        """Bring every widget up to date with the hub (changed cells only)."""
+        self._last_redraw = time.monotonic()
+        states = self.hub.states()
+        self._states = {s.name: s for s in states}
+        accel = getattr(self.hub, "accel_name", self.hub.accel)
+        self._sync(self.query_one("#pools", DataTable), self._rows,
+                   {s.name: row_cells(s, accel) for s in states}, COLUMNS)  # fmt: skip
+        reserved = {
+            vm.id: [vm.id, vm.pool.name, str(vm.pid), vm.lost or str(vm.status())] for vm in self.hub.reserved()
+        }
+        self._sync(self.query_one("#reserved", DataTable), self._reserved_rows, reserved, RESERVED_COLUMNS)
+        self._update_detail()
+
+    @staticmethod
+    def _sync(table: DataTable, shown: dict[str, list[Any]], wanted: dict[str, list[Any]],
+              columns: list[tuple[str, str]]) -> None:  # fmt: skip
+        for key in list(shown):
+            if key not in wanted:
+                table.remove_row(key)
+                del shown[key]
+        for key, cells in wanted.items():
+            old = shown.get(key)
+            if old is None:
+                table.add_row(*cells, key=key)
+            else:
+                for (column, _), before, after in zip(columns, old, cells):
+                    if before != after:
+                        table.update_cell(key, column, after, update_width=True)
+            shown[key] = cells
+
+    def _update_detail(self) -> None:
+        state = self._states.get(self.selected_pool() or "")
+        key = (state.name, str(detail_text(state, self.hub.accel))) if state else None
+        if key != self._detail_key:
+            self._detail_key = key
+            self.query_one("#detail-text", Static).update(detail_text(state, self.hub.accel))
+        idle = [float(v) for v in state.history_idle] if state else []
+        boot = list(state.history_boot_s) if state else []
+        for widget_id, data in (("#spark-idle", idle), ("#spark-boot", boot)):
+            spark = self.query_one(widget_id, Sparkline)
+            if list(spark.data or []) != data:
+                spark.data = data
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.data_table.id == "pools":
+            self._update_detail()
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        if event.data_table.id == "reserved":
+            self.action_console()
+
+    # ----- selection -------------------------------------------------------------------------
+
+    def selected_pool(self) -> str | None:
+        return self._selected_key(self.query_one("#pools", DataTable))
+
+    def selected_vm(self) -> engine.PooledVm | None:
+        vm_id = self._selected_key(self.query_one("#reserved", DataTable))
+        return next((vm for vm in self.hub.reserved() if vm.id == vm_id), None)
+
+    @staticmethod
+    def _selected_key(table: DataTable) -> str | None:
+        if table.row_count == 0:
+            return None
+        try:
+            return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        except Exception:  # cursor outside the rows while the table changes
+            return None
+
+    def _pool_or_warn(self) -> str | None:
+        name = self.selected_pool()
+        state = self._states.get(name or "")
+        if state is None:
+            self.notify("select a profile first", severity="warning")
+            return None
+        if state.profile is None:
+            self.notify(f"{name} failed to load: fix the file, then reload (ctrl+r)", severity="error")
+            return None
+        return name
+
+    # ----- actions ---------------------------------------------------------------------------
+
+    def _run(self, coro: Awaitable[None], what: str) -> None:
+        """Run an engine call in a worker; any error becomes a notification, never a crash."""
+
+        async def guarded() -> None:
+            try:
+                await coro
+            except Exception as err:  # noqa: BLE001 - shown to the user, the app goes on
+                self.notify(f"{what} failed: {err}", severity="error", timeout=10)
+
+        self.run_worker(guarded(), group="actions", exit_on_error=False)
+
+    def action_start(self) -> None:
+        if (name := self._pool_or_warn()) is not None:
+            self._run(self.hub.start_pool(name), f"starting {name}")
+
+    def action_stop(self) -> None:
+        if (name := self._pool_or_warn()) is not None:
+            self._run(self.hub.stop_pool(name), f"stopping {name}")
+
+    def action_resize(self) -> None:
+        name = self._pool_or_warn()
+        if name is None:
+            return
+        state = self._states[name]
+        current = state.size if state.size is not None else state.profile.size if state.profile else 1
+
+        def chosen(size: int | None) -> None:
+            if size is not None:
+                self._run(self.hub.resize(name, size), f"resizing {name}")
+
+        self.app.push_screen(ResizeScreen(name, current), chosen)
+
+    def action_reserve(self) -> None:
+        name = self._pool_or_warn()
+        if name is None:
+            return
+
+        async def reserve() -> None:
+            state = self._states.get(name)
+            if state is not None and not (state.running or state.starting):
+                await self.hub.start_pool(name)
+            self.notify(f"reserving a VM of {name}…")
+            vm = await self.hub.reserve(name)
+            await self.open_console(vm)
+
+        self._run(reserve(), f"reserving a VM of {name}")
+
+    def action_console(self) -> None:
+        vm = self.selected_vm()
+        if vm is None:
+            self.notify("no reserved VM selected (r reserves one)", severity="warning")
+            return
+        self._run(self.open_console(vm), f"opening the console of {vm.id}")
+
+    def action_release(self) -> None:
+        vm = self.selected_vm()
+        if vm is None:
+            self.notify("no reserved VM selected", severity="warning")
+            return
+        self._run(self.hub.release(vm), f"releasing {vm.id}")
+
+    async def open_console(self, vm: engine.PooledVm) -> None:
+        try:
+            from capsatui.screens.console import ConsoleScreen
+        except ImportError as err:
+            self.notify(f"the console screen is not available ({err}); {vm.id} stays reserved (l releases it)",
+                        severity="warning")  # fmt: skip
+            return
+        console = await vm.console()
+        on_release: Callable[[], Awaitable[None]] = lambda: self.hub.release(vm)  # noqa: E731
+        await self.app.push_screen(ConsoleScreen(f"{vm.id} ({vm.pool.name})", console, on_release))
+
+    def action_policy(self) -> None:
+        name = self._pool_or_warn()
+        if name is None:
+            return
+        try:
+            from capsatui.screens.policy_editor import PolicyEditorScreen
+        except ImportError as err:
+            self.notify(f"the policy editor is not available ({err})", severity="error")
+            return
+        self.app.push_screen(PolicyEditorScreen(self.hub, name))
+
+    def action_flow_log(self) -> None:
+        try:
+            from capsatui.screens.flow_log import FlowLogScreen
+        except ImportError as err:
+            self.notify(f"the flow log is not available ({err})", severity="error")
+            return
+        self.app.push_screen(FlowLogScreen(self.hub))
+
+    def action_reload(self) -> None:
+        async def reload() -> None:
+            await self.hub.reload_profiles()
+            states = self.hub.states()
+            bad = sum(1 for s in states if s.profile is None)
+            self.notify(f"profiles reloaded: {len(states) - bad} valid, {bad} with errors")
+
+        self._run(reload(), "reloading profiles")

@@ -1,0 +1,375 @@
+"""The policy editor: a profile's network policy as an ordered table of rules, edited in place.
+
+Every edit makes a new immutable ``engine.NetworkPolicy``; "save" writes it into the profile's
+YAML through ``engine.save_profile`` (the user's comments survive; a bundled profile becomes a
+user copy) and "apply" hands it to the running pool (``hub.set_policy``), whose VMs decide new
+flows by it at once. The "what happens to X?" box asks the same ``evaluate`` /
+``evaluate_name`` the gateway does, so it cannot disagree with it.
+"""
+from __future__ import annotations
+
+import re
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen, Screen
+from textual.widgets import Button, DataTable, Footer, Input, Label, OptionList, Select, Static
+
+import engine
+from capsatui.widgets.rule_form import RuleForm, rule_values
+
+# What the box assumes for a domain's address: TEST-NET-3 (RFC 5737) is public and routes
+# nowhere, so it stands for "whatever public address the name resolves to".
+PLACEHOLDER_IP = "203.0.113.1"
+DEFAULT_PORTS = {"tcp": 443, "udp": 53}
+_TARGET = re.compile(r"^(?:(?P<proto>tcp|udp)(?:://|/|\s+))?(?P<host>[^\s:]+)(?::(?P<port>\d+))?$", re.I)
+
+
+def _decided_by(policy: engine.NetworkPolicy, decision: engine.Decision) -> str:
+    verdict = decision.action.value.upper()
+    if decision.rule_index is None:
+        why = decision.rule_text or f"default {policy.default.value}"
+        line = f"{verdict} by the default ({why})" if why.startswith("default") else f"{verdict}: {why}"
+    else:
+        line = f"{verdict} by rule {decision.rule_index + 1}: {decision.rule_text}"
+    if decision.logged:
+        line += "; logged by rule " + ", ".join(str(i + 1) for i in decision.logged)
+    return line
+
+
+def explain(policy: engine.NetworkPolicy, query: str, protected: tuple[IPv4Network, ...] = ()) -> list[str]:
+    """Lines answering "what happens to X?" for a domain, an IP, ``host:port``, with ``tcp``/``udp``."""
+    match = _TARGET.match(query.strip())
+    if not match:
+        return ["type a domain, an IP, ip:port or domain:port (optionally after tcp or udp)"]
+    proto = (match["proto"] or "tcp").lower()
+    host, port_text = match["host"], match["port"]
+    port = int(port_text) if port_text else DEFAULT_PORTS[proto]
+    if not 1 <= port <= 65535:
+        return [f"port {port} is not 1-65535"]
+    assumed = "" if port_text else f" (port {port} assumed; write {host}:PORT for another)"
+    lines: list[str] = []
+    try:
+        ip, domains = IPv4Address(host), frozenset[str]()
+    except ValueError:
+        try:
+            name = str(engine.DomainPattern.exact(host))
+        except engine.PolicyError as err:
+            return [f"not a domain or IPv4 address: {err.detail}"]
+        lines.append(f"DNS {name}: {_decided_by(policy, policy.evaluate_name(name))}")
+        ip, domains = IPv4Address(PLACEHOLDER_IP), frozenset({name})
+        assumed += f" ({PLACEHOLDER_IP} stands for the address {name} resolves to)"
+    flow = engine.Flow(engine.Protocol(proto), ip, port, domains=domains)
+    decision = policy.evaluate(flow, protected=protected)
+    lines.append(f"{proto} {host}:{port}: {_decided_by(policy, decision)}{assumed}")
+    if decision.restricted:
+        lines.append(f"off-limits address: {decision.restricted} (allowed only by a rule naming it)")
+    return lines
+
+
+def rule_notes(policy: engine.NetworkPolicy) -> list[str]:
+    """The table's note per rule: why a rule may not do what it seems to."""
+    notes = ["records the flow, goes on" if r.action is engine.PolicyAction.LOG else "" for r in policy.rules]
+    for i, rule in enumerate(policy.rules):
+        if rule.action is not engine.PolicyAction.LOG and rule.criteria == engine.MatchCriteria.any():
+            for j in range(i + 1, len(notes)):
+                notes[j] = f"never reached: rule {i + 1} matches all traffic"
+            break
+    return notes
+
+
+class PoolPicker(ModalScreen["str | None"]):
+    """Asks which pool's policy to edit (when the flow log could not tell)."""
+
+    DEFAULT_CSS = """
+    PoolPicker { align: center middle; }
+    PoolPicker > Vertical { width: 60; height: auto; max-height: 80%; border: thick $accent;
+                            background: $surface; padding: 0 1; }
+    """
+    BINDINGS = [Binding("escape", "dismiss_none", "Cancel")]
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__()
+        self._names = names
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Static("[b]Which pool's policy?[/b]")
+            yield OptionList(*self._names, id="pool-choice")
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        self.dismiss(self._names[event.option_index])
+
+    def action_dismiss_none(self) -> None:
+        self.dismiss(None)
+
+
+class PolicyEditorScreen(Screen[None]):
+    """Edit, check, save and apply one pool's network policy."""
+
+    DEFAULT_CSS = """
+    PolicyEditorScreen #policy-title { height: auto; padding: 0 1; background: $boost; }
+    PolicyEditorScreen #policy-top { height: 3; }
+    PolicyEditorScreen #policy-top Label { padding: 1 1 0 1; }
+    PolicyEditorScreen #policy-default { width: 16; }
+    PolicyEditorScreen #policy-top Button { margin: 0 0 0 1; }
+    PolicyEditorScreen #policy-rules { height: 1fr; }
+    PolicyEditorScreen #policy-whatif { height: auto; }
+    PolicyEditorScreen #policy-whatif-result { height: auto; padding: 0 1; }
+    PolicyEditorScreen #policy-status { height: auto; padding: 0 1; color: $text-muted; }
+    """
+    BINDINGS = [
+        Binding("a", "add", "Add"),
+        Binding("e", "edit", "Edit"),
+        Binding("d,delete", "delete", "Delete"),
+        Binding("ctrl+up,u", "move(-1)", "Up"),
+        Binding("ctrl+down,n", "move(1)", "Down"),
+        Binding("t", "toggle_default", "Default"),
+        Binding("s,ctrl+s", "save", "Save"),
+        Binding("p", "apply", "Apply to pool"),
+        Binding("slash,w", "whatif", "What if?"),
+        Binding("escape", "close", "Back"),
+    ]
+
+    def __init__(self, hub: Any, pool_name: str | None, prefill_rule: engine.Rule | None = None) -> None:
+        super().__init__()
+        self.hub = hub
+        self.pool_name = pool_name
+        self.prefill_rule = prefill_rule
+        self.profile: engine.Profile | None = None
+        self.policy = engine.NetworkPolicy.deny_all()
+        self.saved_policy = self.policy  # what the file holds, to tell unsaved edits
+        self._leaving = False
+
+    def compose(self) -> ComposeResult:
+        yield Static("Network policy", id="policy-title")
+        with Horizontal(id="policy-top"):
+            yield Label("default:")
+            yield Select([("deny", "deny"), ("allow", "allow")], value="deny", allow_blank=False, id="policy-default")
+            yield Button("Add", id="policy-add")
+            yield Button("Save", variant="primary", id="policy-save")
+            yield Button("Apply to pool", id="policy-apply")
+        table: DataTable[Any] = DataTable(id="policy-rules", cursor_type="row", zebra_stripes=True)
+        table.add_columns("#", "action", "criteria", "note")
+        yield table
+        with Vertical(id="policy-whatif"):
+            yield Input(placeholder="what happens to…  e.g. x.example.com, 1.2.3.4:22, udp 8.8.8.8:53",
+                        id="policy-whatif-input")
+            yield Static("", id="policy-whatif-result")
+        yield Static("", id="policy-status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        if self.pool_name is not None:
+            self.load(self.pool_name)
+            return
+        names = self._pool_names()
+        self.app.push_screen(PoolPicker(names), self._picked)
+
+    def _pool_names(self) -> list[str]:
+        states = getattr(self.hub, "states", None)
+        if states is not None:
+            return [s.name for s in states()]
+        try:
+            return [p.name for p in engine.load_profiles()]
+        except engine.ProfileError as err:
+            return [p.name for p in err.profiles]
+
+    def _picked(self, name: str | None) -> None:
+        if name is None:
+            self.dismiss()
+        else:
+            self.load(name)
+
+    # -- model ----------------------------------------------------------------------------
+    def load(self, name: str) -> None:
+        """Take the pool's current policy (its profile's when it is not running)."""
+        self.pool_name = name
+        self.profile = self.hub.profile(name)
+        policy = self.hub.policy(name)
+        network = self.profile.network if self.profile is not None else None
+        if policy is None and isinstance(network, engine.UserNatConfig):
+            policy = network.policy
+        self.policy = self.saved_policy = policy or engine.NetworkPolicy.deny_all()
+        if self.profile is not None and not isinstance(network, engine.UserNatConfig):
+            self.status("this profile has no network; saving switches it to network mode user_nat")
+        self.refresh_view()
+        self.query_one("#policy-rules", DataTable).focus()
+        if self.prefill_rule is not None:
+            self._add(self.prefill_rule, self._prefill_index(self.prefill_rule))
+            self.prefill_rule = None
+
+    def _prefill_index(self, rule: engine.Rule) -> int | None:
+        """Put a new allow just before the deny rule that decides its name, so it wins."""
+        data = rule.to_dict()
+        if rule.action is engine.PolicyAction.ALLOW and isinstance(data.get("domain"), str):
+            decision = self.policy.evaluate_name(str(data["domain"]).removeprefix("*."))
+            if decision.action is engine.PolicyAction.DENY and decision.rule_index is not None:
+                return decision.rule_index
+        return None
+
+    @property
+    def protected(self) -> tuple[IPv4Network, ...]:
+        network = self.profile.network if self.profile is not None else None
+        return (network.subnet,) if isinstance(network, engine.UserNatConfig) else ()
+
+    def set_policy(self, policy: engine.NetworkPolicy, cursor: int | None = None) -> None:
+        self.policy = policy
+        self._leaving = False  # a new edit re-arms the "unsaved changes" question
+        self.refresh_view(cursor)
+
+    def refresh_view(self, cursor: int | None = None) -> None:
+        table = self.query_one("#policy-rules", DataTable)
+        row = table.cursor_row if cursor is None else cursor
+        table.clear()
+        for i, (rule, note) in enumerate(zip(self.policy.rules, rule_notes(self.policy))):
+            style = {"allow": "green", "deny": "bold red", "log": "yellow"}[rule.action.value]
+            table.add_row(str(i + 1), Text(rule.action.value, style=style), rule.criteria.describe(), note, key=str(i))
+        if self.policy.rules:
+            table.move_cursor(row=max(0, min(row, len(self.policy.rules) - 1)))
+        default = self.query_one("#policy-default", Select)
+        if default.value != self.policy.default.value:
+            default.value = self.policy.default.value
+        where = ""
+        if self.profile is not None and self.profile.path is not None:
+            where = f" — {self.profile.path} ({self.profile.source})"
+        dirty = " [b]*modified*[/b]" if self.policy != self.saved_policy else ""
+        self.query_one("#policy-title", Static).update(f"Network policy of [b]{self.pool_name}[/b]{where}{dirty}")
+        self._update_whatif()
+
+    def status(self, message: str) -> None:
+        self.query_one("#policy-status", Static).update(message)
+
+    def _update_whatif(self) -> None:
+        query = self.query_one("#policy-whatif-input", Input).value
+        lines = explain(self.policy, query, self.protected) if query.strip() else []
+        self.query_one("#policy-whatif-result", Static).update(Text("\n".join(lines)))
+
+    def _selected(self) -> int | None:
+        table = self.query_one("#policy-rules", DataTable)
+        return table.cursor_row if self.policy.rules else None
+
+    # -- actions --------------------------------------------------------------------------
+    def _add(self, rule: engine.Rule | None = None, index: int | None = None) -> None:
+        def done(new: engine.Rule | None) -> None:
+            if new is not None:
+                at = len(self.policy.rules) if index is None else index
+                self.set_policy(self.policy.with_rule(new, at), at)
+        self.app.push_screen(RuleForm(rule, "Add a rule"), done)
+
+    def action_add(self) -> None:
+        self._add()
+
+    def action_edit(self) -> None:
+        index = self._selected()
+        if index is None:
+            return
+        rule = self.policy.rules[index]
+        if rule_values(rule) is None:
+            self.notify("this rule's nested criteria are edited in the profile's YAML", severity="warning")
+            return
+
+        def done(new: engine.Rule | None) -> None:
+            if new is not None:
+                self.set_policy(self.policy.replace_rule(index, new), index)
+        self.app.push_screen(RuleForm(rule, f"Edit rule {index + 1}"), done)
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.action_edit()
+
+    def action_delete(self) -> None:
+        index = self._selected()
+        if index is not None:
+            self.set_policy(self.policy.without_rule(index), index)
+
+    def action_move(self, step: int) -> None:
+        index = self._selected()
+        if index is not None and 0 <= index + step < len(self.policy.rules):
+            self.set_policy(self.policy.move_rule(index, index + step), index + step)
+
+    def action_toggle_default(self) -> None:
+        other = engine.PolicyAction.ALLOW if self.policy.default is engine.PolicyAction.DENY else engine.PolicyAction.DENY
+        self.set_policy(self.policy.with_default(other))
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        if event.select.id == "policy-default" and isinstance(event.value, str):
+            if event.value != self.policy.default.value:
+                self.set_policy(self.policy.with_default(engine.PolicyAction(event.value)))
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "policy-whatif-input":
+            self._update_whatif()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        actions = {"policy-add": self.action_add, "policy-save": self.action_save, "policy-apply": self.action_apply}
+        if event.button.id in actions:
+            actions[event.button.id]()
+
+    def action_whatif(self) -> None:
+        self.query_one("#policy-whatif-input", Input).focus()
+
+    def action_save(self) -> None:
+        """Write the policy into the profile's YAML (comments kept); say where it went."""
+        if self.profile is None:
+            self.status(f"[red]no profile named {self.pool_name!r} to save to[/red]")
+            return
+        updates: dict[str, object] = {}
+        switched = not isinstance(self.profile.network, engine.UserNatConfig)
+        if switched:
+            updates["network.mode"] = "user_nat"  # a policy needs a network to apply to
+        updates["network.policy"] = self.policy.to_dict()
+        try:
+            saved = engine.save_profile(self.profile, updates)
+        except (engine.ConfigError, engine.ProfileError, OSError) as err:
+            self.status(f"[red]not saved: {err}[/red]")
+            return
+        copied = self.profile.source == "bundled"
+        self.profile, self.saved_policy = saved, self.policy
+        message = f"saved to {saved.path}"
+        if copied:
+            message += " (a user copy: it overrides the bundled profile)"
+        if switched:
+            message += "; the profile's network is now user_nat"
+        self.status(message)
+        self.refresh_view()
+        self._reload_hub()
+
+    @work(exclusive=True, group="policy-reload", exit_on_error=False)
+    async def _reload_hub(self) -> None:
+        # The hub caches profiles; let it see the saved file (a fake hub may not cache at all).
+        reload = getattr(self.hub, "reload_profiles", None)
+        if reload is not None:
+            try:
+                await reload()
+            except engine.EngineError as err:
+                self.status(f"saved, but reloading profiles failed: {err}")
+
+    def action_apply(self) -> None:
+        """New flows of the running pool's VMs follow this policy at once (the file is not touched)."""
+        if self.pool_name is None:
+            return
+        try:
+            self.hub.set_policy(self.pool_name, self.policy)
+        except engine.EngineError as err:
+            self.status(f"[red]not applied: {err}[/red]")
+            return
+        unsaved = " (not saved yet: press s to keep it)" if self.policy != self.saved_policy else ""
+        states = getattr(self.hub, "states", None)
+        state = next((s for s in states() if s.name == self.pool_name), None) if states else None
+        if state is not None and not state.running:
+            self.status(f"pool {self.pool_name} is not running: it will start with this policy{unsaved}")
+            return
+        self.status(f"applied to pool {self.pool_name}: new flows follow these rules{unsaved}")
+
+    def action_close(self) -> None:
+        if self.policy != self.saved_policy and not self._leaving:
+            self._leaving = True
+            self.status("[yellow]unsaved changes: press escape again to discard them, s to save[/yellow]")
+            return
+        self.dismiss()

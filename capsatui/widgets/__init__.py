@@ -1,0 +1,1 @@
+"""Reusable Textual widgets of the capsa-tui app (the terminal view, rule form, ...)."""

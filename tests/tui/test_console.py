@@ -1,0 +1,267 @@
+"""Tests of the terminal widget (pure: ANSI in, cells out; a flood must not delay typing) and
+of the console screen against a real guest (typing, Ctrl-C, the run-command helper)."""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from textual.app import App, ComposeResult
+
+import engine
+from capsatui.screens.console import ConsoleScreen, ResultModal, open_console
+from capsatui.widgets.terminal import TerminalView, key_to_bytes
+
+
+class TermApp(App[None]):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[tuple[float, bytes]] = []
+
+    async def _write(self, data: bytes) -> None:
+        self.written.append((time.perf_counter(), data))
+
+    def compose(self) -> ComposeResult:
+        yield TerminalView(self._write)
+
+
+def cells(view: TerminalView, y: int) -> list[tuple[str, Any]]:
+    """(character, rich style) of each cell of visible row ``y``."""
+    return [(ch, seg.style) for seg in view.render_line(y) for ch in seg.text]
+
+
+async def test_ansi_colours_cursor_and_clear() -> None:
+    app = TermApp()
+    async with app.run_test(size=(80, 24)) as pilot:
+        view = app.query_one(TerminalView)
+        view.focus()
+        view.feed(b"garbage that gets cleared\r\n" * 3)
+        view.feed(b"\x1b[2J\x1b[H")  # clear screen, home
+        view.feed(b"plain \x1b[31mred\x1b[0m \x1b[1;4;44mbold-on-blue\x1b[0m \x1b[38;5;208mX\x1b[0m")
+        view.feed(b"\x1b[5;10Hmoved\x1b[38;2;1;2;3mT\x1b[0m\x1b[7mrev\x1b[0m")
+        await pilot.pause(0.15)
+        assert view.pending == 0
+        assert view.line_text(0) == "plain red bold-on-blue X"
+        assert "garbage" not in view.screen_text()
+        assert view.line_text(4) == " " * 9 + "movedTrev"
+        row = cells(view, 0)
+        assert row[0][1].color is None or row[0][1].color.name != "red"
+        assert row[6][1].color.name == "red"
+        bold = row[10][1]
+        assert bold.bold and bold.underline and bold.bgcolor.name == "blue"
+        assert row[23][0] == "X" and row[23][1].color.triplet.hex == "#ff8700"  # 256-colour 208
+        moved = cells(view, 4)
+        assert moved[14][1].color.triplet.hex == "#010203"  # truecolor
+        assert moved[15][1].reverse
+        # The cursor (after "rev") shows reversed while the view has focus.
+        assert (view.term.cursor.x, view.term.cursor.y) == (18, 4)
+        assert moved[18][1].reverse and not moved[19][1].reverse
+
+
+async def test_keys_go_out_raw() -> None:
+    app = TermApp()
+    async with app.run_test() as pilot:
+        app.query_one(TerminalView).focus()
+        await pilot.press("a", "enter", "tab", "ctrl+c", "up", "f1", "escape", "backspace", "q")
+        out = b"".join(data for _, data in app.written)
+        assert out == b"a\r\t\x03\x1b[A\x1bOP\x1b\x7fq"
+    assert key_to_bytes("up", None, app_cursor=True) == b"\x1bOA"
+    assert key_to_bytes("ctrl+up", None) == b"\x1b[1;5A"
+    assert key_to_bytes("f12", None) == b"\x1b[24~"
+
+
+async def test_scrollback_and_search() -> None:
+    app = TermApp()
+    async with app.run_test(size=(40, 10)) as pilot:
+        view = app.query_one(TerminalView)
+        view.focus()
+        view.feed(b"".join(b"line %d\r\n" % i for i in range(100)))
+        await pilot.pause(0.2)
+        assert view.line_text(0) == "line 91"
+        await pilot.press("shift+pageup")
+        assert view.line_text(0) == "line 82"
+        assert view.search("line 7") == 11  # 7 and 70-79
+        assert "line 79" in view.screen_text()
+        await pilot.press("n")  # wraps to the oldest match
+        assert "line 7" in [view.line_text(y) for y in range(10)]
+        await pilot.press("escape")
+        assert view.scrollback_lines == 0 and view.line_text(0) == "line 91"
+        assert app.written == []  # none of those keys reached the guest
+
+
+async def test_flood_never_delays_typing() -> None:
+    app = TermApp()
+    async with app.run_test() as pilot:
+        view = app.query_one(TerminalView)
+        view.focus()
+        total, chunk = 20 * 1024 * 1024, b"y\r\n" * 16 * 1024  # 20 MB of `yes` (as the tty sends it)
+
+        async def flood() -> None:
+            for _ in range(total // len(chunk)):
+                view.feed(chunk)
+                await asyncio.sleep(0.004)  # a guest at full speed
+
+        flooding = asyncio.create_task(flood())
+        latencies = []
+        try:
+            while not flooding.done():
+                before = len(app.written)
+                start = time.perf_counter()
+                await pilot.press("x")
+                async with asyncio.timeout(2):
+                    while len(app.written) == before:
+                        await asyncio.sleep(0.001)
+                latencies.append(app.written[-1][0] - start)
+                await asyncio.sleep(0.02)
+        finally:
+            await flooding
+        assert len(latencies) > 5
+        assert max(latencies) < 0.2, latencies
+        assert view.dropped > 0  # the flood was coalesced, not fed byte for byte
+        assert view.term.pushed > 1000  # ... while the screen kept moving
+        async with asyncio.timeout(5):
+            while view.pending:
+                await pilot.pause(0.05)
+        assert view.line_text(0) == "y"
+
+
+# -- a real guest ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+async def guest_console(boot: engine.LinuxDirectBoot) -> AsyncIterator[engine.Console]:
+    vm = await engine.vm(boot).memory_mb(192).console_enabled().build()
+    try:
+        await vm.wait_ready(60)
+        yield await vm.console()
+    finally:
+        await vm.kill()
+
+
+class ConsoleApp(App[None]):
+    def __init__(self, console: engine.Console) -> None:
+        super().__init__()
+        self.vm_console = console
+        self.released = False
+
+    async def on_mount(self) -> None:
+        await open_console(self, "guest", self.vm_console, self._release)
+
+    async def _release(self) -> None:
+        self.released = True
+
+
+async def until(check: Any, pilot: Any, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await pilot.pause(0.1)
+
+
+def lines(screen: ConsoleScreen) -> list[str]:
+    tab = screen.active_tab
+    assert tab is not None
+    return tab.view.all_text().splitlines()
+
+
+async def type_line(pilot: Any, text: str) -> None:
+    await pilot.press(*[c if c != " " else "space" for c in text], "enter")
+
+
+@pytest.mark.guest
+async def test_typing_reaches_the_guest(guest_console: engine.Console) -> None:
+    app = ConsoleApp(guest_console)
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = app.screen
+        assert isinstance(screen, ConsoleScreen)
+        await until(lambda: any(line.endswith("#") for line in lines(screen)), pilot)
+        await type_line(pilot, "echo hi")
+        await until(lambda: "hi" in lines(screen), pilot)
+
+
+@pytest.mark.guest
+async def test_ctrl_c_interrupts(guest_console: engine.Console) -> None:
+    app = ConsoleApp(guest_console)
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = app.screen
+        assert isinstance(screen, ConsoleScreen)
+        await pilot.pause(0.5)
+        await type_line(pilot, "sleep 30")
+
+        def after_sleep() -> list[str]:
+            text = lines(screen)
+            last = max(i for i, line in enumerate(text) if line.endswith("sleep 30"))
+            return [line for line in text[last + 1 :] if line]
+
+        await until(lambda: any(line.endswith("sleep 30") for line in lines(screen)), pilot)
+        await pilot.pause(0.5)
+        started = time.monotonic()
+        await pilot.press("ctrl+c")
+        await until(lambda: any(line.endswith("#") for line in after_sleep()), pilot, timeout=5)
+        assert time.monotonic() - started < 5
+
+
+@pytest.mark.guest
+async def test_run_command_helper_shows_output_and_exit_code(guest_console: engine.Console) -> None:
+    app = ConsoleApp(guest_console)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause(0.3)
+        await pilot.press("ctrl+right_square_bracket")
+        await pilot.press("r")
+        await pilot.pause(0.1)
+        await type_line(pilot, "echo run-out;(exit 3)")
+        await pilot.press("enter")  # the timeout field
+        await until(lambda: isinstance(app.screen, ResultModal), pilot, timeout=30)
+        result = app.screen
+        assert isinstance(result, ResultModal)
+        assert "exit code 3" in result.result_title
+        assert "run-out" in result.text
+        await pilot.press("escape")
+        assert isinstance(app.screen, ConsoleScreen)
+        # Release closes the last tab and leaves the console screen.
+        await pilot.press("ctrl+right_square_bracket", "x")
+        await until(lambda: app.released and not isinstance(app.screen, ConsoleScreen), pilot, timeout=5)
+
+
+class FakeConsole:
+    """Just enough of engine.Console for the screen: a reader that ends (the VM died)."""
+
+    def __init__(self, output: bytes) -> None:
+        self.output = output
+        self.written = b""
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        yield self.output
+        await asyncio.sleep(0.2)
+
+    def reader(self, from_start: bool = False) -> AsyncIterator[bytes]:
+        return self._chunks()
+
+    async def write(self, data: bytes) -> None:
+        self.written += data
+
+
+async def test_tabs_detach_and_closed_console() -> None:
+    first, second = FakeConsole(b"first vm\r\n"), FakeConsole(b"second vm\r\n")
+    app = App[None]()
+    async with app.run_test() as pilot:
+        screen = await open_console(app, "one", first)  # type: ignore[arg-type]
+        await pilot.pause(0.1)
+        assert await open_console(app, "two", second) is screen  # type: ignore[arg-type]
+        await until(lambda: len(screen.tabs) == 2 and screen.active_tab is not None
+                    and screen.active_tab.console is second, pilot, timeout=3)
+        await pilot.pause(0.1)  # the new tab's terminal takes the focus after a refresh
+        await pilot.press("a")
+        await until(lambda: second.written == b"a", pilot, timeout=3)
+        tab = screen.active_tab
+        assert tab is not None
+        await until(lambda: tab.closed_reason is not None, pilot, timeout=3)
+        await until(lambda: "[console closed:" in tab.view.all_text(), pilot, timeout=3)
+        await pilot.press("ctrl+right_square_bracket", "d")  # detach: the screen stays installed
+        await until(lambda: app.screen is not screen, pilot, timeout=3)
+        assert await open_console(app, "three", FakeConsole(b"x")) is screen  # type: ignore[arg-type]
+        await until(lambda: app.screen is screen and len(screen.tabs) == 3, pilot, timeout=3)
+        assert "first vm" in screen.tabs[0].view.all_text()
+        assert first.written == b""
