@@ -6,6 +6,7 @@ closes the hub first, so no VM, QEMU process or socket outlives the app.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 
 from textual.app import App
@@ -60,21 +61,37 @@ class DashboardCommands(Provider):
 
 
 class CapsaApp(App[None]):
-    """The capsa-tui app; ``autostart`` names the profile whose pool starts at launch (None: none)."""
+    """The capsa-tui app; ``autostart`` names the profile(s) whose pools start at launch (None: none)."""
 
     TITLE = "capsa-tui"
     BINDINGS = [Binding(key, action, label) for key, action, label, _ in APP_ACTIONS]
     COMMANDS = App.COMMANDS | {DashboardCommands}
 
-    def __init__(self, hub: Hub | None = None, autostart: str | None = "default") -> None:
+    def __init__(self, hub: Hub | None = None, autostart: str | Sequence[str] | None = "default") -> None:
         super().__init__()
         self.hub = hub if hub is not None else make_hub()
-        self.dashboard = DashboardScreen(self.hub, autostart)
+        names = [autostart] if isinstance(autostart, str) else list(autostart or [])
+        self.dashboard = DashboardScreen(self.hub, names[0] if names else None)
+        self._start_more = names[1:]  # the dashboard starts the first; the app the others
 
     def on_mount(self) -> None:
         socket = getattr(self.hub, "socket_path", None)
         self.sub_title = f"attached to serve at {socket}" if self.hub.mode == "service" else "in-process"
         self.push_screen(self.dashboard)
+        if self._start_more:
+            self.run_worker(self._autostart_more(), group="autostart", exit_on_error=False)
+
+    async def _autostart_more(self) -> None:
+        for name in self._start_more:
+            if self.hub.profile(name) is None:
+                await self.hub.reload_profiles()
+            if self.hub.profile(name) is None:
+                self.notify(f"no valid profile named {name!r} to start", severity="warning")
+                continue
+            try:
+                await self.hub.start_pool(name)
+            except Exception as err:  # noqa: BLE001 - shown to the user, the app goes on
+                self.notify(f"starting {name} failed: {err}", severity="error", timeout=10)
 
     def help_keys(self) -> list[tuple[str, str]]:
         """Every binding and what it does, for the help screen."""
@@ -99,7 +116,7 @@ class CapsaApp(App[None]):
         await self.hub.close()  # idempotent; covers ctrl+c and run_test's exit
 
 
-def run_app(autostart: str | None = "default") -> int:
+def run_app(autostart: str | Sequence[str] | None = "default") -> int:
     """Run the app in this terminal until the user quits."""
     CapsaApp(autostart=autostart).run()
     return 0

@@ -26,6 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     for module in COMMAND_MODULES:
         module.register(sub)
     app = sub.add_parser("app", help="the interactive dashboard (the default when no command is given)")
+    app.add_argument("--start", metavar="PROFILE[,PROFILE]", default=None,
+                     help="profiles whose pools start at launch (default: default; '' starts none)")
     app.set_defaults(handler=_run_app)
     return parser
 
@@ -34,7 +36,10 @@ def _run_app(args: argparse.Namespace | None = None) -> int:
     # Imported here so the plain sub-commands never pay for loading Textual.
     from capsatui.app import run_app
 
-    return run_app()
+    start = getattr(args, "start", None)
+    if start is None:
+        return run_app()
+    return run_app([name.strip() for name in start.split(",") if name.strip()])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

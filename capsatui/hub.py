@@ -290,11 +290,17 @@ class LocalHub(Hub):
             await run.pool.close()
 
     async def resize(self, name: str, size: int) -> None:
-        """Restart the pool with ``size`` warm VMs (its reserved VMs are released)."""
+        """Keep ``size`` VMs warm from now on; reserved VMs are left alone (a stopped pool starts)."""
         if size < 0:
             raise engine.ConfigError(f"pool size must be 0 or more, got {size}")
-        await self.stop_pool(name)
-        await self.start_pool(name, size)
+        run = self._pools.get(name)
+        if run is None or run.pool is None:
+            await self.stop_pool(name)
+            await self.start_pool(name, size)
+            return
+        run.pool.resize(size, max(run.pool.max_size, size, 1))
+        run.size = size
+        self._changed()
 
     async def reserve(self, name: str, timeout: float = 120) -> engine.PooledVm:
         run = self._pools.get(name)

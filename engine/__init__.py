@@ -43,8 +43,9 @@ from engine.netstack.policy import (
     Protocol,
     Rule,
 )
-from engine.pool import PoolBuilder, PoolSettings, VmPool, vm_pool
-from engine.pool_stats import PoolMember, PoolStats
+from engine.pool import VmPool
+from engine.pool_builder import PoolBuilder, vm_pool
+from engine.pool_stats import PoolMember, PoolSettings, PoolStats
 from engine.pooled_vm import PooledVm
 from engine.profile_schema import ProfileError, ProfileIssue
 from engine.profile_store import find_profile, load_profile, load_profiles, profile_dirs, save_profile

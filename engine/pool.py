@@ -31,89 +31,16 @@ from dataclasses import dataclass, field, replace
 from engine.errors import ConfigError, EngineError, PoolBootError, PoolClosed, PoolEmpty, PoolTimeout
 from engine.netstack.config import UserNatConfig
 from engine.netstack.policy import NetworkPolicy
-from engine.pool_stats import MemberState, PoolMember, PoolStats, percentile
+from engine.pool_stats import MemberState, PoolMember, PoolSettings, PoolStats, percentile
 from engine.pooled_vm import PooledVm
 from engine.status import Failed
 from engine.vm import VmHandle
-from engine.vmspec import LinuxDirectBoot, ShapeBuilder, VmSpec
+from engine.vmspec import VmSpec
 
 log = logging.getLogger(__name__)
 
-_ids = itertools.count(1)
 _BOOT_SAMPLES = 512
 StatsListener = Callable[[PoolStats], None]
-
-
-@dataclass(frozen=True)
-class PoolSettings:
-    """How a pool behaves, apart from the shape of its VMs."""
-
-    name: str = "pool"
-    size: int = 1
-    max_size: int = 1
-    boot_timeout: float = 120.0
-    health_interval: float = 10.0
-    probe_timeout: float = 2.0
-    backoff_base: float = 0.5
-    backoff_max: float = 30.0
-    max_boot_failures: int = 3  # in a row: then waiters get PoolBootError instead of hanging
-
-
-@dataclass
-class PoolBuilder(ShapeBuilder):
-    """``engine.vm_pool(boot)``: the VM shape methods of ``engine.vm`` plus pool settings."""
-
-    _max_size: int | None = None
-    _name: str | None = None
-    _boot_timeout: float = PoolSettings.boot_timeout
-    _health_interval: float = PoolSettings.health_interval
-
-    def max_size(self, n: int) -> PoolBuilder:
-        """The most VMs alive at once (booting + idle + reserved); defaults to the pool size."""
-        self._max_size = int(n)
-        return self
-
-    def name(self, name: str) -> PoolBuilder:
-        self._name = name
-        return self
-
-    def boot_timeout(self, seconds: float) -> PoolBuilder:
-        self._boot_timeout = float(seconds)
-        return self
-
-    def health_interval(self, seconds: float) -> PoolBuilder:
-        """How stale an idle VM's last console answer may be before a hand-out probes it again."""
-        self._health_interval = float(seconds)
-        return self
-
-    def settings(self, size: int) -> PoolSettings:
-        max_size = self._max_size if self._max_size is not None else max(size, 1)
-        if size < 0:
-            raise ConfigError(f"pool size must be 0 or more, got {size}")
-        if max_size < max(size, 1):
-            raise ConfigError(f"max_size ({max_size}) must be at least the pool size ({size}) and at least 1")
-        if self._boot_timeout <= 0 or self._health_interval <= 0:
-            raise ConfigError("boot_timeout and health_interval must be positive")
-        return PoolSettings(
-            name=self._name or f"pool{next(_ids)}",
-            size=size,
-            max_size=max_size,
-            boot_timeout=self._boot_timeout,
-            health_interval=self._health_interval,
-        )
-
-    async def build(self, size: int) -> VmPool:
-        """Start the pool and return once ``size`` VMs are booted and idle."""
-        return await VmPool.start(self.spec(), self.settings(size))
-
-    def start(self, size: int) -> VmPool:
-        """Start the pool and return at once, its VMs booting (``await pool.wait_filled()``)."""
-        return VmPool.launch(self.spec(), self.settings(size))
-
-
-def vm_pool(boot: LinuxDirectBoot) -> PoolBuilder:
-    """Start describing a pool of identical VMs that boot ``boot``."""
-    return PoolBuilder(VmSpec(boot=boot))
 
 
 @dataclass(eq=False)
@@ -234,6 +161,26 @@ class VmPool:
         if member is None or member.handle is None:
             raise KeyError(f"pool {self.name!r} has no running VM {vm_id!r}")
         return member.handle
+
+    def resize(self, size: int, max_size: int | None = None) -> None:
+        """Keep ``size`` VMs warm from now on (and allow ``max_size`` alive); reserved VMs stay.
+
+        Growing boots the difference in the background; shrinking kills idle VMs beyond the new
+        size at once. A ``max_size`` below what is alive only stops new boots until VMs go.
+        """
+        self._check_open()
+        max_size = self.max_size if max_size is None else max_size
+        if size < 0 or max_size < max(size, 1):
+            raise ConfigError(f"pool {self.name!r}: size {size} and max_size {max_size} need 0 <= size <= max_size, max_size >= 1")
+        self.settings = replace(self.settings, size=size, max_size=max_size)
+        self._filled = False
+        while len(self._idle) > size:
+            self._evict_surplus(self._idle.pop())
+        self._replenish()
+        self._notify()
+
+    def _evict_surplus(self, member: _Member) -> None:
+        self._spawn(self._kill_member(member, released=False), f"pool-{member.id}-shrink")
 
     def set_policy(self, policy: NetworkPolicy) -> None:
         """Apply ``policy`` to every VM of the pool now (new flows) and to every VM booted later."""

@@ -1,4 +1,4 @@
-"""Plain data a VM pool reports: its counters (PoolStats) and its members (PoolMember)."""
+"""Plain data of a VM pool: how it behaves (PoolSettings), its counters (PoolStats), its members."""
 from __future__ import annotations
 
 import math
@@ -63,3 +63,18 @@ def percentile(values: Sequence[float], fraction: float) -> float | None:
     ordered = sorted(values)
     rank = max(0, min(len(ordered) - 1, math.ceil(fraction * len(ordered)) - 1))
     return ordered[rank]
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    """How a pool behaves, apart from the shape of its VMs."""
+
+    name: str = "pool"
+    size: int = 1
+    max_size: int = 1
+    boot_timeout: float = 120.0
+    health_interval: float = 10.0
+    probe_timeout: float = 2.0
+    backoff_base: float = 0.5
+    backoff_max: float = 30.0
+    max_boot_failures: int = 3  # in a row: then waiters get PoolBootError instead of hanging

@@ -27,7 +27,7 @@ from ruamel.yaml.comments import CommentedMap
 
 from engine.boot import LinuxDirectBoot, default_boot
 from engine.netstack.config import NetworkConfig, NoNetwork
-from engine.pool import PoolBuilder, vm_pool
+from engine.pool_builder import PoolBuilder, vm_pool
 from engine.profile_network import network_summary, parse_network
 from engine.profile_schema import HOSTNAME_RE, NAME_RE, USER_RE, Fields, ProfileError, parse_document
 from engine.vmspec import LoginSpec, ShapeBuilder, VmBuilder, vm

@@ -255,3 +255,18 @@ async def test_login_pool_hands_out_getty_vms_that_shell_logs_into(boot: engine.
             console = await vm.shell()
             assert await console.exec("id -un") == "alice\n"
             assert (await vm.shell()) is console  # logged in once
+
+
+async def test_resize_grows_and_shrinks_without_touching_reserved_vms(boot: engine.LinuxDirectBoot) -> None:
+    async with await _pool(boot, "resize").max_size(2).build(1) as pool:
+        held = pool.try_reserve()
+        pool.resize(2, max_size=3)
+        await _until(lambda: pool.stats().idle == 2)
+        assert pool.stats().reserved == 1 and held.status() == engine.Running()
+        pool.resize(0)
+        await _until(lambda: pool.stats().alive == 1)
+        assert (pool.stats().idle, pool.stats().reserved) == (0, 1)
+        assert await (await held.console()).exec("echo still") == "still\n"
+        with pytest.raises(engine.ConfigError, match="max_size"):
+            pool.resize(4, max_size=2)
+        await held.release()
