@@ -403,16 +403,22 @@ class ConsoleScreen(Screen[None]):
         pane = tabs.active_pane
         if len(self.tabs) <= 1:
             self.tabs_alive = False
-            app, installed = self.app, self.app.is_screen_installed(self)
-            if self.is_current:
-                await app.pop_screen()  # a screen not installed is removed here (and we end)
-            if installed and self not in app.screen_stack:
-                app.uninstall_screen(self)
-                app.call_later(self.remove)
+            # An app worker closes the screen: this worker belongs to the screen, and removing
+            # the screen would cancel it half-way (which once took the whole app down).
+            self.app.run_worker(_close_screen(self.app, self), name="console-close")
             return
         if pane is not None and pane.id:
             await tabs.remove_pane(pane.id)
         self.call_after_refresh(self._focus_active)
+
+
+async def _close_screen(app: App[Any], screen: ConsoleScreen) -> None:
+    installed = app.is_screen_installed(screen)
+    if screen.is_current:
+        await app.pop_screen()
+    if installed and screen not in app.screen_stack:
+        app.uninstall_screen(screen)
+        app.call_later(screen.remove)
 
 
 def _seconds(text: str, default: float) -> float:

@@ -29,8 +29,11 @@ __all__ = ["HistoryTerminal", "TerminalView", "key_to_bytes"]
 TICK_S = 0.03  # batching interval: output shows at most this late
 FEED_BUDGET_S = 0.010  # pyte time per tick (pyte does ~0.1-1 MB/s); the rest is the app's
 FEED_SLICE = 2048
-MAX_PENDING = 256 * 1024  # beyond this the oldest pending output is dropped ...
-KEEP_PENDING = 32 * 1024  # ... keeping only the newest, which is what the screen will show
+# Beyond MAX_PENDING the oldest pending output is dropped, keeping only the newest (what the
+# screen will show; the engine's ring keeps everything for the scrollback file). Small on
+# purpose: pyte digests ~100 KB/s within its budget, and a key's echo waits behind all of it.
+MAX_PENDING = 24 * 1024
+KEEP_PENDING = 8 * 1024
 HIDDEN_POLL_S = 0.25  # a hidden view does not feed pyte; it looks again this often
 class TerminalView(Widget, can_focus=True):
     """The guest's terminal. ``feed`` output in; keystrokes go to ``write`` as raw bytes.

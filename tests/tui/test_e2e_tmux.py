@@ -45,6 +45,7 @@ class Tmux:
 
     def __init__(self, tmp: Path) -> None:
         self.socket = f"capsa-e2e-{os.getpid()}-{time.monotonic_ns()}"
+        self.socket_path = ""
         self.tmp = tmp
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -55,6 +56,7 @@ class Tmux:
         env_args = [arg for key, value in env.items() for arg in ("-e", f"{key}={value}")]
         self.run("new-session", "-d", "-s", "e2e", "-x", "120", "-y", "40", *env_args,
                  " ".join(command))  # fmt: skip
+        self.socket_path = self.run("display-message", "-p", "#{socket_path}").stdout.strip()
 
     def alive(self) -> bool:
         return self.run("has-session", "-t", "e2e", check=False).returncode == 0
@@ -68,6 +70,8 @@ class Tmux:
 
     def kill(self) -> None:
         self.run("kill-server", check=False)
+        if self.socket_path:  # tmux leaves its socket file behind
+            Path(self.socket_path).unlink(missing_ok=True)
 
 
 def wait_until(check: Callable[[], bool], tmux: Tmux, deadline: float, what: str) -> None:
