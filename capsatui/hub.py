@@ -47,12 +47,27 @@ class Hub(ABC):
     mode: str = "local"
     accel: str = ""
 
+    def __init__(self) -> None:
+        self._subscribers: list[Callable[[], None]] = []
+
+    def subscribe(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` after every change (from the loop; screens debounce)."""
+        self._subscribers.append(callback)
+
+    def unsubscribe(self, callback: Callable[[], None]) -> None:
+        """Stop calling ``callback`` (a screen that goes away)."""
+        with contextlib.suppress(ValueError):
+            self._subscribers.remove(callback)
+
+    def _changed(self) -> None:
+        for callback in list(self._subscribers):
+            try:
+                callback()
+            except Exception:  # a broken screen must not break the pools
+                log.exception("hub subscriber failed")
+
     @abstractmethod
     def states(self) -> list[PoolState]: ...
-    @abstractmethod
-    def subscribe(self, callback: Callable[[], None]) -> None: ...
-    def unsubscribe(self, callback: Callable[[], None]) -> None:  # noqa: B027 - optional
-        """Stop calling ``callback`` (a screen that goes away)."""
     @abstractmethod
     async def reload_profiles(self) -> None: ...
     @abstractmethod
@@ -97,6 +112,7 @@ class LocalHub(Hub):
     """Pools of this process: profiles from ``engine.load_profiles()``, pools built from them."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.mode = "local"
         try:
             choice = engine.choose_accelerator()
@@ -111,7 +127,6 @@ class LocalHub(Hub):
         self._hist_idle: dict[str, deque[int]] = {}
         self._hist_boot: dict[str, deque[float]] = {}
         self._reserved: dict[str, tuple[str, engine.PooledVm]] = {}
-        self._subscribers: list[Callable[[], None]] = []
         self._backlog: deque[engine.FlowEvent] = deque(maxlen=BACKLOG)
         self._queues: list[asyncio.Queue[engine.FlowEvent | None]] = []
         self._watchers: dict[str, asyncio.Task[None]] = {}
@@ -169,20 +184,6 @@ class LocalHub(Hub):
         if profile is not None and isinstance(profile.network, engine.UserNatConfig):
             return profile.network.policy
         return None
-
-    def subscribe(self, callback: Callable[[], None]) -> None:
-        self._subscribers.append(callback)
-
-    def unsubscribe(self, callback: Callable[[], None]) -> None:
-        with contextlib.suppress(ValueError):
-            self._subscribers.remove(callback)
-
-    def _changed(self) -> None:
-        for callback in list(self._subscribers):
-            try:
-                callback()
-            except Exception:  # a broken screen must not break the pools
-                log.exception("hub subscriber failed")
 
     # ----- profiles --------------------------------------------------------------------------
 
@@ -393,8 +394,26 @@ class LocalHub(Hub):
 
 
 def make_hub() -> Hub:
-    """The hub the app uses: pools in this process (a service-backed hub comes later)."""
-    return LocalHub()
+    """A :class:`~capsatui.hub_service.ServiceHub` when a ``capsa-tui serve`` answers, else a LocalHub.
+
+    Sync and fast on purpose (the app's first frame must not wait): a Unix-socket connect answers
+    at once, so it is only probed here; the ServiceHub's client connects on the app's loop when
+    the dashboard first calls ``reload_profiles``.
+    """
+    import socket
+
+    path = engine.service_socket_path()
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(0.5)
+        probe.connect(str(path))
+    except OSError:
+        return LocalHub()
+    finally:
+        probe.close()
+    from capsatui.hub_service import ServiceHub  # imports this module: loaded only when needed
+
+    return ServiceHub(path)
 
 
 __all__ = ["Hub", "LocalHub", "PoolState", "make_hub"]
