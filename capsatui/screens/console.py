@@ -88,7 +88,9 @@ class ConsoleTab(Vertical):
         self.on_release = on_release
         self.closed_reason: str | None = None
         self._outbox: asyncio.Queue[bytes] = asyncio.Queue()
-        self.view = TerminalView(self._enqueue)
+        self._reader: Any = None  # the console reader feeding the view
+        self._closed_note = b""
+        self.view = TerminalView(self._enqueue, resync=self._recent_output)
 
     def compose(self) -> ComposeResult:
         yield self.view
@@ -116,7 +118,8 @@ class ConsoleTab(Vertical):
 
     async def _pump(self) -> None:
         try:
-            async for chunk in self.console.reader(from_start=True):
+            self._reader = self.console.reader(from_start=True)
+            async for chunk in self._reader:
                 self.view.feed(chunk)
         except asyncio.CancelledError:
             raise
@@ -126,11 +129,24 @@ class ConsoleTab(Vertical):
         stream = getattr(self.console, "stream", None)
         self.mark_closed(getattr(stream, "close_reason", None) or "the stream ended")
 
+    def _recent_output(self, n: int) -> bytes | None:
+        """The newest ``n`` bytes the view was fed, from the console's ring (the view rebuilds its
+        screen from them after dropping output in a flood). The reader's offset is exactly what
+        has been fed: it advances and the chunk is fed in one event-loop step."""
+        reader = self._reader
+        stream = getattr(reader, "stream", None)
+        if stream is None or not hasattr(stream, "read_from"):
+            return None
+        end = reader.offset
+        start = max(end - n, stream.start_offset)
+        return stream.read_from(start, max(0, end - start)) + self._closed_note
+
     def mark_closed(self, reason: str) -> None:
         if self.closed_reason is not None:
             return
         self.closed_reason = reason
-        self.view.feed(f"\r\n\x1b[1;31m[console closed: {reason}]\x1b[0m\r\n".encode())
+        self._closed_note = f"\r\n\x1b[1;31m[console closed: {reason}]\x1b[0m\r\n".encode()
+        self.view.feed(self._closed_note)
         self._update_status()
 
     def _update_status(self) -> None:
@@ -139,8 +155,8 @@ class ConsoleTab(Vertical):
             status.update(f"console closed: {self.closed_reason}")
             status.add_class("-closed")
         elif self.view.dropped:
-            status.update(f"output flood: {self.view.dropped} bytes not drawn (saved scrollback has them)"
-                          " · ctrl+] helpers")
+            status.update(f"output flood: {self.view.dropped} bytes skipped, screen redrawn from the"
+                          " console log (saved scrollback has them all) · ctrl+] helpers")
 
 
 class ConsoleCommands(Provider):

@@ -7,7 +7,8 @@ import collections
 from typing import Any
 
 import pyte
-from pyte.screens import Margins
+from pyte import modes as mo
+from pyte.screens import Char, Margins
 
 
 DECCKM = 1 << 5  # pyte stores private mode N as N << 5; ?1 = application cursor keys
@@ -67,17 +68,67 @@ def pyte_colour(name: str) -> str | None:
 
 class HistoryTerminal(pyte.Screen):
     """A pyte screen that keeps the lines scrolled off its top (cheaper than pyte.HistoryScreen,
-    whose per-event wrapper makes floods several times slower)."""
+    whose per-event wrapper makes floods several times slower), with a faster ``draw`` for the
+    common case: printable ASCII in replace mode (pyte builds a new cell per character with
+    ``namedtuple._replace`` and asks wcwidth about each; here cells are cached per attributes and
+    stored a line segment at a time)."""
 
     def __init__(self, columns: int, lines: int, history: int = 3000) -> None:
         super().__init__(columns, lines)
         self.history: collections.deque[Any] = collections.deque(maxlen=history)
         self.pushed = 0  # lines ever pushed into history: absolute line numbers stay stable
+        self.skip_pushes = 0  # scrolled-off lines not to keep (a rebuild's copied rows)
+        self.lenient_restore = False  # "restore cursor" without a save leaves the cursor (a rebuild)
+        self._cells_attrs: Any = None
+        self._cells: dict[str, Any] = {}
+
+    def draw(self, data: str) -> None:
+        text = data.translate(self.g1_charset if self.charset else self.g0_charset)
+        mode = self.mode
+        if not (text.isascii() and text.isprintable()) or mo.IRM in mode:
+            super().draw(data)  # wide, combining or unprintable characters; insert mode
+            return
+        cursor = self.cursor
+        attrs = cursor.attrs
+        if attrs is not self._cells_attrs:  # attributes changed (SGR): a new cell cache
+            self._cells_attrs, self._cells = attrs, {}
+        cells = self._cells
+        rest = tuple(attrs[1:])
+        columns, pos, end = self.columns, 0, len(text)
+        wrap = mo.DECAWM in mode
+        while pos < end:
+            if cursor.x >= columns:
+                if wrap:
+                    self.dirty.add(cursor.y)
+                    self.carriage_return()
+                    self.linefeed()
+                else:  # no wrap: each further character overwrites the last column
+                    cursor.x = columns - 1
+                    text, pos, end = text[-1], 0, 1
+            count = min(columns - cursor.x, end - pos)
+            line = self.buffer[cursor.y]
+            x = cursor.x
+            for char in text[pos : pos + count]:
+                cell = cells.get(char)
+                if cell is None:
+                    cell = cells[char] = Char(char, *rest)
+                line[x] = cell
+                x += 1
+            cursor.x = x
+            pos += count
+        self.dirty.add(cursor.y)
+
+    def restore_cursor(self) -> None:
+        if self.savepoints or not self.lenient_restore:
+            super().restore_cursor()
 
     def index(self) -> None:
         top, bottom = self.margins or Margins(0, self.lines - 1)
         # Only a full-screen scroll is history; a scroll region (vi, top) is not.
         if self.cursor.y == bottom and top == 0:
-            self.history.append(self.buffer[top])
+            if self.skip_pushes:
+                self.skip_pushes -= 1
+            else:
+                self.history.append(self.buffer[top])
             self.pushed += 1
         super().index()

@@ -5,11 +5,16 @@ the bytes a real terminal would send, to an async ``write`` callback. Output is 
 wait in a pending buffer and a short timer feeds pyte in one go, within a time budget, so a
 guest flooding its console (``yes``) costs the event loop a bounded share and typing stays
 responsive. Beyond a bound the oldest pending bytes are dropped (the engine's ring still has
-them for "save scrollback"). Scrollback (``shift+pageup``), search and mouse selection copy work
+them for "save scrollback"); dropping heals itself when the view has a ``resync`` source (the
+console's ring): once the flood has drained, or every ``RESYNC_INTERVAL_S`` while it goes on, the
+screen is rebuilt off-screen from the newest ``RESYNC_BYTES`` of output and swapped in, so an echo
+or a prompt that fell in a dropped part is drawn after all. Scrollback (``shift+pageup``), search and mouse selection copy work
 on pyte's screen plus the lines it scrolled off.
 """
 from __future__ import annotations
 
+import collections
+import copy
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -35,6 +40,29 @@ FEED_SLICE = 2048
 MAX_PENDING = 24 * 1024
 KEEP_PENDING = 8 * 1024
 HIDDEN_POLL_S = 0.25  # a hidden view does not feed pyte; it looks again this often
+# After a drop the screen is rebuilt from the newest RESYNC_BYTES of output (from ``resync``),
+# once pending output has drained or at most every RESYNC_INTERVAL_S while drops go on. 32 KiB
+# is many screens of ordinary output and costs pyte ~5-90 ms (plain text vs `yes`), fed within
+# the usual per-tick budget into a shadow screen that replaces the shown one when complete.
+RESYNC_BYTES = 32 * 1024
+RESYNC_INTERVAL_S = 0.5
+# ... or, when the state before the first drop is at most this far back, all output since then:
+# an exact rebuild (~20 ms of pyte for a cursor-addressed flood, ~0.35 s for `yes`).
+RESYNC_EXACT_BYTES = 128 * 1024
+
+def _clone_state(src: HistoryTerminal) -> HistoryTerminal:
+    """A copy of ``src``'s screen, cursor, saved cursors, modes, margins and charsets (no history)."""
+    clone = HistoryTerminal(src.columns, src.lines, src.history.maxlen or 3000)
+    for y in range(src.lines):
+        clone.buffer[y] = copy.copy(src.buffer[y])
+    clone.cursor = copy.copy(src.cursor)
+    clone.savepoints = list(src.savepoints)
+    clone.mode = set(src.mode)
+    clone.margins = src.margins
+    clone.charset, clone.g0_charset, clone.g1_charset = src.charset, src.g0_charset, src.g1_charset
+    return clone
+
+
 class TerminalView(Widget, can_focus=True):
     """The guest's terminal. ``feed`` output in; keystrokes go to ``write`` as raw bytes.
 
@@ -57,6 +85,7 @@ class TerminalView(Widget, can_focus=True):
         columns: int = 80,
         lines: int = 24,
         history: int = 3000,
+        resync: Callable[[int], bytes | None] | None = None,
         name: str | None = None,
         id: str | None = None,
         classes: str | None = None,
@@ -67,7 +96,23 @@ class TerminalView(Widget, can_focus=True):
         self._stream = pyte.ByteStream(self.term)
         self._pending = bytearray()
         self._timer_armed = False
-        self.dropped = 0  # output bytes never shown because a flood outran the view
+        self.dropped = 0  # output bytes skipped because a flood outran the view
+        # ``resync(n)``: the newest n bytes of everything passed to ``feed`` so far (None if it
+        # cannot tell); after a drop the screen is rebuilt from them.
+        self.resync = resync
+        self.resyncs = 0  # rebuilds completed
+        self._resync_due = False
+        self._last_resync = 0.0
+        self._shadow: HistoryTerminal | None = None  # a screen being rebuilt off-screen
+        self._shadow_stream: pyte.ByteStream | None = None
+        self._shadow_data = bytearray()
+        self._shadow_end = 0  # the fed offset the shadow's bytes end at
+        self._clean: HistoryTerminal | None = None  # see feed
+        self._clean_offset = 0  # the fed offset of that state
+        self._fed = 0  # bytes ever passed to feed
+        # (offset in the fed bytes, term.pushed) after each slice fed: which history lines came
+        # from before a resync's tail (kept) and which the tail will push again (dropped).
+        self._push_marks: collections.deque[tuple[int, int]] = collections.deque(maxlen=1024)
         self.scrollback_lines = 0  # lines scrolled back from the live screen
         self.search_pattern: re.Pattern[str] | None = None
         self.matches: list[tuple[int, int, int]] = []  # (absolute line, start col, end col)
@@ -81,17 +126,27 @@ class TerminalView(Widget, can_focus=True):
     def feed(self, data: bytes) -> None:
         """Queue guest output; it is drawn on the next tick (never synchronously)."""
         self._pending += data
+        self._fed += len(data)
         if len(self._pending) > MAX_PENDING:
             cut = len(self._pending) - KEEP_PENDING
             newline = self._pending.find(b"\n", cut)  # restart at a line boundary
             cut = newline + 1 if 0 <= newline < cut + 4096 else cut
             self.dropped += cut
             del self._pending[:cut]
+            if self.resync is not None and self._clean is None:
+                # The screen state before the first drop (the state after it is wrong: a cut can
+                # start with a "restore cursor" without its "save", say): a rebuild starts there.
+                self._clean = _clone_state(self._shadow or self.term)
+                self._clean_offset = self._fed - len(self._pending) if self._shadow is None else self._shadow_end
+            if self.resync is not None and not self._resync_due:
+                self._resync_due = True
+                self._last_resync = max(self._last_resync, time.monotonic() - RESYNC_INTERVAL_S / 2)
         self._arm(TICK_S)
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        """Output not drawn yet (a rebuild in progress counts as such)."""
+        return len(self._pending) + len(self._shadow_data) + (1 if self._resync_due else 0)
 
     def _arm(self, delay: float) -> None:
         if not self._timer_armed and self.is_mounted:
@@ -106,14 +161,95 @@ class TerminalView(Widget, can_focus=True):
 
     def _tick(self) -> None:
         self._timer_armed = False
-        if not self._pending:
+        if not (self._pending or self._resync_due or self._shadow is not None):
             return
         if not self._showing():
             self._arm(HIDDEN_POLL_S)  # a hidden console catches up when shown
             return
-        self.flush(FEED_BUDGET_S)
-        if self._pending:
+        deadline = time.perf_counter() + FEED_BUDGET_S
+        if self._resync_due and self._shadow is None and self._may_resync():
+            self._start_resync()
+        if self._shadow is not None:
+            self._feed_shadow(deadline)
+        if self._shadow is None and self._pending:
+            self.flush(max(deadline - time.perf_counter(), 0.0))
+        if self._pending or self._shadow is not None:
             self._arm(TICK_S)
+        elif self._resync_due:  # waiting for the interval, or for the user to leave scrollback
+            self._arm(TICK_S if not (self.scrollback_lines or self.matches) else HIDDEN_POLL_S)
+
+    # -- rebuilding the screen after a drop -----------------------------------------------------
+
+    def _may_resync(self) -> bool:
+        if self.scrollback_lines or self.matches:
+            return False  # the user is reading history: not under their feet
+        return not self._pending or time.monotonic() - self._last_resync >= RESYNC_INTERVAL_S
+
+    def _start_resync(self) -> None:
+        """Take the newest output and drop what is pending (the tail ends with it, same turn)."""
+        self._resync_due = False
+        self._last_resync = time.monotonic()
+        # Exact: everything since the state before the first drop, if that is not too much.
+        exact = self._clean is not None and self._fed - self._clean_offset <= RESYNC_EXACT_BYTES
+        want = self._fed - self._clean_offset if exact else RESYNC_BYTES
+        data = self.resync(want) if self.resync is not None else None
+        if not data:
+            return
+        if not exact and len(data) >= RESYNC_BYTES:  # it starts mid-stream: start at a line boundary, as a cut does
+            newline = data.find(b"\n", 0, 4096)
+            data = data[newline + 1 :] if newline >= 0 else data
+        old = self.term
+        # The best guess of the state before the tail is the state before the first drop: the
+        # screen (a prompt drawn long ago stays), cursor and saved cursors (output that saves and
+        # restores the cursor goes on from the same place), modes, scroll region, charsets. pyte
+        # starts fine in the middle of an escape sequence. Its rows that scroll off are not
+        # history again.
+        shadow = _clone_state(self._clean or old)
+        self._clean = None
+        if (shadow.columns, shadow.lines) != (old.columns, old.lines):
+            shadow.resize(lines=old.lines, columns=old.columns)
+        shadow.skip_pushes = old.lines
+        # A tail starts anywhere in a "save cursor ... restore cursor" update (a status line, a
+        # flood writing the top rows): anchor it at the outermost saved cursor (the real one) and
+        # let a "restore" whose "save" is before the tail leave the cursor there.
+        if shadow.savepoints:
+            del shadow.savepoints[1:]
+            shadow.restore_cursor()
+        shadow.lenient_restore = True
+        # History: what scrolled off before the tail's first byte; the tail pushes the rest again.
+        tail_start = self._fed - len(data)
+        before = [pushed for offset, pushed in self._push_marks if offset <= tail_start]
+        keep = len(old.history) - (old.pushed - before[-1]) if before else len(old.history)
+        shadow.history.extend(list(old.history)[: max(keep, 0)])
+        shadow.pushed = old.pushed  # absolute line numbers keep growing
+        self._push_marks.clear()
+        self._shadow, self._shadow_stream = shadow, pyte.ByteStream(shadow)
+        self._shadow_data = bytearray(data)
+        self._shadow_end = self._fed
+        self._pending.clear()
+
+    def _feed_shadow(self, deadline: float) -> None:
+        assert self._shadow is not None and self._shadow_stream is not None
+        while self._shadow_data:
+            chunk = bytes(self._shadow_data[:FEED_SLICE])
+            del self._shadow_data[:FEED_SLICE]
+            self._shadow_stream.feed(chunk)
+            if time.perf_counter() > deadline:
+                break
+        if self._shadow_data:
+            return
+        self.term, self._stream = self._shadow, self._shadow_stream
+        self.term.lenient_restore = False
+        self._shadow = self._shadow_stream = None
+        self.resyncs += 1
+        self._push_marks.append((self._shadow_end, self.term.pushed))
+        self._last_resync = time.monotonic()
+        if self._resync_due and self._clean is None:  # a drop while rebuilding: start from here
+            self._clean = _clone_state(self.term)
+            self._clean_offset = self._shadow_end
+        self.scrollback_lines = 0
+        self._sel_anchor = self._sel_end = None
+        self.refresh()
 
     def flush(self, budget: float | None = None) -> None:
         """Feed pending output to pyte (all of it, or what ``budget`` seconds allow) and redraw."""
@@ -123,6 +259,7 @@ class TerminalView(Widget, can_focus=True):
             chunk = bytes(self._pending[:FEED_SLICE])
             del self._pending[:FEED_SLICE]
             self._stream.feed(chunk)
+            self._push_marks.append((self._fed - len(self._pending), self.term.pushed))
             if deadline is not None and time.perf_counter() > deadline:
                 break
         if self.scrollback_lines:  # keep a scrolled-back view on the same lines
@@ -143,6 +280,8 @@ class TerminalView(Widget, can_focus=True):
         width, height = max(event.size.width, 10), max(event.size.height, 3)
         if (width, height) != (self.term.columns, self.term.lines):
             self.term.resize(lines=height, columns=width)
+            if self._shadow is not None:
+                self._shadow.resize(lines=height, columns=width)
             self.refresh()
 
     # -- reading the screen ---------------------------------------------------------------------

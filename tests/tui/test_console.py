@@ -265,3 +265,112 @@ async def test_tabs_detach_and_closed_console() -> None:
         await until(lambda: app.screen is screen and len(screen.tabs) == 3, pilot, timeout=3)
         assert "first vm" in screen.tabs[0].view.all_text()
         assert first.written == b""
+
+
+class FloodingConsole:
+    """A console whose output comes from the test, with the ring's reading API (``reader()``'s
+    ``offset`` and ``stream.read_from``) that the console tab rebuilds its screen from."""
+
+    def __init__(self) -> None:
+        self.log = bytearray()
+        self.start_offset = 0
+        self.written = b""
+        self._more = asyncio.Event()
+
+    def put(self, data: bytes) -> None:
+        self.log += data
+        self._more.set()
+
+    def read_from(self, offset: int, limit: int | None = None) -> bytes:
+        stop = len(self.log) if limit is None else min(len(self.log), offset + limit)
+        return bytes(self.log[max(offset, self.start_offset) : stop])
+
+    def reader(self, from_start: bool = False) -> Any:
+        console = self
+
+        class Reader:
+            stream = console
+            offset = 0
+
+            def __aiter__(self) -> AsyncIterator[bytes]:
+                return self._chunks()
+
+            async def _chunks(self) -> AsyncIterator[bytes]:
+                while True:
+                    while self.offset == len(console.log):
+                        console._more.clear()
+                        await console._more.wait()
+                    data = bytes(console.log[self.offset :])
+                    self.offset += len(data)
+                    yield data
+
+        return Reader()
+
+    async def write(self, data: bytes) -> None:
+        self.written += data
+
+
+# The bench's flood (bench/tui.py): save the cursor, write on the top rows, restore it; the
+# shell's echo lands at the prompt on the bottom row, written once and never redrawn.
+FLOOD_UNIT = b"\x1b7\x1b[1;1H" + b"flood-" + b"0123456789" * 23 + b"abcdefghi\r\n\x1b8"
+
+
+async def test_dropped_echo_is_redrawn_after_the_flood() -> None:
+    console = FloodingConsole()
+    app = App[None]()
+    async with app.run_test(size=(100, 31)) as pilot:
+        screen = await open_console(app, "flood", console)  # type: ignore[arg-type]
+        await until(lambda: screen.active_tab is not None, pilot, timeout=3)
+        tab = screen.active_tab
+        assert tab is not None
+        view = tab.view
+        await until(lambda: view.size.height > 20, pilot, timeout=3)
+        bottom = view.term.lines - 1
+        console.put(b"\x1b[2J\x1b[%d;1H# " % (bottom + 1))  # the prompt on the terminal's bottom row
+        await until(lambda: view.line_text(bottom) == "#", pilot, timeout=3)
+        burst = FLOOD_UNIT * 64  # 16 KiB
+
+        async def flood(seconds: float) -> None:
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                console.put(burst)
+                await asyncio.sleep(0.004)
+
+        await flood(0.5)
+        # The echo, then 25 KiB more flood in the same turn, and the flood stops: the view keeps
+        # only the newest pending output, so the echo is dropped before it is ever drawn.
+        dropped = view.dropped
+        console.put(b"MARKER-42" + FLOOD_UNIT * 100)
+        await asyncio.sleep(0)  # the reader hands it all to the view
+        await asyncio.sleep(0)
+        assert view.dropped > dropped and b"MARKER-42" not in view._pending
+        stopped = time.monotonic()
+        async with asyncio.timeout(2):
+            while view.line_text(bottom) != "# MARKER-42":
+                await pilot.pause(0.02)
+        assert time.monotonic() - stopped < 2
+        assert view.resyncs > 0 and view.line_text(0).startswith("flood-0123")
+        assert tab._reader is not None and tab._reader.offset == len(console.log)
+
+
+async def test_resync_keeps_order_and_history() -> None:
+    """A rebuild in the middle of ordinary scrolling output neither loses nor doubles lines."""
+    console = FloodingConsole()
+    app = App[None]()
+    async with app.run_test(size=(60, 30)) as pilot:
+        screen = await open_console(app, "lines", console)  # type: ignore[arg-type]
+        await until(lambda: screen.active_tab is not None, pilot, timeout=3)
+        tab = screen.active_tab
+        assert tab is not None
+        view = tab.view
+        for start in range(0, 6000, 600):  # bursts that overflow the view's bound
+            console.put(b"".join(b"line %05d\r\n" % i for i in range(start, start + 600)))
+            await asyncio.sleep(0.002)
+        async with asyncio.timeout(5):
+            while view.pending or "line 05999" not in view.screen_text():
+                await pilot.pause(0.02)
+        assert view.dropped > 0 and view.resyncs > 0
+        text = [line for line in view.all_text().splitlines() if line]
+        numbers = [int(line.split()[1]) for line in text]
+        tail = numbers[-500:]
+        assert tail == list(range(5500, 6000)), tail[:5]  # the newest lines, in order, once
