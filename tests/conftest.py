@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import engine
-from tests.procs import processes
+from tests.procs import qemu_children
 
 REQUIRE_GUESTS_ENV = "CAPSA_REQUIRE_GUESTS"
 
@@ -43,8 +43,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
 
 def _qemu_children() -> set[int]:
     """Pids of qemu processes whose parent is this test process."""
-    me = os.getpid()
-    return {p.pid for p in processes() if p.ppid == me and p.comm.startswith("qemu-system")}
+    return qemu_children(os.getpid())
 
 
 def _socket_dirs() -> set[str]:
@@ -112,3 +111,12 @@ def fake_guest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> engine.LinuxD
     boot = engine.LinuxDirectBoot(kernel, initrd, capsa_guest=True)
     monkeypatch.setattr(engine.profiles, "default_boot", lambda: boot)
     return boot
+
+
+@pytest.fixture
+def user_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty user profile folder in place of the real one (tests never touch the home)."""
+    monkeypatch.setenv("CAPSA_CONFIG_DIR", str(tmp_path / "config"))
+    folder = tmp_path / "config" / "profiles"
+    folder.mkdir(parents=True)
+    return folder

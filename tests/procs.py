@@ -39,3 +39,8 @@ def alive(pid: int) -> bool:
     """True while ``pid`` runs (a zombie counts as gone)."""
     stat = read_stat(pid)
     return stat is not None and stat.state != "Z"
+
+
+def qemu_children(parent: int) -> set[int]:
+    """Pids of qemu processes whose parent is ``parent``."""
+    return {p.pid for p in processes() if p.ppid == parent and p.comm.startswith("qemu-system")}

@@ -23,6 +23,7 @@ import dns.rrset
 import pytest
 
 import engine
+from tests.waiting import free_port
 
 pytestmark = pytest.mark.guest
 
@@ -152,12 +153,6 @@ def _serve_dns_tcp(server: socket.socket) -> None:
             conn.sendall(len(wire).to_bytes(2, "big") + wire)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def servers() -> Iterator[Servers]:
     found = Servers()
@@ -178,7 +173,7 @@ def servers() -> Iterator[Servers]:
     _thread(lambda: _serve_dns(resolver))
     resolver_tcp = socket.create_server(("127.0.0.1", found.dns_port))
     _thread(lambda: _serve_dns_tcp(resolver_tcp))
-    found.forward_port = _free_port()
+    found.forward_port = free_port()
     yield found
     httpd.shutdown()
     httpd.server_close()

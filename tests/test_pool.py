@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 import engine
-from tests.procs import processes
+from tests.procs import qemu_children
+from tests.waiting import until
 
 pytestmark = pytest.mark.guest
 
@@ -21,15 +22,7 @@ def _pool(boot: engine.LinuxDirectBoot, name: str) -> engine.PoolBuilder:
 
 
 def _qemu_children() -> set[int]:
-    me = os.getpid()
-    return {p.pid for p in processes() if p.ppid == me and p.comm.startswith("qemu-system")}
-
-
-async def _until(predicate, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
+    return qemu_children(os.getpid())
 
 
 @pytest.fixture
@@ -58,7 +51,7 @@ async def test_reserve_exec_release_replaces_the_vm(pool2: engine.VmPool) -> Non
     await vm.release()
     assert pid not in _qemu_children(), "a released VM must be killed, not reused"
     assert pool2.stats().released == 1
-    await _until(lambda: pool2.stats().idle == 2)
+    await until(lambda: pool2.stats().idle == 2)
     assert pid not in {m.pid for m in pool2.members()}
 
 
@@ -66,7 +59,7 @@ async def test_async_with_releases_and_each_vm_is_fresh(pool2: engine.VmPool) ->
     async with await pool2.reserve(timeout=30) as vm:
         await (await vm.console()).exec("touch /tmp/dirty")
         dirty_id = vm.id
-    await _until(lambda: pool2.stats().idle == 2)
+    await until(lambda: pool2.stats().idle == 2)
     for _ in range(2):
         async with pool2.try_reserve() as other:
             assert other.id != dirty_id
@@ -150,7 +143,7 @@ async def test_idle_vm_killed_from_outside_is_never_handed_out(pool2: engine.VmP
     await vm.release()
     assert pool2.stats().evicted == 1
     assert "died" in (pool2.last_error or "")
-    await _until(lambda: pool2.stats().idle == 2)
+    await until(lambda: pool2.stats().idle == 2)
 
 
 async def test_reserved_vm_killed_from_outside_reports_to_holder(pool2: engine.VmPool) -> None:
@@ -159,13 +152,13 @@ async def test_reserved_vm_killed_from_outside_reports_to_holder(pool2: engine.V
     os.kill(vm.pid, signal.SIGKILL)
     status = await vm.wait()
     assert isinstance(status, engine.Failed) and "SIGKILL" in status.message
-    await _until(lambda: vm.lost is not None)
+    await until(lambda: vm.lost is not None)
     assert "SIGKILL" in (vm.lost or "")
     with pytest.raises(engine.ConsoleClosed):
         await console.exec("echo never")
     assert pool2.stats().failed == 1
     await vm.release()  # harmless on a dead VM
-    await _until(lambda: pool2.stats().idle == 2)
+    await until(lambda: pool2.stats().idle == 2)
 
 
 async def test_idle_vm_whose_console_hangs_is_evicted(boot: engine.LinuxDirectBoot) -> None:
@@ -173,7 +166,7 @@ async def test_idle_vm_whose_console_hangs_is_evicted(boot: engine.LinuxDirectBo
         frozen = pool.members()[0]
         assert frozen.pid is not None
         os.kill(frozen.pid, signal.SIGSTOP)  # alive, but nothing answers
-        await _until(lambda: pool.stats().evicted == 1, timeout=30)
+        await until(lambda: pool.stats().evicted == 1, timeout=30)
         assert "did not answer" in (pool.last_error or "")
         async with await pool.reserve(timeout=60) as vm:
             assert vm.pid != frozen.pid
@@ -261,10 +254,10 @@ async def test_resize_grows_and_shrinks_without_touching_reserved_vms(boot: engi
     async with await _pool(boot, "resize").max_size(2).build(1) as pool:
         held = pool.try_reserve()
         pool.resize(2, max_size=3)
-        await _until(lambda: pool.stats().idle == 2)
+        await until(lambda: pool.stats().idle == 2)
         assert pool.stats().reserved == 1 and held.status() == engine.Running()
         pool.resize(0)
-        await _until(lambda: pool.stats().alive == 1)
+        await until(lambda: pool.stats().alive == 1)
         assert (pool.stats().idle, pool.stats().reserved) == (0, 1)
         assert await (await held.console()).exec("echo still") == "still\n"
         with pytest.raises(engine.ConfigError, match="max_size"):

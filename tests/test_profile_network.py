@@ -61,12 +61,6 @@ def _network(lines: str, pool: str = "pool: {size: 1, max_size: 1}") -> str:
 
 
 
-@pytest.fixture
-def user_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("CAPSA_CONFIG_DIR", str(tmp_path / "config"))
-    folder = tmp_path / "config" / "profiles"
-    folder.mkdir(parents=True)
-    return folder
 
 
 # -- the good cases -----------------------------------------------------------------------------

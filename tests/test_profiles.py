@@ -31,13 +31,6 @@ def _parse(text: str, **kwargs: object) -> engine.Profile:
     return engine.parse_profile(textwrap.dedent(text), "p.yaml", **kwargs)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-def user_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty user profile folder in place of the real one (tests never touch the home)."""
-    monkeypatch.setenv("CAPSA_CONFIG_DIR", str(tmp_path / "config"))
-    folder = tmp_path / "config" / "profiles"
-    folder.mkdir(parents=True)
-    return folder
 
 
 

@@ -15,8 +15,7 @@ import socket
 import stat
 import sys
 import tempfile
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import pexpect
 import pytest
 
 import engine
+from tests.waiting import pool_settled, until
 from engine.service import protocol
 from tests.procs import alive
 
@@ -35,18 +35,6 @@ class Served:
     pool: engine.VmPool
     server: engine.PoolServer
     path: Path
-
-
-async def _until(predicate: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what} not reached in {timeout}s"
-        await asyncio.sleep(0.05)
-
-
-def _settled(pool: engine.VmPool) -> bool:
-    s = pool.stats()
-    return (s.idle, s.booting, s.reserved, s.stopping) == (pool.size, 0, 0, 0)
 
 
 @pytest.fixture(scope="module")
@@ -65,11 +53,11 @@ async def _service(boot: engine.LinuxDirectBoot) -> AsyncIterator[Served]:
 
 @pytest.fixture
 async def served(_service: Served) -> AsyncIterator[Served]:
-    await _until(lambda: _settled(_service.pool), what="pool settled before the test")
+    await until(lambda: pool_settled(_service.pool), what="pool settled before the test")
     yield _service
     # every connection the test opened is gone, and the pool is whole again
-    await _until(lambda: _service.server.connection_count == 0, 10, "connections closed")
-    await _until(lambda: _settled(_service.pool), what="pool settled after the test")
+    await until(lambda: _service.server.connection_count == 0, 10, "connections closed")
+    await until(lambda: pool_settled(_service.pool), what="pool settled after the test")
 
 
 async def _client(served: Served) -> engine.ServiceClient:
@@ -133,7 +121,7 @@ async def test_version_mismatch_names_both_versions(tmp_path: Path, monkeypatch:
             await engine.ServiceClient.connect(path)
         assert "client speaks version 99" in str(info.value)
         assert f"server speaks version {protocol.PROTOCOL_VERSION}" in str(info.value)
-        await _until(lambda: server.connection_count == 0, 5, "refused connection closed")
+        await until(lambda: server.connection_count == 0, 5, "refused connection closed")
 
 
 async def test_garbage_drops_the_connection_only(tmp_path: Path) -> None:
@@ -157,7 +145,7 @@ async def test_garbage_drops_the_connection_only(tmp_path: Path) -> None:
 
 
 async def _wait_zero(server: engine.PoolServer) -> bool:
-    await _until(lambda: server.connection_count == 0, 5, "connections closed")
+    await until(lambda: server.connection_count == 0, 5, "connections closed")
     return True
 
 
@@ -294,14 +282,14 @@ async def _read_until_end(watch: engine.service.Attachment) -> bool:
 async def test_client_disconnecting_during_run(served: Served) -> None:
     client = await _client(served)
     running = asyncio.create_task(client.run(POOL, "sleep 60; echo never", timeout=120))
-    await _until(lambda: served.pool.stats().reserved == 1, 60, "VM reserved for the run")
+    await until(lambda: served.pool.stats().reserved == 1, 60, "VM reserved for the run")
     [pid] = _reserved_pids(served.pool)
     client._writer.transport.abort()  # the client vanishes mid-request, no goodbye
     with pytest.raises(engine.ServiceError, match="lost the connection"):
         await running
     await client.close()
-    await _until(lambda: not alive(pid), 30, "the run's VM killed")
-    await _until(lambda: served.server.connection_count == 0, 10, "connection closed")
+    await until(lambda: not alive(pid), 30, "the run's VM killed")
+    await until(lambda: served.server.connection_count == 0, 10, "connection closed")
     assert served.pool.stats().reserved == 0
     async with await _client(served) as again:  # the server is healthy
         assert (await again.run(POOL, "echo still-here", timeout=60)).output == "still-here\n"
@@ -314,17 +302,17 @@ async def test_client_disconnecting_during_a_blocked_reserve(served: Served) -> 
         waiter = await _client(served)
         misses = served.pool.stats().misses
         blocked = asyncio.create_task(waiter.reserve(POOL))  # no timeout: waits for a free VM
-        await _until(lambda: served.pool.stats().misses > misses, 10, "the reserve queued")
+        await until(lambda: served.pool.stats().misses > misses, 10, "the reserve queued")
         assert not blocked.done()
         waiter._writer.transport.abort()
         with pytest.raises(engine.ServiceError, match="lost the connection"):
             await blocked
         await waiter.close()
-        await _until(lambda: served.server.connection_count == 1, 10, "waiter's connection closed")
+        await until(lambda: served.server.connection_count == 1, 10, "waiter's connection closed")
         for vm_id in held:
             await holder.release(vm_id)
     # the VM booted after the release is not handed to the vanished waiter
-    await _until(lambda: _settled(served.pool), what="pool whole again")
+    await until(lambda: pool_settled(served.pool), what="pool whole again")
     assert [m.state for m in served.pool.members()] == ["idle"]
 
 
@@ -334,7 +322,7 @@ async def test_closing_a_client_releases_its_vms(served: Served) -> None:
     await client.reserve(POOL, timeout=60)
     [pid] = _reserved_pids(served.pool)
     await client.close()
-    await _until(lambda: not alive(pid), 30, "the reserved VM killed")
+    await until(lambda: not alive(pid), 30, "the reserved VM killed")
 
 
 # -- the CLI ---------------------------------------------------------------------------------

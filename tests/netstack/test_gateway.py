@@ -22,6 +22,7 @@ from engine.netstack.tcp import ACK, FIN, PSH, RST, SYN, build_options, parse_tc
 from engine.netstack.tcp_conn import TcpState
 from engine.netstack.udp import parse_udp
 
+from tests.waiting import free_port
 from tests.netstack.gateway_harness import (
     GW_MAC,
     G_MAC,
@@ -259,12 +260,6 @@ async def test_udp_to_a_static_host_is_echoed(peers: Peers) -> None:
 
 
 # ----- 5. properties -----------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 async def test_close_ends_the_link_and_every_host_socket(peers: Peers) -> None:
     port = free_port()

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import engine
+from tests.waiting import until
 from capsatui.hub import LocalHub, PoolState
 
 TEST_PROFILE = "name: t\nmemory_mb: 192\npool:\n  size: 1\n  max_size: 2\n"
@@ -26,13 +26,6 @@ def config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def state_of(hub: LocalHub, name: str) -> PoolState:
     return next(s for s in hub.states() if s.name == name)
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.05)
 
 
 async def test_profiles_good_and_broken(config_dir: Path) -> None:
@@ -80,7 +73,7 @@ async def test_start_reserve_release_stop(boot: engine.LinuxDirectBoot, config_d
     await hub.start_pool("t")
     assert time.monotonic() - started < 0.5  # returns at once; boots in the background
     assert state_of(hub, "t").starting
-    await until(lambda: state_of(hub, "t").running)
+    await until(lambda: state_of(hub, "t").running, 90.0)
     t = state_of(hub, "t")
     assert t.stats is not None and t.stats.idle == 1 and t.history_boot_s and t.members
     vm = await hub.reserve("t", timeout=60)
@@ -88,7 +81,7 @@ async def test_start_reserve_release_stop(boot: engine.LinuxDirectBoot, config_d
     assert state_of(hub, "t").stats.reserved == 1  # type: ignore[union-attr]
     await hub.release(vm)
     assert hub.reserved() == []
-    await until(lambda: state_of(hub, "t").stats.reserved == 0)  # type: ignore[union-attr]
+    await until(lambda: state_of(hub, "t").stats.reserved == 0, 90.0)  # type: ignore[union-attr]
     await hub.stop_pool("t")
     t = state_of(hub, "t")
     assert not t.running and not t.starting and t.stats is None
@@ -133,7 +126,7 @@ async def test_flow_events_of_pool_vms_are_merged(boot: engine.LinuxDirectBoot, 
     collector = asyncio.create_task(collect())
     try:
         await hub.start_pool("n")
-        await until(lambda: state_of(hub, "n").running)
+        await until(lambda: state_of(hub, "n").running, 90.0)
         vm = await hub.reserve("n", timeout=60)
         console = await vm.console()
         assert (await console.run("timeout 10 nc 203.0.113.5 80 </dev/null", timeout=30)).exit_code != 0

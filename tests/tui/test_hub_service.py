@@ -5,29 +5,18 @@ import asyncio
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 import engine
+from tests.waiting import pool_settled, until
 from capsatui.app import CapsaApp
 from capsatui.hub import LocalHub, make_hub
 from capsatui.hub_service import ServiceConsole, ServiceHub
 
 POOL = "svc"
-
-
-async def _until(predicate: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what} not reached in {timeout}s"
-        await asyncio.sleep(0.05)
-
-
-def _settled(pool: engine.VmPool) -> bool:
-    s = pool.stats()
-    return (s.idle, s.booting, s.reserved, s.stopping) == (pool.size, 0, 0, 0)
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +39,10 @@ async def env(served: tuple[engine.VmPool, engine.PoolServer], monkeypatch: pyte
     pool, server = served
     monkeypatch.setenv("CAPSA_SOCKET", str(server.path))
     monkeypatch.setenv("CAPSA_CONFIG_DIR", str(tmp_path / "config"))
-    await _until(lambda: _settled(pool), what="pool settled before the test")
+    await until(lambda: pool_settled(pool), what="pool settled before the test")
     yield served
-    await _until(lambda: server.connection_count == 0, 10, "connections closed")
-    await _until(lambda: _settled(pool), what="pool settled after the test")
+    await until(lambda: server.connection_count == 0, 10, "connections closed")
+    await until(lambda: pool_settled(pool), what="pool settled after the test")
 
 
 def _state(hub: ServiceHub):  # type: ignore[no-untyped-def]
@@ -97,7 +86,7 @@ async def test_service_hub_reserve_console_release(env: tuple[engine.VmPool, eng
 
         await hub.release(vm)
         assert hub.reserved() == []
-        await _until(lambda: _state(hub).stats.reserved == 0, 10, "reserved back to 0")  # type: ignore[union-attr]
+        await until(lambda: _state(hub).stats.reserved == 0, 10, "reserved back to 0")  # type: ignore[union-attr]
     finally:
         await hub.close()
 
@@ -121,5 +110,5 @@ async def test_app_title_says_attached(env: tuple[engine.VmPool, engine.PoolServ
         await pilot.pause()
         assert app.hub.mode == "service"
         assert "serve" in app.sub_title and str(server.path) in app.sub_title
-        await _until(lambda: any(s.name == POOL for s in app.hub.states()), 10, "served pool listed")
+        await until(lambda: any(s.name == POOL for s in app.hub.states()), 10, "served pool listed")
         await pilot.press("q")
