@@ -114,6 +114,7 @@ class VmHandle:
         spec.validate()
         spec.boot.check()
         accel = choose_accelerator(spec.accel)
+        nat = spec.network if isinstance(spec.network, UserNatConfig) else None
         machine_spec = MachineSpec(
             kernel=spec.boot.kernel,
             initrd=spec.boot.initrd,
@@ -122,15 +123,15 @@ class VmHandle:
             memory_mb=spec.memory_mb,
             accel=accel.name,
             machine=spec.machine,
-            nic_mac=spec.network.guest_mac if isinstance(spec.network, UserNatConfig) else None,
-            nic_mtu=spec.network.mtu if isinstance(spec.network, UserNatConfig) else 1500,
+            nic_mac=nat.guest_mac if nat else None,
+            nic_mtu=nat.mtu if nat else 1500,
             extra_args=spec.extra_qemu_args,
         )
         machine = await Machine.launch(machine_spec)
         gateway = None
-        if isinstance(spec.network, UserNatConfig):
+        if nat is not None:
             try:
-                gateway = Gateway(spec.network, name=f"vm-{machine.pid}")
+                gateway = Gateway(nat, name=f"vm-{machine.pid}")
                 sock = machine.take_net_socket()
                 assert sock is not None
                 await gateway.start(sock)

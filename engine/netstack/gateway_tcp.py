@@ -114,15 +114,15 @@ class TcpRelay:
             self.pump(flow)
             return
         if not new_syn or ip.dst in (gw.gateway_ip, gw.dns_ip):
-            self._reset(ip, seg)
+            self._reset(seg, ip.dst, ip.src)
             return
         if len(self.flows) >= MAX_TCP_FLOWS:
             gw.counters["tcp_table_full"] += 1
-            self._reset(ip, seg)
+            self._reset(seg, ip.dst, ip.src)
             return
         decision = gw.decide(Protocol.TCP, ip.src, seg.src_port, ip.dst, seg.dst_port)
         if not decision.allowed:
-            self._reset(ip, seg)
+            self._reset(seg, ip.dst, ip.src)
             return
         flow = TcpFlow(key, syn=seg)
         self.flows[key] = flow
@@ -133,10 +133,11 @@ class TcpRelay:
         else:
             flow.connect_task = gw.loop.create_task(self._connect_host(flow, accept=True))
 
-    def _reset(self, ip: Ipv4Packet, seg: object) -> None:
+    def _reset(self, seg: object, far_ip: IPv4Address, guest_ip: IPv4Address) -> None:
+        """Answer the guest's ``seg`` with the RST that refuses it (none for a RST)."""
         rst = reset_for(seg)  # type: ignore[arg-type]
         if rst is not None:
-            self.gw.send_ip(ip.dst, ip.src, PROTO_TCP, rst.to_bytes(ip.dst, ip.src))
+            self.gw.send_ip(far_ip, guest_ip, PROTO_TCP, rst.to_bytes(far_ip, guest_ip))
 
     def _accept(self, flow: TcpFlow) -> TcpConnection:
         guest_ip, guest_port, far_ip, far_port = flow.key
@@ -189,7 +190,7 @@ class TcpRelay:
             self.gw.counters["tcp_connect_failed"] += 1
             log.debug("%s: connect to %s:%s failed: %s", self.gw.name, far_ip, far_port, err)
             if flow.conn is None:
-                self.gw.send_ip(far_ip, flow.key[0], PROTO_TCP, self._rst_for_syn(flow))
+                self._reset(flow.syn, far_ip, flow.key[0])
                 self._drop(flow)
             else:
                 flow.conn.abort(self.gw.now())
@@ -202,11 +203,6 @@ class TcpRelay:
         if accept:
             flow.conn = self._accept(flow)
         self.pump(flow)
-
-    def _rst_for_syn(self, flow: TcpFlow) -> bytes:
-        rst = reset_for(flow.syn)  # type: ignore[arg-type]
-        assert rst is not None
-        return rst.to_bytes(flow.key[2], flow.key[0])
 
     def host_connected(self, flow: TcpFlow, transport: asyncio.Transport) -> None:
         flow.host = transport
