@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from textual.pilot import Pilot
-from textual.widgets import DataTable
+from textual.widgets import DataTable, Static
 
 import engine
 from capsatui.app import CapsaApp
@@ -130,8 +130,15 @@ async def test_pool_life_from_the_dashboard(boot: engine.LinuxDirectBoot, config
 def test_snapshot_stopped_profiles(config_dir: Path, monkeypatch: pytest.MonkeyPatch, snap_compare) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("CAPSA_ACCEL", "tcg")  # the accelerator line must not depend on the host
 
+    def settled() -> bool:
+        # Every profile row, and the detail panel filled for the selected one: the panel is
+        # redrawn by a debounced refresh that a loaded machine can delay past a bare pause.
+        names = [p.name for p in engine.load_profiles()]
+        detail = str(app.screen.query_one("#detail-text", Static).render())
+        return all(has_row(app, n) for n in names) and any(n in detail for n in names)
+
     async def loaded(pilot: Pilot) -> None:
-        await wait_for(pilot, lambda: has_row(app, "t"), 5)
+        await wait_for(pilot, settled, 10)
         await pilot.pause()
 
     app = CapsaApp(hub=LocalHub(), autostart=None)
