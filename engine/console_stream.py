@@ -41,6 +41,7 @@ class ByteRing:
         self._data = bytearray(capacity)
         self._capacity = capacity
         self._end = 0
+        self._floor = 0  # bytes before it are forgotten (see forget_before)
 
     @property
     def capacity(self) -> int:
@@ -49,7 +50,11 @@ class ByteRing:
     @property
     def start(self) -> int:
         """Offset of the oldest byte kept."""
-        return max(0, self._end - self._capacity)
+        return max(self._floor, self._end - self._capacity)
+
+    def forget_before(self, offset: int) -> None:
+        """Keep nothing before ``offset`` (at most the end): readers start there from now on."""
+        self._floor = max(self._floor, min(offset, self._end))
 
     @property
     def end(self) -> int:
@@ -147,6 +152,11 @@ class ConsoleStream:
     def remove_watcher(self, watcher: Watcher) -> None:
         if watcher in self._watchers:
             self._watchers.remove(watcher)
+
+    def forget_before(self, offset: int) -> None:
+        """Drop the scrollback before ``offset``: what the engine typed to set a clone up is
+        not the user's to see (readers created later start at ``offset``)."""
+        self._ring.forget_before(offset)
 
     def tail(self, n: int) -> bytes:
         """The last ``n`` bytes received (fewer if the scrollback holds fewer)."""

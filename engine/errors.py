@@ -73,3 +73,7 @@ class PoolClosed(PoolError):
 
 class PoolBootError(PoolError):
     """The pool's VMs keep failing to boot; the message carries the last failure."""
+
+
+class SnapshotError(EngineError):
+    """A snapshot or template cannot be made, found, or restored; the message says why."""

@@ -33,6 +33,7 @@ from engine import apt, cpio, elf, vmlinux
 from engine.apt import PackageRef
 from engine.errors import ImageError
 from engine.kmods import KernelModule, ModuleTree
+from engine.reseed_elf import reseed_program
 
 # Bump when the build procedure changes in a way the other inputs do not capture.
 BUILDER_VERSION = 1
@@ -129,6 +130,11 @@ def downloads_dir() -> Path:
     return images_dir() / "downloads"
 
 
+def guest_binaries() -> dict[str, tuple[bytes, int]]:
+    """Contents and mode of every generated program in the initramfs, by path."""
+    return {"bin/capsa-reseed": (reseed_program(), 0o755)}
+
+
 def guest_files() -> dict[str, tuple[str, int]]:
     """Text and mode of every hand-written file in the initramfs, by path."""
     package = resources.files("engine") / "guest"
@@ -162,6 +168,7 @@ def current_inputs() -> ImageInputs:
     """The inputs of the image this host would build now."""
     kernel, busybox = resolve_packages()
     files = tuple(sorted((path, f"{mode:o}:{text}") for path, (text, mode) in guest_files().items()))
+    files += tuple(sorted((path, f"{mode:o}:hex:{data.hex()}") for path, (data, mode) in guest_binaries().items()))
     lists = tuple(sorted(MODULE_LISTS.items()))
     return ImageInputs(kernel, busybox, files, lists)
 
@@ -350,6 +357,8 @@ def _initramfs_entries(
     entries.extend(cpio.symlink(link, "/bin/busybox") for link in _applet_links(busybox))
     for path, (text, mode) in sorted(guest_files().items()):
         entries.append(cpio.file(path, text.encode(), mode))
+    for path, (data, mode) in sorted(guest_binaries().items()):
+        entries.append(cpio.file(path, data, mode))
     entries.extend(_module_entries(modules_root, lists))
     entries.append(cpio.file("etc/capsa/image", f"{key}\n".encode()))
     return cpio.with_parents(entries)

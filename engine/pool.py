@@ -15,6 +15,11 @@ kernel, not of the event loop, which learns of deaths late), and only if its con
 within the last ``health_interval`` seconds; a background task probes idle consoles that often,
 so the hand-out itself stays a few microseconds. A VM that fails either check is evicted and
 replaced. Boot failures back off exponentially (one probe boot at a time) instead of spinning.
+
+Snapshot pools (``settings.snapshot``) take their VMs from a :class:`~engine.pool_clones.CloneSource`:
+copy-on-write clones of a template, restored in milliseconds; a VM no clone can be had for is
+booted cold and counted in ``stats().fallbacks``. The clone processes kept waiting for their
+state are not VMs yet and do not count against ``max_size``.
 """
 from __future__ import annotations
 
@@ -31,8 +36,10 @@ from dataclasses import dataclass, field, replace
 from engine.errors import ConfigError, EngineError, PoolBootError, PoolClosed, PoolEmpty, PoolTimeout
 from engine.netstack.config import UserNatConfig
 from engine.netstack.policy import NetworkPolicy
+from engine.pool_clones import CloneSource
 from engine.pool_stats import MemberState, PoolMember, PoolSettings, PoolStats, percentile
 from engine.pooled_vm import PooledVm
+from engine.snapshot import clone_hostname, snapshot_unsupported
 from engine.status import Failed
 from engine.vm import VmHandle
 from engine.vmspec import VmSpec
@@ -71,7 +78,9 @@ class VmPool:
         self._listeners: list[StatsListener] = []
         self._changed = asyncio.Event()
         self._boot_times: deque[float] = deque(maxlen=_BOOT_SAMPLES)
-        self._counts = dict.fromkeys(("created", "released", "evicted", "failed", "misses"), 0)
+        self._counts = dict.fromkeys(("created", "released", "evicted", "failed", "misses", "fallbacks"), 0)
+        self._clones: CloneSource | None = None
+        self._snapshot_off: str | None = None  # why a snapshot pool boots cold from the start
         self._failures_in_row = 0
         self._retry_at = 0.0
         self._retry_timer: asyncio.TimerHandle | None = None
@@ -88,6 +97,12 @@ class VmPool:
         spec.validate()
         spec.boot.check()
         pool = cls(spec, settings)
+        if settings.snapshot:
+            pool._snapshot_off = snapshot_unsupported(spec)
+            if pool._snapshot_off is None:
+                pool._clones = CloneSource(
+                    spec, name=settings.name, prestart=settings.prestart, boot_timeout=settings.boot_timeout
+                )
         if spec.boot.ready_marker is not None:
             pool._health_task = asyncio.create_task(pool._health_loop(), name=f"pool-{settings.name}-health")
         pool._replenish()
@@ -145,8 +160,16 @@ class VmPool:
             boot_p50_s=percentile(times, 0.50),
             boot_p95_s=percentile(times, 0.95),
             last_error=self.last_error,
+            snapshot=self._snapshot_state(),
+            snapshot_error=self._clones.error if self._clones is not None else self._snapshot_off,
+            waiting_clones=self._clones.waiting if self._clones is not None else 0,
             **self._counts,
         )
+
+    def _snapshot_state(self) -> str:
+        if self._clones is not None:
+            return self._clones.state
+        return "failed" if self._snapshot_off is not None else "off"
 
     def members(self) -> list[PoolMember]:
         now = time.monotonic()
@@ -187,6 +210,8 @@ class VmPool:
         if not isinstance(self.spec.network, UserNatConfig):
             raise ConfigError(f"pool {self.name!r} has no network: its profile needs network mode user_nat")
         self.spec = replace(self.spec, network=replace(self.spec.network, policy=policy))
+        if self._clones is not None:
+            self._clones.update_spec(self.spec)
         for member in self._members.values():
             if member.handle is not None and member.handle.has_network:
                 member.handle.set_policy(policy)
@@ -322,6 +347,8 @@ class VmPool:
         for task in list(self._tasks):
             if task.get_name().endswith("-boot"):
                 task.cancel()
+        if self._clones is not None:
+            await self._clones.close()  # first: boots waiting for the template give up at once
         while self._tasks:
             await asyncio.wait(list(self._tasks))
         if self._health_task is not None:
@@ -366,8 +393,20 @@ class VmPool:
     def _live_waiters(self) -> int:
         return sum(1 for w in self._waiters if not w.done())
 
+    async def _start_vm(self, member: _Member) -> VmHandle:
+        """A clone when the pool has a template for it, else (and counted) a cold boot."""
+        if self._clones is not None:
+            clone = await self._clones.start(self.spec, clone_hostname(member.id))
+            if clone is not None:
+                return clone
+            self._check_open()  # closed while waiting for the template: boot nothing
+            self._counts["fallbacks"] += 1
+        elif self._snapshot_off is not None:
+            self._counts["fallbacks"] += 1
+        return await VmHandle.start(self.spec)
+
     async def _boot(self, member: _Member) -> None:
-        started = asyncio.ensure_future(VmHandle.start(self.spec))
+        started = asyncio.ensure_future(self._start_vm(member))
         try:
             member.handle = await asyncio.shield(started)
         except asyncio.CancelledError:

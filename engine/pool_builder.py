@@ -20,6 +20,8 @@ class PoolBuilder(ShapeBuilder):
     _name: str | None = None
     _boot_timeout: float = PoolSettings.boot_timeout
     _health_interval: float = PoolSettings.health_interval
+    _snapshot: bool = PoolSettings.snapshot
+    _prestart: int = PoolSettings.prestart
 
     def max_size(self, n: int) -> PoolBuilder:
         """The most VMs alive at once (booting + idle + reserved); defaults to the pool size."""
@@ -39,6 +41,18 @@ class PoolBuilder(ShapeBuilder):
         self._health_interval = float(seconds)
         return self
 
+    def snapshot(self, enabled: bool = True, *, prestart: int = PoolSettings.prestart) -> PoolBuilder:
+        """Refill from copy-on-write clones of a template booted once (cold boots as fallback).
+
+        ``prestart`` QEMU processes wait for their state at any moment, so a refill is only
+        the restore. A shape that cannot be cloned (see ``stats().snapshot_error``) boots cold.
+        """
+        if prestart < 0:
+            raise ConfigError(f"prestart must be 0 or more, got {prestart}")
+        self._snapshot = bool(enabled)
+        self._prestart = int(prestart)
+        return self
+
     def settings(self, size: int) -> PoolSettings:
         max_size = self._max_size if self._max_size is not None else max(size, 1)
         if size < 0:
@@ -53,6 +67,8 @@ class PoolBuilder(ShapeBuilder):
             max_size=max_size,
             boot_timeout=self._boot_timeout,
             health_interval=self._health_interval,
+            snapshot=self._snapshot,
+            prestart=self._prestart,
         )
 
     async def build(self, size: int) -> VmPool:

@@ -16,6 +16,9 @@ class PoolStats:
     ``created`` counts VMs that finished booting, ``released`` VMs their holder gave back,
     ``evicted`` idle VMs the health check threw out, ``failed`` boots that failed plus reserved
     VMs whose machine died under their holder, ``misses`` reserve calls that found no idle VM.
+    Snapshot pools: ``snapshot`` is "off" (cold boots), "preparing" (the template), "ready" or
+    "failed"; ``fallbacks`` counts VMs booted cold because no clone could be had, and
+    ``snapshot_error`` says why; ``waiting_clones`` are QEMU processes started ahead of a refill.
     """
 
     name: str
@@ -33,6 +36,10 @@ class PoolStats:
     boot_p50_s: float | None
     boot_p95_s: float | None
     last_error: str | None
+    fallbacks: int = 0
+    snapshot: str = "off"
+    snapshot_error: str | None = None
+    waiting_clones: int = 0
 
     @property
     def alive(self) -> int:
@@ -78,3 +85,5 @@ class PoolSettings:
     backoff_base: float = 0.5
     backoff_max: float = 30.0
     max_boot_failures: int = 3  # in a row: then waiters get PoolBootError instead of hanging
+    snapshot: bool = False  # refill from a template's copy-on-write clones (see engine.pool_clones)
+    prestart: int = 2  # clone processes kept waiting for their state (snapshot pools)

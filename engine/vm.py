@@ -12,6 +12,8 @@ import logging
 import signal
 import weakref
 from collections.abc import AsyncIterator
+from ipaddress import IPv4Address
+from pathlib import Path
 from typing import Any
 
 from engine.console import Console, ConsoleStream
@@ -66,6 +68,23 @@ def kernel_cmdline(spec: VmSpec) -> str:
     return " ".join(parts)
 
 
+def machine_spec_for(spec: VmSpec, accel: AccelChoice) -> MachineSpec:
+    """The machine that runs ``spec`` under ``accel`` (what QEMU is started with)."""
+    nat = spec.network if isinstance(spec.network, UserNatConfig) else None
+    return MachineSpec(
+        kernel=spec.boot.kernel,
+        initrd=spec.boot.initrd,
+        append=kernel_cmdline(spec),
+        cpus=spec.cpus,
+        memory_mb=spec.memory_mb,
+        accel=accel.name,
+        machine=spec.machine,
+        nic_mac=nat.guest_mac if nat else None,
+        nic_mtu=nat.mtu if nat else 1500,
+        extra_args=spec.extra_qemu_args,
+    )
+
+
 class _PanicWatcher:
     """Console watcher that notes the kernel's panic line, even when it straddles two chunks."""
 
@@ -114,20 +133,25 @@ class VmHandle:
         spec.validate()
         spec.boot.check()
         accel = choose_accelerator(spec.accel)
+        machine = await Machine.launch(machine_spec_for(spec, accel))
+        return await cls.attach(spec, accel, machine)
+
+    @classmethod
+    async def attach(
+        cls,
+        spec: VmSpec,
+        accel: AccelChoice,
+        machine: Machine,
+        *,
+        lease: IPv4Address | None = None,
+    ) -> VmHandle:
+        """Wrap a launched ``machine``: start its gateway (when ``spec`` has a network) and console.
+
+        ``lease`` is the address a guest restored from a snapshot already holds: the gateway
+        takes it as leased instead of waiting for a DHCP exchange that will not come.
+        The machine is killed if this fails.
+        """
         nat = spec.network if isinstance(spec.network, UserNatConfig) else None
-        machine_spec = MachineSpec(
-            kernel=spec.boot.kernel,
-            initrd=spec.boot.initrd,
-            append=kernel_cmdline(spec),
-            cpus=spec.cpus,
-            memory_mb=spec.memory_mb,
-            accel=accel.name,
-            machine=spec.machine,
-            nic_mac=nat.guest_mac if nat else None,
-            nic_mtu=nat.mtu if nat else 1500,
-            extra_args=spec.extra_qemu_args,
-        )
-        machine = await Machine.launch(machine_spec)
         gateway = None
         if nat is not None:
             try:
@@ -135,6 +159,8 @@ class VmHandle:
                 sock = machine.take_net_socket()
                 assert sock is not None
                 await gateway.start(sock)
+                if lease is not None:
+                    gateway.adopt_lease(lease)
             except BaseException:
                 await machine.close()
                 raise
@@ -155,6 +181,28 @@ class VmHandle:
     def pid(self) -> int:
         """The machine process's pid."""
         return self._machine.pid
+
+    @property
+    def machine(self) -> Machine:
+        """The machine layer's view of this VM (for the engine's own snapshot code)."""
+        return self._machine
+
+    @property
+    def console_stream(self) -> ConsoleStream:
+        """The raw console stream (always connected, whether or not ``console()`` is enabled)."""
+        return self._stream
+
+    @property
+    def guest_ip(self) -> IPv4Address | None:
+        """The address the gateway leased the guest (None without a network or before DHCP)."""
+        return self._gateway.guest_ip if self._gateway is not None else None
+
+    async def snapshot(self, dest_dir: str | Path) -> Path:
+        """Save this VM (RAM and devices) into ``dest_dir``, which must be empty or absent;
+        the VM runs on. Start clones of it with ``engine.vm_from_snapshot(path)``."""
+        from engine.snapshot import save_snapshot  # snapshot.py builds on this module
+
+        return await save_snapshot(self, dest_dir)
 
     def resources(self) -> dict[str, Any]:
         return {"cpus": self.spec.cpus, "memory_mb": self.spec.memory_mb, "accel": self.accel.name}

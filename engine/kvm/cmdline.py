@@ -27,6 +27,16 @@ class MachineSpec:
     nic_mac: str | None = None  # a virtio-net card whose backend is the engine's socket
     nic_mtu: int = 1500
     extra_args: tuple[str, ...] = field(default_factory=tuple)
+    # Guest RAM: None is QEMU's own anonymous memory; "ram" the same as a named backend;
+    # "file" maps ``ram_file`` (snapshot templates and their clones): ``ram_shared`` maps it
+    # MAP_SHARED (the template writes its RAM into the file), otherwise MAP_PRIVATE (a clone
+    # reads the template's pages and copies only those it writes). A migration stream names the
+    # RAM block, so a restore must use the same kind as the machine that was saved.
+    ram_backend: str | None = None
+    ram_file: Path | None = None
+    ram_shared: bool = False
+    # "defer": start without running the guest and wait for ``migrate-incoming`` over QMP.
+    incoming: str | None = None
 
     def validate(self) -> None:
         if self.machine not in MACHINE_TYPES:
@@ -37,6 +47,8 @@ class MachineSpec:
             raise ConfigError(f"memory_mb must be between 16 and 1048576, got {self.memory_mb}")
         if self.accel not in ("kvm", "tcg"):
             raise ConfigError(f"accel must be 'kvm' or 'tcg', got {self.accel!r}")
+        if self.ram_backend not in (None, "ram", "file") or (self.ram_backend == "file") != (self.ram_file is not None):
+            raise ConfigError(f"ram_backend {self.ram_backend!r} with ram_file {self.ram_file} is not a valid memory setting")
 
 
 @dataclass(frozen=True)
@@ -72,6 +84,8 @@ def qemu_argv(binary: str, spec: MachineSpec, sockets: MachineSockets) -> list[s
     if machine == "microvm":
         # ACPI stays on: this kernel finds virtio-mmio devices only through ACPI.
         machine = "microvm,x-option-roms=off,isa-serial=on,rtc=on"
+    if spec.ram_backend is not None:
+        machine += ",memory-backend=ram0"
     cpu = "host" if spec.accel == "kvm" else "max"
     argv = [
         binary,
@@ -95,6 +109,13 @@ def qemu_argv(binary: str, spec: MachineSpec, sockets: MachineSockets) -> list[s
         argv += ["-initrd", str(spec.initrd)]
     if spec.nic_mac is not None and sockets.net is not None:
         argv += nic_args(spec, sockets.net)
+    if spec.ram_backend == "file":
+        share = "on" if spec.ram_shared else "off"
+        argv += ["-object", f"memory-backend-file,id=ram0,size={spec.memory_mb}M,mem-path={spec.ram_file},share={share}"]
+    elif spec.ram_backend == "ram":
+        argv += ["-object", f"memory-backend-ram,id=ram0,size={spec.memory_mb}M"]
+    if spec.incoming is not None:
+        argv += ["-incoming", spec.incoming]
     argv += list(spec.extra_args)
     return argv
 

@@ -70,6 +70,7 @@ class Machine:
         net_socket: socket.socket | None = None,
     ) -> None:
         self.process = process
+        self.spec: MachineSpec | None = None  # what it was launched with (set by launch)
         self._net_socket = net_socket
         self.qmp = qmp
         self.serial_reader, self.serial_writer = serial
@@ -112,7 +113,9 @@ class Machine:
             stderr_task = asyncio.create_task(stderr.collect(process.stderr))
             serial = await _connect_or_fail(qmp, conns, process, stderr, stderr_task, timeout)
             net_socket = conns.net.result()[0] if conns.net is not None else None
-            return cls(process, qmp, serial, stderr, stderr_task, net_socket)
+            machine = cls(process, qmp, serial, stderr, stderr_task, net_socket)
+            machine.spec = spec
+            return machine
         except BaseException:
             if process is not None and process.returncode is None:
                 process.kill()

@@ -247,6 +247,17 @@ class DhcpServer:
             return None
         return ip
 
+    def grant(self, mac: bytes, ip: IPv4Address, now: float) -> None:
+        """Bind ``ip`` to ``mac`` without a DHCP exchange: a guest restored from a snapshot
+        already holds it (ValueError if it is outside the range or someone else's)."""
+        if not self._in_pool(ip):
+            raise ValueError(f"{ip} is outside the DHCP range {self.config.range_start}-{self.config.range_end}")
+        if not self._available(ip, mac, now):
+            raise ValueError(f"{ip} is leased to another client")
+        self._leases[ip] = Lease(ip, mac, now + self.config.lease_seconds, bound=True)
+        self._by_mac[mac] = ip
+        self._count("granted")
+
     def leases(self) -> list[Lease]:
         """A snapshot of the lease table."""
         return [Lease(le.ip, le.mac, le.expires, le.bound) for le in self._leases.values()]

@@ -210,6 +210,12 @@ class Gateway:
             return
         self.counters["protocol_dropped"] += 1
 
+    def adopt_lease(self, ip: IPv4Address) -> None:
+        """Treat ``ip`` as leased to the guest already (it was restored from a snapshot holding
+        that address, and keeps it): no DHCP exchange is needed before its traffic flows."""
+        self._dhcp.grant(self.guest_mac, ip, self.now())
+        self.guest_ip = ip
+
     def _dhcp_request(self, payload: bytes) -> None:
         reply = self._dhcp.handle(payload, self.now())
         if reply is None:

@@ -1,0 +1,99 @@
+"""Where templates live: folders under the user cache, RAM images on a tmpfs.
+
+A template's folder (``<cache>/templates/<shape key>/``) holds its JSON and device state; its
+RAM image, which every clone maps, goes to a tmpfs (``/dev/shm``) where the host has one, so
+clones read it from memory instead of disk. ``CAPSA_SNAPSHOT_RAM_DIR`` moves the RAM images.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import platformdirs
+
+from engine.errors import SnapshotError
+from engine.snapshot_meta import META_FILE
+
+RAM_DIR_ENV = "CAPSA_SNAPSHOT_RAM_DIR"
+_SHM = Path("/dev/shm")
+_TMPFS_MAGIC = ("tmpfs", "ramfs")
+# Room left free beside a new RAM image: a tmpfs filled to the last page makes other programs fail.
+_SPARE_MB = 64
+
+
+def templates_dir() -> Path:
+    return platformdirs.user_cache_path("capsa-tui") / "templates"
+
+
+def ram_dir() -> Path:
+    """The folder of RAM images: ``$CAPSA_SNAPSHOT_RAM_DIR``, a private folder on /dev/shm,
+    or (no tmpfs) the templates folder on disk."""
+    wanted = os.environ.get(RAM_DIR_ENV)
+    if wanted:
+        return Path(wanted)
+    if _is_tmpfs(_SHM):
+        return _SHM / f"capsa-tui-{os.getuid()}"
+    return templates_dir() / "ram"
+
+
+def _is_tmpfs(path: Path) -> bool:
+    try:
+        with open("/proc/mounts") as mounts:
+            for line in mounts:
+                parts = line.split()
+                if len(parts) > 2 and parts[1] == str(path) and parts[2] in _TMPFS_MAGIC:
+                    return True
+    except OSError:
+        pass
+    return False
+
+
+def prepare_ram_file(key: str, memory_mb: int) -> Path:
+    """A fresh path for a template's RAM image; SnapshotError if its filesystem lacks room."""
+    directory = ram_dir()
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as err:
+        raise SnapshotError(f"cannot create the RAM image folder {directory}: {err.strerror}") from err
+    path = directory / f"{key}.ram"
+    path.unlink(missing_ok=True)
+    stat = os.statvfs(directory)
+    free_mb = stat.f_bavail * stat.f_frsize >> 20
+    if free_mb < memory_mb + _SPARE_MB:
+        raise SnapshotError(
+            f"{directory} has {free_mb} MiB free; a template of this {memory_mb} MiB guest needs "
+            f"{memory_mb + _SPARE_MB} MiB there (its RAM image plus {_SPARE_MB} MiB spare): free some "
+            f"space, enlarge the tmpfs, or point {RAM_DIR_ENV} at a larger folder"
+        )
+    return path
+
+
+def remove_template(directory: Path, *, keep_ram: Path | None = None) -> None:
+    """Delete a template folder and the RAM image it names (unless that is ``keep_ram``)."""
+    from engine.snapshot_meta import SnapshotInfo  # the JSON may be broken: read it leniently
+
+    try:
+        info = SnapshotInfo.from_json((directory / META_FILE).read_text(), directory / META_FILE)
+        if info.ram_file and Path(info.ram_file) != keep_ram:
+            Path(info.ram_file).unlink(missing_ok=True)
+    except (OSError, SnapshotError):
+        pass
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def prune_templates() -> list[Path]:
+    """Remove every template and RAM image; returns the folders removed."""
+    removed: list[Path] = []
+    root = templates_dir()
+    if root.is_dir():
+        for directory in sorted(root.iterdir()):
+            if directory.is_dir() and directory.name != "ram":
+                remove_template(directory)
+                removed.append(directory)
+    ram = ram_dir()
+    if ram.is_dir():
+        for image in ram.glob("*.ram"):
+            image.unlink(missing_ok=True)
+    shutil.rmtree(root / "ram", ignore_errors=True)
+    return removed
