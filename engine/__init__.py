@@ -26,6 +26,7 @@ from engine.errors import (
     PoolError,
     PoolTimeout,
     QemuNotFound,
+    SnapshotError,
     VmNotRunning,
 )
 from engine.images import GuestImage, build_image, default_image, image_info
@@ -58,6 +59,8 @@ from engine.service import (
     ServiceVersionError,
     service_socket_path,
 )
+from engine.snapshot import Snapshot, vm_from_snapshot
+from engine.snapshot_store import prune_templates
 from engine.status import Created, Failed, Running, Starting, Stopped, Stopping, VmStatus
 from engine.vm import VmHandle, live_vms
 from engine.vmspec import LoginSpec, VmBuilder, VmSpec, vm
@@ -109,6 +112,8 @@ __all__ = [
     "ProfileIssue",
     "Protocol",
     "QemuNotFound",
+    "Snapshot",
+    "SnapshotError",
     "Rule",
     "Running",
     "ServiceClient",
@@ -136,8 +141,10 @@ __all__ = [
     "load_profiles",
     "parse_profile",
     "profile_dirs",
+    "prune_templates",
     "save_profile",
     "service_socket_path",
     "vm",
+    "vm_from_snapshot",
     "vm_pool",
 ]

@@ -8,7 +8,8 @@ and the clone's identity fix-up, not a boot.
 Whenever a clone cannot be had, :meth:`CloneSource.start` returns None and the pool boots that
 VM cold (and counts a fallback); ``error`` says why. A template that cannot be built turns
 snapshots off for the pool; a restore that fails drops the template and builds it once more
-(a second failure turns snapshots off). A waiting process killed from outside is only replaced.
+(a second failure turns snapshots off); the VM that met the failure boots cold. A waiting
+process killed from outside is only replaced.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from typing import Literal
 
 from engine.errors import EngineError, SnapshotError
 from engine.netstack.config import UserNatConfig
-from engine.snapshot import Snapshot, WaitingClone, build_template, find_template
+from engine.snapshot import Snapshot, WaitingClone, template_for
 from engine.snapshot_store import remove_template
 from engine.vm import VmHandle
 from engine.vmspec import VmSpec
@@ -68,12 +69,7 @@ class CloneSource:
         if isinstance(spec.network, UserNatConfig):
             spec = replace(spec, network=replace(spec.network, forwards=()))
         try:
-            found, why = await asyncio.to_thread(find_template, spec)
-            if found is None:
-                if why is not None:
-                    self.notes.append(f"rebuilt the template: {why}")
-                    log.info("pool %s: %s; building a new one", self.name, why)
-                found = await build_template(spec, boot_timeout=self.boot_timeout)
+            found = await template_for(spec, boot_timeout=self.boot_timeout, notes=self.notes)
         except EngineError as err:
             self._turn_off(f"no template: {err}")
             return None
@@ -111,6 +107,7 @@ class CloneSource:
                 if waiting is not None and waiting.lost:
                     continue  # the process is gone, not the template: take another
                 self._restore_failed(template, err)
+                return None  # this VM boots cold; the next one waits for a rebuilt template
         return None
 
     def _take_waiting(self, template: Snapshot) -> WaitingClone | None:

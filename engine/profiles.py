@@ -30,6 +30,7 @@ from engine.netstack.config import NetworkConfig, NoNetwork
 from engine.pool_builder import PoolBuilder, vm_pool
 from engine.profile_network import network_summary, parse_network
 from engine.profile_schema import HOSTNAME_RE, NAME_RE, USER_RE, Fields, ProfileError, parse_document
+from engine.snapshot import snapshot_unsupported
 from engine.vmspec import LoginSpec, ShapeBuilder, VmBuilder, vm
 
 B = TypeVar("B", bound=ShapeBuilder)
@@ -40,7 +41,7 @@ TOP_KEYS = (
 )  # fmt: skip
 BOOT_KEYS = ("kernel", "initrd", "cmdline")
 LOGIN_KEYS = ("user", "password")
-POOL_KEYS = ("size", "max_size")
+POOL_KEYS = ("size", "max_size", "snapshot")
 CPUS = (1, 64)
 MEMORY_MB = (64, 65536)
 POOL_SIZE = (0, 64)
@@ -83,6 +84,7 @@ class Profile:
     login: LoginSpec | None = None
     size: int = 2
     max_size: int = 4
+    snapshot: bool | None = None  # None: clones wherever the shape can be cloned
     network: NetworkConfig = field(default_factory=NoNetwork)  # NoNetwork or a built UserNatConfig
     source: Source = "file"
 
@@ -104,7 +106,11 @@ class Profile:
 
     def pool_builder(self) -> PoolBuilder:
         """A pool builder of this shape, max_size and name; pass ``size`` to ``build()``."""
-        return self._shape(vm_pool(self.boot.resolve())).max_size(self.max_size).name(self.name)
+        builder = self._shape(vm_pool(self.boot.resolve())).max_size(self.max_size).name(self.name)
+        snapshot = self.snapshot
+        if snapshot is None:
+            snapshot = snapshot_unsupported(builder.spec()) is None
+        return builder.snapshot(snapshot)
 
     def to_dict(self) -> dict[str, object]:
         """A JSON-able summary (the login password is left out)."""
@@ -125,6 +131,7 @@ class Profile:
             "login": {"user": self.login.user} if self.login else None,
             "size": self.size,
             "max_size": self.max_size,
+            "snapshot": self.snapshot,
             "network": network_summary(self.network),
         }
 
@@ -154,7 +161,7 @@ def parse_profile(
         name = f.matching(document, "name", "", NAME_RE, "a name of lowercase letters, digits, '-' and '_' (at most 32)")
     boot = parse_boot(f, document, base_dir, is_file)
     login = parse_login(f, document, boot)
-    size, max_size = parse_pool(f, document)
+    size, max_size, snapshot = parse_pool(f, document, boot, login)
     default_host = name if name and HOSTNAME_RE.match(name) else "capsa"
     profile = Profile(
         name=name or "",
@@ -169,6 +176,7 @@ def parse_profile(
         login=login,
         size=size,
         max_size=max_size,
+        snapshot=snapshot,
         network=parse_network(f, document, max_size),
         source=source,
     )
@@ -232,18 +240,29 @@ def parse_login(f: Fields, document: CommentedMap, boot: BootChoice | None) -> L
     return LoginSpec(user, password) if user else None
 
 
-def parse_pool(f: Fields, document: CommentedMap) -> tuple[int, int]:
-    """``pool: {size, max_size}``: VMs kept warm, and the most that may exist at once."""
+def parse_pool(
+    f: Fields, document: CommentedMap, boot: BootChoice | None, login: LoginSpec | None
+) -> tuple[int, int, bool | None]:
+    """``pool: {size, max_size, snapshot}``: VMs kept warm, the most that may exist at once, and
+    whether refills are snapshot clones (absent: wherever the VM's shape can be cloned)."""
     pool = f.mapping(document, "pool", "")
     if pool is None:
-        return 2, 4
+        return 2, 4, None
     f.unknown_keys(pool, "pool", POOL_KEYS)
     size = f.integer(pool, "size", "pool", *POOL_SIZE, default=2)
     max_size = f.integer(pool, "max_size", "pool", *POOL_MAX_SIZE, default=max(4, size))
     if max_size < size:
         f.error(pool, "max_size", "pool.max_size", f"expected at least pool.size ({size}), found {max_size}")
         max_size = size
-    return size, max_size
+    snapshot: bool | None = None
+    if "snapshot" in pool:
+        snapshot = f.boolean(pool, "snapshot", "pool", default=True)
+        custom = boot is not None and boot.kind == "custom"
+        if snapshot and (custom or login is not None):
+            why = "a custom boot" if custom else "a login profile"
+            f.error(pool, "snapshot", "pool.snapshot",
+                    f"expected false or no key: {why} cannot be cloned from a snapshot (a clone's identity is fixed by the default guest's shell)")
+    return size, max_size, snapshot
 
 
 def parse_kernel_args(f: Fields, document: CommentedMap, boot: BootChoice | None) -> tuple[tuple[str, str], ...]:

@@ -48,7 +48,7 @@ from engine.snapshot_meta import (
     sha256_file,
     write_info,
 )
-from engine.snapshot_store import prepare_ram_file, remove_template, templates_dir
+from engine.snapshot_store import prepare_ram_file, remove_template, template_lock, templates_dir
 from engine.vm import VmHandle, machine_spec_for
 from engine.vmspec import VmSpec
 
@@ -117,6 +117,21 @@ class Snapshot:
     def __init__(self, directory: Path, info: SnapshotInfo) -> None:
         self.directory = directory
         self.info = info
+        self._stamp = self._files_stamp()
+
+    def _files_stamp(self) -> tuple[str, ...]:
+        files = [self.directory / STATE_FILE]
+        if self.info.ram_file is not None:
+            files.append(Path(self.info.ram_file))
+        try:
+            return tuple(file_stamp(path) for path in files)
+        except SnapshotError:
+            return ()
+
+    def check_unchanged(self) -> None:
+        """SnapshotError if the state or RAM file changed or went away since it was checked."""
+        if self._files_stamp() != self._stamp or not self._stamp:
+            raise SnapshotError(f"the snapshot in {self.directory} changed on disk since it was loaded")
 
     @classmethod
     def load(cls, directory: str | Path) -> Snapshot:
@@ -216,6 +231,7 @@ class WaitingClone:
         if isinstance(spec.network, UserNatConfig):
             spec = replace(spec, network=replace(spec.network, guest_mac=mac))
         try:
+            snapshot.check_unchanged()
             await load_state(self.machine, snapshot.state_file, ignore_shared=snapshot.is_template)
         except BaseException:
             # load_state waited for a failing QEMU to exit: a signal means someone killed it,
@@ -323,8 +339,34 @@ def find_template(spec: VmSpec) -> tuple[Snapshot | None, str | None]:
     return snapshot, None
 
 
+async def template_for(spec: VmSpec, *, boot_timeout: float = 60, notes: list[str] | None = None) -> Snapshot:
+    """``spec``'s template: the cached one, or (none, or a stale or broken one) a new one.
+
+    One process builds a template at a time; the others wait and then take it. ``notes`` gets
+    a line saying why a cached template was not used.
+    """
+    found, why = await asyncio.to_thread(find_template, spec)
+    if found is not None:
+        return found
+    key = template_shape(spec, choose_accelerator(spec.accel)).key()
+    lock = template_lock(key)
+    await asyncio.to_thread(lock.__enter__)
+    try:
+        found, _ = await asyncio.to_thread(find_template, spec)  # built while we waited?
+        if found is not None:
+            return found
+        if why is not None and notes is not None:
+            notes.append(f"rebuilt the template: {why}")
+        return await build_template(spec, boot_timeout=boot_timeout)
+    finally:
+        lock.__exit__(None, None, None)
+
+
 async def build_template(spec: VmSpec, *, boot_timeout: float = 60) -> Snapshot:
-    """Boot ``spec`` once with its RAM in a shared file, wait for its shell, save it, stop it."""
+    """Boot ``spec`` once with its RAM in a shared file, wait for its shell, save it, stop it.
+
+    Replaces a template of the same shape; see :func:`template_for` for the cached one.
+    """
     reason = snapshot_unsupported(spec)
     if reason is not None:
         raise SnapshotError(reason)
@@ -361,7 +403,7 @@ async def build_template(spec: VmSpec, *, boot_timeout: float = 60) -> Snapshot:
         )
         write_info(staging, info)
         if final.exists():
-            remove_template(final, keep_ram=ram)  # the same key names the same RAM image
+            remove_template(final)
         os.rename(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -401,6 +443,7 @@ __all__ = [
     "Snapshot",
     "WaitingClone",
     "build_template",
+    "template_for",
     "clone_hostname",
     "find_template",
     "save_snapshot",

@@ -6,8 +6,12 @@ clones read it from memory instead of disk. ``CAPSA_SNAPSHOT_RAM_DIR`` moves the
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import secrets
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import platformdirs
@@ -16,6 +20,7 @@ from engine.errors import SnapshotError
 from engine.snapshot_meta import META_FILE
 
 RAM_DIR_ENV = "CAPSA_SNAPSHOT_RAM_DIR"
+TEMPLATES_DIR_ENV = "CAPSA_TEMPLATES_DIR"
 _SHM = Path("/dev/shm")
 _TMPFS_MAGIC = ("tmpfs", "ramfs")
 # Room left free beside a new RAM image: a tmpfs filled to the last page makes other programs fail.
@@ -23,7 +28,22 @@ _SPARE_MB = 64
 
 
 def templates_dir() -> Path:
-    return platformdirs.user_cache_path("capsa-tui") / "templates"
+    """``$CAPSA_TEMPLATES_DIR``, or ``templates/`` in the user cache."""
+    wanted = os.environ.get(TEMPLATES_DIR_ENV)
+    return Path(wanted) if wanted else platformdirs.user_cache_path("capsa-tui") / "templates"
+
+
+@contextlib.contextmanager
+def template_lock(key: str) -> Iterator[None]:
+    """One builder per template at a time, across processes (blocks: call it in a thread)."""
+    root = templates_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def ram_dir() -> Path:
@@ -50,14 +70,16 @@ def _is_tmpfs(path: Path) -> bool:
 
 
 def prepare_ram_file(key: str, memory_mb: int) -> Path:
-    """A fresh path for a template's RAM image; SnapshotError if its filesystem lacks room."""
+    """A fresh path for a template's RAM image; SnapshotError if its filesystem lacks room.
+
+    Every build gets a name of its own: clones of an older build may still map its image.
+    """
     directory = ram_dir()
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as err:
         raise SnapshotError(f"cannot create the RAM image folder {directory}: {err.strerror}") from err
-    path = directory / f"{key}.ram"
-    path.unlink(missing_ok=True)
+    path = directory / f"{key}-{secrets.token_hex(4)}.ram"
     stat = os.statvfs(directory)
     free_mb = stat.f_bavail * stat.f_frsize >> 20
     if free_mb < memory_mb + _SPARE_MB:
@@ -88,7 +110,7 @@ def prune_templates() -> list[Path]:
     root = templates_dir()
     if root.is_dir():
         for directory in sorted(root.iterdir()):
-            if directory.is_dir() and directory.name != "ram":
+            if directory.is_dir() and directory.name != "ram" and not directory.name.startswith("."):
                 remove_template(directory)
                 removed.append(directory)
     ram = ram_dir()

@@ -10,13 +10,15 @@ from capsatui.attach import attach_terminal
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    image = sub.add_parser("image", help="build and inspect the default guest image")
+    image = sub.add_parser("image", help="build and inspect the default guest image, prune snapshot templates")
     image_sub = image.add_subparsers(dest="image_command", metavar="ACTION", required=True)
     build = image_sub.add_parser("build", help="download Debian's cloud kernel and busybox, build the initramfs")
     build.add_argument("--force", action="store_true", help="rebuild even if a current image is cached")
     build.set_defaults(handler=lambda args: _image_build(args.force))
     info = image_sub.add_parser("info", help="show the cached image's paths, sizes and versions, and the accelerator")
     info.set_defaults(handler=lambda args: _image_info())
+    prune = image_sub.add_parser("prune", help="remove every snapshot template (and its RAM image) from the cache")
+    prune.set_defaults(handler=lambda args: _image_prune())
 
     vm = sub.add_parser("vm", help="run a one-off VM of the default guest")
     vm_sub = vm.add_subparsers(dest="vm_command", metavar="ACTION", required=True)
@@ -68,6 +70,14 @@ def _image_info() -> int:
         table.add_row(f"[bold]{key}[/]", value)
     table.add_row("[bold]accelerator[/]", engine.choose_accelerator().describe())
     Console().print(table)
+    return 0
+
+
+def _image_prune() -> int:
+    removed = engine.prune_templates()
+    for directory in removed:
+        print(f"removed template {directory}")
+    print(f"{len(removed)} template(s) removed; pools build a new one when they next start")
     return 0
 
 

@@ -1,0 +1,267 @@
+"""Snapshot pieces without a guest: the reseed program, the fix-up line, metadata, QEMU argv."""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+from dataclasses import replace
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+
+import engine
+from engine.clone_identity import ERROR_PREFIX, fixup_line
+from engine.kvm.cmdline import MachineSockets, MachineSpec, qemu_argv
+from engine.netstack.dhcp import DhcpConfig, DhcpServer
+from engine.reseed_elf import PATH, RNDRESEEDCRNG, reseed_program
+from engine.snapshot import clone_hostname, snapshot_unsupported
+from engine.snapshot_meta import (
+    META_FILE,
+    STATE_FILE,
+    GuestFacts,
+    MachineShape,
+    SnapshotInfo,
+    read_info,
+    sha256_file,
+    write_info,
+)
+from engine.snapshot_store import RAM_DIR_ENV, prepare_ram_file
+
+
+# ----- capsa-reseed ------------------------------------------------------------------------------
+
+
+def test_reseed_program_is_a_minimal_x86_64_executable() -> None:
+    elf = reseed_program()
+    assert elf[:4] == b"\x7fELF" and elf[4] == 2 and elf[5] == 1  # 64-bit little-endian
+    e_type, e_machine, _version, entry, phoff = struct.unpack_from("<HHIQQ", elf, 16)
+    assert (e_type, e_machine) == (2, 0x3E)
+    p_type, p_flags, p_offset, p_vaddr, _paddr, filesz, memsz, _align = struct.unpack_from("<IIQQQQQQ", elf, phoff)
+    assert (p_type, p_flags, p_offset) == (1, 5, 0)
+    assert filesz == memsz == len(elf)
+    assert p_vaddr <= entry < p_vaddr + filesz
+    assert elf.endswith(PATH)
+    assert struct.pack("<I", RNDRESEEDCRNG) in elf
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the program is x86-64 code")
+def test_reseed_program_reseeds_for_root_and_refuses_others(tmp_path: Path) -> None:
+    program = tmp_path / "capsa-reseed"
+    program.write_bytes(reseed_program())
+    program.chmod(0o755)
+    tmp_path.chmod(0o755)
+    as_me = subprocess.run([str(program)], check=False)
+    if os.geteuid() == 0:
+        assert as_me.returncode == 0  # the kernel reseeded its generator
+        as_nobody = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", str(program)], check=False)
+        assert as_nobody.returncode == 1  # EPERM: RNDRESEEDCRNG needs CAP_SYS_ADMIN
+    else:
+        assert as_me.returncode == 1
+
+
+# ----- the fix-up line ---------------------------------------------------------------------------
+
+
+def test_fixup_line_carries_seed_time_name_and_mac() -> None:
+    seed = bytes(range(32))
+    line = fixup_line(seed, 1_700_000_000, "web-3", "52:54:00:aa:bb:cc").decode()
+    assert line.endswith("\n") and line.count("\n") == 1
+    assert f"echo {seed.hex()} >/dev/urandom" in line
+    assert "/bin/capsa-reseed" in line
+    assert "date -s @1700000000" in line
+    assert "echo web-3 >/proc/sys/kernel/hostname" in line
+    assert "ip link set eth0 address 52:54:00:aa:bb:cc" in line
+    # The echo of the typed line must never read as a failure report or as the ready marker.
+    assert ERROR_PREFIX.decode() not in line
+    assert "\x1b]777;capsa-ready\x07" not in line
+
+
+def test_fixup_line_without_network_leaves_the_nic_alone() -> None:
+    assert b"ip link" not in fixup_line(os.urandom(16), 1, "capsa", None)
+
+
+@pytest.mark.parametrize(
+    ("seed", "hostname", "mac"),
+    [
+        (b"short", "ok", None),
+        (os.urandom(32), "bad;reboot", None),
+        (os.urandom(32), "x" * 64, None),
+        (os.urandom(32), "ok", "52:54:00:aa:bb:cc; reboot"),
+        (os.urandom(32), "ok", "52:54:00:AA:BB:CC"),
+    ],
+)
+def test_fixup_line_refuses_what_could_inject_commands(seed: bytes, hostname: str, mac: str | None) -> None:
+    with pytest.raises(engine.ConfigError):
+        fixup_line(seed, 1, hostname, mac)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("default-3", "default-3"), ("web_a-12", "web-a-12"), ("__", "capsa"), ("a" * 80, "a" * 63)],
+)
+def test_clone_hostname(name: str, expected: str) -> None:
+    assert clone_hostname(name) == expected
+
+
+# ----- which shapes can be cloned ----------------------------------------------------------------
+
+
+def test_snapshot_unsupported_names_the_reason(fake_guest: engine.LinuxDirectBoot) -> None:
+    assert snapshot_unsupported(engine.vm(fake_guest).spec()) is not None  # no ready marker
+    ours = engine.LinuxDirectBoot(fake_guest.kernel, fake_guest.initrd, ready_marker=b"m", capsa_guest=True)
+    assert snapshot_unsupported(engine.vm(ours).spec()) is None
+    assert "login" in (snapshot_unsupported(engine.vm(ours).login_user("alice").spec()) or "")
+    assert snapshot_unsupported(engine.vm(ours).cmdline_override("console=ttyS0").spec()) is not None
+
+
+# ----- metadata ----------------------------------------------------------------------------------
+
+
+def _shape(**changes: object) -> MachineShape:
+    shape = MachineShape(
+        qemu="QEMU emulator version 7.2.22", kernel="/k", kernel_stamp="1:2", initrd="/i", initrd_stamp="3:4",
+        append="console=ttyS0", cpus=1, memory_mb=256, machine="microvm", accel="tcg", nic=True, nic_mtu=1500,
+    )
+    return replace(shape, **changes)  # type: ignore[arg-type]
+
+
+def test_shape_key_changes_with_everything_that_shapes_the_vm() -> None:
+    base = _shape()
+    keys = {base.key()}
+    for change in ({"qemu": "QEMU emulator version 8.0"}, {"kernel_stamp": "1:3"}, {"initrd_stamp": "9:9"},
+                   {"append": "quiet"}, {"cpus": 2}, {"memory_mb": 512}, {"machine": "q35"}, {"accel": "kvm"},
+                   {"nic": False}, {"nic_mtu": 9000}, {"extra_args": ("-s",)}, {"ram_block": "ram0"}):
+        keys.add(_shape(**change).key())
+    assert len(keys) == 13
+    assert base.differences(_shape(cpus=2)) == ["cpus: 1 != 2"]
+    assert base.differences(base) == []
+
+
+def _write_snapshot(directory: Path, state: bytes = b"device state") -> SnapshotInfo:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / STATE_FILE).write_bytes(state)
+    info = SnapshotInfo(
+        kind="full", shape=_shape(), guest=GuestFacts("00", True, True, "capsa", 4096, "10.0.2.15"),
+        state_size=len(state), state_sha256=sha256_file(directory / STATE_FILE),
+    )
+    write_info(directory, info)
+    return info
+
+
+def test_snapshot_info_round_trips(tmp_path: Path) -> None:
+    info = _write_snapshot(tmp_path / "snap")
+    assert read_info(tmp_path / "snap") == info
+
+
+def test_truncated_and_corrupt_state_files_are_caught(tmp_path: Path) -> None:
+    _write_snapshot(tmp_path / "snap")
+    state = tmp_path / "snap" / STATE_FILE
+    state.write_bytes(b"device")
+    with pytest.raises(engine.SnapshotError, match="truncated or corrupt: 6 bytes"):
+        read_info(tmp_path / "snap")
+    state.write_bytes(b"DEVICE STATE")
+    with pytest.raises(engine.SnapshotError, match="SHA-256"):
+        read_info(tmp_path / "snap")
+    state.unlink()
+    with pytest.raises(engine.SnapshotError, match="state file state is missing"):
+        read_info(tmp_path / "snap")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{", "not valid JSON"),
+        ("[]", "expected a JSON object"),
+        ('{"shape": {"format": 99}}', "snapshot format 99"),
+        ('{"shape": {"format": 1}}', "missing or malformed"),
+    ],
+)
+def test_bad_snapshot_json_names_the_file(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / META_FILE).write_text(text)
+    with pytest.raises(engine.SnapshotError, match=message) as caught:
+        read_info(tmp_path)
+    assert str(tmp_path / META_FILE) in str(caught.value)
+
+
+def test_a_folder_without_json_is_not_a_snapshot(tmp_path: Path) -> None:
+    with pytest.raises(engine.SnapshotError, match="is not a snapshot"):
+        engine.Snapshot.load(tmp_path)
+
+
+def test_template_ram_file_must_exist_and_match_the_memory(tmp_path: Path) -> None:
+    info = _write_snapshot(tmp_path / "snap")
+    ram = tmp_path / "ram"
+    write_info(tmp_path / "snap", replace(info, kind="template", ram_file=str(ram)))
+    with pytest.raises(engine.SnapshotError, match="RAM file .* is gone"):
+        read_info(tmp_path / "snap")
+    ram.write_bytes(b"\0" * 4096)
+    with pytest.raises(engine.SnapshotError, match="the guest has 256 MiB"):
+        read_info(tmp_path / "snap")
+
+
+def test_ram_folder_without_room_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(RAM_DIR_ENV, str(tmp_path))
+    free_mb = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize >> 20
+    with pytest.raises(engine.SnapshotError, match=r"MiB free; a template of this .* MiB guest needs") as caught:
+        prepare_ram_file("k", free_mb + 1)
+    assert str(tmp_path) in str(caught.value) and RAM_DIR_ENV in str(caught.value)
+    assert prepare_ram_file("k", 1).parent == tmp_path  # room enough: a fresh path, not yet a file
+
+
+# ----- QEMU's command line -----------------------------------------------------------------------
+
+
+def test_argv_for_template_clone_and_named_ram() -> None:
+    base = MachineSpec(kernel=Path("/k"), initrd=None, append="", memory_mb=256)
+    sockets = MachineSockets(Path("/q"), Path("/s"))
+    template = qemu_argv("qemu", replace(base, ram_backend="file", ram_file=Path("/dev/shm/t.ram"), ram_shared=True), sockets)
+    assert "memory-backend-file,id=ram0,size=256M,mem-path=/dev/shm/t.ram,share=on" in template
+    assert any("memory-backend=ram0" in arg for arg in template)
+    clone = qemu_argv("qemu", replace(base, ram_backend="file", ram_file=Path("/dev/shm/t.ram"), incoming="defer"), sockets)
+    assert "memory-backend-file,id=ram0,size=256M,mem-path=/dev/shm/t.ram,share=off" in clone
+    assert clone[clone.index("-incoming") + 1] == "defer"
+    named = qemu_argv("qemu", replace(base, ram_backend="ram"), sockets)
+    assert "memory-backend-ram,id=ram0,size=256M" in named
+    plain = qemu_argv("qemu", base, sockets)
+    assert not any("memory-backend" in arg for arg in plain) and "-incoming" not in plain
+    with pytest.raises(engine.ConfigError):
+        qemu_argv("qemu", replace(base, ram_backend="file"), sockets)
+
+
+# ----- the gateway's side ------------------------------------------------------------------------
+
+
+def test_dhcp_grant_binds_an_address_without_an_exchange() -> None:
+    server = DhcpServer(DhcpConfig.for_subnet("10.0.2.0/24"))
+    mac = bytes.fromhex("525400aabbcc")
+    server.grant(mac, IPv4Address("10.0.2.15"), now=0)
+    assert server.lease_of(mac, now=1) == IPv4Address("10.0.2.15")
+    with pytest.raises(ValueError, match="leased to another client"):
+        server.grant(bytes.fromhex("525400000001"), IPv4Address("10.0.2.15"), now=1)
+    with pytest.raises(ValueError, match="outside the DHCP range"):
+        server.grant(mac, IPv4Address("10.0.2.2"), now=1)
+
+
+# ----- profiles ----------------------------------------------------------------------------------
+
+
+def test_profile_snapshot_key(fake_guest: engine.LinuxDirectBoot) -> None:
+    assert engine.parse_profile("name: a\npool: {size: 1, snapshot: false}\n").snapshot is False
+    assert engine.parse_profile("name: a\npool: {size: 1}\n").snapshot is None
+    with pytest.raises(engine.ProfileError, match=r"pool.snapshot: expected true or false"):
+        engine.parse_profile("name: a\npool: {snapshot: 3}\n", "a.yaml")
+    with pytest.raises(engine.ProfileError, match=r"a.yaml:3: pool.snapshot: expected false or no key: a login profile"):
+        engine.parse_profile("name: a\nlogin: {user: alice}\npool: {snapshot: true}\n", "a.yaml")
+
+
+def test_profile_snapshot_default_follows_the_shape(fake_guest: engine.LinuxDirectBoot, monkeypatch: pytest.MonkeyPatch) -> None:
+    import engine.profiles
+
+    ours = engine.LinuxDirectBoot(fake_guest.kernel, fake_guest.initrd, ready_marker=b"m", capsa_guest=True)
+    monkeypatch.setattr(engine.profiles, "default_boot", lambda: ours)
+    assert engine.parse_profile("name: a\n").pool_builder().settings(1).snapshot is True
+    assert engine.parse_profile("name: a\nlogin: {user: alice}\n").pool_builder().settings(1).snapshot is False
+    assert engine.parse_profile("name: a\npool: {snapshot: false}\n").pool_builder().settings(1).snapshot is False
+    assert json.loads(json.dumps(engine.parse_profile("name: a\n").to_dict()))["snapshot"] is None
