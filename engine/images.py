@@ -33,7 +33,7 @@ from engine import apt, cpio, elf, vmlinux
 from engine.apt import PackageRef
 from engine.errors import ImageError
 from engine.kmods import KernelModule, ModuleTree
-from engine.reseed_elf import reseed_program
+from engine.clone_agent import agent_program
 
 # Bump when the build procedure changes in a way the other inputs do not capture.
 BUILDER_VERSION = 1
@@ -132,7 +132,7 @@ def downloads_dir() -> Path:
 
 def guest_binaries() -> dict[str, tuple[bytes, int]]:
     """Contents and mode of every generated program in the initramfs, by path."""
-    return {"bin/capsa-reseed": (reseed_program(), 0o755)}
+    return {"bin/capsa-agent": (agent_program(), 0o755)}
 
 
 def guest_files() -> dict[str, tuple[str, int]]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import subprocess
 from dataclasses import replace
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -15,7 +14,7 @@ import engine
 from engine.clone_identity import ERROR_PREFIX, fixup_line
 from engine.kvm.cmdline import MachineSockets, MachineSpec, qemu_argv
 from engine.netstack.dhcp import DhcpConfig, DhcpServer
-from engine.reseed_elf import PATH, RNDRESEEDCRNG, reseed_program
+from engine.clone_agent import agent_program, assemble_agent
 from engine.snapshot import clone_hostname, snapshot_unsupported
 from engine.snapshot_meta import (
     META_FILE,
@@ -30,35 +29,22 @@ from engine.snapshot_meta import (
 from engine.snapshot_store import RAM_DIR_ENV, prepare_ram_file
 
 
-# ----- capsa-reseed ------------------------------------------------------------------------------
+# ----- capsa-agent ------------------------------------------------------------------------------
 
 
-def test_reseed_program_is_a_minimal_x86_64_executable() -> None:
-    elf = reseed_program()
+def test_agent_is_a_static_x86_64_executable() -> None:
+    elf = agent_program()
     assert elf[:4] == b"\x7fELF" and elf[4] == 2 and elf[5] == 1  # 64-bit little-endian
-    e_type, e_machine, _version, entry, phoff = struct.unpack_from("<HHIQQ", elf, 16)
-    assert (e_type, e_machine) == (2, 0x3E)
-    p_type, p_flags, p_offset, p_vaddr, _paddr, filesz, memsz, _align = struct.unpack_from("<IIQQQQQQ", elf, phoff)
-    assert (p_type, p_flags, p_offset) == (1, 5, 0)
-    assert filesz == memsz == len(elf)
-    assert p_vaddr <= entry < p_vaddr + filesz
-    assert elf.endswith(PATH)
-    assert struct.pack("<I", RNDRESEEDCRNG) in elf
+    e_type, e_machine = struct.unpack_from("<HH", elf, 16)
+    assert (e_type, e_machine) == (2, 0x3E)  # ET_EXEC, x86-64
+    assert b"/run/capsa-agent\x00" in elf and b"/dev/urandom\x00" in elf
 
 
-@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the program is x86-64 code")
-def test_reseed_program_reseeds_for_root_and_refuses_others(tmp_path: Path) -> None:
-    program = tmp_path / "capsa-reseed"
-    program.write_bytes(reseed_program())
-    program.chmod(0o755)
-    tmp_path.chmod(0o755)
-    as_me = subprocess.run([str(program)], check=False)
-    if os.geteuid() == 0:
-        assert as_me.returncode == 0  # the kernel reseeded its generator
-        as_nobody = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", str(program)], check=False)
-        assert as_nobody.returncode == 1  # EPERM: RNDRESEEDCRNG needs CAP_SYS_ADMIN
-    else:
-        assert as_me.returncode == 1
+def test_agent_bytes_are_what_its_source_assembles_to() -> None:
+    built = assemble_agent()
+    if built is None:
+        pytest.skip("GNU as and ld are not installed")
+    assert built == agent_program(), "engine/guest/agent.S changed: regenerate engine/clone_agent.py"
 
 
 # ----- the fix-up line ---------------------------------------------------------------------------
@@ -67,19 +53,14 @@ def test_reseed_program_reseeds_for_root_and_refuses_others(tmp_path: Path) -> N
 def test_fixup_line_carries_seed_time_name_and_mac() -> None:
     seed = bytes(range(32))
     line = fixup_line(seed, 1_700_000_000, "web-3", "52:54:00:aa:bb:cc").decode()
-    assert line.endswith("\n") and line.count("\n") == 1
-    assert f"echo {seed.hex()} >/dev/urandom" in line
-    assert "/bin/capsa-reseed" in line
-    assert "date -s @1700000000" in line
-    assert "echo web-3 >/proc/sys/kernel/hostname" in line
-    assert "ip link set eth0 address 52:54:00:aa:bb:cc" in line
+    assert line == f"capsa_clone {seed.hex()} 1700000000 web-3 52:54:00:aa:bb:cc\n"
     # The echo of the typed line must never read as a failure report or as the ready marker.
     assert ERROR_PREFIX.decode() not in line
     assert "\x1b]777;capsa-ready\x07" not in line
 
 
 def test_fixup_line_without_network_leaves_the_nic_alone() -> None:
-    assert b"ip link" not in fixup_line(os.urandom(16), 1, "capsa", None)
+    assert fixup_line(bytes(16), 1, "capsa", None) == b"capsa_clone " + b"00" * 16 + b" 1 capsa\n"
 
 
 @pytest.mark.parametrize(

@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from textual import events
 from textual.app import App, ComposeResult
 
 import engine
 from capsatui.screens.console import ConsoleScreen, ResultModal, open_console
+from capsatui.screens.dialogs import FormModal, HelperMenu
 from capsatui.widgets.terminal import TerminalView, key_to_bytes
 
 
@@ -374,3 +377,158 @@ async def test_resync_keeps_order_and_history() -> None:
         numbers = [int(line.split()[1]) for line in text]
         tail = numbers[-500:]
         assert tail == list(range(5500, 6000)), tail[:5]  # the newest lines, in order, once
+
+
+# A guest screen with colours, attributes and a prompt, as a colour `ls` and `printf` draw it.
+DEMO_SCREEN = (
+    b"\x1b[2J\x1b[H"
+    b"demo:~# ls --color=always /\r\n"
+    b"\x1b[1;34mbin\x1b[0m  \x1b[1;34metc\x1b[0m  \x1b[1;32minit\x1b[0m  \x1b[1;36mlib\x1b[0m  tmp\r\n"
+    b"demo:~# printf '\\033[41m red \\033[42m green \\033[44m blue \\033[0m\\n'\r\n"
+    b"\x1b[41m red \x1b[42m green \x1b[44m blue \x1b[0m\r\n"
+    b"\x1b[7mreverse\x1b[0m \x1b[4munderline\x1b[0m \x1b[1mbold\x1b[0m \x1b[38;5;208m256-colour\x1b[0m "
+    b"\x1b[38;2;0;200;120mtruecolour\x1b[0m\r\n"
+    b"demo:~# echo hi\r\nhi\r\n"
+    b"demo:~# "
+)
+
+
+class DemoConsoleApp(App[None]):
+    """The console screen over a console whose output is DEMO_SCREEN, fed once the view has its size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.demo = FloodingConsole()
+
+    async def on_mount(self) -> None:
+        await open_console(self, "demo-1 (demo)", self.demo)  # type: ignore[arg-type]
+
+
+def test_console_snapshot(snap_compare: Any) -> None:
+    async def drawn(pilot: Any) -> None:
+        app = pilot.app
+        assert isinstance(app, DemoConsoleApp)
+
+        def view() -> TerminalView | None:
+            screen = app.screen
+            tab = screen.active_tab if isinstance(screen, ConsoleScreen) else None
+            return tab.view if tab is not None else None
+
+        # Fed only once the terminal has the widget's size, so the screen never reflows.
+        await until(lambda: (v := view()) is not None and v.size.height > 10
+                    and (v.term.columns, v.term.lines) == (v.size.width, v.size.height) and v.has_focus, pilot)
+        app.demo.put(DEMO_SCREEN)
+        await until(lambda: (v := view()) is not None and v.pending == 0 and v.line_text(7) == "demo:~#"
+                    and v.term.cursor.x == 8, pilot)
+        await pilot.pause()
+
+    assert snap_compare(DemoConsoleApp(), terminal_size=(100, 20), run_before=drawn)
+
+
+async def helper(pilot: Any, letter: str) -> None:
+    """Open the ctrl+] menu and pick a helper by its letter."""
+    await pilot.press("ctrl+right_square_bracket")
+    await until(lambda: isinstance(pilot.app.screen, HelperMenu), pilot, timeout=5)
+    await pilot.press(letter)
+
+
+async def fill_form(pilot: Any, *values: str) -> None:
+    """Type ``values`` into a helper's form fields in order (each replacing the default), submit."""
+    await until(lambda: isinstance(pilot.app.screen, FormModal), pilot, timeout=5)
+    for value in values:
+        await pilot.press("ctrl+u")  # clear the field's default, as a user would
+        await pilot.press(*[c if c != " " else "space" for c in value], "enter")
+
+
+def has_line(screen: ConsoleScreen, text: str) -> bool:
+    return any(line.strip() == text for line in lines(screen))
+
+
+@pytest.mark.guest
+async def test_wait_interrupt_eof_search_and_save_helpers(guest_console: engine.Console, tmp_path: Path) -> None:
+    app = ConsoleApp(guest_console)
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = app.screen
+        assert isinstance(screen, ConsoleScreen)
+        await until(lambda: any(line.endswith("#") for line in lines(screen)), pilot)
+
+        # Wait for a pattern: the output the guest prints after the wait began, and what matched.
+        await helper(pilot, "w")
+        await fill_form(pilot, "ready-42", "30")
+        await until(lambda: app.screen is screen, pilot)
+        await type_line(pilot, "sleep 1; echo ready-$((6*7))")  # the typed line itself is not a match
+        await until(lambda: isinstance(app.screen, ResultModal), pilot, timeout=30)
+        assert isinstance(app.screen, ResultModal)
+        assert app.screen.result_title == "Matched 'ready-42'" and app.screen.text.endswith("ready-42")
+        await pilot.press("escape")
+
+        # ... and its timeout, with what was seen meanwhile.
+        await helper(pilot, "w")
+        await fill_form(pilot, "never-printed-xyz", "1")
+        await until(lambda: isinstance(app.screen, ResultModal), pilot, timeout=30)
+        assert isinstance(app.screen, ResultModal)
+        assert app.screen.result_title.startswith("Timed out waiting for 'never-printed-xyz'")
+        await pilot.press("escape")
+
+        # Send interrupt stops a sleep; the shell then runs the next line.
+        await type_line(pilot, "sleep 30")
+        await until(lambda: any(line.endswith("sleep 30") for line in lines(screen)), pilot)
+        await helper(pilot, "c")
+        await type_line(pilot, "echo after-$((1+1))-int")
+        await until(lambda: has_line(screen, "after-2-int"), pilot, timeout=10)
+
+        # Send EOF ends a cat reading the terminal.
+        await type_line(pilot, "cat")
+        await until(lambda: any(line.endswith("# cat") for line in lines(screen)), pilot)
+        await helper(pilot, "e")
+        await type_line(pilot, "echo after-$((1+2))-eof")  # while cat still ran it would echo the line back
+        await until(lambda: has_line(screen, "after-3-eof"), pilot, timeout=10)
+
+        # Search the scrollback: every match highlighted, the view on the newest.
+        await helper(pilot, "f")
+        await fill_form(pilot, "after-")
+        tab = screen.active_tab
+        assert tab is not None
+        await until(lambda: len(tab.view.matches) >= 2, pilot, timeout=5)
+        await pilot.press("escape")  # back to the live screen
+        assert tab.view.matches == [] and tab.view.scrollback_lines == 0
+
+        # Save the scrollback: the whole console log, boot messages included.
+        target = tmp_path / "saved.log"
+        await helper(pilot, "s")
+        await fill_form(pilot, str(target))
+        await until(lambda: target.exists() and b"after-3-eof" in target.read_bytes(), pilot, timeout=10)
+        assert b"ready-42" in target.read_bytes()
+
+
+@pytest.mark.guest
+async def test_login_helper(boot: engine.LinuxDirectBoot) -> None:
+    vm = await engine.vm(boot).memory_mb(192).console_enabled().login_user("alice", "s3cret").build()
+    try:
+        app = ConsoleApp(await vm.console())
+        async with app.run_test(size=(100, 30)) as pilot:
+            screen = app.screen
+            assert isinstance(screen, ConsoleScreen)
+            await until(lambda: any(line.endswith("login:") for line in lines(screen)), pilot, timeout=60)
+            await helper(pilot, "l")
+            await fill_form(pilot, "alice", "s3cret")
+            await until(lambda: any(line.endswith("$") for line in lines(screen)), pilot, timeout=30)
+            await type_line(pilot, "id -un")
+            await until(lambda: has_line(screen, "alice"), pilot)
+    finally:
+        await vm.kill()
+
+
+async def test_mouse_drag_selects_and_copies() -> None:
+    app = TermApp()
+    async with app.run_test(size=(40, 10)) as pilot:
+        view = app.query_one(TerminalView)
+        view.feed(b"first line\r\nsecond line\r\nthird")
+        await until(lambda: view.pending == 0 and view.line_text(2) == "third", pilot)
+        await pilot.mouse_down(TerminalView, offset=(6, 0))  # on "line" of the first row
+        view.post_message(events.MouseMove(view, 5, 1, 0, 0, 1, False, False, False))  # dragging
+        await until(lambda: view._sel_end == (view.top_line + 1, 5), pilot)
+        await pilot.mouse_up(TerminalView, offset=(5, 1))
+        assert view.selected_text() == "line\nsecond"
+        assert app.clipboard == "line\nsecond"
+        assert app.written == []  # a selection types nothing

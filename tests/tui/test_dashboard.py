@@ -97,8 +97,18 @@ async def test_missing_image_shown_with_its_fix(config_dir: Path, monkeypatch: p
         assert "capsa-tui image build" in cell(app, "t", "error")
 
 
+def console_lines(app: CapsaApp) -> list[str]:
+    from capsatui.screens.console import ConsoleScreen
+
+    screen = app.screen
+    tab = screen.active_tab if isinstance(screen, ConsoleScreen) else None
+    return tab.view.all_text().splitlines() if tab is not None else []
+
+
 @pytest.mark.guest
 async def test_pool_life_from_the_dashboard(boot: engine.LinuxDirectBoot, config_dir: Path) -> None:
+    from capsatui.screens.console import ConsoleScreen
+
     app = CapsaApp(autostart="t")
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: has_row(app, "t"), 5)
@@ -110,15 +120,45 @@ async def test_pool_life_from_the_dashboard(boot: engine.LinuxDirectBoot, config
         await wait_for(pilot, lambda: len(app.hub.reserved()) == 1)
         reserved = app.dashboard.query_one("#reserved", DataTable)
         await wait_for(pilot, lambda: reserved.row_count == 1 and cell(app, "t", "reserved") == "1")
-        try:
-            from capsatui.screens.console import ConsoleScreen
-        except ImportError:
-            ConsoleScreen = None  # noqa: N806 - written by another helper; may not exist yet
-        if ConsoleScreen is not None:
-            await wait_for(pilot, lambda: isinstance(app.screen, ConsoleScreen), 30)
-            app.pop_screen()
-            await wait_for(pilot, lambda: isinstance(app.screen, DashboardScreen), 5)
+
+        # The console opens on the reserved VM: type a command, see its output rendered.
+        await wait_for(pilot, lambda: isinstance(app.screen, ConsoleScreen), 30)
+        consoles = app.screen
+        assert isinstance(consoles, ConsoleScreen)
+        await wait_for(pilot, lambda: any(line.endswith("#") for line in console_lines(app)), 30)
+        await pilot.press(*"echo", "space", *"hi", "enter")
+        await wait_for(pilot, lambda: "hi" in console_lines(app), 30)
+
+        # Detach: back on the dashboard, the VM still reserved.
+        await pilot.press("ctrl+right_square_bracket", "d")
+        await wait_for(pilot, lambda: isinstance(app.screen, DashboardScreen), 5)
+        assert len(app.hub.reserved()) == 1 and reserved.row_count == 1
+
+        # A second VM opens as a second tab of the same console screen.
+        await pilot.press("r")
+        await wait_for(pilot, lambda: app.screen is consoles and len(consoles.tabs) == 2
+                       and consoles.active_tab is consoles.tabs[1], 60)
+        second = consoles.tabs[1]
+        assert second.console is not consoles.tabs[0].console
+        await pilot.press("ctrl+right_square_bracket", "d")
+        await wait_for(pilot, lambda: isinstance(app.screen, DashboardScreen), 5)
+        await wait_for(pilot, lambda: reserved.row_count == 2 and cell(app, "t", "reserved") == "2")
+
+        # Reopening the first VM's console shows its tab again (with its output), not a new one.
         reserved.focus()
+        reserved.move_cursor(row=0)
+        first_vm = app.dashboard.selected_vm()
+        assert first_vm is not None
+        await pilot.press("c")
+        await wait_for(pilot, lambda: app.screen is consoles and consoles.active_tab is not second, 10)
+        assert len(consoles.tabs) == 2 and "hi" in console_lines(app)
+        assert consoles.active_tab is not None and consoles.active_tab.console is await first_vm.console()
+        await pilot.press("ctrl+right_square_bracket", "d")
+        await wait_for(pilot, lambda: isinstance(app.screen, DashboardScreen), 5)
+
+        reserved.focus()
+        await pilot.press("l")
+        await wait_for(pilot, lambda: len(app.hub.reserved()) == 1 and reserved.row_count == 1)
         await pilot.press("l")
         await wait_for(pilot, lambda: not app.hub.reserved() and reserved.row_count == 0)
         await wait_for(pilot, lambda: cell(app, "t", "reserved") == "0")
@@ -127,22 +167,71 @@ async def test_pool_life_from_the_dashboard(boot: engine.LinuxDirectBoot, config
     assert not any(s.running or s.starting for s in app.hub.states())
 
 
+def dashboard_settled(app: CapsaApp) -> bool:
+    """Every profile row, and the detail panel filled for the selected one: the panel is redrawn
+    by a debounced refresh that a loaded machine can delay past a bare pause."""
+    names = [p.name for p in engine.load_profiles()]
+    detail = str(app.dashboard.query_one("#detail-text", Static).render())
+    return all(has_row(app, n) for n in names) and any(n in detail for n in names)
+
+
 def test_snapshot_stopped_profiles(config_dir: Path, monkeypatch: pytest.MonkeyPatch, snap_compare) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("CAPSA_ACCEL", "tcg")  # the accelerator line must not depend on the host
 
-    def settled() -> bool:
-        # Every profile row, and the detail panel filled for the selected one: the panel is
-        # redrawn by a debounced refresh that a loaded machine can delay past a bare pause.
-        names = [p.name for p in engine.load_profiles()]
-        detail = str(app.screen.query_one("#detail-text", Static).render())
-        return all(has_row(app, n) for n in names) and any(n in detail for n in names)
-
     async def loaded(pilot: Pilot) -> None:
-        await wait_for(pilot, settled, 10)
+        await wait_for(pilot, lambda: dashboard_settled(app), 10)
         await pilot.pause()
 
     app = CapsaApp(hub=LocalHub(), autostart=None)
     assert snap_compare(app, terminal_size=(150, 34), run_before=loaded)
+
+
+def test_snapshot_help(config_dir: Path, monkeypatch: pytest.MonkeyPatch, snap_compare) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("CAPSA_ACCEL", "tcg")
+
+    async def helped(pilot: Pilot) -> None:
+        await wait_for(pilot, lambda: dashboard_settled(app), 10)
+        await pilot.press("question_mark")
+        await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen) and app.screen.is_current, 10)
+        await pilot.pause()
+
+    app = CapsaApp(hub=LocalHub(), autostart=None)
+    assert snap_compare(app, terminal_size=(120, 44), run_before=helped)
+
+
+async def test_help_and_palette_follow_the_screen(config_dir: Path) -> None:
+    """Help lists the keys of the screen it is opened on; the palette lists that screen's actions."""
+    from capsatui.palette import BindingCommands
+    from capsatui.screens.flow_log import FlowLogScreen
+    from capsatui.screens.policy_editor import PolicyEditorScreen
+
+    app = CapsaApp(hub=LocalHub(), autostart=None)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: has_row(app, "t"), 5)
+        await pilot.press("question_mark")
+        await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen), 5)
+        keys = dict(app.screen.keys)
+        assert keys["s"].startswith("Start") and keys["ctrl+] x"].startswith("Release")  # dashboard, console
+        assert keys["ctrl+p"].startswith("Command palette") and keys["q"].startswith("Quit")
+        await pilot.press("escape")
+        pools(app).move_cursor(row=pools(app).get_row_index("t"))
+        for key, screen_type, words in (("p", PolicyEditorScreen, ["Add", "Delete", "Up", "Save", "Apply to pool"]),
+                                        ("f", FlowLogScreen, ["Allow this (denied) destination", "Filter"])):
+            await wait_for(pilot, lambda: isinstance(app.screen, DashboardScreen), 5)
+            await pilot.press(key)
+            await wait_for(pilot, lambda: isinstance(app.screen, screen_type), 5)
+            screen = app.screen
+            titles = [hit.text async for hit in BindingCommands(screen).discover()]
+            for word in words:
+                assert any(title and title.startswith(word) for title in titles), (word, titles)
+            app.action_help()
+            await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen), 5)
+            help_screen = app.screen
+            assert help_screen.sections[0][0] == screen_type.HELP_TITLE
+            assert help_screen.sections[0][1] == screen_type.help_keys()
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: app.screen is screen, 5)
+            await pilot.press("escape")
 
 
 @pytest.mark.guest

@@ -4,7 +4,7 @@ A private tmux server (``-L``, no config) runs ``capsa-tui app --start e2e`` in 
 with a config folder holding one small profile; the test reads the screen with ``capture-pane``
 and types with ``send-keys``, as a person would: wait for the warm VM, reserve it, run a command
 in its console, release it (``ctrl+]`` then ``x``), quit with ``q``, and check that the app ended
-and took every QEMU process it started with it.
+and took every QEMU process and VM socket folder it made with it.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -99,11 +100,15 @@ def test_tui_in_tmux_reserve_type_release_quit(boot: engine.LinuxDirectBoot, tmp
     (config / "profiles").mkdir(parents=True)
     (config / "profiles" / "e2e.yaml").write_text(PROFILE)
     qemu_before = _qemu_pids()
+    # A temporary folder of the app's own: its VMs' socket folders go there, so the check after
+    # quitting sees only what this app made. Short (in this run's temporary folder, not pytest's
+    # deep tmp_path): a Unix socket's path must fit in 108 bytes.
+    app_tmp = Path(tempfile.mkdtemp(prefix="e2e-"))
     tmux = Tmux(tmp_path)
     deadline = time.monotonic() + TIMEOUT_S
     try:
         tmux.start([str(CAPSA_TUI), "app", "--start", "e2e"],
-                   {"CAPSA_CONFIG_DIR": str(config), "TERM": "xterm-256color"})  # fmt: skip
+                   {"CAPSA_CONFIG_DIR": str(config), "TERM": "xterm-256color", "TMPDIR": str(app_tmp)})  # fmt: skip
 
         # The dashboard, then the warm VM: the e2e pool running with one idle VM.
         wait_until(lambda: pool_row(tmux.screen(), "e2e")[1:3] == ["running", "1"], tmux, deadline,
@@ -147,5 +152,7 @@ def test_tui_in_tmux_reserve_type_release_quit(boot: engine.LinuxDirectBoot, tmp
                 break
             time.sleep(0.1)
         assert not left, f"QEMU processes left running after the app quit: {left}"
+        assert not list(app_tmp.glob("capsa-vm-*")), "VM socket folders left behind after the app quit"
     finally:
         tmux.kill()
+        shutil.rmtree(app_tmp, ignore_errors=True)

@@ -90,6 +90,19 @@ async def test_filter_by_action_and_allow_a_denied_domain(profile: engine.Profil
         denied_cell = table.get_row_at(1)[2]
         assert "bold" in str(denied_cell.style) and "red" in str(denied_cell.style)  # denied rows stand out
 
+        # By domain (a part of it, any case), then by VM, then both cleared.
+        await pilot.click("#flow-domain")
+        await pilot.press(*"EVIL")
+        await wait_for(pilot, lambda: [r[5] for r in rows(table)] == ["x.evil.test"])
+        await pilot.press("ctrl+u")
+        hub.queue.put_nowait(event("allow", "other.test", vm="vm-202"))
+        await wait_for(pilot, lambda: table.row_count == 6)
+        await pilot.click("#flow-vm")
+        await pilot.press(*"202")
+        await wait_for(pilot, lambda: [(r[1], r[5]) for r in rows(table)] == [("vm-202", "other.test")])
+        await pilot.press("ctrl+u")
+        await wait_for(pilot, lambda: table.row_count == 6)
+
         log.query_one("#flow-action", Select).value = "deny"
         await pilot.pause()
         assert [(r[2], r[5]) for r in rows(table)] == [("DENY", "x.evil.test"), ("DENY", "tracker.test")]
@@ -182,3 +195,34 @@ async def test_real_guest_denied_wget_shows_in_the_log(boot: engine.LinuxDirectB
         if hub is not None:
             hub.close()
         await vm.kill()
+
+
+# 12:00:00 local time on a fixed day, so the time column is the same in every time zone.
+NOON = time.mktime((2025, 1, 2, 12, 0, 0, 0, 0, -1))
+
+
+def test_flow_log_snapshot(snap_compare: Any, profile: engine.Profile) -> None:
+    synthetic = [
+        engine.FlowEvent(NOON + 0.125, "vm-101", "dns", "10.0.2.15", "10.0.2.3", 53, "deb.debian.org",
+                         "allow protocol udp and port 53", "allow", "A allow"),
+        engine.FlowEvent(NOON + 0.250, "vm-101", "tcp", "10.0.2.15", "203.0.113.5", 443, "deb.debian.org",
+                         "allow protocol tcp and port 443", "allow"),
+        engine.FlowEvent(NOON + 1.5, "vm-102", "tcp", "10.0.2.15", "203.0.113.7", 80, None,
+                         "default deny", "deny"),
+        engine.FlowEvent(NOON + 2.0, "vm-102", "tcp", "10.0.2.15", "198.51.100.9", 443, "x.evil.test",
+                         "deny domain *.evil.test", "deny"),
+        engine.FlowEvent(NOON + 3.0, "vm-101", "udp", "10.0.2.15", "198.51.100.1", 123, None, "log any", "log"),
+    ]
+    hub = StreamHub({"guarded": profile})
+    hub.events = synthetic[:2]  # the backlog a freshly opened log shows, then the live stream
+    log = FlowLogScreen(hub)
+
+    async def shown(pilot: Any) -> None:
+        for e in synthetic[2:]:
+            hub.queue.put_nowait(e)
+        table = log.query_one("#flow-table", DataTable)
+        await wait_for(pilot, lambda: table.row_count == len(synthetic) and table.cursor_row == len(synthetic) - 1
+                       and "5 events, 2 denied" in str(log.query_one("#flow-status").render()))
+        await pilot.pause()
+
+    assert snap_compare(ScreenApp(log), terminal_size=(130, 16), run_before=shown)

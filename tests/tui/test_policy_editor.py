@@ -194,3 +194,120 @@ def test_editor_snapshot(snap_compare: Any, tmp_path: Path, monkeypatch: pytest.
     hub = FakeHub({"guarded": profile})
     hub.policy = lambda name: policy  # type: ignore[method-assign]
     assert snap_compare(ScreenApp(PolicyEditorScreen(hub, "guarded")), terminal_size=(110, 30))
+
+
+async def test_edit_delete_move_down_then_reopen_the_saved_file(profile_file: Path) -> None:
+    hub = FakeHub({"guarded": engine.find_profile("guarded")})
+    editor = PolicyEditorScreen(hub, "guarded")
+    app = ScreenApp(editor)
+    async with app.run_test(size=(110, 40)) as pilot:
+        await pilot.pause()
+        table = editor.query_one("#policy-rules", DataTable)
+        table.focus()
+        # Edit rule 2 (the HTTPS allow): the form opens filled in; make it port 8443.
+        table.move_cursor(row=1)
+        await pilot.press("e")
+        form = app.screen
+        assert isinstance(form, RuleForm)
+        port = form.query_one("#rule-port", Input)
+        assert port.value == "443"
+        port.focus()
+        await pilot.press("ctrl+u", *"8443", "enter")
+        await pilot.pause()
+        assert app.screen is editor
+        assert [r.describe() for r in editor.policy.rules] == [
+            "allow protocol udp and port 53", "allow protocol tcp and port 8443"]
+        # Move rule 1 down, below it; then delete what is now rule 2 (the DNS allow).
+        table.move_cursor(row=0)
+        await pilot.press("n")
+        assert [r.describe() for r in editor.policy.rules] == [
+            "allow protocol tcp and port 8443", "allow protocol udp and port 53"]
+        assert table.cursor_row == 1  # the cursor follows the moved rule
+        await pilot.press("d")
+        assert [r.describe() for r in editor.policy.rules] == ["allow protocol tcp and port 8443"]
+        await pilot.press("t")  # the default flips to allow
+        assert editor.policy.default is engine.PolicyAction.ALLOW
+        await pilot.press("s")
+        await pilot.pause()
+        assert "saved to" in str(editor.query_one("#policy-status", Static).render())
+
+    # A fresh editor on the reloaded profile shows what was saved; the file kept its comments.
+    hub = FakeHub({"guarded": engine.find_profile("guarded")})
+    editor = PolicyEditorScreen(hub, "guarded")
+    app = ScreenApp(editor)
+    async with app.run_test(size=(110, 40)) as pilot:
+        await pilot.pause()
+        table = editor.query_one("#policy-rules", DataTable)
+        assert table.row_count == 1 and "tcp and port 8443" in str(table.get_row_at(0)[2])
+        assert editor.policy.default is engine.PolicyAction.ALLOW
+    assert "# A trailing comment the editor must leave alone." in profile_file.read_text(encoding="utf-8")
+
+
+NET_POOL = """\
+name: netpool
+memory_mb: 192
+pool:
+  size: 1
+  max_size: 1
+network:
+  mode: user_nat
+  policy:
+    default: deny   # nothing leaves
+"""
+
+
+@pytest.mark.guest
+async def test_apply_to_a_running_pool_changes_its_next_flows(
+        boot: engine.LinuxDirectBoot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from capsatui.hub import LocalHub
+
+    monkeypatch.setenv("CAPSA_CONFIG_DIR", str(tmp_path))
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "netpool.yaml").write_text(NET_POOL, encoding="utf-8")
+    hub = LocalHub()
+    seen: list[engine.FlowEvent] = []
+
+    async def collect() -> None:
+        async for e in hub.flow_events():
+            seen.append(e)
+
+    collector = asyncio.create_task(collect())
+    try:
+        await hub.reload_profiles()
+        await hub.start_pool("netpool")
+        vm = await hub.reserve("netpool", timeout=90)
+        # Its only VM was reserved while the pool started (max_size 1): the pool runs all the same.
+        deadline = asyncio.get_running_loop().time() + 10
+        while not next(s for s in hub.states() if s.name == "netpool").running:
+            assert asyncio.get_running_loop().time() < deadline, "the pool never showed as running"
+            await asyncio.sleep(0.05)
+        console = await vm.console()
+        probe = "timeout 5 nc 203.0.113.9 8081 </dev/null"
+        await console.run(probe, timeout=30)
+        assert any(e.dst == "203.0.113.9" and e.action == "deny" for e in seen)
+
+        editor = PolicyEditorScreen(hub, "netpool")
+        app = ScreenApp(editor)
+        async with app.run_test(size=(110, 40)) as pilot:
+            await pilot.pause()
+            await pilot.press("a")
+            assert isinstance(app.screen, RuleForm)
+            await pilot.click("#rule-ip")
+            await pilot.press(*"203.0.113.9", "enter")
+            await pilot.pause()
+            assert app.screen is editor
+            await pilot.press("p")  # apply to the running pool: the file is not written
+            assert "applied to pool netpool" in str(editor.query_one("#policy-status", Static).render())
+        before = len(seen)
+        await console.run(probe, timeout=30)
+        deadline = asyncio.get_running_loop().time() + 10
+        while not any(e.dst == "203.0.113.9" and e.action == "allow" for e in seen[before:]):
+            assert asyncio.get_running_loop().time() < deadline, seen[before:]
+            await asyncio.sleep(0.05)
+        assert "203.0.113.9" not in (tmp_path / "profiles" / "netpool.yaml").read_text(encoding="utf-8")
+        await hub.release(vm)
+    finally:
+        await hub.close()
+    await asyncio.wait_for(collector, 5)
