@@ -174,12 +174,16 @@ def _print_status(socket_path: str, pools: list[dict[str, Any]]) -> None:
         out.print("no pools yet (they may still be booting)")
         return
     columns = ["pool", "idle", "booting", "reserved", "max", "created", "released", "evicted",
-               "failed", "misses", "boot p50", "boot p95", "last error"]
+               "failed", "misses", "boot p50", "boot p95", "snapshot", "fallbacks", "last error"]
     table = Table(*columns)
     for p in pools:
         counts = [str(p[key]) for key in ("idle", "booting", "reserved", "max_size", "created",
                                           "released", "evicted", "failed", "misses")]
-        table.add_row(p["name"], *counts, _seconds(p["boot_p50_s"]), _seconds(p["boot_p95_s"]), p["last_error"] or "-")
+        snapshot = p.get("snapshot", "off")
+        if p.get("snapshot_error"):
+            snapshot += f": {p['snapshot_error']}"
+        table.add_row(p["name"], *counts, _seconds(p["boot_p50_s"]), _seconds(p["boot_p95_s"]),
+                      snapshot, str(p.get("fallbacks", 0)), p["last_error"] or "-")
     out.print(table)
     members = Table("vm", "pool", "state", "pid", "age")
     for p in pools:
