@@ -48,7 +48,13 @@ from engine.snapshot_meta import (
     sha256_file,
     write_info,
 )
-from engine.snapshot_store import prepare_ram_file, remove_template, template_lock, templates_dir
+from engine.snapshot_store import (
+    prepare_ram_file,
+    prune_stale_templates,
+    remove_template,
+    template_lock,
+    templates_dir,
+)
 from engine.vm import VmHandle, machine_spec_for
 from engine.vmspec import VmSpec
 
@@ -405,6 +411,7 @@ async def build_template(spec: VmSpec, *, boot_timeout: float = 60) -> Snapshot:
         if final.exists():
             remove_template(final)
         os.rename(staging, final)
+        await asyncio.to_thread(prune_stale_templates)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         ram.unlink(missing_ok=True)

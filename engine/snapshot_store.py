@@ -11,6 +11,7 @@ import fcntl
 import os
 import secrets
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -102,6 +103,43 @@ def remove_template(directory: Path, *, keep_ram: Path | None = None) -> None:
     except (OSError, SnapshotError):
         pass
     shutil.rmtree(directory, ignore_errors=True)
+
+
+def prune_stale_templates(*, orphan_age_s: float = 600.0) -> list[Path]:
+    """Remove what can never be used again: templates whose kernel or initrd is gone (an
+    image rebuilt and pruned), broken template folders, and RAM images no template names
+    (older than ``orphan_age_s``, so a build in progress keeps its own). Returns what went."""
+    from engine.snapshot_meta import SnapshotInfo
+
+    removed: list[Path] = []
+    named: set[Path] = set()
+    root = templates_dir()
+    for directory in sorted(root.iterdir()) if root.is_dir() else []:
+        if not directory.is_dir() or directory.name.startswith(".") or directory.name == "ram":
+            continue
+        try:
+            info = SnapshotInfo.from_json((directory / META_FILE).read_text(), directory / META_FILE)
+        except (OSError, SnapshotError):
+            if time.time() - directory.stat().st_mtime > orphan_age_s:
+                shutil.rmtree(directory, ignore_errors=True)
+                removed.append(directory)
+            continue
+        inputs = [info.shape.kernel] + ([info.shape.initrd] if info.shape.initrd else [])
+        if not all(Path(path).exists() for path in inputs):
+            remove_template(directory)
+            removed.append(directory)
+        elif info.ram_file:
+            named.add(Path(info.ram_file))
+    ram = ram_dir()
+    for image in ram.glob("*.ram") if ram.is_dir() else []:
+        try:
+            old = time.time() - image.stat().st_mtime > orphan_age_s
+        except OSError:
+            continue
+        if image not in named and old:
+            image.unlink(missing_ok=True)
+            removed.append(image)
+    return removed
 
 
 def prune_templates() -> list[Path]:

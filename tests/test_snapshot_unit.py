@@ -246,3 +246,27 @@ def test_profile_snapshot_default_follows_the_shape(fake_guest: engine.LinuxDire
     assert engine.parse_profile("name: a\nlogin: {user: alice}\n").pool_builder().settings(1).snapshot is False
     assert engine.parse_profile("name: a\npool: {snapshot: false}\n").pool_builder().settings(1).snapshot is False
     assert json.loads(json.dumps(engine.parse_profile("name: a\n").to_dict()))["snapshot"] is None
+
+
+def test_prune_stale_templates_keeps_only_what_can_still_be_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.snapshot_store import TEMPLATES_DIR_ENV, prune_stale_templates
+
+    monkeypatch.setenv(TEMPLATES_DIR_ENV, str(tmp_path / "templates"))
+    monkeypatch.setenv(RAM_DIR_ENV, str(tmp_path / "ram"))
+    (tmp_path / "ram").mkdir()
+    kernel = tmp_path / "vmlinux"
+    kernel.write_bytes(b"k")
+    kept_ram, gone_ram, orphan, fresh_orphan = (tmp_path / "ram" / f"{n}.ram" for n in ("kept", "gone", "orphan", "new"))
+    for ram in (kept_ram, gone_ram, orphan, fresh_orphan):
+        ram.write_bytes(b"")
+    live = _write_snapshot(tmp_path / "templates" / "live")
+    write_info(tmp_path / "templates" / "live", replace(live, kind="template", ram_file=str(kept_ram),
+                                                        shape=_shape(kernel=str(kernel), initrd=None)))
+    dead = _write_snapshot(tmp_path / "templates" / "dead")
+    write_info(tmp_path / "templates" / "dead", replace(dead, kind="template", ram_file=str(gone_ram),
+                                                        shape=_shape(kernel=str(tmp_path / "pruned-vmlinux"))))
+    os.utime(orphan, (0, 0))
+    removed = prune_stale_templates()
+    assert set(removed) == {tmp_path / "templates" / "dead", orphan}
+    assert kept_ram.exists() and fresh_orphan.exists() and not gone_ram.exists()
+    assert (tmp_path / "templates" / "live" / META_FILE).exists()
