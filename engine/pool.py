@@ -101,7 +101,11 @@ class VmPool:
             pool._snapshot_off = snapshot_unsupported(spec)
             if pool._snapshot_off is None:
                 pool._clones = CloneSource(
-                    spec, name=settings.name, prestart=settings.prestart, boot_timeout=settings.boot_timeout
+                    spec,
+                    name=settings.name,
+                    prestart=settings.prestart,
+                    boot_timeout=settings.boot_timeout,
+                    on_change=pool._clones_changed,
                 )
         if spec.boot.ready_marker is not None:
             pool._health_task = asyncio.create_task(pool._health_loop(), name=f"pool-{settings.name}-health")
@@ -165,6 +169,10 @@ class VmPool:
             waiting_clones=self._clones.waiting if self._clones is not None else 0,
             **self._counts,
         )
+
+    def _clones_changed(self) -> None:
+        if not self._closed:
+            self._notify()
 
     def _snapshot_state(self) -> str:
         if self._clones is not None:

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Literal
 
@@ -36,8 +37,17 @@ _MAX_TEMPLATE_FAILURES = 2
 class CloneSource:
     """A pool's template and its waiting clone processes; see the module docstring."""
 
-    def __init__(self, spec: VmSpec, *, name: str, prestart: int, boot_timeout: float) -> None:
+    def __init__(
+        self,
+        spec: VmSpec,
+        *,
+        name: str,
+        prestart: int,
+        boot_timeout: float,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
         self.name = name
+        self._on_change = on_change  # the pool's stats listeners see state and waiting counts
         self.prestart = max(0, prestart)
         self.boot_timeout = boot_timeout
         self.state: SnapshotState = "preparing"
@@ -78,12 +88,14 @@ class CloneSource:
         self._template = found
         self.state = "ready"
         self._top_up()
+        self._on_change()
         return found
 
     def _turn_off(self, reason: str) -> None:
         self.state = "failed"
         self.error = reason
         log.warning("pool %s: snapshots off, booting cold: %s", self.name, reason)
+        self._on_change()
 
     # ----- clones ----------------------------------------------------------------------------
 
@@ -113,6 +125,7 @@ class CloneSource:
     def _take_waiting(self, template: Snapshot) -> WaitingClone | None:
         while self._waiting:
             waiting = self._waiting.popleft()
+            self._on_change()
             if waiting.snapshot is template and waiting.alive():
                 return waiting
             self._spawn(waiting.close(), "discard")
@@ -130,6 +143,7 @@ class CloneSource:
             self._turn_off(f"restoring clones failed {self._failures} times; last: {err}")
         else:
             self.state = "preparing"  # the next start() builds the template anew
+            self._on_change()
 
     def _top_up(self) -> None:
         template = self._template
@@ -151,6 +165,7 @@ class CloneSource:
             await waiting.close()
             return
         self._waiting.append(waiting)
+        self._on_change()
 
     def update_spec(self, spec: VmSpec) -> None:
         """The pool's spec changed (a new policy): waiting clones take it at restore time."""

@@ -7,6 +7,7 @@ clones read it from memory instead of disk. ``CAPSA_SNAPSHOT_RAM_DIR`` moves the
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import fcntl
 import os
 import secrets
@@ -54,7 +55,12 @@ def ram_dir() -> Path:
     if wanted:
         return Path(wanted)
     if _is_tmpfs(_SHM):
-        return _SHM / f"capsa-tui-{os.getuid()}"
+        # A templates folder of its own (CAPSA_TEMPLATES_DIR) gets RAM images of its own too,
+        # so pruning one store never touches another's.
+        suffix = ""
+        if os.environ.get(TEMPLATES_DIR_ENV):
+            suffix = "-" + hashlib.sha256(str(templates_dir()).encode()).hexdigest()[:8]
+        return _SHM / f"capsa-tui-{os.getuid()}{suffix}"
     return templates_dir() / "ram"
 
 
@@ -107,16 +113,19 @@ def remove_template(directory: Path, *, keep_ram: Path | None = None) -> None:
 
 def prune_stale_templates(*, orphan_age_s: float = 600.0) -> list[Path]:
     """Remove what can never be used again: templates whose kernel or initrd is gone (an
-    image rebuilt and pruned), broken template folders, and RAM images no template names
-    (older than ``orphan_age_s``, so a build in progress keeps its own). Returns what went."""
+    image rebuilt and pruned), broken template folders, and RAM images of this store's keys
+    that no template names any more (older than ``orphan_age_s``, so a build in progress
+    keeps its own). Returns what went."""
     from engine.snapshot_meta import SnapshotInfo
 
     removed: list[Path] = []
     named: set[Path] = set()
+    keys: set[str] = set()  # templates this store has or had: their old RAM images are ours
     root = templates_dir()
     for directory in sorted(root.iterdir()) if root.is_dir() else []:
         if not directory.is_dir() or directory.name.startswith(".") or directory.name == "ram":
             continue
+        keys.add(directory.name)
         try:
             info = SnapshotInfo.from_json((directory / META_FILE).read_text(), directory / META_FILE)
         except (OSError, SnapshotError):
@@ -136,7 +145,7 @@ def prune_stale_templates(*, orphan_age_s: float = 600.0) -> list[Path]:
             old = time.time() - image.stat().st_mtime > orphan_age_s
         except OSError:
             continue
-        if image not in named and old:
+        if image not in named and old and image.name.split("-", 1)[0] in keys:
             image.unlink(missing_ok=True)
             removed.append(image)
     return removed

@@ -256,8 +256,9 @@ def test_prune_stale_templates_keeps_only_what_can_still_be_used(tmp_path: Path,
     (tmp_path / "ram").mkdir()
     kernel = tmp_path / "vmlinux"
     kernel.write_bytes(b"k")
-    kept_ram, gone_ram, orphan, fresh_orphan = (tmp_path / "ram" / f"{n}.ram" for n in ("kept", "gone", "orphan", "new"))
-    for ram in (kept_ram, gone_ram, orphan, fresh_orphan):
+    names = ("live-1", "dead-1", "live-0", "live-2", "other-0")
+    kept_ram, gone_ram, orphan, fresh_orphan, foreign = (tmp_path / "ram" / f"{n}.ram" for n in names)
+    for ram in (kept_ram, gone_ram, orphan, fresh_orphan, foreign):
         ram.write_bytes(b"")
     live = _write_snapshot(tmp_path / "templates" / "live")
     write_info(tmp_path / "templates" / "live", replace(live, kind="template", ram_file=str(kept_ram),
@@ -266,7 +267,8 @@ def test_prune_stale_templates_keeps_only_what_can_still_be_used(tmp_path: Path,
     write_info(tmp_path / "templates" / "dead", replace(dead, kind="template", ram_file=str(gone_ram),
                                                         shape=_shape(kernel=str(tmp_path / "pruned-vmlinux"))))
     os.utime(orphan, (0, 0))
+    os.utime(foreign, (0, 0))  # an old image of a key this store never had: another store's
     removed = prune_stale_templates()
     assert set(removed) == {tmp_path / "templates" / "dead", orphan}
-    assert kept_ram.exists() and fresh_orphan.exists() and not gone_ram.exists()
+    assert kept_ram.exists() and fresh_orphan.exists() and foreign.exists() and not gone_ram.exists()
     assert (tmp_path / "templates" / "live" / META_FILE).exists()
