@@ -14,6 +14,10 @@ the function forks only three small programs).
   link of its own, which grants each clone the lease its template held.
 - Last, the guest's ready marker: the host hands the clone out once it has seen it.
 
+A template is saved one step further: its shell already sits in ``read`` (:data:`AWAIT_LINE`),
+so a clone of it is sent only the arguments, which the kernel's line discipline takes in
+without the shell's line editor (what is left of a refill is the restore and this line).
+
 Failures print ``capsa-clone-failed: ...`` before the marker; the engine refuses such a clone.
 """
 from __future__ import annotations
@@ -27,13 +31,19 @@ _HOSTNAME = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 
-def fixup_line(seed: bytes, epoch: int, hostname: str, mac: str | None) -> bytes:
-    """The line (with its newline) to type at the clone's prompt."""
+# Typed in a template before it is saved: its clones wake up inside ``read``.
+AWAIT_LINE = b"read -r capsa_args; capsa_clone $capsa_args; unset capsa_args\n"
+
+
+def fixup_line(seed: bytes, epoch: int, hostname: str, mac: str | None, *, awaiting: bool = False) -> bytes:
+    """The line (with its newline) to type at the clone's prompt, or (``awaiting``: a clone of
+    a template saved after :data:`AWAIT_LINE`) into its waiting ``read``."""
     if len(seed) < 16:
         raise ConfigError("a clone's seed must hold at least 16 bytes of entropy")
     if not _HOSTNAME.match(hostname):
         raise ConfigError(f"hostname {hostname!r} is not a valid host name")
     if mac is not None and not _MAC.match(mac):
         raise ConfigError(f"MAC address {mac!r} is not six lower-case hex pairs")
-    words = ["capsa_clone", seed.hex(), str(int(epoch)), hostname] + ([mac] if mac else [])
+    words = [] if awaiting else ["capsa_clone"]
+    words += [seed.hex(), str(int(epoch)), hostname] + ([mac] if mac else [])
     return (" ".join(words) + "\n").encode()

@@ -29,7 +29,7 @@ from pathlib import Path
 from ipaddress import IPv4Address
 
 from engine.boot import LinuxDirectBoot
-from engine.clone_identity import ERROR_PREFIX, fixup_line
+from engine.clone_identity import AWAIT_LINE, ERROR_PREFIX, fixup_line
 from engine.errors import ConsoleError, EngineError, MachineError, SnapshotError
 from engine.kvm.accel import AccelChoice, choose_accelerator
 from engine.kvm.cmdline import MachineSpec
@@ -250,17 +250,19 @@ class WaitingClone:
         vm = await VmHandle.attach(spec, self.accel, self.machine, lease=IPv4Address(lease) if lease else None)
         try:
             if fix_identity and spec.boot.capsa_guest and spec.boot.ready_marker is not None:
-                await _fix_identity(vm, clone_hostname(hostname or spec.hostname), mac if vm.has_network else None)
+                awaiting = snapshot.info.extra.get("identity") == "awaiting"
+                host = clone_hostname(hostname or spec.hostname)
+                await _fix_identity(vm, host, mac if vm.has_network else None, awaiting=awaiting)
         except BaseException:
             await vm.kill()
             raise
         return vm
 
 
-async def _fix_identity(vm: VmHandle, hostname: str, mac: str | None) -> None:
+async def _fix_identity(vm: VmHandle, hostname: str, mac: str | None, *, awaiting: bool) -> None:
     stream = vm.console_stream
     begin = stream.end_offset
-    await stream.write(fixup_line(os.urandom(32), int(time.time()), hostname, mac))
+    await stream.write(fixup_line(os.urandom(32), int(time.time()), hostname, mac, awaiting=awaiting))
     try:
         await vm.wait_ready(_FIXUP_TIMEOUT_S)
     except EngineError as err:
@@ -392,6 +394,7 @@ async def build_template(spec: VmSpec, *, boot_timeout: float = 60) -> Snapshot:
         vm = await VmHandle.attach(spec, accel, machine)
         try:
             await vm.wait_ready(boot_timeout)
+            await _await_identity(vm)
             size = await save_state(machine, staging / STATE_FILE, ignore_shared=True)
             guest_ip = vm.guest_ip
         finally:
@@ -406,6 +409,7 @@ async def build_template(spec: VmSpec, *, boot_timeout: float = 60) -> Snapshot:
             state_sha256=await asyncio.to_thread(sha256_file, staging / STATE_FILE),
             ram_file=str(ram),
             created_at=time.time(),
+            extra={"identity": "awaiting"},
         )
         write_info(staging, info)
         if final.exists():
@@ -417,6 +421,24 @@ async def build_template(spec: VmSpec, *, boot_timeout: float = 60) -> Snapshot:
         ram.unlink(missing_ok=True)
         raise
     return Snapshot(final, info)
+
+
+async def _await_identity(vm: VmHandle) -> None:
+    """Leave the template's shell waiting in ``read`` for a clone's identity (AWAIT_LINE)."""
+    stream = vm.console_stream
+    begin = stream.end_offset
+    await stream.write(AWAIT_LINE)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _FIXUP_TIMEOUT_S
+    # The echo of the line's end means the shell has it; the pause lets it reach ``read``
+    # (saved a moment early, a clone only finishes those steps itself).
+    while b"\n" not in stream.read_from(begin):
+        if loop.time() > deadline or stream.closed:
+            raise SnapshotError(f"the template's shell did not take its last line: {stream.seen_since(begin)!r}")
+        with contextlib.suppress(TimeoutError, EngineError):
+            async with asyncio.timeout(1):
+                await stream.next_chunk(stream.end_offset)
+    await asyncio.sleep(0.2)
 
 
 async def vm_from_snapshot(

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import engine
-from engine.clone_identity import ERROR_PREFIX, fixup_line
+from engine.clone_identity import AWAIT_LINE, ERROR_PREFIX, fixup_line
 from engine.kvm.cmdline import MachineSockets, MachineSpec, qemu_argv
 from engine.netstack.dhcp import DhcpConfig, DhcpServer
 from engine.clone_agent import agent_program, assemble_agent
@@ -57,6 +57,12 @@ def test_fixup_line_carries_seed_time_name_and_mac() -> None:
     # The echo of the typed line must never read as a failure report or as the ready marker.
     assert ERROR_PREFIX.decode() not in line
     assert "\x1b]777;capsa-ready\x07" not in line
+
+
+def test_fixup_line_for_a_template_waiting_in_read_sends_only_the_arguments() -> None:
+    line = fixup_line(bytes(16), 7, "c1", None, awaiting=True)
+    assert line == b"00" * 16 + b" 7 c1\n"
+    assert AWAIT_LINE.endswith(b"\n") and b"read -r" in AWAIT_LINE and b"capsa_clone" in AWAIT_LINE
 
 
 def test_fixup_line_without_network_leaves_the_nic_alone() -> None:
