@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -148,11 +149,14 @@ def cpu_percent(pid: int, seconds: float) -> float:
     return 100 * (cpu_seconds(pid) - before) / (time.monotonic() - started)
 
 
-def qemu_pids() -> set[int]:
+def qemu_pids(marker: str) -> set[int]:
+    """QEMU processes whose command line holds ``marker`` (the app's private TMPDIR, where its VMs'
+    sockets are): ours only, even once reparented, never another program's VMs on the host."""
     pids = set()
     for entry in Path("/proc").iterdir():
         try:
-            if entry.name.isdigit() and (entry / "comm").read_text().startswith("qemu-system"):
+            if (entry.name.isdigit() and (entry / "comm").read_text().startswith("qemu-system")
+                    and marker.encode() in (entry / "cmdline").read_bytes()):
                 pids.add(int(entry.name))
         except OSError:
             pass
@@ -232,8 +236,9 @@ def main() -> None:
     baseline_py = work / "baseline_app.py"
     baseline_py.write_text(BASELINE_APP)
     baseline_cmd = f"{sys.executable} {baseline_py}"
-    env = {"CAPSA_CONFIG_DIR": str(work), "TERM": "xterm-256color"}
-    qemu_before = qemu_pids()
+    app_tmp = work / "tmp"  # short: a Unix socket's path must fit in 108 bytes
+    app_tmp.mkdir()
+    env = {"CAPSA_CONFIG_DIR": str(work), "TERM": "xterm-256color", "TMPDIR": str(app_tmp)}
     tmux = Tmux(env)
     try:
         # 1. Start-up to first frame, alternating, one warm-up each (page cache, .pyc).
@@ -295,12 +300,13 @@ def main() -> None:
                 pass
         tmux.kill()
         time.sleep(0.5)
-        for pid in qemu_pids() - qemu_before:  # normally none: they die with the app
+        for pid in qemu_pids(f"{app_tmp}/"):  # normally none: they die with the app
             try:
                 os.kill(pid, signal.SIGKILL)
                 print(f"warning: killed a QEMU process left behind: {pid}", file=sys.stderr)
             except OSError:
                 pass
+        shutil.rmtree(work, ignore_errors=True)
 
     table = Table(title=f"capsa-tui on a real terminal (tmux 120x40, {accel.name})")
     for column in ("measure", "ours", "baseline", "ratio", "baseline is"):

@@ -8,56 +8,44 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
+from typing import Any
 
 from textual.app import App
 from textual.binding import Binding
-from textual.command import DiscoveryHit, Hit, Hits, Provider
+from textual.screen import Screen
 
 from capsatui.hub import Hub, make_hub
+from capsatui.palette import ActionCommands, Command
 from capsatui.screens.dashboard import ACTIONS, DashboardScreen
-from capsatui.screens.help import HelpScreen
+from capsatui.screens.help import HelpScreen, key_label
 
 # (key, action, label, description) of the app-wide bindings; see ACTIONS for the dashboard's.
 APP_ACTIONS: list[tuple[str, str, str, str]] = [
     ("q", "quit", "Quit", "Quit: stop every pool (no VM is left running) and leave"),
-    ("question_mark", "help", "Help", "Show this help"),
+    ("question_mark", "help", "Help", "Show the keys of this screen"),
     ("ctrl+t", "toggle_theme", "Theme", "Switch between the light and dark theme"),
 ]
 EXTRA_KEYS = [
-    ("ctrl+p", "Command palette: every action by name"),
     ("up / down", "Select a pool (or a reserved VM in its table)"),
     ("tab", "Move between the pool table and the reserved VMs"),
     ("enter", "On a reserved VM: reopen its console"),
+    ("mouse", "Click a row to select it, a footer key to run it"),
 ]
+Sections = list[tuple[str, list[tuple[str, str]]]]
 
 
-def _key_label(key: str) -> str:
-    return {"question_mark": "?"}.get(key, key)
-
-
-class DashboardCommands(Provider):
+class DashboardCommands(ActionCommands):
     """The command palette's entries: every dashboard and app action."""
 
-    def _commands(self) -> list[tuple[str, str, object]]:
+    def commands(self) -> list[Command]:
         app = self.app
         assert isinstance(app, CapsaApp)
-        entries: list[tuple[str, str, object]] = []
+        entries: list[Command] = []
         for key, action, label, help_text in ACTIONS:
-            entries.append((f"{label} ({_key_label(key)})", help_text, partial(app.run_action, action, app.dashboard)))
+            entries.append((f"{label} ({key_label(key)})", help_text, partial(app.run_action, action, app.dashboard)))
         for key, action, label, help_text in APP_ACTIONS:
-            entries.append((f"{label} ({_key_label(key)})", help_text, partial(app.run_action, action)))
+            entries.append((f"{label} ({key_label(key)})", help_text, partial(app.run_action, action)))
         return entries
-
-    async def discover(self) -> Hits:
-        for title, help_text, command in self._commands():
-            yield DiscoveryHit(title, command, help=help_text)  # type: ignore[arg-type]
-
-    async def search(self, query: str) -> Hits:
-        matcher = self.matcher(query)
-        for title, help_text, command in self._commands():
-            score = max(matcher.match(title), matcher.match(help_text) * 0.5)
-            if score > 0:
-                yield Hit(score, matcher.highlight(title), command, text=title, help=help_text)  # type: ignore[arg-type]
 
 
 class CapsaApp(App[None]):
@@ -93,15 +81,26 @@ class CapsaApp(App[None]):
             except Exception as err:  # noqa: BLE001 - shown to the user, the app goes on
                 self.notify(f"starting {name} failed: {err}", severity="error", timeout=10)
 
-    def help_keys(self) -> list[tuple[str, str]]:
-        """Every binding and what it does, for the help screen."""
-        keys = [(_key_label(key), text) for key, _, _, text in ACTIONS]
-        keys += [(_key_label(key), text) for key, _, _, text in APP_ACTIONS]
-        return keys + EXTRA_KEYS
+    def help_sections(self, screen: Screen[Any] | None = None) -> Sections:
+        """The help screen's content: ``screen``'s keys first, then the app-wide ones."""
+        screen = self.screen if screen is None else screen
+        dashboard = [(key_label(key), text) for key, _, _, text in ACTIONS] + EXTRA_KEYS
+        sections: Sections = []
+        own = getattr(screen, "help_keys", None)
+        if screen is not self.dashboard and callable(own):
+            sections.append((getattr(screen, "HELP_TITLE", "This screen"), own()))
+        else:
+            sections.append(("Dashboard", dashboard))
+            from capsatui.screens.console import ConsoleScreen  # here: start-up must not wait for it
+
+            sections.append((ConsoleScreen.HELP_TITLE, ConsoleScreen.help_keys()))
+        everywhere = [(key_label(key), text) for key, _, _, text in APP_ACTIONS]
+        sections.append(("Everywhere", [*everywhere, ("ctrl+p", "Command palette: every action by name")]))
+        return sections
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
-            self.push_screen(HelpScreen(self.help_keys()))
+            self.push_screen(HelpScreen(self.help_sections()))
 
     def action_toggle_theme(self) -> None:
         self.theme = "textual-light" if self.current_theme.dark else "textual-dark"

@@ -240,6 +240,7 @@ class LocalHub(Hub):
             if name in self._policies and isinstance(pool.spec.network, engine.UserNatConfig):
                 pool.set_policy(self._policies[name])
             pool.add_listener(lambda stats: self._on_stats(name, run))
+            self._changed()  # its first boots show as "booting" before any of them is done
             await pool.wait_filled()
         except Exception as err:  # EngineError mostly; anything else is shown in place too
             if run.pool is not None:
@@ -259,6 +260,10 @@ class LocalHub(Hub):
         if pool is None:
             return
         stats = pool.stats()
+        if not run.ready and stats.idle + stats.reserved >= run.size:
+            # The first boots are done. wait_filled alone waits for ``size`` *idle* VMs, which
+            # never happens when one was reserved while booting and max_size == size.
+            run.ready = True
         idle = self._hist_idle.setdefault(name, deque(maxlen=HISTORY))
         if not idle or idle[-1] != stats.idle:
             idle.append(stats.idle)

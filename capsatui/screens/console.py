@@ -17,18 +17,19 @@ import re
 import time
 import weakref
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Static, TabbedContent, TabPane
 
 import engine
+from capsatui.palette import ActionCommands, Command
 from capsatui.screens.dialogs import FormModal, HelperMenu, ResultModal
 from capsatui.widgets.terminal import TerminalView
 
@@ -52,6 +53,15 @@ HELPERS: list[tuple[str, str, str]] = [
     ("d", "detach", "Detach (VM stays reserved)"),
     ("x", "release", "Release the VM and close its tab"),
     ("]", "send_escape_key", "Send a literal Ctrl-]"),
+    ("?", "app.help", "Help: every key of the console"),
+]
+# Keys of the terminal view itself, for the help screen.
+VIEW_KEYS: list[tuple[str, str]] = [
+    ("any other key", "Goes to the guest as a terminal sends it (arrows, Tab, Ctrl-C, F1-F12...)"),
+    ("shift+PgUp / PgDn", "Scroll back / forward; then arrows, PgUp/PgDn, n/N (matches), esc or q: live"),
+    ("mouse drag", "Select text (copied at once); the wheel scrolls back"),
+    ("ctrl+PgUp / PgDn", "Previous / next console tab"),
+    ("ctrl+p", "Command palette (every helper is there too)"),
 ]
 
 _SCREENS: weakref.WeakKeyDictionary[App[Any], ConsoleScreen] = weakref.WeakKeyDictionary()
@@ -68,7 +78,13 @@ async def open_console(app: App[Any], title: str, console: engine.Console, on_re
         return screen
     if screen not in app.screen_stack:
         await app.push_screen(screen)
-    await screen.add_console(title, console, on_release)
+    # Reopening a console that has a live tab shows that tab: a second terminal on the same
+    # serial line would only split the user's attention (and the tab keeps its scrollback).
+    existing = next((tab for tab in screen.tabs if tab.console is console and tab.closed_reason is None), None)
+    if existing is not None:
+        screen.show_tab(existing)
+    else:
+        await screen.add_console(title, console, on_release)
     return screen
 
 
@@ -159,29 +175,20 @@ class ConsoleTab(Vertical):
                           " console log (saved scrollback has them all) · ctrl+] helpers")
 
 
-class ConsoleCommands(Provider):
+class ConsoleCommands(ActionCommands):
     """The console helpers in the command palette (only while the console screen is shown)."""
 
-    async def discover(self) -> Hits:
-        for _, action, label in HELPERS:
-            yield DiscoveryHit(f"Console: {label}", self._runner(action))
-
-    async def search(self, query: str) -> Hits:
-        matcher = self.matcher(query)
-        for _, action, label in HELPERS:
-            score = matcher.match(f"Console: {label}")
-            if score > 0:
-                yield Hit(score, matcher.highlight(f"Console: {label}"), self._runner(action))
-
-    def _runner(self, action: str) -> Callable[[], Any]:
+    def commands(self) -> list[Command]:
         screen = self.screen
-        return lambda: screen.run_action(action)
+        return [(f"Console: {label}", f"ctrl+] {key}", partial(screen.run_action, action))
+                for key, action, label in HELPERS]
 
 
 class ConsoleScreen(Screen[None]):
     """Consoles of reserved VMs as tabs; see the module docstring for the keys."""
 
     COMMANDS = {ConsoleCommands}
+    HELP_TITLE = "Console (everything typed goes to the guest)"
     BINDINGS = [
         Binding("ctrl+right_square_bracket", "menu", "Helpers (ctrl+])", key_display="^]"),
         Binding("ctrl+pageup", "prev_tab", "Prev tab", show=False),
@@ -200,6 +207,13 @@ class ConsoleScreen(Screen[None]):
         self._initial = [(title, console, on_release)]
         self._pane_ids = 0
         self.tabs_alive = True
+
+    @classmethod
+    def help_keys(cls) -> list[tuple[str, str]]:
+        """The console's keys: ctrl+] then a helper's letter, then the terminal's own keys."""
+        rows = [("ctrl+]", "The helper menu; then one letter:")]
+        rows += [(f"ctrl+] {key}", label) for key, _, label in HELPERS]
+        return rows + VIEW_KEYS
 
     def compose(self) -> ComposeResult:
         with TabbedContent(id="console-tabs"):
@@ -226,6 +240,13 @@ class ConsoleScreen(Screen[None]):
         tabs.active = pane.id or ""
         self.call_after_refresh(self._focus_active)
         return pane.query_one(ConsoleTab)
+
+    def show_tab(self, tab: ConsoleTab) -> None:
+        """Make ``tab`` the active tab."""
+        pane = tab.parent
+        if isinstance(pane, TabPane) and pane.id:
+            self.query_one(TabbedContent).active = pane.id
+            self.call_after_refresh(self._focus_active)
 
     @property
     def tabs(self) -> list[ConsoleTab]:

@@ -28,7 +28,7 @@ MAX_REDRAWS_PER_S = 4
 ACTIONS: list[tuple[str, str, str, str]] = [
     ("s", "start", "Start", "Start the selected profile's pool (size from the profile)"),
     ("x", "stop", "Stop", "Stop the selected pool (kills its VMs, reserved ones too)"),
-    ("z", "resize", "Resize", "Restart the selected pool with another size"),
+    ("z", "resize", "Resize", "Keep another number of VMs warm in the selected pool (reserved ones stay)"),
     ("r", "reserve", "Reserve", "Reserve a VM of the selected pool (starting it if stopped) and open its console"),
     ("c", "console", "Console", "Reopen the console of the selected reserved VM"),
     ("l", "release", "Release", "Release the selected reserved VM (it is killed; the pool boots a new one)"),
@@ -120,7 +120,7 @@ class ResizeScreen(ModalScreen[int | None]):
         with Vertical():
             yield Label(f"New size of pool {self.pool_name} (warm VMs):")
             yield Input(str(self.current), type="integer", id="size")
-            yield Label("Enter applies (the pool restarts), Escape cancels", classes="hint")
+            yield Label("Enter applies (boots or stops idle VMs; reserved ones stay), Escape cancels", classes="hint")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         try:
@@ -354,15 +354,16 @@ class DashboardScreen(Screen[None]):
         self._run(self.hub.release(vm), f"releasing {vm.id}")
 
     async def open_console(self, vm: engine.PooledVm) -> None:
+        """Show ``vm``'s console as a tab of the one console screen (its tab again if it has one)."""
         try:
-            from capsatui.screens.console import ConsoleScreen
+            from capsatui.screens.console import open_console
         except ImportError as err:
             self.notify(f"the console screen is not available ({err}); {vm.id} stays reserved (l releases it)",
                         severity="warning")  # fmt: skip
             return
         console = await vm.console()
         on_release: Callable[[], Awaitable[None]] = lambda: self.hub.release(vm)  # noqa: E731
-        await self.app.push_screen(ConsoleScreen(f"{vm.id} ({vm.pool.name})", console, on_release))
+        await open_console(self.app, f"{vm.id} ({vm.pool.name})", console, on_release)
 
     def action_policy(self) -> None:
         name = self._pool_or_warn()

@@ -22,6 +22,8 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Select, Static
 
 import engine
+from capsatui.palette import BindingCommands
+from capsatui.screens.help import Keys, binding_rows
 from capsatui.screens.policy_editor import PolicyEditorScreen
 
 MAX_ROWS = 5000
@@ -61,6 +63,9 @@ def pool_of_vm(hub: Any, vm: str) -> str | None:
 class FlowLogScreen(Screen[None]):
     """The live stream of network events with filters by VM, action and domain."""
 
+    COMMANDS = {BindingCommands}
+    HELP_TITLE = "Flow log (denied flows in bold red)"
+
     DEFAULT_CSS = """
     FlowLogScreen #flow-filters { height: 3; }
     FlowLogScreen #flow-domain { width: 2fr; }
@@ -70,11 +75,16 @@ class FlowLogScreen(Screen[None]):
     FlowLogScreen #flow-status { height: 1; padding: 0 1; color: $text-muted; }
     """
     BINDINGS = [
-        Binding("a", "allow", "Allow this (denied) destination"),
-        Binding("c", "clear", "Clear"),
-        Binding("slash", "focus_filter", "Filter"),
-        Binding("escape", "close", "Back"),
+        Binding("a", "allow", "Allow this (denied) destination",
+                tooltip="On a denied flow: add an allow rule for its domain (or address) in the policy editor"),
+        Binding("c", "clear", "Clear", tooltip="Clear the log"),
+        Binding("slash", "focus_filter", "Filter", tooltip="Filter by domain (tab: by action, by VM)"),
+        Binding("escape", "close", "Back", tooltip="Back to the dashboard"),
     ]
+
+    @classmethod
+    def help_keys(cls) -> Keys:
+        return [*binding_rows(cls.BINDINGS), ("tab", "Move between the filters (domain, action, VM) and the log")]
 
     def __init__(self, hub: Any, max_rows: int = MAX_ROWS) -> None:
         super().__init__()

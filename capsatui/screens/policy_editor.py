@@ -21,6 +21,8 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, DataTable, Footer, Input, Label, OptionList, Select, Static
 
 import engine
+from capsatui.palette import BindingCommands
+from capsatui.screens.help import Keys, binding_rows
 from capsatui.widgets.rule_form import RuleForm, rule_values
 
 # What the box assumes for a domain's address: TEST-NET-3 (RFC 5737) is public and routes
@@ -112,6 +114,9 @@ class PoolPicker(ModalScreen["str | None"]):
 class PolicyEditorScreen(Screen[None]):
     """Edit, check, save and apply one pool's network policy."""
 
+    COMMANDS = {BindingCommands}
+    HELP_TITLE = "Policy editor (rules are tried in order; the first match decides)"
+
     DEFAULT_CSS = """
     PolicyEditorScreen #policy-title { height: auto; padding: 0 1; background: $boost; }
     PolicyEditorScreen #policy-top { height: 3; }
@@ -124,17 +129,22 @@ class PolicyEditorScreen(Screen[None]):
     PolicyEditorScreen #policy-status { height: auto; padding: 0 1; color: $text-muted; }
     """
     BINDINGS = [
-        Binding("a", "add", "Add"),
-        Binding("e", "edit", "Edit"),
-        Binding("d,delete", "delete", "Delete"),
-        Binding("ctrl+up,u", "move(-1)", "Up"),
-        Binding("ctrl+down,n", "move(1)", "Down"),
-        Binding("t", "toggle_default", "Default"),
-        Binding("s,ctrl+s", "save", "Save"),
-        Binding("p", "apply", "Apply to pool"),
-        Binding("slash,w", "whatif", "What if?"),
-        Binding("escape", "close", "Back"),
+        Binding("a", "add", "Add", tooltip="Add a rule (a form checked as you type)"),
+        Binding("e", "edit", "Edit", tooltip="Edit the selected rule"),
+        Binding("d,delete", "delete", "Delete", tooltip="Delete the selected rule"),
+        Binding("ctrl+up,u", "move(-1)", "Up", tooltip="Move the selected rule up (it is tried earlier)"),
+        Binding("ctrl+down,n", "move(1)", "Down", tooltip="Move the selected rule down"),
+        Binding("t", "toggle_default", "Default", tooltip="Switch the default action (allow / deny)"),
+        Binding("s,ctrl+s", "save", "Save", tooltip="Save into the profile's YAML (comments kept)"),
+        Binding("p", "apply", "Apply to pool", tooltip="Apply to the running pool: new flows follow these rules"),
+        Binding("slash,w", "whatif", "What if?", tooltip="What happens to a domain, IP or port? (which rule, why)"),
+        Binding("escape", "close", "Back", tooltip="Back (asks once when there are unsaved edits)"),
     ]
+
+    @classmethod
+    def help_keys(cls) -> Keys:
+        return [*binding_rows(cls.BINDINGS), ("enter", "Edit the selected rule"),
+                ("tab", "Move between the default, the buttons, the rules and the what-if box")]
 
     def __init__(self, hub: Any, pool_name: str | None, prefill_rule: engine.Rule | None = None) -> None:
         super().__init__()
@@ -298,6 +308,10 @@ class PolicyEditorScreen(Screen[None]):
         self.set_policy(self.policy.with_default(other))
 
     def on_select_changed(self, event: Select.Changed) -> None:
+        # A stale event (the Select's own start-up value, arriving after load() set the
+        # profile's) no longer matches the Select: only a current value is the user's choice.
+        if event.value != event.select.value:
+            return
         if event.select.id == "policy-default" and isinstance(event.value, str):
             if event.value != self.policy.default.value:
                 self.set_policy(self.policy.with_default(engine.PolicyAction(event.value)))

@@ -262,6 +262,7 @@ async def test_apply_to_a_running_pool_changes_its_next_flows(
     import asyncio
 
     from capsatui.hub import LocalHub
+    from tests.waiting import until
 
     monkeypatch.setenv("CAPSA_CONFIG_DIR", str(tmp_path))
     (tmp_path / "profiles").mkdir()
@@ -279,10 +280,7 @@ async def test_apply_to_a_running_pool_changes_its_next_flows(
         await hub.start_pool("netpool")
         vm = await hub.reserve("netpool", timeout=90)
         # Its only VM was reserved while the pool started (max_size 1): the pool runs all the same.
-        deadline = asyncio.get_running_loop().time() + 10
-        while not next(s for s in hub.states() if s.name == "netpool").running:
-            assert asyncio.get_running_loop().time() < deadline, "the pool never showed as running"
-            await asyncio.sleep(0.05)
+        await until(lambda: next(s for s in hub.states() if s.name == "netpool").running, 10, "the pool running")
         console = await vm.console()
         probe = "timeout 5 nc 203.0.113.9 8081 </dev/null"
         await console.run(probe, timeout=30)
@@ -302,10 +300,8 @@ async def test_apply_to_a_running_pool_changes_its_next_flows(
             assert "applied to pool netpool" in str(editor.query_one("#policy-status", Static).render())
         before = len(seen)
         await console.run(probe, timeout=30)
-        deadline = asyncio.get_running_loop().time() + 10
-        while not any(e.dst == "203.0.113.9" and e.action == "allow" for e in seen[before:]):
-            assert asyncio.get_running_loop().time() < deadline, seen[before:]
-            await asyncio.sleep(0.05)
+        await until(lambda: any(e.dst == "203.0.113.9" and e.action == "allow" for e in seen[before:]), 10,
+                    "an allowed flow after the apply")
         assert "203.0.113.9" not in (tmp_path / "profiles" / "netpool.yaml").read_text(encoding="utf-8")
         await hub.release(vm)
     finally:
