@@ -124,9 +124,17 @@ class VmPool:
         return pool
 
     async def wait_filled(self) -> None:
-        """Wait until the pool has had ``size`` idle VMs at once (PoolBootError if boots keep failing)."""
-        await self._wait_until(lambda: self._filled or len(self._idle) >= self.size)
+        """Wait until the pool has had ``size`` idle VMs at once (PoolBootError if boots keep failing).
+
+        VMs reserved while the pool filled count too once nothing boots any more: a pool whose
+        ``max_size`` leaves no room for their replacements is as full as it can be.
+        """
+        await self._wait_until(lambda: self._filled or len(self._idle) >= self.size or self._full_with_reserved())
         self._filled = True
+
+    def _full_with_reserved(self) -> bool:
+        states = [m.state for m in self._members.values()]
+        return "booting" not in states and len(self._idle) + states.count("reserved") >= self.size
 
     # ----- public state ----------------------------------------------------------------------
 

@@ -263,3 +263,31 @@ async def test_resize_grows_and_shrinks_without_touching_reserved_vms(boot: engi
         with pytest.raises(engine.ConfigError, match="max_size"):
             pool.resize(4, max_size=2)
         await held.release()
+
+
+async def test_wait_filled_counts_vms_reserved_while_the_pool_filled(boot: engine.LinuxDirectBoot) -> None:
+    pool = _pool(boot, "fillres").max_size(1).start(1)
+    try:
+        vm = await pool.reserve(timeout=60)  # the only VM, taken while the pool was filling
+        await asyncio.wait_for(pool.wait_filled(), 10)  # no room for a replacement: as full as it gets
+        await vm.release()
+    finally:
+        await pool.close()
+
+
+async def test_a_socket_folder_too_deep_is_a_clear_machine_error(
+    boot: engine.LinuxDirectBoot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempfile
+
+    deep = tmp_path / ("d" * 100)
+    deep.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(deep))
+    with pytest.raises(engine.MachineError, match="too deep for Unix socket paths"):
+        await engine.vm(boot).memory_mb(128).build()
+    pool = _pool(boot, "deep").start(1)
+    try:
+        with pytest.raises(engine.PoolBootError, match="too deep"):
+            await asyncio.wait_for(pool.wait_filled(), 60)
+    finally:
+        await pool.close()

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
 
 EventCallback = Callable[[str, dict[str, Any]], None]
+_SUN_PATH_MAX = 107  # sockaddr_un.sun_path holds 108 bytes, the last one a NUL
 
 
 @dataclass
@@ -89,7 +90,16 @@ class Machine:
     async def launch(cls, spec: MachineSpec, *, binary: str | None = None, timeout: float = 15.0) -> Machine:
         """Start QEMU for ``spec`` and return once QMP and the serial port are connected."""
         binary = binary or find_qemu()
-        workdir = Path(tempfile.mkdtemp(prefix="capsa-vm-"))
+        try:
+            workdir = Path(tempfile.mkdtemp(prefix="capsa-vm-"))
+        except OSError as err:
+            raise MachineError(f"cannot create the machine's socket folder in {tempfile.gettempdir()}: {err.strerror}") from err
+        if len(str(workdir / "serial.sock").encode()) > _SUN_PATH_MAX:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise MachineError(
+                f"the temporary folder {tempfile.gettempdir()} is too deep for Unix socket paths "
+                f"(at most {_SUN_PATH_MAX} bytes): set TMPDIR to a shorter folder"
+            )
         sockets = MachineSockets(
             qmp=workdir / "qmp.sock",
             serial=workdir / "serial.sock",
@@ -116,11 +126,13 @@ class Machine:
             machine = cls(process, qmp, serial, stderr, stderr_task, net_socket)
             machine.spec = spec
             return machine
-        except BaseException:
+        except BaseException as err:
             if process is not None and process.returncode is None:
                 process.kill()
                 await process.wait()
             await _abandon(qmp, conns)
+            if isinstance(err, OSError):  # a socket or the process could not be made
+                raise MachineError(f"starting QEMU failed: {err}", stderr.text()) from err
             raise
         finally:
             if conns.server is not None:
