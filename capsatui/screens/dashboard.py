@@ -75,6 +75,20 @@ def row_cells(state: PoolState, accel: str) -> list[Any]:
     return [state.name, state_label(state), *[str(c) for c in counts], accel if active else "", error]
 
 
+def refill_text(stats: engine.PoolStats) -> Text:
+    """How the pool makes fresh VMs: snapshot clones (and their state) or cold boots."""
+    if stats.snapshot == "off":
+        return Text("refill: cold boots\n", style="dim")
+    line = Text("refill: snapshot clones, ")
+    style = {"ready": "green", "preparing": "yellow", "failed": "red"}.get(stats.snapshot, "")
+    label = {"ready": "template ready", "preparing": "building the template", "failed": "off, booting cold"}
+    line.append(label.get(stats.snapshot, stats.snapshot), style=style)
+    line.append(f"; {stats.waiting_clones} waiting, {stats.fallbacks} cold fallbacks\n")
+    if stats.snapshot_error:
+        line.append(f"  why: {stats.snapshot_error.splitlines()[0][:200]}\n", style="yellow")
+    return line
+
+
 def detail_text(state: PoolState | None, accel: str) -> Text:
     """The panel under the table: the selected pool's profile, members and last error."""
     if state is None:
@@ -89,6 +103,8 @@ def detail_text(state: PoolState | None, accel: str) -> Text:
     else:
         text.append("  (profile file failed to load)\n")
     text.append(f"accelerator: {accel}\n", style="dim")
+    if state.stats is not None:
+        text.append(refill_text(state.stats))
     if state.members:
         text.append("members:\n")
         for m in state.members:

@@ -1,6 +1,7 @@
 """The dashboard against the real engine: fast start, errors in place, a pool's life, quitting."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -259,3 +260,15 @@ async def test_resize_palette_and_theme(boot: engine.LinuxDirectBoot, config_dir
         assert cell(app, "t", "idle") == "0"
         await pilot.press("x")
         await wait_for(pilot, lambda: cell(app, "t", "state") == "stopped", 10)
+
+
+def test_refill_text_says_how_fresh_vms_are_made() -> None:
+    from capsatui.screens.dashboard import refill_text
+
+    base = engine.PoolStats("p", 1, 2, 1, 0, 0, 0, 1, 0, 0, 0, 0, None, None, None)
+    assert refill_text(base).plain == "refill: cold boots\n"
+    ready = dataclasses.replace(base, snapshot="ready", waiting_clones=2)
+    assert refill_text(ready).plain == "refill: snapshot clones, template ready; 2 waiting, 0 cold fallbacks\n"
+    failed = dataclasses.replace(base, snapshot="failed", fallbacks=3, snapshot_error="no template: /dev/shm has 3 MiB free")
+    text = refill_text(failed).plain
+    assert "off, booting cold; 0 waiting, 3 cold fallbacks" in text and "why: no template: /dev/shm has 3 MiB free" in text
