@@ -23,7 +23,7 @@ import dns.rrset
 import pytest
 
 import engine
-from tests.waiting import free_port
+from tests.waiting import collect, free_port
 
 pytestmark = pytest.mark.guest
 
@@ -208,13 +208,7 @@ async def netvm(boot: engine.LinuxDirectBoot, servers: Servers) -> AsyncIterator
         nat = nat.host(name, "127.0.0.1")
     net = nat.dns_upstream(f"127.0.0.1:{servers.dns_port}").policy(base_policy()).build()
     vm = await engine.vm(boot).cpus(2).memory_mb(384).network(net).console_enabled().build()
-    events: list[engine.FlowEvent] = []
-
-    async def collect() -> None:
-        async for event in vm.network_events():
-            events.append(event)
-
-    collector = asyncio.create_task(collect())
+    events, collector = collect(vm.network_events())
     try:
         await vm.wait_ready(60)
         yield NetVm(vm, await vm.console(), events)
@@ -409,13 +403,7 @@ async def test_a_networked_profile_gives_each_pooled_vm_its_gateway(boot: engine
     profile = engine.find_profile("web")
     async with await profile.pool_builder().memory_mb(192).build(1) as pool:
         async with await pool.reserve(timeout=60) as vm:
-            events: list[engine.FlowEvent] = []
-
-            async def collect() -> None:
-                async for event in vm.network_events():
-                    events.append(event)
-
-            collector = asyncio.create_task(collect())
+            events, collector = collect(vm.network_events())
             console = await vm.console()
             assert "inet 10.0.2.15/24" in await console.exec("ip -4 addr show eth0")
             refused = await console.run("timeout 10 nc 203.0.113.5 80 </dev/null")

@@ -4,9 +4,12 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
 
 import engine
+
+T = TypeVar("T")
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
@@ -28,3 +31,14 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def collect(events: AsyncIterator[T]) -> tuple[list[T], asyncio.Task[None]]:
+    """Append every item of ``events`` to a list, in the background (cancel the task when done)."""
+    seen: list[T] = []
+
+    async def pump() -> None:
+        async for item in events:
+            seen.append(item)
+
+    return seen, asyncio.create_task(pump())

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import engine
-from tests.waiting import until
+from tests.waiting import collect, until
 from capsatui.hub import LocalHub, PoolState
 
 TEST_PROFILE = "name: t\nmemory_mb: 192\npool:\n  size: 1\n  max_size: 2\n"
@@ -117,13 +117,7 @@ async def test_flow_events_of_pool_vms_are_merged(boot: engine.LinuxDirectBoot, 
     hub = LocalHub()
     await hub.reload_profiles()
     assert hub.policy("n") is not None and hub.policy("n").default == engine.PolicyAction.DENY  # type: ignore[union-attr]
-    seen: list[engine.FlowEvent] = []
-
-    async def collect() -> None:
-        async for event in hub.flow_events():
-            seen.append(event)
-
-    collector = asyncio.create_task(collect())
+    seen, collector = collect(hub.flow_events())
     try:
         await hub.start_pool("n")
         await until(lambda: state_of(hub, "n").running, 90.0)

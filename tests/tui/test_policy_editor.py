@@ -5,6 +5,8 @@ and its saving are the engine's own.
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -86,17 +88,22 @@ def profile_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
+@contextlib.asynccontextmanager
+async def _guarded_editor() -> AsyncIterator[tuple[ScreenApp, PolicyEditorScreen, Any, DataTable]]:
+    """The editor of the profile file ``guarded``, running, with its rules table."""
+    editor = PolicyEditorScreen(FakeHub({"guarded": engine.find_profile("guarded")}), "guarded")
+    app = ScreenApp(editor)
+    async with app.run_test(size=(110, 40)) as pilot:
+        await pilot.pause()
+        yield app, editor, pilot, editor.query_one("#policy-rules", DataTable)
+
+
 async def _type(pilot: Any, text: str) -> None:
     await pilot.press(*text)
 
 
 async def test_add_deny_rule_move_up_save_keeps_comments(profile_file: Path) -> None:
-    hub = FakeHub({"guarded": engine.find_profile("guarded")})
-    editor = PolicyEditorScreen(hub, "guarded")
-    app = ScreenApp(editor)
-    async with app.run_test(size=(110, 40)) as pilot:
-        await pilot.pause()
-        table = editor.query_one("#policy-rules", DataTable)
+    async with _guarded_editor() as (app, editor, pilot, table):
         assert table.row_count == 2
         await pilot.press("a")
         form = app.screen
@@ -197,12 +204,7 @@ def test_editor_snapshot(snap_compare: Any, tmp_path: Path, monkeypatch: pytest.
 
 
 async def test_edit_delete_move_down_then_reopen_the_saved_file(profile_file: Path) -> None:
-    hub = FakeHub({"guarded": engine.find_profile("guarded")})
-    editor = PolicyEditorScreen(hub, "guarded")
-    app = ScreenApp(editor)
-    async with app.run_test(size=(110, 40)) as pilot:
-        await pilot.pause()
-        table = editor.query_one("#policy-rules", DataTable)
+    async with _guarded_editor() as (app, editor, pilot, table):
         table.focus()
         # Edit rule 2 (the HTTPS allow): the form opens filled in; make it port 8443.
         table.move_cursor(row=1)
@@ -232,12 +234,7 @@ async def test_edit_delete_move_down_then_reopen_the_saved_file(profile_file: Pa
         assert "saved to" in str(editor.query_one("#policy-status", Static).render())
 
     # A fresh editor on the reloaded profile shows what was saved; the file kept its comments.
-    hub = FakeHub({"guarded": engine.find_profile("guarded")})
-    editor = PolicyEditorScreen(hub, "guarded")
-    app = ScreenApp(editor)
-    async with app.run_test(size=(110, 40)) as pilot:
-        await pilot.pause()
-        table = editor.query_one("#policy-rules", DataTable)
+    async with _guarded_editor() as (app, editor, pilot, table):
         assert table.row_count == 1 and "tcp and port 8443" in str(table.get_row_at(0)[2])
         assert editor.policy.default is engine.PolicyAction.ALLOW
     assert "# A trailing comment the editor must leave alone." in profile_file.read_text(encoding="utf-8")
@@ -262,19 +259,13 @@ async def test_apply_to_a_running_pool_changes_its_next_flows(
     import asyncio
 
     from capsatui.hub import LocalHub
-    from tests.waiting import until
+    from tests.waiting import collect, until
 
     monkeypatch.setenv("CAPSA_CONFIG_DIR", str(tmp_path))
     (tmp_path / "profiles").mkdir()
     (tmp_path / "profiles" / "netpool.yaml").write_text(NET_POOL, encoding="utf-8")
     hub = LocalHub()
-    seen: list[engine.FlowEvent] = []
-
-    async def collect() -> None:
-        async for e in hub.flow_events():
-            seen.append(e)
-
-    collector = asyncio.create_task(collect())
+    seen, collector = collect(hub.flow_events())
     try:
         await hub.reload_profiles()
         await hub.start_pool("netpool")
