@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import os
 import re
+import secrets
 import shutil
 import time
 from dataclasses import replace
@@ -247,9 +248,12 @@ class WaitingClone:
             await self.machine.close()
             raise
         lease = snapshot.info.guest.guest_ip
-        vm = await VmHandle.attach(spec, self.accel, self.machine, lease=IPv4Address(lease) if lease else None)
+        fixing = fix_identity and spec.boot.capsa_guest and spec.boot.ready_marker is not None
+        vm = await VmHandle.attach(
+            spec, self.accel, self.machine, lease=IPv4Address(lease) if lease else None, running=not fixing
+        )
         try:
-            if fix_identity and spec.boot.capsa_guest and spec.boot.ready_marker is not None:
+            if fixing:
                 awaiting = snapshot.info.extra.get("identity") == "awaiting"
                 host = clone_hostname(hostname or spec.hostname)
                 await _fix_identity(vm, host, mac if vm.has_network else None, awaiting=awaiting)
@@ -289,9 +293,8 @@ async def save_snapshot(vm: VmHandle, dest_dir: str | Path) -> Path:
     machine = vm.machine
     if machine.spec is None or machine.exited:
         raise SnapshotError("the VM is not running: nothing to snapshot")
-    reason = snapshot_unsupported(vm.spec)
-    if reason is not None and vm.spec.boot.capsa_guest:
-        raise SnapshotError(f"this VM cannot be snapshotted for cloning: {reason}")
+    if vm.spec.login is not None:
+        raise SnapshotError("a VM with a login on its console cannot be snapshotted: a clone's identity is fixed at a root shell")
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -453,11 +456,13 @@ async def vm_from_snapshot(
     ``network`` replaces the network settings (policy, forwards, hosts) the clone runs with;
     by default a snapshot with a network card gets ``NetworkMode.user_nat()``'s defaults.
     ``fix_identity`` (our guest only, which must be at its shell prompt, as after boot) gives
-    the clone fresh random state, the host's time, ``hostname`` and a new MAC.
+    the clone fresh random state, the host's time, ``hostname`` (by default the saved one with
+    a random suffix) and a new MAC; without it the clone resumes exactly as saved.
     """
     snapshot = await asyncio.to_thread(Snapshot.load, path)
     spec = snapshot.vm_spec(network)
-    spec = replace(spec, hostname=clone_hostname(hostname)) if hostname else spec
+    hostname = clone_hostname(hostname or f"{snapshot.info.guest.hostname}-{secrets.token_hex(3)}")
+    spec = replace(spec, hostname=hostname)
     spec.validate()
     spec.boot.check()
     accel = choose_accelerator(spec.accel)

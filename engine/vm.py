@@ -107,6 +107,8 @@ class VmHandle:
         machine: Machine,
         stream: ConsoleStream,
         gateway: Gateway | None = None,
+        *,
+        running: bool = False,
     ) -> None:
         self.spec = spec
         self._gateway = gateway
@@ -118,7 +120,7 @@ class VmHandle:
         self._exit: MachineExit | None = None
         # Without a marker the engine cannot tell more than "the machine runs"; a login guest
         # prints its marker only after someone logs in.
-        watch_marker = spec.boot.ready_marker is not None and spec.login is None
+        watch_marker = spec.boot.ready_marker is not None and spec.login is None and not running
         self._status: VmStatus = Starting() if watch_marker else Running()
         self._status_changed = asyncio.Event()
         self._panic = _PanicWatcher()
@@ -144,11 +146,13 @@ class VmHandle:
         machine: Machine,
         *,
         lease: IPv4Address | None = None,
+        running: bool = False,
     ) -> VmHandle:
         """Wrap a launched ``machine``: start its gateway (when ``spec`` has a network) and console.
 
         ``lease`` is the address a guest restored from a snapshot already holds: the gateway
         takes it as leased instead of waiting for a DHCP exchange that will not come.
+        ``running``: the guest is past its boot (restored), so no ready marker is awaited.
         The machine is killed if this fails.
         """
         nat = spec.network if isinstance(spec.network, UserNatConfig) else None
@@ -170,7 +174,9 @@ class VmHandle:
             scrollback=spec.scrollback_bytes,
             ready_marker=spec.boot.ready_marker,
         )
-        return cls(spec, accel, machine, stream, gateway)
+        if running and stream.ready_marker is not None:
+            stream.ready_count = 1  # the guest printed its marker before it was saved
+        return cls(spec, accel, machine, stream, gateway, running=running)
 
     # ----- state -----------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.guest
 
 _IDENTITY = (
     "head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; hostname; "
-    "cat /sys/class/net/eth0/address; date +%s"
+    "cat /sys/class/net/eth0/address; date +%s; cat /proc/sys/kernel/random/boot_id"
 )
 
 
@@ -80,9 +80,9 @@ async def http_server() -> AsyncIterator[tuple[int, list[str]]]:
         await server.wait_closed()
 
 
-def _identity(output: str) -> tuple[str, str, str, int]:
-    random_hex, hostname, mac, epoch = output.split()
-    return random_hex, hostname, mac, int(epoch)
+def _identity(output: str) -> tuple[str, str, str, int, str]:
+    random_hex, hostname, mac, epoch, boot_id = output.split()
+    return random_hex, hostname, mac, int(epoch), boot_id
 
 
 # ----- clone identity ----------------------------------------------------------------------------
@@ -102,6 +102,7 @@ async def test_two_clones_are_machines_of_their_own(
         outputs = await asyncio.gather(*(console.exec(_IDENTITY) for console in consoles))
         ids = [_identity(out) for out in outputs]
         assert ids[0][0] != ids[1][0], "two clones produced the same random bytes"
+        assert ids[0][4] != ids[1][4], "two clones share a boot id"
         assert [i[1] for i in ids] == ["clone-a", "clone-b"]
         macs = {i[2] for i in ids}
         assert len(macs) == 2 and engine.UserNatConfig().guest_mac not in macs
@@ -150,6 +151,9 @@ async def test_a_running_vm_snapshot_keeps_it_running_and_clones_it(boot: engine
             mine = await console.exec("head -c 16 /dev/urandom | od -An -tx1")
             theirs = await (await clone.console()).exec("head -c 16 /dev/urandom | od -An -tx1")
             assert mine != theirs
+        async with await engine.vm_from_snapshot(path, fix_identity=False) as twin:
+            assert isinstance(twin.status(), engine.Running)  # resumed as saved: nothing to wait for
+            assert await (await twin.console()).exec("hostname") == f"{vm.spec.hostname}\n"
     with pytest.raises(engine.SnapshotError, match="not empty"):
         async with await engine.vm(boot).memory_mb(192).console_enabled().build() as vm:
             await vm.wait_ready(60)
