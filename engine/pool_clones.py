@@ -109,8 +109,11 @@ class CloneSource:
             try:
                 if waiting is None:
                     waiting = await WaitingClone.launch(template, spec)
-                self._top_up()
-                return await waiting.restore(spec, hostname=hostname)
+                try:
+                    return await waiting.restore(spec, hostname=hostname)
+                finally:
+                    # Only now: a QEMU starting beside the restore would slow it on a small host.
+                    self._top_up()
             except asyncio.CancelledError:
                 if waiting is not None:
                     await waiting.close()
