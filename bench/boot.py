@@ -39,7 +39,7 @@ from engine.console_match import READY_MARKER  # noqa: E402
 from engine.images import default_image  # noqa: E402
 from engine.kvm.cmdline import MachineSockets, MachineSpec, qemu_argv  # noqa: E402
 from engine.kvm.host import find_qemu, qemu_version  # noqa: E402
-from engine.vm import kernel_cmdline  # noqa: E402
+from engine.vm_handle import kernel_cmdline  # noqa: E402
 
 CPUS = 1
 MEMORY_MB = 256

@@ -41,7 +41,7 @@ from engine.pool_stats import MemberState, PoolMember, PoolSettings, PoolStats, 
 from engine.pooled_vm import PooledVm
 from engine.snapshot import clone_hostname, snapshot_unsupported
 from engine.status import Failed
-from engine.vm import VmHandle
+from engine.vm_handle import VmHandle
 from engine.vmspec import VmSpec
 
 log = logging.getLogger(__name__)

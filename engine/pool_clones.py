@@ -25,7 +25,7 @@ from engine.errors import EngineError, SnapshotError
 from engine.netstack.config import UserNatConfig
 from engine.snapshot import Snapshot, WaitingClone, template_for
 from engine.snapshot_store import remove_template
-from engine.vm import VmHandle
+from engine.vm_handle import VmHandle
 from engine.vmspec import VmSpec
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.console import Console
 from engine.status import VmStatus
-from engine.vm import VmHandle
+from engine.vm_handle import VmHandle
 
 if TYPE_CHECKING:
     from engine.pool import VmPool

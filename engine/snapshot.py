@@ -56,7 +56,7 @@ from engine.snapshot_store import (
     template_lock,
     templates_dir,
 )
-from engine.vm import VmHandle, machine_spec_for
+from engine.vm_handle import VmHandle, machine_spec_for
 from engine.vmspec import VmSpec
 
 _FIXUP_TIMEOUT_S = 20.0

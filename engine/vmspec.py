@@ -10,7 +10,7 @@ from engine.errors import ConfigError
 from engine.netstack.config import NetworkConfig, NoNetwork, UserNatConfig
 
 if TYPE_CHECKING:
-    from engine.vm import VmHandle
+    from engine.vm_handle import VmHandle
 
 DEFAULT_SCROLLBACK = 1 << 20
 _HOSTNAME = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
@@ -133,7 +133,7 @@ class VmBuilder(ShapeBuilder):
 
     async def build(self) -> VmHandle:
         """Start the VM and return its handle while the guest boots."""
-        from engine.vm import VmHandle  # vm.py imports this module; avoid the cycle at import time
+        from engine.vm_handle import VmHandle  # vm_handle.py imports this module: no cycle at import time
 
         return await VmHandle.start(self.spec())
 

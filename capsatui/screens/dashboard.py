@@ -199,7 +199,9 @@ class DashboardScreen(Screen[None]):
             reserved.add_column(label, key=key)
         self.hub.subscribe(self._hub_changed)
         self.redraw()
-        self._run(self._startup(), "loading profiles")
+        # After the first frame: loading profiles imports most of the engine (a few hundred ms
+        # of CPU under the GIL) and would hold back the frame the user waits for.
+        self.call_after_refresh(lambda: self._run(self._startup(), "loading profiles"))
 
     def on_unmount(self) -> None:
         self.hub.unsubscribe(self._hub_changed)

@@ -6,11 +6,30 @@ reserves, runs commands and watches consoles through it. The wire format is in
 """
 from __future__ import annotations
 
-from engine.service.client import Attachment, ServiceClient
-from engine.service.errors import ProtocolError, ServiceError, ServiceUnavailable, ServiceVersionError
-from engine.service.paths import service_socket_path
-from engine.service.protocol import PROTOCOL_VERSION
-from engine.service.server import PoolServer
+from typing import TYPE_CHECKING
+
+from engine.lazy import lazy_attributes
+
+_EXPORTS = {
+    "Attachment": "engine.service.client",
+    "ServiceClient": "engine.service.client",
+    "ProtocolError": "engine.service.errors",
+    "ServiceError": "engine.service.errors",
+    "ServiceUnavailable": "engine.service.errors",
+    "ServiceVersionError": "engine.service.errors",
+    "service_socket_path": "engine.service.paths",
+    "PROTOCOL_VERSION": "engine.service.protocol",
+    "PoolServer": "engine.service.server",
+}
+
+if TYPE_CHECKING:
+    from engine.service.client import Attachment, ServiceClient
+    from engine.service.errors import ProtocolError, ServiceError, ServiceUnavailable, ServiceVersionError
+    from engine.service.paths import service_socket_path
+    from engine.service.protocol import PROTOCOL_VERSION
+    from engine.service.server import PoolServer
+
+__getattr__, __dir__ = lazy_attributes(__name__, globals(), _EXPORTS)
 
 __all__ = [
     "PROTOCOL_VERSION",

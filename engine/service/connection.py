@@ -20,7 +20,7 @@ from engine.pool import VmPool
 from engine.pooled_vm import PooledVm
 from engine.service import protocol
 from engine.service.errors import BadRequest, ProtocolError, ServiceError, ServiceVersionError
-from engine.vm import VmHandle
+from engine.vm_handle import VmHandle
 
 log = logging.getLogger(__name__)
 
