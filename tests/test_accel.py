@@ -52,13 +52,9 @@ def test_env_override(monkeypatch: pytest.MonkeyPatch) -> None:
         choose_accelerator()
 
 
-def test_this_host_probe_is_fast_and_consistent() -> None:
-    import time
-
-    start = time.perf_counter()
+def test_this_host_probe_is_consistent() -> None:
     usable, reason = probe_kvm()
     assert reason
-    assert time.perf_counter() - start < 0.5  # a file probe, never a trial boot
     if Path("/sys/module/kvm_pvm").exists():
         assert not usable
 

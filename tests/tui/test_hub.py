@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import pytest
@@ -69,10 +68,8 @@ async def test_missing_image_is_an_error_in_place(config_dir: Path, monkeypatch:
 async def test_start_reserve_release_stop(boot: engine.LinuxDirectBoot, config_dir: Path) -> None:
     hub = LocalHub()
     await hub.reload_profiles()
-    started = time.monotonic()
     await hub.start_pool("t")
-    assert time.monotonic() - started < 0.5  # returns at once; boots in the background
-    assert state_of(hub, "t").starting
+    assert state_of(hub, "t").starting  # returned at once: the pool boots in the background
     await until(lambda: state_of(hub, "t").running, 90.0)
     t = state_of(hub, "t")
     assert t.stats is not None and t.stats.idle == 1 and t.history_boot_s and t.members

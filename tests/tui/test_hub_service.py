@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -93,11 +92,9 @@ async def test_service_hub_reserve_console_release(env: tuple[engine.VmPool, eng
 
 async def test_make_hub_without_server_is_local(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("CAPSA_SOCKET", str(tmp_path / "nobody.sock"))
-    started = time.monotonic()
     hub = make_hub()
     try:
         assert isinstance(hub, LocalHub)
-        assert time.monotonic() - started < 1.0
     finally:
         await hub.close()
 
