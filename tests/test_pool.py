@@ -21,8 +21,18 @@ def _pool(boot: engine.LinuxDirectBoot, name: str) -> engine.PoolBuilder:
     return engine.vm_pool(boot).cpus(1).memory_mb(192).console_enabled().name(name)
 
 
+_OTHERS: set[int] = set()
+
+
+@pytest.fixture(autouse=True)
+def _machines_of_others() -> None:
+    """Machines alive before the test (a session fixture's shared VM) are not its to count."""
+    _OTHERS.clear()
+    _OTHERS.update(qemu_children(os.getpid()))
+
+
 def _qemu_children() -> set[int]:
-    return qemu_children(os.getpid())
+    return qemu_children(os.getpid()) - _OTHERS
 
 
 @pytest.fixture
