@@ -260,10 +260,6 @@ class LocalHub(Hub):
         if pool is None:
             return
         stats = pool.stats()
-        if not run.ready and stats.idle + stats.reserved >= run.size:
-            # The first boots are done. wait_filled alone waits for ``size`` *idle* VMs, which
-            # never happens when one was reserved while booting and max_size == size.
-            run.ready = True
         idle = self._hist_idle.setdefault(name, deque(maxlen=HISTORY))
         if not idle or idle[-1] != stats.idle:
             idle.append(stats.idle)

@@ -25,9 +25,9 @@ from __future__ import annotations
 import re
 
 from engine.errors import ConfigError
+from engine.names import HOSTNAME_RE
 
 ERROR_PREFIX = b"capsa-clone-failed: "
-_HOSTNAME = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 
@@ -40,7 +40,7 @@ def fixup_line(seed: bytes, epoch: int, hostname: str, mac: str | None, *, await
     a template saved after :data:`AWAIT_LINE`) into its waiting ``read``."""
     if len(seed) < 16:
         raise ConfigError("a clone's seed must hold at least 16 bytes of entropy")
-    if not _HOSTNAME.match(hostname):
+    if not HOSTNAME_RE.match(hostname):
         raise ConfigError(f"hostname {hostname!r} is not a valid host name")
     if mac is not None and not _MAC.match(mac):
         raise ConfigError(f"MAC address {mac!r} is not six lower-case hex pairs")

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Literal
 
-from engine.errors import EngineError, SnapshotError
+from engine.errors import EngineError
 from engine.netstack.config import UserNatConfig
 from engine.snapshot import Snapshot, WaitingClone, template_for
 from engine.snapshot_store import remove_template
@@ -201,4 +201,4 @@ class CloneSource:
         task.add_done_callback(self._tasks.discard)
 
 
-__all__ = ["CloneSource", "SnapshotError", "SnapshotState"]
+__all__ = ["CloneSource", "SnapshotState"]

@@ -29,7 +29,9 @@ from engine.boot import LinuxDirectBoot, default_boot
 from engine.netstack.config import NetworkConfig, NoNetwork
 from engine.pool_builder import PoolBuilder, vm_pool
 from engine.profile_network import network_summary, parse_network
-from engine.profile_schema import HOSTNAME_RE, NAME_RE, USER_RE, Fields, ProfileError, parse_document
+# engine.names: the rules VmSpec.validate applies, checked here too so errors name file and line.
+from engine.names import HOSTNAME_RE, USER_RE
+from engine.profile_schema import NAME_RE, Fields, ProfileError, parse_document
 from engine.snapshot import snapshot_unsupported
 from engine.vmspec import LoginSpec, ShapeBuilder, VmBuilder, vm
 

@@ -98,13 +98,13 @@ def prepare_ram_file(key: str, memory_mb: int) -> Path:
     return path
 
 
-def remove_template(directory: Path, *, keep_ram: Path | None = None) -> None:
-    """Delete a template folder and the RAM image it names (unless that is ``keep_ram``)."""
+def remove_template(directory: Path) -> None:
+    """Delete a template folder and the RAM image it names."""
     from engine.snapshot_meta import SnapshotInfo  # the JSON may be broken: read it leniently
 
     try:
         info = SnapshotInfo.from_json((directory / META_FILE).read_text(), directory / META_FILE)
-        if info.ram_file and Path(info.ram_file) != keep_ram:
+        if info.ram_file:
             Path(info.ram_file).unlink(missing_ok=True)
     except (OSError, SnapshotError):
         pass

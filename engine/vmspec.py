@@ -1,20 +1,18 @@
 """VmSpec: the plain data that describes one VM, and the builder users fill it with."""
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Self
 
 from engine.boot import LinuxDirectBoot
 from engine.errors import ConfigError
+from engine.names import HOSTNAME_RE, USER_RE
 from engine.netstack.config import NetworkConfig, NoNetwork, UserNatConfig
 
 if TYPE_CHECKING:
     from engine.vm_handle import VmHandle
 
 DEFAULT_SCROLLBACK = 1 << 20
-_HOSTNAME = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
-_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 
 
 @dataclass(frozen=True)
@@ -53,14 +51,14 @@ class VmSpec:
             raise ConfigError(f"cpus must be between 1 and 64, got {self.cpus}")
         if not 32 <= self.memory_mb <= 1 << 20:
             raise ConfigError(f"memory_mb must be between 32 and 1048576, got {self.memory_mb}")
-        if not _HOSTNAME.match(self.hostname):
+        if not HOSTNAME_RE.match(self.hostname):
             raise ConfigError(f"hostname {self.hostname!r} is not a valid host name")
         if self.scrollback_bytes < 4096:
             raise ConfigError(f"scrollback_bytes must be at least 4096, got {self.scrollback_bytes}")
         if self.login is not None:
             if not self.boot.capsa_guest:
                 raise ConfigError("login_user() needs the default guest (a custom initrd must provide its own getty)")
-            if self.login.user != "root" and not _USER.match(self.login.user):
+            if self.login.user != "root" and not USER_RE.match(self.login.user):
                 raise ConfigError(f"login user {self.login.user!r} is not a valid user name")
         for key, _value in self.cmdline_args:
             if not key or any(c.isspace() for c in key) or "=" in key:
