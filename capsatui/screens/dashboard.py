@@ -20,6 +20,7 @@ from textual.widgets import DataTable, Footer, Header, Input, Label, Sparkline, 
 
 import engine
 from capsatui.hub import Hub, PoolState
+from capsatui.widgets.live_table import LiveTable
 
 MAX_REDRAWS_PER_S = 4
 
@@ -177,7 +178,7 @@ class DashboardScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static(f"accelerator: {self.hub.accel}", id="accel")
-        yield DataTable(id="pools", cursor_type="row")
+        yield LiveTable(id="pools", cursor_type="row")
         with Horizontal(id="lower"):
             with Vertical(id="detail"):
                 yield Static(id="detail-text")
@@ -187,7 +188,7 @@ class DashboardScreen(Screen[None]):
                 yield Sparkline([], id="spark-boot")
             with Vertical(id="reserved-box"):
                 yield Label("Reserved VMs  (enter/c: console, l: release)")
-                yield DataTable(id="reserved", cursor_type="row")
+                yield LiveTable(id="reserved", cursor_type="row")
         yield Footer()
 
     def on_mount(self) -> None:

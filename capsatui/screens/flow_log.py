@@ -25,6 +25,7 @@ import engine
 from capsatui.palette import BindingCommands
 from capsatui.screens.help import Keys, binding_rows
 from capsatui.screens.policy_editor import PolicyEditorScreen
+from capsatui.widgets.live_table import LiveTable
 
 MAX_ROWS = 5000
 FLUSH_SECONDS = 0.1
@@ -102,7 +103,7 @@ class FlowLogScreen(Screen[None]):
             yield Input(placeholder="domain contains…", id="flow-domain")
             yield Select(ACTION_FILTERS, value="all", allow_blank=False, id="flow-action")
             yield Input(placeholder="VM contains…", id="flow-vm")
-        table: DataTable[Any] = DataTable(id="flow-table", cursor_type="row", zebra_stripes=True)
+        table: DataTable[Any] = LiveTable(id="flow-table", cursor_type="row", zebra_stripes=True)
         table.add_columns("time", "VM", "action", "proto", "src → dst:port", "domain", "rule")
         yield table
         yield Static("", id="flow-status")

@@ -23,6 +23,7 @@ from textual.widgets import Button, DataTable, Footer, Input, Label, OptionList,
 import engine
 from capsatui.palette import BindingCommands
 from capsatui.screens.help import Keys, binding_rows
+from capsatui.widgets.live_table import LiveTable
 from capsatui.widgets.rule_form import RuleForm, rule_values
 
 # What the box assumes for a domain's address: TEST-NET-3 (RFC 5737) is public and routes
@@ -164,7 +165,7 @@ class PolicyEditorScreen(Screen[None]):
             yield Button("Add", id="policy-add")
             yield Button("Save", variant="primary", id="policy-save")
             yield Button("Apply to pool", id="policy-apply")
-        table: DataTable[Any] = DataTable(id="policy-rules", cursor_type="row", zebra_stripes=True)
+        table: DataTable[Any] = LiveTable(id="policy-rules", cursor_type="row", zebra_stripes=True)
         table.add_columns("#", "action", "criteria", "note")
         yield table
         with Vertical(id="policy-whatif"):

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import html
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +15,7 @@ from capsatui.app import CapsaApp
 from capsatui.hub import LocalHub
 from capsatui.screens.dashboard import DashboardScreen
 from capsatui.screens.help import HelpScreen
+from tests.tui.screen_text import wait_shown
 
 TEST_PROFILE = "name: t\nmemory_mb: 192\npool:\n  size: 1\n  max_size: 2\n"
 SIZE = (160, 40)
@@ -181,20 +180,12 @@ def test_snapshot_stopped_profiles(config_dir: Path, monkeypatch: pytest.MonkeyP
 
     async def loaded(pilot: Pilot) -> None:
         await wait_for(pilot, lambda: dashboard_settled(app), 10)
-        # What the terminal shows, not only the table's data: under load a row was once
-        # captured still drawn at a column width from before every row was in.
-        rows = [re.compile(rf"^ {name} +stopped ", re.M) for name in ("default", "login", "t", "tiny", "web")]
-        await wait_for(pilot, lambda: all(row.search(shown(app)) for row in rows), 10)
+        # What the terminal shows, not only the table's data: the rows at their measured widths.
+        await wait_shown(pilot, *(rf"^ {name} +stopped " for name in ("default", "login", "t", "tiny", "web")))
         await pilot.pause()
 
     app = CapsaApp(hub=LocalHub(), autostart=None)
     assert snap_compare(app, terminal_size=(150, 34), run_before=loaded)
-
-
-def shown(app: CapsaApp) -> str:
-    """The text on the app's screen as it is drawn now."""
-    svg = app.export_screenshot()
-    return html.unescape("".join(re.findall(r"<text[^>]*>(.*?)</text>", svg, re.S))).replace("\xa0", " ")
 
 
 def test_snapshot_help(config_dir: Path, monkeypatch: pytest.MonkeyPatch, snap_compare) -> None:  # type: ignore[no-untyped-def]

@@ -19,6 +19,7 @@ import engine
 from capsatui.screens.flow_log import FlowLogScreen, allow_rule_for
 from capsatui.screens.policy_editor import PolicyEditorScreen
 from capsatui.widgets.rule_form import RuleForm
+from tests.tui.screen_text import wait_shown
 from tests.tui.test_policy_editor import PROFILE, FakeHub, ScreenApp
 
 
@@ -223,6 +224,9 @@ def test_flow_log_snapshot(snap_compare: Any, profile: engine.Profile) -> None:
         table = log.query_one("#flow-table", DataTable)
         await wait_for(pilot, lambda: table.row_count == len(synthetic) and table.cursor_row == len(synthetic) - 1
                        and "5 events, 2 denied" in str(log.query_one("#flow-status").render()))
+        # The drawn rows, each at its settled column widths (see tests/tui/screen_text.py).
+        await wait_shown(pilot, r"^ 12:00:00\.125 +vm-101 +ALLOW +dns +10\.0\.2\.15 → 10\.0\.2\.3:53 +deb\.debian\.org ",
+                         r"^ 12:00:03\.000 +vm-101 +LOG +udp .* log any", "5 events, 2 denied")
         await pilot.pause()
 
     assert snap_compare(ScreenApp(log), terminal_size=(130, 16), run_before=shown)

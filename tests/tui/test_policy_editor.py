@@ -17,6 +17,7 @@ from textual.widgets import Button, DataTable, Input, Static
 import engine
 from capsatui.screens.policy_editor import PolicyEditorScreen, explain
 from capsatui.widgets.rule_form import RuleForm
+from tests.tui.screen_text import wait_shown
 
 PROFILE = """\
 # A guarded pool: only DNS and HTTPS leave the VM.
@@ -200,7 +201,14 @@ def test_editor_snapshot(snap_compare: Any, tmp_path: Path, monkeypatch: pytest.
               .log(engine.MatchCriteria.any()).allow_domain("*.debian.org"))
     hub = FakeHub({"guarded": profile})
     hub.policy = lambda name: policy  # type: ignore[method-assign]
-    assert snap_compare(ScreenApp(PolicyEditorScreen(hub, "guarded")), terminal_size=(110, 30))
+
+    async def drawn(pilot: Any) -> None:
+        # Every rule drawn at its settled column widths (see tests/tui/screen_text.py).
+        await wait_shown(pilot, r"^ 1 +allow +protocol udp and port 53", r"^ 4 +log +any +records the flow, goes on",
+                         r"^ 5 +allow +domain \*\.debian\.org", r"default: .*deny")
+        await pilot.pause()
+
+    assert snap_compare(ScreenApp(PolicyEditorScreen(hub, "guarded")), terminal_size=(110, 30), run_before=drawn)
 
 
 async def test_edit_delete_move_down_then_reopen_the_saved_file(profile_file: Path) -> None:
