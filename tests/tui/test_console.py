@@ -206,6 +206,46 @@ async def test_ctrl_c_interrupts(guest_console: engine.Console) -> None:
 
 
 @pytest.mark.guest
+async def test_full_screen_programs_in_the_guest(guest_console: engine.Console) -> None:
+    """busybox vi edits a file and top draws its table across the whole view, then both give the
+    screen back: cursor addressing, clearing and raw keys (Esc) over the real serial line."""
+    app = ConsoleApp(guest_console)
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = app.screen
+        assert isinstance(screen, ConsoleScreen)
+        tab = screen.active_tab
+        assert tab is not None
+        view = tab.view
+        await until(lambda: view.term.lines > 10 and any(line.endswith("#") for line in lines(screen)), pilot)
+        rows = view.term.lines
+        try:
+            await pilot.press("ctrl+right_square_bracket", "t")  # the helper that tells the tty our size
+            await type_line(pilot, "rm -f /tmp/vi-test; clear; vi /tmp/vi-test")
+            # vi fills every row but its status line with "~" and puts the file name at the bottom.
+            await until(lambda: sum(view.line_text(y) == "~" for y in range(rows)) >= rows - 3
+                        and "/tmp/vi-test" in view.line_text(rows - 1), pilot, timeout=30)
+            await pilot.press("i", *"hello", "space", *"from", "space", *"vi", "escape")
+            # Back in command mode ("-", not "I") before ":wq": vi reads an Esc and a key that
+            # follow too closely as one escape sequence.
+            await until(lambda: view.line_text(0) == "hello from vi"
+                        and view.line_text(rows - 1).startswith("- /tmp/vi-test [Modified]"), pilot, timeout=20)
+            await type_line(pilot, ":wq")
+            await until(lambda: any(line.endswith("#") for line in view.screen_text().splitlines()[-3:]), pilot, timeout=20)
+            await type_line(pilot, "clear; cat /tmp/vi-test; echo cat-done")
+            await until(lambda: [view.line_text(0), view.line_text(1)] == ["hello from vi", "cat-done"], pilot, timeout=20)
+            await type_line(pilot, "top")
+            # top redraws in place: its summary on the top row and its process table below.
+            await until(lambda: view.line_text(0).startswith("Mem:") and "PID" in view.screen_text()
+                        and "top" in view.screen_text(), pilot, timeout=30)
+            await pilot.press("q")
+            await until(lambda: any(line.endswith("#") for line in view.screen_text().splitlines()[-3:]), pilot, timeout=20)
+        except BaseException:
+            # Give the shared guest its shell back for the tests after this one: vi, then top.
+            await guest_console.write(b"\x1b:q!\r\x03\r")
+            raise
+
+
+@pytest.mark.guest
 async def test_run_command_helper_shows_output_and_exit_code(guest_console: engine.Console) -> None:
     app = ConsoleApp(guest_console)
     async with app.run_test(size=(100, 30)) as pilot:
