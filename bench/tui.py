@@ -225,6 +225,8 @@ def main() -> None:
     parser.add_argument("--cpu-seconds", type=float, default=10.0, help="CPU sampling window")
     parser.add_argument("--memory-mb", type=int, default=160, help="memory of each pool's VMs")
     args = parser.parse_args()
+    # SIGTERM becomes an exception, so the finally below still kills tmux and removes ``work``.
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     accel = engine.choose_accelerator()
     engine.default_image(build=False)  # fail early, with the fix, when there is no image
     print(f"capsa-tui app bench: {accel.describe()}", file=sys.stderr)
