@@ -189,6 +189,9 @@ class ConsoleScreen(Screen[None]):
 
     COMMANDS = {ConsoleCommands}
     HELP_TITLE = "Console (everything typed goes to the guest)"
+    # The terminal, not the tab bar (the first focusable widget), has the focus from the first
+    # frame: keys typed the moment the prompt shows would otherwise be dropped by the tab bar.
+    AUTO_FOCUS = "TerminalView"
     BINDINGS = [
         Binding("ctrl+right_square_bracket", "menu", "Helpers (ctrl+])", key_display="^]"),
         Binding("ctrl+pageup", "prev_tab", "Prev tab", show=False),
@@ -238,8 +241,10 @@ class ConsoleScreen(Screen[None]):
         tabs = self.query_one(TabbedContent)
         await tabs.add_pane(pane)
         tabs.active = pane.id or ""
+        tab = pane.query_one(ConsoleTab)
+        tab.view.focus()  # at once, so the next key goes to the new VM, never to the old tab's
         self.call_after_refresh(self._focus_active)
-        return pane.query_one(ConsoleTab)
+        return tab
 
     def show_tab(self, tab: ConsoleTab) -> None:
         """Make ``tab`` the active tab."""

@@ -285,6 +285,22 @@ class FakeConsole:
         self.written += data
 
 
+async def test_keys_typed_as_the_console_opens_reach_the_guest() -> None:
+    """The terminal has the focus from the console screen's first frame: keys typed the moment
+    the prompt shows must not land on the tab bar (the e2e test once lost a whole command so)."""
+    first, second = FakeConsole(b"first:~# "), FakeConsole(b"second:~# ")
+    app = App[None]()
+    async with app.run_test() as pilot:
+        screen = await open_console(app, "one", first)  # type: ignore[arg-type]
+        await pilot.press("a")  # no pause: as soon as the screen is there
+        await until(lambda: first.written == b"a", pilot, timeout=3)
+        assert screen.focused is not None and screen.focused is screen.tabs[0].view
+        await open_console(app, "two", second)  # type: ignore[arg-type]
+        await pilot.press("b")  # again at once, into the new tab
+        await until(lambda: second.written == b"b", pilot, timeout=3)
+        assert first.written == b"a"
+
+
 async def test_tabs_detach_and_closed_console() -> None:
     first, second = FakeConsole(b"first vm\r\n"), FakeConsole(b"second vm\r\n")
     app = App[None]()
