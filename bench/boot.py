@@ -19,7 +19,6 @@ import asyncio
 import os
 import re
 import select
-import signal
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,7 @@ from engine.images import default_image  # noqa: E402
 from engine.kvm.cmdline import MachineSockets, MachineSpec, qemu_argv  # noqa: E402
 from engine.kvm.host import find_qemu, qemu_version  # noqa: E402
 from engine.vm_handle import kernel_cmdline  # noqa: E402
+from benchlib import exit_on_sigterm  # noqa: E402
 
 CPUS = 1
 MEMORY_MB = 256
@@ -341,18 +341,13 @@ async def run(runs: int) -> None:
     print_table(header, build_rows(ours, micro, pc, echo, execs))
 
 
-def _terminate(signum: int, _frame: object) -> None:
-    # Turn SIGTERM into an exception so every finally runs and kills its QEMU.
-    raise SystemExit(128 + signum)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--runs", type=int, default=7, help="timed boots of each kind (default 7)")
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
-    signal.signal(signal.SIGTERM, _terminate)
+    exit_on_sigterm()
     asyncio.run(run(args.runs))
 
 

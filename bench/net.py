@@ -30,7 +30,6 @@ import asyncio
 import json
 import os
 import re
-import signal
 import socket
 import statistics
 import sys
@@ -49,6 +48,7 @@ from rich.table import Table  # noqa: E402
 import engine  # noqa: E402
 from engine.images import default_image  # noqa: E402
 from engine.kvm.host import find_qemu, qemu_version  # noqa: E402
+from benchlib import exit_on_sigterm  # noqa: E402
 
 CPUS = 1
 MEMORY_MB = 384  # the guest's /tmp (tmpfs) holds the file it sends
@@ -402,11 +402,6 @@ async def run(args: argparse.Namespace) -> None:
     print_report(header, ours, jumbo, slirp, args.runs, args.connections)
 
 
-def _terminate(signum: int, _frame: object) -> None:
-    # Turn SIGTERM into an exception so every finally runs and kills its QEMU.
-    raise SystemExit(128 + signum)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--size-mb", type=int, default=32, help="MiB per transfer (default 32; ≤ 64: /tmp is RAM)")
@@ -425,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error("--size-mb must be between 1 and 64")
     if args.runs < 1 or args.rounds < 1 or args.connections < 0:
         parser.error("--runs and --rounds must be at least 1, --connections at least 0")
-    signal.signal(signal.SIGTERM, _terminate)
+    exit_on_sigterm()
     asyncio.run(run(args))
 
 

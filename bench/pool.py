@@ -19,8 +19,6 @@ import asyncio
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -30,24 +28,13 @@ from rich.table import Table  # noqa: E402
 
 import engine  # noqa: E402
 from engine.pool_stats import percentile  # noqa: E402
+from benchlib import Churn, churn, fmt_ms, fmt_ratio, fmt_s  # noqa: E402
 
 CPUS = 1
 MEMORY_MB = 256
 WORKERS = 4
 POOL_SIZE = 4
 TARGET_RESERVE_P99_S = 0.005
-
-
-@dataclass
-class Churn:
-    """Latencies of the requests a churn phase completed, and how long it ran."""
-
-    latencies: list[float] = field(default_factory=list)
-    elapsed: float = 0.0
-
-    @property
-    def rate(self) -> float:
-        return len(self.latencies) / self.elapsed if self.elapsed else 0.0
 
 
 def _pool_builder(boot: engine.LinuxDirectBoot, name: str) -> engine.PoolBuilder:
@@ -87,22 +74,6 @@ async def pool_ready(boot: engine.LinuxDirectBoot) -> float:
         return time.perf_counter() - started
 
 
-async def churn(request: Callable[[], Awaitable[None]], duration: float) -> Churn:
-    result = Churn()
-    deadline = time.perf_counter() + duration
-
-    async def worker() -> None:
-        while time.perf_counter() < deadline:
-            started = time.perf_counter()
-            await request()
-            result.latencies.append(time.perf_counter() - started)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(WORKERS)))
-    result.elapsed = time.perf_counter() - started
-    return result
-
-
 async def pool_churn(boot: engine.LinuxDirectBoot, duration: float) -> Churn:
     async with await _pool_builder(boot, "bench-churn").max_size(POOL_SIZE).build(POOL_SIZE) as pool:
 
@@ -110,7 +81,7 @@ async def pool_churn(boot: engine.LinuxDirectBoot, duration: float) -> Churn:
             async with await pool.reserve(timeout=120) as vm:
                 assert await (await vm.console()).exec("echo ok") == "ok\n"
 
-        return await churn(request, duration)
+        return await churn(request, duration, WORKERS)
 
 
 async def cold_churn(boot: engine.LinuxDirectBoot, duration: float) -> Churn:
@@ -119,24 +90,7 @@ async def cold_churn(boot: engine.LinuxDirectBoot, duration: float) -> Churn:
             await vm.wait_ready(120)
             assert await (await vm.console()).exec("echo ok") == "ok\n"
 
-    return await churn(request, duration)
-
-
-def _ms(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds * 1000:.1f} ms"
-
-
-def _s(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds:.2f} s"
-
-
-def _ratio(ours: float | None, base: float | None) -> str:
-    if not ours or not base:
-        return "-"
-    if base >= ours:
-        ratio = base / ours
-        return f"{ratio:.0f}× faster" if ratio >= 10 else f"{ratio:.2f}× faster"
-    return f"{ours / base:.2f}× slower"
+    return await churn(request, duration, WORKERS)
 
 
 async def main() -> None:
@@ -164,38 +118,38 @@ async def main() -> None:
     p50, p99 = percentile(reserve, 0.5), percentile(reserve, 0.99)
     table.add_row(
         f"reserve() with an idle VM, p50 / p99 (n={len(reserve)})",
-        f"{_ms(p50)} / {_ms(p99)}",
-        f"{_s(cold_med)} (build → ready, median of 3)",
-        _ratio(p99, cold_med),
+        f"{fmt_ms(p50, 1)} / {fmt_ms(p99, 1)}",
+        f"{fmt_s(cold_med)} (build → ready, median of 3)",
+        fmt_ratio(p99, cold_med),
         f"p99 < {TARGET_RESERVE_P99_S * 1000:.0f} ms: {'met' if p99 and p99 < TARGET_RESERVE_P99_S else 'MISSED'}",
     )
     warm = percentile(warm_requests, 0.5)
     table.add_row(
         "one request (reserve/build, exec echo ok, release/kill), p50",
-        _ms(warm),
-        _ms(cold_request),
-        _ratio(warm, cold_request),
+        fmt_ms(warm, 1),
+        fmt_ms(cold_request, 1),
+        fmt_ratio(warm, cold_request),
         "",
     )
     table.add_row(
         f"ready: pool of {POOL_SIZE} vs 1 cold VM (median)",
-        _s(statistics.median(start4)),
-        _s(cold_med),
+        fmt_s(statistics.median(start4)),
+        fmt_s(cold_med),
         f"{statistics.median(start4) / cold_med:.2f}× one boot",
         "",
     )
     table.add_row(
         f"churn, {WORKERS} workers: request p50",
-        _ms(percentile(pooled.latencies, 0.5)),
-        _ms(percentile(coldc.latencies, 0.5)),
-        _ratio(percentile(pooled.latencies, 0.5), percentile(coldc.latencies, 0.5)),
+        fmt_ms(percentile(pooled.latencies, 0.5), 1),
+        fmt_ms(percentile(coldc.latencies, 0.5), 1),
+        fmt_ratio(percentile(pooled.latencies, 0.5), percentile(coldc.latencies, 0.5)),
         "",
     )
     table.add_row(
         f"churn, {WORKERS} workers: request p95",
-        _ms(percentile(pooled.latencies, 0.95)),
-        _ms(percentile(coldc.latencies, 0.95)),
-        _ratio(percentile(pooled.latencies, 0.95), percentile(coldc.latencies, 0.95)),
+        fmt_ms(percentile(pooled.latencies, 0.95), 1),
+        fmt_ms(percentile(coldc.latencies, 0.95), 1),
+        fmt_ratio(percentile(pooled.latencies, 0.95), percentile(coldc.latencies, 0.95)),
         "",
     )
     table.add_row(

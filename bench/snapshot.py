@@ -68,6 +68,8 @@ import engine.snapshot as snapshot_mod  # noqa: E402
 from engine.pool_stats import percentile  # noqa: E402
 from engine.snapshot import WaitingClone, template_for  # noqa: E402
 from engine.snapshot_store import RAM_DIR_ENV, TEMPLATES_DIR_ENV  # noqa: E402
+from benchlib import Churn, fmt_ms, fmt_ratio, fmt_s  # noqa: E402
+from benchlib import churn as run_churn  # noqa: E402
 
 CPUS = 1
 MEMORY_MB = 256
@@ -293,32 +295,15 @@ async def cold_memory(shape: Shape) -> Memory:
 # ----- 4. churn --------------------------------------------------------------------------------
 
 
-@dataclass
-class Churn:
-    latencies: list[float] = field(default_factory=list)
-    elapsed: float = 0.0
-    stats: engine.PoolStats | None = None
-
-    @property
-    def rate(self) -> float:
-        return len(self.latencies) / self.elapsed if self.elapsed else 0.0
-
-
 async def churn(shape: Shape, duration: float, snapshot: bool) -> Churn:
-    result = Churn()
     name = "bench-churn-snap" if snapshot else "bench-churn-cold"
     async with await shape.pool(name, snapshot).max_size(CHURN_POOL).build(CHURN_POOL) as pool:
 
-        async def worker(deadline: float) -> None:
-            while time.perf_counter() < deadline:
-                started = time.perf_counter()
-                async with await pool.reserve(timeout=TIMEOUT_S) as vm:
-                    await _echo(vm)
-                result.latencies.append(time.perf_counter() - started)
+        async def request() -> None:
+            async with await pool.reserve(timeout=TIMEOUT_S) as vm:
+                await _echo(vm)
 
-        started = time.perf_counter()
-        await asyncio.gather(*(worker(started + duration) for _ in range(CHURN_WORKERS)))
-        result.elapsed = time.perf_counter() - started
+        result = await run_churn(request, duration, CHURN_WORKERS)
         result.stats = pool.stats()
     return result
 
@@ -347,25 +332,8 @@ def qemu_children() -> set[int]:
 # ----- table -----------------------------------------------------------------------------------
 
 
-def _ms(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
-
-
-def _s(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds:.2f} s"
-
-
 def _med(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
-
-
-def _ratio(ours: float | None, base: float | None, *, unit: str = "faster") -> str:
-    if not ours or not base:
-        return "-"
-    if base >= ours:
-        ratio = base / ours
-        return f"{ratio:.0f}× {unit}" if ratio >= 10 else f"{ratio:.2f}× {unit}"
-    return f"{ours / base:.2f}× {'slower' if unit == 'faster' else 'more'}"
 
 
 def _verdict(ok: bool) -> str:
@@ -375,7 +343,7 @@ def _verdict(ok: bool) -> str:
 def _pool_note(label: str, stats: engine.PoolStats | None) -> str:
     if stats is None:
         return f"{label}: -"
-    boot = f"boot p50 {_ms(stats.boot_p50_s)}, p95 {_ms(stats.boot_p95_s)}"
+    boot = f"boot p50 {fmt_ms(stats.boot_p50_s)}, p95 {fmt_ms(stats.boot_p95_s)}"
     text = f"{label}: snapshot={stats.snapshot}, created {stats.created}, fallbacks {stats.fallbacks}, failed {stats.failed}, {boot}"
     if stats.snapshot_error:
         text += f"; snapshot error: {stats.snapshot_error}"
@@ -442,9 +410,9 @@ async def run(args: argparse.Namespace, store: Path) -> None:
     fallbacks = snap_refill.stats.fallbacks if snap_refill.stats else 0
     table.add_row(
         f"1. refill of a pool of 1 (max 2): hand-out → idle again, median / p95 (n={len(snap_refill.times)})",
-        f"{_ms(s50)} / {_ms(s95)}" + (f" ({fallbacks} cold fallbacks!)" if fallbacks else ""),
-        f"{_ms(c50)} / {_ms(c95)}",
-        _ratio(s50, c50),
+        f"{fmt_ms(s50)} / {fmt_ms(s95)}" + (f" ({fallbacks} cold fallbacks!)" if fallbacks else ""),
+        f"{fmt_ms(c50)} / {fmt_ms(c95)}",
+        fmt_ratio(s50, c50),
         f"median ≤ {TARGET_REFILL_MEDIAN_S * 1000:.0f} ms: {_verdict(bool(s50) and s50 <= TARGET_REFILL_MEDIAN_S)}; "
         f"≥ {TARGET_REFILL_RATIO:.0f}×: {_verdict(ratio >= TARGET_REFILL_RATIO)}",
     )
@@ -453,9 +421,9 @@ async def run(args: argparse.Namespace, store: Path) -> None:
     for label, data in (("fresh QEMU (launch + load)", fresh), ("pre-started QEMU (load only)", pre)):
         table.add_row(
             f"2. restore into a {label}: loaded / restored / echo, median (n={len(data.echo)})",
-            f"{_ms(_med(data.loaded))} / {_ms(_med(data.restored))} / {_ms(_med(data.echo))}",
-            f"build → ready {_ms(cold_ready)} / echo {_ms(cold_echo)} (n={len(colds)})",
-            f"echo {_ratio(_med(data.echo), cold_echo)}",
+            f"{fmt_ms(_med(data.loaded))} / {fmt_ms(_med(data.restored))} / {fmt_ms(_med(data.echo))}",
+            f"build → ready {fmt_ms(cold_ready)} / echo {fmt_ms(cold_echo)} (n={len(colds)})",
+            f"echo {fmt_ratio(_med(data.echo), cold_echo)}",
             "",
         )
     uss = statistics.median(m.uss_mib for m in clone_mem)
@@ -464,7 +432,7 @@ async def run(args: argparse.Namespace, store: Path) -> None:
         f"3. private memory (USS) of an idle clone, {MEMORY_CLONES} alive, median; Anonymous",
         f"{uss:.1f} MiB; anon {anon:.1f} MiB",
         f"{cold_mem.uss_mib:.1f} MiB; anon {cold_mem.anon_mib:.1f} MiB",
-        _ratio(uss, cold_mem.uss_mib, unit="less"),
+        fmt_ratio(uss, cold_mem.uss_mib, unit="less"),
         f"≤ {TARGET_USS_MIB:.0f} MiB: {_verdict(uss <= TARGET_USS_MIB)}",
     )
     churn_ratio = snap_churn.rate / cold_churn.rate if cold_churn.rate else 0.0
@@ -479,14 +447,14 @@ async def run(args: argparse.Namespace, store: Path) -> None:
     )
     table.add_row(
         "4. churn: request p50 / p95",
-        f"{_ms(percentile(snap_churn.latencies, 0.5))} / {_ms(percentile(snap_churn.latencies, 0.95))}",
-        f"{_ms(percentile(cold_churn.latencies, 0.5))} / {_ms(percentile(cold_churn.latencies, 0.95))}",
-        _ratio(percentile(snap_churn.latencies, 0.5), percentile(cold_churn.latencies, 0.5)),
+        f"{fmt_ms(percentile(snap_churn.latencies, 0.5))} / {fmt_ms(percentile(snap_churn.latencies, 0.95))}",
+        f"{fmt_ms(percentile(cold_churn.latencies, 0.5))} / {fmt_ms(percentile(cold_churn.latencies, 0.95))}",
+        fmt_ratio(percentile(snap_churn.latencies, 0.5), percentile(cold_churn.latencies, 0.5)),
         "",
     )
     table.add_row(
         "5. template: build (boot + save); state file; RAM image on tmpfs",
-        f"{_s(build_s)}; {template.info.state_size / 1024:.0f} KiB; {ram_resident / (1 << 20):.0f} MiB",
+        f"{fmt_s(build_s)}; {template.info.state_size / 1024:.0f} KiB; {ram_resident / (1 << 20):.0f} MiB",
         "-",
         "-",
         "information",

@@ -40,6 +40,7 @@ from rich.table import Table  # noqa: E402
 
 import engine  # noqa: E402
 from engine.pool_stats import percentile  # noqa: E402
+from benchlib import exit_on_sigterm  # noqa: E402
 
 CAPSA_TUI = Path(sys.executable).with_name("capsa-tui")
 POOLS = ["bench-a", "bench-b", "bench-c"]  # sorted first in the table: bench-a is row 0
@@ -225,8 +226,7 @@ def main() -> None:
     parser.add_argument("--cpu-seconds", type=float, default=10.0, help="CPU sampling window")
     parser.add_argument("--memory-mb", type=int, default=160, help="memory of each pool's VMs")
     args = parser.parse_args()
-    # SIGTERM becomes an exception, so the finally below still kills tmux and removes ``work``.
-    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+    exit_on_sigterm()  # so the finally below still kills tmux and removes ``work`` on SIGTERM
     accel = engine.choose_accelerator()
     engine.default_image(build=False)  # fail early, with the fix, when there is no image
     print(f"capsa-tui app bench: {accel.describe()}", file=sys.stderr)
