@@ -34,11 +34,11 @@ from rich.console import Console as RichConsole  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 import engine  # noqa: E402
-from engine.console_match import READY_MARKER  # noqa: E402
-from engine.images import default_image  # noqa: E402
+from engine.console.match import READY_MARKER  # noqa: E402
+from engine.image.build import default_image  # noqa: E402
 from engine.kvm.cmdline import MachineSockets, MachineSpec, qemu_argv  # noqa: E402
 from engine.kvm.host import find_qemu, qemu_version  # noqa: E402
-from engine.vm_handle import kernel_cmdline  # noqa: E402
+from engine.microvm.handle import kernel_cmdline  # noqa: E402
 from benchlib import exit_on_sigterm  # noqa: E402
 
 CPUS = 1

@@ -46,7 +46,7 @@ from rich.console import Console as RichConsole  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 import engine  # noqa: E402
-from engine.images import default_image  # noqa: E402
+from engine.image.build import default_image  # noqa: E402
 from engine.kvm.host import find_qemu, qemu_version  # noqa: E402
 from benchlib import exit_on_sigterm  # noqa: E402
 

@@ -27,7 +27,7 @@ from rich.console import Console as RichConsole  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 import engine  # noqa: E402
-from engine.pool_stats import percentile  # noqa: E402
+from engine.pool.stats import percentile  # noqa: E402
 from benchlib import Churn, churn, fmt_ms, fmt_ratio, fmt_s  # noqa: E402
 
 CPUS = 1

@@ -15,7 +15,7 @@ clones and cold boots alike) ``NetworkMode.user_nat().build()``. Prints one tabl
 2. restore: ``WaitingClone.launch`` + ``restore()`` into a fresh QEMU process (launch and load),
    and ``restore()`` into a QEMU process launched 1 s earlier and waiting (``-incoming defer``;
    load only). Three marks from the clock's start: "loaded" (``load_state`` returned: the state
-   is in and the guest resumed; timed by wrapping ``engine.snapshot.load_state`` for the run),
+   is in and the guest resumed; timed by wrapping ``engine.snapshot.snapshot.load_state`` for the run),
    "restored" (``restore()`` returned: identity fixed, ready marker seen) and "echo" (then
    ``exec("echo ok")`` answered). Medians over ``--samples`` of each kind, alternating.
    Baseline: a cold ``build()`` until ready and until ``exec("echo ok")`` answered, median of
@@ -64,10 +64,10 @@ from rich.console import Console as RichConsole  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 import engine  # noqa: E402
-import engine.snapshot as snapshot_mod  # noqa: E402
-from engine.pool_stats import percentile  # noqa: E402
-from engine.snapshot import WaitingClone, template_for  # noqa: E402
-from engine.snapshot_store import RAM_DIR_ENV, TEMPLATES_DIR_ENV  # noqa: E402
+import engine.snapshot.snapshot as snapshot_mod  # noqa: E402
+from engine.pool.stats import percentile  # noqa: E402
+from engine.snapshot.snapshot import WaitingClone, template_for  # noqa: E402
+from engine.snapshot.store import RAM_DIR_ENV, TEMPLATES_DIR_ENV  # noqa: E402
 from benchlib import Churn, fmt_ms, fmt_ratio, fmt_s  # noqa: E402
 from benchlib import churn as run_churn  # noqa: E402
 

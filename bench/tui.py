@@ -39,7 +39,7 @@ from rich.console import Console as RichConsole  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 import engine  # noqa: E402
-from engine.pool_stats import percentile  # noqa: E402
+from engine.pool.stats import percentile  # noqa: E402
 from benchlib import exit_on_sigterm  # noqa: E402
 
 CAPSA_TUI = Path(sys.executable).with_name("capsa-tui")

@@ -16,27 +16,27 @@ from engine.lazy import lazy_attributes
 # Names load on first use (see engine.lazy): the app draws its first frame before the rest.
 _EXPORTS: dict[str, str] = {
     "AccelChoice": "engine.kvm.accel",
-    "BootChoice": "engine.profiles",
+    "BootChoice": "engine.profile.parse",
     "BootTimeout": "engine.errors",
-    "CommandResult": "engine.console",
+    "CommandResult": "engine.console.console",
     "ConfigError": "engine.errors",
-    "Console": "engine.console",
+    "Console": "engine.console.console",
     "ConsoleClosed": "engine.errors",
     "ConsoleError": "engine.errors",
-    "ConsoleReader": "engine.console",
+    "ConsoleReader": "engine.console.console",
     "ConsoleTimeout": "engine.errors",
-    "ConsoleWriter": "engine.console",
-    "Created": "engine.status",
+    "ConsoleWriter": "engine.console.console",
+    "Created": "engine.microvm.status",
     "Decision": "engine.netstack.policy",
     "DomainPattern": "engine.netstack.policy",
     "EngineError": "engine.errors",
-    "Failed": "engine.status",
+    "Failed": "engine.microvm.status",
     "Flow": "engine.netstack.policy",
     "FlowEvent": "engine.netstack.flowlog",
-    "GuestImage": "engine.images",
+    "GuestImage": "engine.image.build",
     "ImageError": "engine.errors",
-    "LinuxDirectBoot": "engine.boot",
-    "LoginSpec": "engine.vmspec",
+    "LinuxDirectBoot": "engine.microvm.boot",
+    "LoginSpec": "engine.microvm.spec",
     "MachineError": "engine.errors",
     "MatchCriteria": "engine.netstack.policy",
     "NetworkMode": "engine.netstack.config",
@@ -45,62 +45,62 @@ _EXPORTS: dict[str, str] = {
     "PolicyAction": "engine.netstack.policy",
     "PolicyError": "engine.netstack.policy",
     "PoolBootError": "engine.errors",
-    "PoolBuilder": "engine.pool_builder",
+    "PoolBuilder": "engine.pool.builder",
     "PoolClosed": "engine.errors",
     "PoolEmpty": "engine.errors",
     "PoolError": "engine.errors",
-    "PoolMember": "engine.pool_stats",
+    "PoolMember": "engine.pool.stats",
     "PoolServer": "engine.service.server",
-    "PoolSettings": "engine.pool_stats",
-    "PoolStats": "engine.pool_stats",
+    "PoolSettings": "engine.pool.stats",
+    "PoolStats": "engine.pool.stats",
     "PoolTimeout": "engine.errors",
-    "PooledVm": "engine.pooled_vm",
+    "PooledVm": "engine.pool.pooled",
     "PortForward": "engine.netstack.config",
-    "Profile": "engine.profiles",
-    "ProfileError": "engine.profile_schema",
-    "ProfileIssue": "engine.profile_schema",
+    "Profile": "engine.profile.parse",
+    "ProfileError": "engine.profile.schema",
+    "ProfileIssue": "engine.profile.schema",
     "Protocol": "engine.netstack.policy",
     "QemuNotFound": "engine.errors",
     "Rule": "engine.netstack.policy",
-    "Running": "engine.status",
+    "Running": "engine.microvm.status",
     "ServiceClient": "engine.service.client",
     "ServiceError": "engine.service.errors",
     "ServiceUnavailable": "engine.service.errors",
     "ServiceVersionError": "engine.service.errors",
-    "Snapshot": "engine.snapshot",
+    "Snapshot": "engine.snapshot.snapshot",
     "SnapshotError": "engine.errors",
-    "Starting": "engine.status",
-    "Stopped": "engine.status",
-    "Stopping": "engine.status",
+    "Starting": "engine.microvm.status",
+    "Stopped": "engine.microvm.status",
+    "Stopping": "engine.microvm.status",
     "UserNatConfig": "engine.netstack.config",
-    "VmBuilder": "engine.vmspec",
-    "VmHandle": "engine.vm_handle",
+    "VmBuilder": "engine.microvm.spec",
+    "VmHandle": "engine.microvm.handle",
     "VmNotRunning": "engine.errors",
-    "VmPool": "engine.pool",
-    "VmSpec": "engine.vmspec",
-    "VmStatus": "engine.status",
-    "build_image": "engine.images",
+    "VmPool": "engine.pool.pool",
+    "VmSpec": "engine.microvm.spec",
+    "VmStatus": "engine.microvm.status",
+    "build_image": "engine.image.build",
     "choose_accelerator": "engine.kvm.accel",
-    "default_boot": "engine.boot",
-    "default_image": "engine.images",
-    "find_profile": "engine.profile_store",
-    "image_info": "engine.images",
-    "live_vms": "engine.vm_handle",
-    "load_profile": "engine.profile_store",
-    "load_profiles": "engine.profile_store",
-    "parse_profile": "engine.profiles",
-    "profile_dirs": "engine.profile_store",
-    "prune_templates": "engine.snapshot_store",
-    "save_profile": "engine.profile_store",
+    "default_boot": "engine.microvm.boot",
+    "default_image": "engine.image.build",
+    "find_profile": "engine.profile.store",
+    "image_info": "engine.image.build",
+    "live_vms": "engine.microvm.handle",
+    "load_profile": "engine.profile.store",
+    "load_profiles": "engine.profile.store",
+    "parse_profile": "engine.profile.parse",
+    "profile_dirs": "engine.profile.store",
+    "prune_templates": "engine.snapshot.store",
+    "save_profile": "engine.profile.store",
     "service_socket_path": "engine.service.paths",
-    "vm": "engine.vmspec",
-    "vm_from_snapshot": "engine.snapshot",
-    "vm_pool": "engine.pool_builder",
+    "vm": "engine.microvm.spec",
+    "vm_from_snapshot": "engine.snapshot.snapshot",
+    "vm_pool": "engine.pool.builder",
 }
 
 if TYPE_CHECKING:
-    from engine.boot import LinuxDirectBoot, default_boot
-    from engine.console import CommandResult, Console, ConsoleReader, ConsoleWriter
+    from engine.microvm.boot import LinuxDirectBoot, default_boot
+    from engine.console.console import CommandResult, Console, ConsoleReader, ConsoleWriter
     from engine.errors import (
         BootTimeout,
         ConfigError,
@@ -119,7 +119,7 @@ if TYPE_CHECKING:
         SnapshotError,
         VmNotRunning,
     )
-    from engine.images import GuestImage, build_image, default_image, image_info
+    from engine.image.build import GuestImage, build_image, default_image, image_info
     from engine.kvm.accel import AccelChoice, choose_accelerator
     from engine.netstack.config import NetworkMode, NoNetwork, PortForward, UserNatConfig
     from engine.netstack.flowlog import FlowEvent
@@ -134,13 +134,13 @@ if TYPE_CHECKING:
         Protocol,
         Rule,
     )
-    from engine.pool import VmPool
-    from engine.pool_builder import PoolBuilder, vm_pool
-    from engine.pool_stats import PoolMember, PoolSettings, PoolStats
-    from engine.pooled_vm import PooledVm
-    from engine.profile_schema import ProfileError, ProfileIssue
-    from engine.profile_store import find_profile, load_profile, load_profiles, profile_dirs, save_profile
-    from engine.profiles import BootChoice, Profile, parse_profile
+    from engine.pool.pool import VmPool
+    from engine.pool.builder import PoolBuilder, vm_pool
+    from engine.pool.stats import PoolMember, PoolSettings, PoolStats
+    from engine.pool.pooled import PooledVm
+    from engine.profile.schema import ProfileError, ProfileIssue
+    from engine.profile.store import find_profile, load_profile, load_profiles, profile_dirs, save_profile
+    from engine.profile.parse import BootChoice, Profile, parse_profile
     from engine.service import (
         PoolServer,
         ServiceClient,
@@ -149,11 +149,11 @@ if TYPE_CHECKING:
         ServiceVersionError,
         service_socket_path,
     )
-    from engine.snapshot import Snapshot, vm_from_snapshot
-    from engine.snapshot_store import prune_templates
-    from engine.status import Created, Failed, Running, Starting, Stopped, Stopping, VmStatus
-    from engine.vm_handle import VmHandle, live_vms
-    from engine.vmspec import LoginSpec, VmBuilder, VmSpec, vm
+    from engine.snapshot.snapshot import Snapshot, vm_from_snapshot
+    from engine.snapshot.store import prune_templates
+    from engine.microvm.status import Created, Failed, Running, Starting, Stopped, Stopping, VmStatus
+    from engine.microvm.handle import VmHandle, live_vms
+    from engine.microvm.spec import LoginSpec, VmBuilder, VmSpec, vm
 
 
 __getattr__, __dir__ = lazy_attributes(__name__, globals(), _EXPORTS)

@@ -103,13 +103,13 @@ async def console(shared_vm: engine.VmHandle) -> engine.Console:
 @pytest.fixture
 def fake_guest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> engine.LinuxDirectBoot:
     """A stand-in for the default guest, so profile builders work without the built image."""
-    import engine.profiles
+    import engine.profile.parse
 
     kernel, initrd = tmp_path / "guest-vmlinuz", tmp_path / "guest-initrd"
     kernel.write_bytes(b"k")
     initrd.write_bytes(b"i")
     boot = engine.LinuxDirectBoot(kernel, initrd, capsa_guest=True)
-    monkeypatch.setattr(engine.profiles, "default_boot", lambda: boot)
+    monkeypatch.setattr(engine.profile.parse, "default_boot", lambda: boot)
     return boot
 
 

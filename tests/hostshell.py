@@ -4,7 +4,7 @@ Test helper: ``await HostShell.start()`` spawns ``busybox sh -i`` as a session l
 pty as its controlling terminal (so Ctrl-C reaches the foreground job), an 80-column window (so
 line wrapping is real), ``PS1='capsa:/# '`` and an ``$ENV`` script that prints the READY MARKER.
 A small relay copies between the pty master and one end of a socketpair; the other end is what
-:class:`engine.console.ConsoleStream` talks to. ``close()`` kills every process of the shell's
+:class:`engine.console.console.ConsoleStream` talks to. ``close()`` kills every process of the shell's
 session and closes every fd it opened.
 """
 from __future__ import annotations
@@ -24,8 +24,8 @@ import termios
 from collections.abc import Sequence
 from pathlib import Path
 
-from engine.console import ConsoleStream
-from engine.console_match import READY_MARKER
+from engine.console.console import ConsoleStream
+from engine.console.match import READY_MARKER
 from tests.procs import processes
 
 BUSYBOX = "/usr/bin/busybox"

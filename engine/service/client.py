@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from engine.console import CommandResult
+from engine.console.console import CommandResult
 from engine.service import protocol
 from engine.service.errors import ServiceError, ServiceUnavailable
 from engine.service.paths import service_socket_path

@@ -14,13 +14,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.console import ConsoleReader
+from engine.console.console import ConsoleReader
 from engine.errors import ConsoleError, EngineError
-from engine.pool import VmPool
-from engine.pooled_vm import PooledVm
+from engine.pool.pool import VmPool
+from engine.pool.pooled import PooledVm
 from engine.service import protocol
 from engine.service.errors import BadRequest, ProtocolError, ServiceError, ServiceVersionError
-from engine.vm_handle import VmHandle
+from engine.microvm.handle import VmHandle
 
 log = logging.getLogger(__name__)
 

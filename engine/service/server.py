@@ -22,7 +22,7 @@ import struct
 from collections.abc import Iterable
 from pathlib import Path
 
-from engine.pool import VmPool
+from engine.pool.pool import VmPool
 from engine.service import protocol
 from engine.service.connection import Connection
 from engine.service.errors import ServiceError

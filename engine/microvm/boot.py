@@ -1,0 +1,59 @@
+"""Boot configurations: which kernel and initramfs a VM starts from."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.errors import ConfigError
+from engine.console.match import READY_MARKER
+from engine.image.build import default_image
+
+
+@dataclass(frozen=True)
+class LinuxDirectBoot:
+    """Boot a Linux kernel directly (no firmware, no bootloader) with an optional initramfs.
+
+    ``ready_marker`` is the byte string the guest prints each time a shell starts and is ready
+    for input; the default guest prints one, so ``exec`` right after ``build()`` waits for the shell instead
+    of typing into a guest that is still booting. ``capsa_guest`` says the initramfs is ours and
+    understands the ``capsa.*`` kernel arguments (hostname, login, network).
+    """
+
+    kernel: Path
+    initrd: Path | None = None
+    ready_marker: bytes | None = None
+    capsa_guest: bool = False
+
+    def __init__(
+        self,
+        kernel: str | Path,
+        initrd: str | Path | None = None,
+        *,
+        ready_marker: bytes | None = None,
+        capsa_guest: bool = False,
+    ) -> None:
+        object.__setattr__(self, "kernel", Path(kernel).expanduser())
+        object.__setattr__(self, "initrd", Path(initrd).expanduser() if initrd is not None else None)
+        object.__setattr__(self, "ready_marker", ready_marker)
+        object.__setattr__(self, "capsa_guest", capsa_guest)
+
+    def check(self) -> None:
+        """Raise ConfigError naming the first path that is missing or unreadable."""
+        for label, path in (("kernel", self.kernel), ("initrd", self.initrd)):
+            if path is None:
+                continue
+            if not path.exists():
+                raise ConfigError(f"{label} not found: {path}")
+            if not path.is_file():
+                raise ConfigError(f"{label} is not a file: {path}")
+
+
+def default_boot() -> LinuxDirectBoot:
+    """The cached default guest (Debian cloud kernel + our busybox initramfs), built if absent."""
+    image = default_image()
+    # With CAPSA_INITRD the userland is someone else's: it prints no marker, knows no capsa.* args.
+    ours = not os.environ.get("CAPSA_INITRD")
+    return LinuxDirectBoot(
+        image.kernel, image.initrd, ready_marker=READY_MARKER if ours else None, capsa_guest=ours
+    )

@@ -1,0 +1,413 @@
+"""VmHandle: one running VM, its lifecycle (VmStatus) and its console.
+
+The handle turns what the machine layer reports (process exit, QMP events) and what the console
+shows (ready marker, kernel panic) into the user's view of the VM: Starting, Running, Stopping,
+Stopped(exit_code) or Failed(message).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import weakref
+from collections.abc import AsyncIterator
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any
+
+from engine.console.console import Console, ConsoleStream
+from engine.console.match import PatternMatcher
+from engine.errors import BootTimeout, ConfigError, ConsoleError, EngineError, MachineError, VmNotRunning
+from engine.kvm.accel import AccelChoice, choose_accelerator
+from engine.kvm.cmdline import MachineSpec, kernel_flags
+from engine.kvm.host import host_tsc_khz
+from engine.kvm.machine import Machine, MachineExit
+from engine.kvm.process import process_running
+from engine.netstack.config import PortForward, UserNatConfig
+from engine.netstack.flowlog import FlowEvent
+from engine.netstack.gateway import Gateway
+from engine.netstack.policy import NetworkPolicy
+from engine.microvm.status import Failed, Running, Starting, Stopped, Stopping, VmStatus
+from engine.microvm.spec import VmSpec
+
+log = logging.getLogger(__name__)
+
+PANIC_TEXT = b"Kernel panic - not syncing"
+_TERMINATE_GRACE_S = 5.0
+_PANIC_TAIL_LINES = 25
+
+_live: weakref.WeakSet[VmHandle] = weakref.WeakSet()
+
+
+def live_vms() -> list[VmHandle]:
+    """VMs of this process whose machine has not exited (tests use it to prove no leaks)."""
+    return [vm for vm in _live if not vm.status().is_terminal]
+
+
+def kernel_cmdline(spec: VmSpec) -> str:
+    """The kernel command line for ``spec``: our fast-boot flags, capsa.* args, then the user's."""
+    if spec.cmdline_override is not None:
+        return spec.cmdline_override
+    parts = kernel_flags(spec.machine, host_tsc_khz())
+    if spec.boot.capsa_guest:
+        parts.append(f"capsa.hostname={spec.hostname}")
+        # The guest's init answers the ACPI power button (QMP system_powerdown) with a clean
+        # poweroff, which is what makes stop() graceful and quick.
+        parts.append("capsa.acpid=1")
+        if isinstance(spec.network, UserNatConfig):
+            parts.append("capsa.net=1")
+        if spec.login is not None:
+            parts += ["capsa.login=1", f"capsa.user={spec.login.user}"]
+            if spec.login.password:
+                # Hex keeps any character of the password intact through the kernel's parser.
+                parts.append(f"capsa.pass={spec.login.password.encode().hex()}")
+    parts += list(spec.cmdline_flags)
+    for key, value in spec.cmdline_args:
+        parts.append(f'{key}="{value}"' if any(c.isspace() for c in value) else f"{key}={value}")
+    return " ".join(parts)
+
+
+def machine_spec_for(spec: VmSpec, accel: AccelChoice) -> MachineSpec:
+    """The machine that runs ``spec`` under ``accel`` (what QEMU is started with)."""
+    nat = spec.network if isinstance(spec.network, UserNatConfig) else None
+    return MachineSpec(
+        kernel=spec.boot.kernel,
+        initrd=spec.boot.initrd,
+        append=kernel_cmdline(spec),
+        cpus=spec.cpus,
+        memory_mb=spec.memory_mb,
+        accel=accel.name,
+        machine=spec.machine,
+        nic_mac=nat.guest_mac if nat else None,
+        nic_mtu=nat.mtu if nat else 1500,
+        extra_args=spec.extra_qemu_args,
+    )
+
+
+class _PanicWatcher:
+    """Console watcher that notes the kernel's panic line, even when it straddles two chunks."""
+
+    def __init__(self) -> None:
+        self._matcher = PatternMatcher([PANIC_TEXT], window=4 * len(PANIC_TEXT))
+        self.seen = False
+
+    def __call__(self, chunk: bytes) -> None:
+        if not self.seen and self._matcher.feed(chunk) is not None:
+            self.seen = True
+
+
+class VmHandle:
+    """A started VM. Use ``async with`` to be sure it is killed when the block ends."""
+
+    def __init__(
+        self,
+        spec: VmSpec,
+        accel: AccelChoice,
+        machine: Machine,
+        stream: ConsoleStream,
+        gateway: Gateway | None = None,
+        *,
+        running: bool = False,
+    ) -> None:
+        self.spec = spec
+        self._gateway = gateway
+        self.accel = accel
+        self._machine = machine
+        self._stream = stream
+        self._console: Console | None = None
+        self._logged_in = False
+        self._exit: MachineExit | None = None
+        # Without a marker the engine cannot tell more than "the machine runs"; a login guest
+        # prints its marker only after someone logs in.
+        watch_marker = spec.boot.ready_marker is not None and spec.login is None and not running
+        self._status: VmStatus = Starting() if watch_marker else Running()
+        self._status_changed = asyncio.Event()
+        self._panic = _PanicWatcher()
+        stream.add_watcher(self._panic)
+        machine.on_event(self._on_machine_event)
+        self._ready_task = asyncio.create_task(self._watch_ready(), name=f"vm-ready-{machine.pid}")
+        self._exit_task = asyncio.create_task(self._watch_exit(), name=f"vm-exit-{machine.pid}")
+        _live.add(self)
+
+    @classmethod
+    async def start(cls, spec: VmSpec) -> VmHandle:
+        spec.validate()
+        spec.boot.check()
+        accel = choose_accelerator(spec.accel)
+        machine = await Machine.launch(machine_spec_for(spec, accel))
+        return await cls.attach(spec, accel, machine)
+
+    @classmethod
+    async def attach(
+        cls,
+        spec: VmSpec,
+        accel: AccelChoice,
+        machine: Machine,
+        *,
+        lease: IPv4Address | None = None,
+        running: bool = False,
+    ) -> VmHandle:
+        """Wrap a launched ``machine``: start its gateway (when ``spec`` has a network) and console.
+
+        ``lease`` is the address a guest restored from a snapshot already holds: the gateway
+        takes it as leased instead of waiting for a DHCP exchange that will not come.
+        ``running``: the guest is past its boot (restored), so no ready marker is awaited.
+        The machine is killed if this fails.
+        """
+        nat = spec.network if isinstance(spec.network, UserNatConfig) else None
+        gateway = None
+        if nat is not None:
+            try:
+                gateway = Gateway(nat, name=f"vm-{machine.pid}")
+                sock = machine.take_net_socket()
+                assert sock is not None
+                await gateway.start(sock)
+                if lease is not None:
+                    gateway.adopt_lease(lease)
+            except BaseException:
+                await machine.close()
+                raise
+        stream = ConsoleStream(
+            machine.serial_reader,
+            machine.serial_writer,
+            scrollback=spec.scrollback_bytes,
+            ready_marker=spec.boot.ready_marker,
+        )
+        if running and stream.ready_marker is not None:
+            stream.ready_count = 1  # the guest printed its marker before it was saved
+        return cls(spec, accel, machine, stream, gateway, running=running)
+
+    # ----- state -----------------------------------------------------------------------------
+
+    def status(self) -> VmStatus:
+        return self._status
+
+    @property
+    def pid(self) -> int:
+        """The machine process's pid."""
+        return self._machine.pid
+
+    @property
+    def machine(self) -> Machine:
+        """The machine layer's view of this VM (for the engine's own snapshot code)."""
+        return self._machine
+
+    @property
+    def console_stream(self) -> ConsoleStream:
+        """The raw console stream (always connected, whether or not ``console()`` is enabled)."""
+        return self._stream
+
+    @property
+    def guest_ip(self) -> IPv4Address | None:
+        """The address the gateway leased the guest (None without a network or before DHCP)."""
+        return self._gateway.guest_ip if self._gateway is not None else None
+
+    async def snapshot(self, dest_dir: str | Path) -> Path:
+        """Save this VM (RAM and devices) into ``dest_dir``, which must be empty or absent;
+        the VM runs on. Start clones of it with ``engine.vm_from_snapshot(path)``."""
+        from engine.snapshot.snapshot import save_snapshot  # snapshot.py builds on this module
+
+        return await save_snapshot(self, dest_dir)
+
+    def resources(self) -> dict[str, Any]:
+        return {"cpus": self.spec.cpus, "memory_mb": self.spec.memory_mb, "accel": self.accel.name}
+
+    def _set_status(self, status: VmStatus) -> None:
+        if self._status.is_terminal:
+            return
+        self._status = status
+        self._status_changed.set()
+        self._status_changed = asyncio.Event()
+
+    async def wait_ready(self, timeout: float | None = 60) -> None:
+        """Wait until the guest is Running; VmNotRunning if it ends first, BootTimeout if slow."""
+        try:
+            async with asyncio.timeout(timeout):
+                while not isinstance(self._status, Running):
+                    if self._status.is_terminal:
+                        raise VmNotRunning(f"the VM ended before it was ready: {self._status}")
+                    await self._status_changed.wait()
+        except TimeoutError:
+            raise BootTimeout(
+                f"the guest was not ready after {timeout}s; last console lines:\n{self.console_tail()}"
+            ) from None
+
+    def machine_alive(self) -> bool:
+        """Whether the machine process runs at this instant (asks the kernel, not the loop)."""
+        return not self._machine.exited and process_running(self._machine.pid)
+
+    async def probe_console(self, timeout: float = 2.0) -> bool:
+        """Send a newline and wait for the guest to print anything back: its console answers.
+
+        Works whether or not the VM was built with a console for its user (the serial line is
+        always connected); a shell answers with a prompt, a getty with its login prompt.
+        """
+        stream = self._stream
+        if stream.closed:
+            return False
+        offset = stream.end_offset
+        try:
+            async with asyncio.timeout(timeout):
+                await stream.write(b"\n")
+                _skipped, data = await stream.next_chunk(offset)
+        except (TimeoutError, EngineError):
+            return False
+        return bool(data)
+
+    # ----- console ---------------------------------------------------------------------------
+
+    async def console(self) -> Console:
+        """The VM's serial console (one per VM; its reader starts at the first byte kept)."""
+        if not self.spec.console:
+            raise ConsoleError("this VM was built without a console: call console_enabled() on the builder")
+        if self._console is None:
+            self._console = Console(self._stream)
+        return self._console
+
+    async def shell(self, timeout: float = 30) -> Console:
+        """The console with a shell at it: a VM with a getty is logged in as its login user first."""
+        console = await self.console()
+        if self.spec.login is not None and not self._logged_in:
+            await console.login(self.spec.login.user, self.spec.login.password, timeout)
+            self._logged_in = True
+        return console
+
+    def console_tail(self, lines: int = 20) -> str:
+        """The last lines the guest printed on its console (for error reports)."""
+        text = self._stream.tail(16384).decode(errors="replace").replace("\r", "")
+        return "\n".join(text.splitlines()[-lines:])
+
+    # ----- network ---------------------------------------------------------------------------
+
+    def _require_gateway(self) -> Gateway:
+        if self._gateway is None:
+            raise ConfigError("this VM has no network: build it with .network(NetworkMode.user_nat()...build())")
+        return self._gateway
+
+    def network_events(self) -> AsyncIterator[FlowEvent]:
+        """Every flow the gateway allows, denies or logs from now on (ends when the VM stops)."""
+        return self._require_gateway().flow_log.subscribe()
+
+    def set_policy(self, policy: NetworkPolicy) -> None:
+        """Apply ``policy`` to this VM's new flows and DNS questions at once."""
+        self._require_gateway().set_policy(policy)
+
+    def forwarded_ports(self) -> list[tuple[PortForward, int]]:
+        """Each port forward and the host port it listens on (the one picked, for host_port 0)."""
+        return list(self._gateway.forwarded_ports) if self._gateway is not None else []
+
+    def network_stats(self) -> dict[str, Any]:
+        """Byte and flow counters of the gateway (empty without a network)."""
+        return self._gateway.stats() if self._gateway is not None else {}
+
+    def network_flows(self) -> list[dict[str, Any]]:
+        """The open flows and their byte counts (empty without a network)."""
+        return self._gateway.flows() if self._gateway is not None else []
+
+    @property
+    def has_network(self) -> bool:
+        return self._gateway is not None
+
+    # ----- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def shutdown_reason(self) -> str | None:
+        """Why QEMU says the machine stopped (e.g. "guest-shutdown"), once it has exited."""
+        return self._exit.shutdown_reason if self._exit is not None else None
+
+    async def stop(self, timeout: float = 30) -> VmStatus:
+        """Ask the guest to power off; terminate, then kill, the machine if it does not."""
+        if self._machine.exited:
+            return await self.wait()
+        booting = isinstance(self._status, Starting) and self.spec.boot.capsa_guest
+        self._set_status(Stopping())
+        if booting:
+            # Our guest answers the power button only once its init runs: nothing to wait for.
+            self._machine.terminate()
+        else:
+            with contextlib.suppress(MachineError):
+                await self._machine.powerdown()
+        if await self.wait_timeout(timeout) is None:
+            self._machine.terminate()
+            if await self.wait_timeout(_TERMINATE_GRACE_S) is None:
+                self._machine.kill()
+        return await self.wait()
+
+    async def kill(self) -> VmStatus:
+        """Kill the machine process at once and wait until everything is released."""
+        if not self._machine.exited:
+            self._set_status(Stopping())
+            self._machine.kill()
+        return await self.wait()
+
+    async def wait(self) -> VmStatus:
+        """Wait for the machine to exit; returns the final status."""
+        await asyncio.shield(self._exit_task)
+        return self._status
+
+    async def wait_timeout(self, timeout: float) -> VmStatus | None:
+        """Like wait(), but None if the machine still runs after ``timeout`` seconds."""
+        try:
+            return await asyncio.wait_for(self.wait(), timeout)
+        except TimeoutError:
+            return None
+
+    async def __aenter__(self) -> VmHandle:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.kill()
+
+    # ----- background ------------------------------------------------------------------------
+
+    def _on_machine_event(self, name: str, data: dict[str, Any]) -> None:
+        if name in ("SHUTDOWN", "POWERDOWN") and not self._status.is_terminal:
+            self._set_status(Stopping())
+
+    async def _watch_ready(self) -> None:
+        if not isinstance(self._status, Starting):
+            return
+        with contextlib.suppress(EngineError):
+            await self._stream.wait_ready(None)
+            if isinstance(self._status, Starting):
+                self._set_status(Running())
+
+    async def _watch_exit(self) -> None:
+        outcome = await self._machine.wait()
+        self._exit = outcome
+        # Give the console pump the last bytes (the panic text comes just before the exit).
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._drain_console(), 2)
+        self._ready_task.cancel()
+        if self._gateway is not None:
+            await self._gateway.close()
+        self._status = self._final_status(outcome)
+        self._status_changed.set()
+        await self._stream.close()
+
+    async def _drain_console(self) -> None:
+        reader = self._stream.reader()
+        while await reader.read():
+            pass
+
+    def _final_status(self, outcome: MachineExit) -> VmStatus:
+        if self._panic.seen or outcome.guest_panicked:
+            return Failed(f"guest kernel panic; last console lines:\n{self.console_tail(_PANIC_TAIL_LINES)}")
+        if outcome.requested:
+            return Stopped(outcome.returncode)
+        if outcome.killed_by_signal is not None:
+            name = _signal_name(outcome.killed_by_signal)
+            return Failed(f"machine process {self._machine.pid} was killed by {name} from outside the engine")
+        if outcome.returncode != 0:
+            return Failed(
+                f"QEMU exited with status {outcome.returncode}: {self._machine.stderr_tail() or 'no message'}"
+            )
+        return Stopped(outcome.returncode)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"

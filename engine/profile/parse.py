@@ -1,0 +1,290 @@
+"""Pool profiles: YAML files that describe one pool of VMs, validated into frozen dataclasses.
+
+    profile = engine.find_profile("default")          # bundled or user folder, by name
+    pool = await profile.pool_builder().build(profile.size)
+
+A profile names its boot (the default guest or a kernel/initrd of your own), the VM shape
+(cpus, memory, console, hostname, kernel arguments, login), the pool's size and max_size, and
+the guest's network (none, or user-mode NAT with forwards, static hosts and a policy: parsed in
+``engine.profile.network``).
+Profiles come from the bundled ``profiles/`` folder and from the user's config folder
+(``platformdirs`` ``user_config_path("capsa-tui")/profiles``, or ``$CAPSA_CONFIG_DIR/profiles``);
+a user profile overrides a bundled one of the same name.
+
+:func:`parse_profile` is the pure parser (text in, Profile or :class:`ProfileError` out, with
+every issue of the file at once as ``file:line: field: expected X, found Y``); loading from disk
+and saving back (comments and key order kept: see ``engine.profile.schema`` for why ruamel.yaml)
+are thin wrappers around it, in ``engine.profile.store``.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from ruamel.yaml.comments import CommentedMap
+
+from engine.microvm.boot import LinuxDirectBoot, default_boot
+from engine.netstack.config import NetworkConfig, NoNetwork
+from engine.pool.builder import PoolBuilder, vm_pool
+from engine.profile.network import network_summary, parse_network
+# engine.names: the rules VmSpec.validate applies, checked here too so errors name file and line.
+from engine.names import HOSTNAME_RE, USER_RE
+from engine.profile.schema import NAME_RE, Fields, ProfileError, parse_document
+from engine.snapshot.snapshot import snapshot_unsupported
+from engine.microvm.spec import LoginSpec, ShapeBuilder, VmBuilder, vm
+
+B = TypeVar("B", bound=ShapeBuilder)
+Source = Literal["bundled", "user", "file"]
+TOP_KEYS = (
+    "name", "description", "boot", "cpus", "memory_mb", "console", "hostname",
+    "kernel_args", "login", "pool", "network",
+)  # fmt: skip
+BOOT_KEYS = ("kernel", "initrd", "cmdline")
+LOGIN_KEYS = ("user", "password")
+POOL_KEYS = ("size", "max_size", "snapshot")
+CPUS = (1, 64)
+MEMORY_MB = (64, 65536)
+POOL_SIZE = (0, 64)
+POOL_MAX_SIZE = (1, 256)
+
+
+@dataclass(frozen=True)
+class BootChoice:
+    """What a profile's VMs boot: the default guest, or a kernel and initrd of the user's own."""
+
+    kind: Literal["default", "custom"] = "default"
+    kernel: Path | None = None
+    initrd: Path | None = None
+    cmdline: str | None = None  # replaces the whole kernel command line (custom boots only)
+
+    def resolve(self) -> LinuxDirectBoot:
+        """The engine boot object; the default guest is looked up (and built) only now."""
+        if self.kind == "default":
+            return default_boot()
+        assert self.kernel is not None
+        return LinuxDirectBoot(self.kernel, self.initrd)
+
+    def describe(self) -> str:
+        return "default guest" if self.kind == "default" else f"{self.kernel} + {self.initrd}"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One validated pool profile; ``vm_builder()`` / ``pool_builder()`` turn it into VMs."""
+
+    name: str
+    description: str = ""
+    path: Path | None = None
+    boot: BootChoice = field(default_factory=BootChoice)
+    cpus: int = 1
+    memory_mb: int = 256
+    console: bool = True
+    hostname: str = "capsa"
+    kernel_args: tuple[tuple[str, str], ...] = ()
+    login: LoginSpec | None = None
+    size: int = 2
+    max_size: int = 4
+    snapshot: bool | None = None  # None: clones wherever the shape can be cloned
+    network: NetworkConfig = field(default_factory=NoNetwork)  # NoNetwork or a built UserNatConfig
+    source: Source = "file"
+
+    def _shape(self, builder: B) -> B:
+        """Apply the VM shape to a VmBuilder or PoolBuilder (they share these methods)."""
+        builder = builder.cpus(self.cpus).memory_mb(self.memory_mb).console_enabled(self.console)
+        builder = builder.hostname(self.hostname).network(self.network)
+        for key, value in self.kernel_args:
+            builder = builder.cmdline_arg(key, value)
+        if self.login is not None:
+            builder = builder.login_user(self.login.user, self.login.password)
+        if self.boot.cmdline is not None:
+            builder = builder.cmdline_override(self.boot.cmdline)
+        return builder
+
+    def vm_builder(self) -> VmBuilder:
+        """A builder for one VM of this shape (raises ImageError if the default guest is missing)."""
+        return self._shape(vm(self.boot.resolve()))
+
+    def pool_builder(self) -> PoolBuilder:
+        """A pool builder of this shape, max_size and name; pass ``size`` to ``build()``."""
+        builder = self._shape(vm_pool(self.boot.resolve())).max_size(self.max_size).name(self.name)
+        snapshot = self.snapshot
+        if snapshot is None:
+            snapshot = snapshot_unsupported(builder.spec()) is None
+        return builder.snapshot(snapshot)
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-able summary (the login password is left out)."""
+        boot: object = "default"
+        if self.boot.kind == "custom":
+            boot = {"kernel": str(self.boot.kernel), "initrd": str(self.boot.initrd), "cmdline": self.boot.cmdline}
+        return {
+            "name": self.name,
+            "description": self.description,
+            "source": self.source,
+            "path": str(self.path) if self.path else None,
+            "boot": boot,
+            "cpus": self.cpus,
+            "memory_mb": self.memory_mb,
+            "console": self.console,
+            "hostname": self.hostname,
+            "kernel_args": dict(self.kernel_args),
+            "login": {"user": self.login.user} if self.login else None,
+            "size": self.size,
+            "max_size": self.max_size,
+            "snapshot": self.snapshot,
+            "network": network_summary(self.network),
+        }
+
+
+def parse_profile(
+    text: str,
+    file: str = "<profile>",
+    *,
+    base_dir: Path | None = None,
+    source: Source = "file",
+    path: Path | None = None,
+    is_file: Callable[[Path], bool] | None = None,
+) -> Profile:
+    """Validate profile ``text``; raise ProfileError with every issue found in it.
+
+    ``file`` only names the text in messages. Relative kernel/initrd paths resolve against
+    ``base_dir``; ``is_file`` (when given) checks they exist, the one question that needs a
+    disk, so the parser itself stays pure.
+    """
+    document, issues = parse_document(text, file)
+    if document is None:
+        raise ProfileError(issues)
+    f = Fields(file)
+    f.unknown_keys(document, "", TOP_KEYS)
+    name = None
+    if f.require(document, "name", "", "a profile name, e.g. 'name: default'"):
+        name = f.matching(document, "name", "", NAME_RE, "a name of lowercase letters, digits, '-' and '_' (at most 32)")
+    boot = parse_boot(f, document, base_dir, is_file)
+    login = parse_login(f, document, boot)
+    size, max_size, snapshot = parse_pool(f, document, boot, login)
+    default_host = name if name and HOSTNAME_RE.match(name) else "capsa"
+    profile = Profile(
+        name=name or "",
+        description=f.string(document, "description", "", "") or "",
+        path=path,
+        boot=boot or BootChoice(),
+        cpus=f.integer(document, "cpus", "", *CPUS, default=1),
+        memory_mb=f.integer(document, "memory_mb", "", *MEMORY_MB, default=256),
+        console=f.boolean(document, "console", "", default=True),
+        hostname=f.matching(document, "hostname", "", HOSTNAME_RE, "a host name (letters, digits, '-')", default_host) or "capsa",
+        kernel_args=parse_kernel_args(f, document, boot),
+        login=login,
+        size=size,
+        max_size=max_size,
+        snapshot=snapshot,
+        network=parse_network(f, document, max_size),
+        source=source,
+    )
+    if f.issues:
+        raise ProfileError(sorted(f.issues, key=lambda issue: issue.line or 0))
+    return profile
+
+
+def parse_boot(
+    f: Fields, document: CommentedMap, base_dir: Path | None, is_file: Callable[[Path], bool] | None
+) -> BootChoice | None:
+    """``boot: default`` or ``boot: {kernel, initrd, cmdline}``; None when invalid."""
+    if "boot" not in document:
+        return BootChoice()
+    value = document["boot"]
+    if isinstance(value, str) and value == "default":
+        return BootChoice()
+    if not isinstance(value, CommentedMap):
+        f.expected(document, "boot", "", "'default' or a mapping with kernel and initrd")
+        return None
+    f.unknown_keys(value, "boot", BOOT_KEYS)
+    kernel = _boot_file(f, value, "kernel", base_dir, is_file)
+    initrd = _boot_file(f, value, "initrd", base_dir, is_file)
+    cmdline = f.string(value, "cmdline", "boot")
+    if kernel is None or initrd is None or ("cmdline" in value and cmdline is None):
+        return None
+    return BootChoice("custom", kernel, initrd, cmdline)
+
+
+def _boot_file(
+    f: Fields, boot: CommentedMap, key: str, base_dir: Path | None, is_file: Callable[[Path], bool] | None
+) -> Path | None:
+    if not f.require(boot, key, "boot", f"the path of the {key} file"):
+        return None
+    text = f.string(boot, key, "boot")
+    if not text:
+        if text == "":
+            f.expected(boot, key, "boot", f"the path of the {key} file")
+        return None
+    path = Path(text).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path  # relative to the profile's folder, not to wherever we run from
+    if is_file is not None and not is_file(path):
+        f.error(boot, key, f"boot.{key}", f"expected an existing {key} file, found {str(path)!r} (no such file)")
+        return None
+    return path
+
+
+def parse_login(f: Fields, document: CommentedMap, boot: BootChoice | None) -> LoginSpec | None:
+    login = f.mapping(document, "login", "")
+    if login is None:
+        return None
+    f.unknown_keys(login, "login", LOGIN_KEYS)
+    if boot is not None and boot.kind != "default":
+        # Only our initramfs understands capsa.login; a custom initrd brings its own getty.
+        f.error(document, "login", "login", "expected 'boot: default' with login (a custom initrd brings its own getty)")
+    user = None
+    if f.require(login, "user", "login", "the user name to log in as"):
+        user = f.matching(login, "user", "login", USER_RE, "a user name (lowercase letters, digits, '_', '-')")
+    password = f.string(login, "password", "login")
+    return LoginSpec(user, password) if user else None
+
+
+def parse_pool(
+    f: Fields, document: CommentedMap, boot: BootChoice | None, login: LoginSpec | None
+) -> tuple[int, int, bool | None]:
+    """``pool: {size, max_size, snapshot}``: VMs kept warm, the most that may exist at once, and
+    whether refills are snapshot clones (absent: wherever the VM's shape can be cloned)."""
+    pool = f.mapping(document, "pool", "")
+    if pool is None:
+        return 2, 4, None
+    f.unknown_keys(pool, "pool", POOL_KEYS)
+    size = f.integer(pool, "size", "pool", *POOL_SIZE, default=2)
+    max_size = f.integer(pool, "max_size", "pool", *POOL_MAX_SIZE, default=max(4, size))
+    if max_size < size:
+        f.error(pool, "max_size", "pool.max_size", f"expected at least pool.size ({size}), found {max_size}")
+        max_size = size
+    snapshot: bool | None = None
+    if "snapshot" in pool:
+        snapshot = f.boolean(pool, "snapshot", "pool", default=True)
+        custom = boot is not None and boot.kind == "custom"
+        if snapshot and (custom or login is not None):
+            why = "a custom boot" if custom else "a login profile"
+            f.error(pool, "snapshot", "pool.snapshot",
+                    f"expected false or no key: {why} cannot be cloned from a snapshot (a clone's identity is fixed by the default guest's shell)")
+    return size, max_size, snapshot
+
+
+def parse_kernel_args(f: Fields, document: CommentedMap, boot: BootChoice | None) -> tuple[tuple[str, str], ...]:
+    """``kernel_args: {key: value}``: extra ``key=value`` words on the kernel command line."""
+    args = f.mapping(document, "kernel_args", "")
+    if args is None:
+        return ()
+    if boot is not None and boot.cmdline is not None and len(args):
+        f.error(document, "kernel_args", "kernel_args", "expected no kernel_args with boot.cmdline (it replaces the whole command line)")
+    pairs = []
+    for key, value in args.items():
+        where = f"kernel_args.{key}"
+        if not isinstance(key, str) or not key or any(c.isspace() or c in '="' for c in key):
+            f.error(args, key, where, "expected an argument name without spaces, '=' or quotes")
+        elif key.startswith("capsa."):
+            f.error(args, key, where, "expected no capsa.* argument (set hostname and login in the profile)")
+        elif isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            f.expected(args, key, "kernel_args", "a string or a number")
+        elif '"' in str(value):
+            f.expected(args, key, "kernel_args", "a value without double quotes")
+        else:
+            pairs.append((key, str(value)))
+    return tuple(pairs)
