@@ -5,98 +5,16 @@
         console = await vm.console()
         print(await console.exec("uname -r"))
 
-``capsatui`` and other callers import only the names listed in ``__all__``.
+``capsatui`` and other callers use only these names. Each is written once, as an import in the
+``TYPE_CHECKING`` block below: type checkers read it there, and at run time :mod:`engine.lazy`
+reads the same block to load each name from its module on first use (the app draws its first
+frame before the rest of the engine loads); ``__all__`` follows from it.
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from engine.lazy import lazy_attributes
-
-# Names load on first use (see engine.lazy): the app draws its first frame before the rest.
-_EXPORTS: dict[str, str] = {
-    "AccelChoice": "engine.kvm.accel",
-    "BootChoice": "engine.profile.parse",
-    "BootTimeout": "engine.errors",
-    "CommandResult": "engine.console.console",
-    "ConfigError": "engine.errors",
-    "Console": "engine.console.console",
-    "ConsoleClosed": "engine.errors",
-    "ConsoleError": "engine.errors",
-    "ConsoleReader": "engine.console.console",
-    "ConsoleTimeout": "engine.errors",
-    "ConsoleWriter": "engine.console.console",
-    "Created": "engine.microvm.status",
-    "Decision": "engine.netstack.policy",
-    "DomainPattern": "engine.netstack.policy",
-    "EngineError": "engine.errors",
-    "Failed": "engine.microvm.status",
-    "Flow": "engine.netstack.policy",
-    "FlowEvent": "engine.netstack.flowlog",
-    "GuestImage": "engine.image.build",
-    "ImageError": "engine.errors",
-    "LinuxDirectBoot": "engine.microvm.boot",
-    "LoginSpec": "engine.microvm.spec",
-    "MachineError": "engine.errors",
-    "MatchCriteria": "engine.netstack.policy",
-    "NetworkMode": "engine.netstack.config",
-    "NetworkPolicy": "engine.netstack.policy",
-    "NoNetwork": "engine.netstack.config",
-    "PolicyAction": "engine.netstack.policy",
-    "PolicyError": "engine.netstack.policy",
-    "PoolBootError": "engine.errors",
-    "PoolBuilder": "engine.pool.builder",
-    "PoolClosed": "engine.errors",
-    "PoolEmpty": "engine.errors",
-    "PoolError": "engine.errors",
-    "PoolMember": "engine.pool.stats",
-    "PoolServer": "engine.service.server",
-    "PoolSettings": "engine.pool.stats",
-    "PoolStats": "engine.pool.stats",
-    "PoolTimeout": "engine.errors",
-    "PooledVm": "engine.pool.pooled",
-    "PortForward": "engine.netstack.config",
-    "Profile": "engine.profile.parse",
-    "ProfileError": "engine.profile.schema",
-    "ProfileIssue": "engine.profile.schema",
-    "Protocol": "engine.netstack.policy",
-    "QemuNotFound": "engine.errors",
-    "Rule": "engine.netstack.policy",
-    "Running": "engine.microvm.status",
-    "ServiceClient": "engine.service.client",
-    "ServiceError": "engine.service.errors",
-    "ServiceUnavailable": "engine.service.errors",
-    "ServiceVersionError": "engine.service.errors",
-    "Snapshot": "engine.snapshot.snapshot",
-    "SnapshotError": "engine.errors",
-    "Starting": "engine.microvm.status",
-    "Stopped": "engine.microvm.status",
-    "Stopping": "engine.microvm.status",
-    "UserNatConfig": "engine.netstack.config",
-    "VmBuilder": "engine.microvm.spec",
-    "VmHandle": "engine.microvm.handle",
-    "VmNotRunning": "engine.errors",
-    "VmPool": "engine.pool.pool",
-    "VmSpec": "engine.microvm.spec",
-    "VmStatus": "engine.microvm.status",
-    "build_image": "engine.image.build",
-    "choose_accelerator": "engine.kvm.accel",
-    "default_boot": "engine.microvm.boot",
-    "default_image": "engine.image.build",
-    "find_profile": "engine.profile.store",
-    "image_info": "engine.image.build",
-    "live_vms": "engine.microvm.handle",
-    "load_profile": "engine.profile.store",
-    "load_profiles": "engine.profile.store",
-    "parse_profile": "engine.profile.parse",
-    "profile_dirs": "engine.profile.store",
-    "prune_templates": "engine.snapshot.store",
-    "save_profile": "engine.profile.store",
-    "service_socket_path": "engine.service.paths",
-    "vm": "engine.microvm.spec",
-    "vm_from_snapshot": "engine.snapshot.snapshot",
-    "vm_pool": "engine.pool.builder",
-}
+from engine.lazy import lazy_package
 
 if TYPE_CHECKING:
     from engine.microvm.boot import LinuxDirectBoot, default_boot
@@ -141,103 +59,15 @@ if TYPE_CHECKING:
     from engine.profile.schema import ProfileError, ProfileIssue
     from engine.profile.store import find_profile, load_profile, load_profiles, profile_dirs, save_profile
     from engine.profile.parse import BootChoice, Profile, parse_profile
-    from engine.service import (
-        PoolServer,
-        ServiceClient,
-        ServiceError,
-        ServiceUnavailable,
-        ServiceVersionError,
-        service_socket_path,
-    )
+    from engine.service.client import ServiceClient
+    from engine.service.errors import ServiceError, ServiceUnavailable, ServiceVersionError
+    from engine.service.paths import service_socket_path
+    from engine.service.server import PoolServer
     from engine.snapshot.snapshot import Snapshot, vm_from_snapshot
     from engine.snapshot.store import prune_templates
     from engine.microvm.status import Created, Failed, Running, Starting, Stopped, Stopping, VmStatus
     from engine.microvm.handle import VmHandle, live_vms
     from engine.microvm.spec import LoginSpec, VmBuilder, VmSpec, vm
-
-
-__getattr__, __dir__ = lazy_attributes(__name__, globals(), _EXPORTS)
-
-__all__ = [
-    "AccelChoice",
-    "BootChoice",
-    "BootTimeout",
-    "CommandResult",
-    "ConfigError",
-    "Console",
-    "ConsoleClosed",
-    "ConsoleError",
-    "ConsoleReader",
-    "ConsoleTimeout",
-    "ConsoleWriter",
-    "Created",
-    "Decision",
-    "DomainPattern",
-    "EngineError",
-    "Failed",
-    "Flow",
-    "FlowEvent",
-    "GuestImage",
-    "ImageError",
-    "LinuxDirectBoot",
-    "LoginSpec",
-    "MachineError",
-    "MatchCriteria",
-    "NetworkMode",
-    "NetworkPolicy",
-    "NoNetwork",
-    "PolicyAction",
-    "PolicyError",
-    "PoolBootError",
-    "PoolBuilder",
-    "PoolClosed",
-    "PoolEmpty",
-    "PoolError",
-    "PoolMember",
-    "PoolServer",
-    "PoolSettings",
-    "PoolStats",
-    "PoolTimeout",
-    "PooledVm",
-    "PortForward",
-    "Profile",
-    "ProfileError",
-    "ProfileIssue",
-    "Protocol",
-    "QemuNotFound",
-    "Snapshot",
-    "SnapshotError",
-    "Rule",
-    "Running",
-    "ServiceClient",
-    "ServiceError",
-    "ServiceUnavailable",
-    "ServiceVersionError",
-    "Starting",
-    "Stopped",
-    "Stopping",
-    "UserNatConfig",
-    "VmBuilder",
-    "VmHandle",
-    "VmNotRunning",
-    "VmPool",
-    "VmSpec",
-    "VmStatus",
-    "build_image",
-    "choose_accelerator",
-    "default_boot",
-    "default_image",
-    "find_profile",
-    "image_info",
-    "live_vms",
-    "load_profile",
-    "load_profiles",
-    "parse_profile",
-    "profile_dirs",
-    "prune_templates",
-    "save_profile",
-    "service_socket_path",
-    "vm",
-    "vm_from_snapshot",
-    "vm_pool",
-]
+else:
+    # Hidden from type checkers: a module __getattr__ would make every misspelt name type-check.
+    __getattr__, __dir__, __all__ = lazy_package(globals())

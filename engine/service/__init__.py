@@ -8,19 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from engine.lazy import lazy_attributes
-
-_EXPORTS = {
-    "Attachment": "engine.service.client",
-    "ServiceClient": "engine.service.client",
-    "ProtocolError": "engine.service.errors",
-    "ServiceError": "engine.service.errors",
-    "ServiceUnavailable": "engine.service.errors",
-    "ServiceVersionError": "engine.service.errors",
-    "service_socket_path": "engine.service.paths",
-    "PROTOCOL_VERSION": "engine.service.protocol",
-    "PoolServer": "engine.service.server",
-}
+from engine.lazy import lazy_package
 
 if TYPE_CHECKING:
     from engine.service.client import Attachment, ServiceClient
@@ -28,17 +16,6 @@ if TYPE_CHECKING:
     from engine.service.paths import service_socket_path
     from engine.service.protocol import PROTOCOL_VERSION
     from engine.service.server import PoolServer
-
-__getattr__, __dir__ = lazy_attributes(__name__, globals(), _EXPORTS)
-
-__all__ = [
-    "PROTOCOL_VERSION",
-    "Attachment",
-    "PoolServer",
-    "ProtocolError",
-    "ServiceClient",
-    "ServiceError",
-    "ServiceUnavailable",
-    "ServiceVersionError",
-    "service_socket_path",
-]
+else:
+    # Hidden from type checkers: a module __getattr__ would make every misspelt name type-check.
+    __getattr__, __dir__, __all__ = lazy_package(globals())
