@@ -200,7 +200,7 @@ def test_editor_snapshot(snap_compare: Any, tmp_path: Path, monkeypatch: pytest.
     policy = (engine.NetworkPolicy.deny_all().allow_dns().deny_domain("*.evil.test").allow_https()
               .log(engine.MatchCriteria.any()).allow_domain("*.debian.org"))
     hub = FakeHub({"guarded": profile})
-    hub.policy = lambda name: policy  # type: ignore[method-assign]
+    hub.policy = lambda name: policy  # type: ignore[method-assign]  # the pool runs this policy
 
     async def drawn(pilot: Any) -> None:
         # Every rule drawn at its settled column widths (see tests/capsatui/screen_text.py).
