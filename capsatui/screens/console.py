@@ -31,7 +31,8 @@ from textual.widgets import Footer, Static, TabbedContent, TabPane
 import engine
 from capsatui.palette import ActionCommands, Command
 from capsatui.screens.dialogs import FormModal, HelperMenu, ResultModal
-from capsatui.widgets.terminal import TerminalView
+from capsatui.widgets.terminal.search import parse_search
+from capsatui.widgets.terminal.view import TerminalView
 
 __all__ = ["ConsoleScreen", "ConsoleTab", "FormModal", "ResultModal", "open_console"]
 
@@ -318,9 +319,7 @@ class ConsoleScreen(Screen[None]):
         tab = self.active_tab
         if tab is None or not pattern:
             return
-        what: str | re.Pattern[str] = pattern
-        if len(pattern) > 2 and pattern.startswith("/") and pattern.endswith("/"):
-            what = re.compile(pattern[1:-1])
+        what = parse_search(pattern)
         self.notify(f"waiting for {pattern!r}…")
         # A fresh reader: the wait is for output from now on, not for anything in the backlog.
         try:
@@ -399,9 +398,8 @@ class ConsoleScreen(Screen[None]):
         tab = self.active_tab
         if tab is None or not text:
             return
-        regex = len(text) > 2 and text.startswith("/") and text.endswith("/")
         try:
-            found = tab.view.search(text[1:-1] if regex else text, regex=regex)
+            found = tab.view.search(parse_search(text))
         except re.error as err:
             self.notify(f"bad pattern: {err}", severity="error")
             return

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from rich.console import Group
+from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
@@ -61,7 +61,7 @@ class HelpScreen(ModalScreen[None]):
         return [row for _, rows in self.sections for row in rows]
 
     def compose(self) -> ComposeResult:
-        tables = []
+        tables: list[RenderableType] = []
         for title, rows in self.sections:
             # One key column width for every section, so the sections line up as one list.
             table = Table(title=title, title_style="bold", title_justify="left", expand=True,

@@ -4,7 +4,8 @@ Every edit makes a new immutable ``engine.NetworkPolicy``; "save" writes it into
 YAML through ``engine.save_profile`` (the user's comments survive; a bundled profile becomes a
 user copy) and "apply" hands it to the running pool (``hub.set_policy``), whose VMs decide new
 flows by it at once. The "what happens to X?" box asks the same ``evaluate`` /
-``evaluate_name`` the gateway does, so it cannot disagree with it.
+``evaluate_name`` the gateway does, so it cannot disagree with it; the warnings under the rules
+are ``NetworkPolicy.lint``'s, redrawn on every edit.
 """
 from __future__ import annotations
 
@@ -125,6 +126,7 @@ class PolicyEditorScreen(Screen[None]):
     PolicyEditorScreen #policy-default { width: 16; }
     PolicyEditorScreen #policy-top Button { margin: 0 0 0 1; }
     PolicyEditorScreen #policy-rules { height: 1fr; }
+    PolicyEditorScreen #policy-lint { height: auto; padding: 0 1; color: $warning; display: none; }
     PolicyEditorScreen #policy-whatif { height: auto; }
     PolicyEditorScreen #policy-whatif-result { height: auto; padding: 0 1; }
     PolicyEditorScreen #policy-status { height: auto; padding: 0 1; color: $text-muted; }
@@ -168,6 +170,7 @@ class PolicyEditorScreen(Screen[None]):
         table: DataTable[Any] = LiveTable(id="policy-rules", cursor_type="row", zebra_stripes=True)
         table.add_columns("#", "action", "criteria", "note")
         yield table
+        yield Static("", id="policy-lint")
         with Vertical(id="policy-whatif"):
             yield Input(placeholder="what happens to…  e.g. x.example.com, 1.2.3.4:22, udp 8.8.8.8:53",
                         id="policy-whatif-input")
@@ -251,10 +254,18 @@ class PolicyEditorScreen(Screen[None]):
             where = f" — {self.profile.path} ({self.profile.source})"
         dirty = " [b]*modified*[/b]" if self.policy != self.saved_policy else ""
         self.query_one("#policy-title", Static).update(f"Network policy of [b]{self.pool_name}[/b]{where}{dirty}")
+        self._update_lint()
         self._update_whatif()
 
     def status(self, message: str) -> None:
         self.query_one("#policy-status", Static).update(message)
+
+    def _update_lint(self) -> None:
+        # Hidden when there is nothing to say: the table keeps the room.
+        warnings = self.policy.lint()
+        lint = self.query_one("#policy-lint", Static)
+        lint.update(Text("\n".join(f"warning: {w}" for w in warnings)))
+        lint.display = bool(warnings)
 
     def _update_whatif(self) -> None:
         query = self.query_one("#policy-whatif-input", Input).value

@@ -15,7 +15,8 @@ from textual.app import App, ComposeResult
 import engine
 from capsatui.screens.console import ConsoleScreen, ResultModal, open_console
 from capsatui.screens.dialogs import FormModal, HelperMenu
-from capsatui.widgets.terminal import TerminalView, key_to_bytes
+from capsatui.widgets.terminal.keys import key_to_bytes
+from capsatui.widgets.terminal.view import TerminalView
 
 
 class TermApp(App[None]):
@@ -401,7 +402,7 @@ async def test_dropped_echo_is_redrawn_after_the_flood() -> None:
         console.put(b"MARKER-42" + FLOOD_UNIT * 100)
         await asyncio.sleep(0)  # the reader hands it all to the view
         await asyncio.sleep(0)
-        assert view.dropped > dropped and b"MARKER-42" not in view._pending
+        assert view.dropped > dropped and b"MARKER-42" not in view.model.pending_output
         # Redrawn once the flood has stopped (how soon is bench/tui.py's to measure, not a test's).
         async with asyncio.timeout(30):
             while view.line_text(bottom) != "# MARKER-42":

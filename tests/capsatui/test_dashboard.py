@@ -5,6 +5,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from textual.pilot import Pilot
@@ -123,8 +124,9 @@ async def test_pool_life_from_the_dashboard(boot: engine.LinuxDirectBoot, config
 
         # The console opens on the reserved VM: type a command, see its output rendered.
         await wait_for(pilot, lambda: isinstance(app.screen, ConsoleScreen), 30)
-        consoles = app.screen
-        assert isinstance(consoles, ConsoleScreen)
+        shown_screen = app.screen
+        assert isinstance(shown_screen, ConsoleScreen)
+        consoles: ConsoleScreen = shown_screen  # typed once: the lambdas below read it
         await wait_for(pilot, lambda: any(line.endswith("#") for line in console_lines(app)), 30)
         await pilot.press(*"echo", "space", *"hi", "enter")
         await wait_for(pilot, lambda: "hi" in console_lines(app), 30)
@@ -175,7 +177,7 @@ def dashboard_settled(app: CapsaApp) -> bool:
     return all(has_row(app, n) for n in names) and any(n in detail for n in names)
 
 
-def test_snapshot_stopped_profiles(config_dir: Path, monkeypatch: pytest.MonkeyPatch, snap_compare) -> None:  # type: ignore[no-untyped-def]
+def test_snapshot_stopped_profiles(config_dir: Path, monkeypatch: pytest.MonkeyPatch, snap_compare: Any) -> None:
     monkeypatch.setenv("CAPSA_ACCEL", "tcg")  # the accelerator line must not depend on the host
 
     async def loaded(pilot: Pilot) -> None:
@@ -188,7 +190,7 @@ def test_snapshot_stopped_profiles(config_dir: Path, monkeypatch: pytest.MonkeyP
     assert snap_compare(app, terminal_size=(150, 34), run_before=loaded)
 
 
-def test_snapshot_help(config_dir: Path, monkeypatch: pytest.MonkeyPatch, snap_compare) -> None:  # type: ignore[no-untyped-def]
+def test_snapshot_help(config_dir: Path, monkeypatch: pytest.MonkeyPatch, snap_compare: Any) -> None:
     monkeypatch.setenv("CAPSA_ACCEL", "tcg")
 
     async def helped(pilot: Pilot) -> None:
@@ -212,6 +214,7 @@ async def test_help_and_palette_follow_the_screen(config_dir: Path) -> None:
         await wait_for(pilot, lambda: has_row(app, "t"), 5)
         await pilot.press("question_mark")
         await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen), 5)
+        assert isinstance(app.screen, HelpScreen)
         keys = dict(app.screen.keys)
         assert keys["s"].startswith("Start") and keys["ctrl+] x"].startswith("Release")  # dashboard, console
         assert keys["ctrl+p"].startswith("Command palette") and keys["q"].startswith("Quit")
@@ -229,6 +232,7 @@ async def test_help_and_palette_follow_the_screen(config_dir: Path) -> None:
             app.action_help()
             await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen), 5)
             help_screen = app.screen
+            assert isinstance(help_screen, HelpScreen)
             assert help_screen.sections[0][0] == screen_type.HELP_TITLE
             assert help_screen.sections[0][1] == screen_type.help_keys()
             await pilot.press("escape")

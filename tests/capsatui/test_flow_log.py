@@ -45,7 +45,7 @@ class StreamHub(FakeHub):
     def states(self) -> list[State]:
         return self.pools
 
-    async def flow_events(self) -> AsyncIterator[engine.FlowEvent]:  # type: ignore[override]
+    async def flow_events(self) -> AsyncIterator[engine.FlowEvent]:
         while True:
             yield await self.queue.get()
 
@@ -117,10 +117,12 @@ async def test_filter_by_action_and_allow_a_denied_domain(profile: engine.Profil
         await pilot.press("a")
         await wait_for(pilot, lambda: isinstance(app.screen, RuleForm))
         form = app.screen
+        assert isinstance(form, RuleForm)
         assert form.rule == engine.Rule(engine.PolicyAction.ALLOW, engine.MatchCriteria.domain("x.evil.test"))
         await pilot.press("enter")
         await wait_for(pilot, lambda: isinstance(app.screen, PolicyEditorScreen))
         editor = app.screen
+        assert isinstance(editor, PolicyEditorScreen)
         assert editor.pool_name == "guarded"  # vm-101 is a member of the guarded pool
         assert editor.policy.rules[-1].describe() == "allow domain x.evil.test"
 
@@ -138,7 +140,9 @@ async def test_unknown_vm_asks_which_pool(profile: engine.Profile) -> None:
         await pilot.pause()
         await pilot.press("enter")  # the pool picker: the first (only) pool
         await wait_for(pilot, lambda: isinstance(app.screen, RuleForm))
-        assert app.screen.rule is not None and app.screen.rule.describe() == "allow ip 198.51.100.9"
+        form = app.screen
+        assert isinstance(form, RuleForm)
+        assert form.rule is not None and form.rule.describe() == "allow ip 198.51.100.9"
 
 
 def test_allow_rule_for_a_bare_address_host() -> None:

@@ -17,7 +17,7 @@ from textual.widgets import Button, DataTable, Input, Static
 import engine
 from capsatui.screens.policy_editor import PolicyEditorScreen, explain
 from capsatui.widgets.rule_form import RuleForm
-from tests.capsatui.screen_text import wait_shown
+from tests.capsatui.screen_text import shown, wait_shown
 
 PROFILE = """\
 # A guarded pool: only DNS and HTTPS leave the VM.
@@ -200,7 +200,7 @@ def test_editor_snapshot(snap_compare: Any, tmp_path: Path, monkeypatch: pytest.
     policy = (engine.NetworkPolicy.deny_all().allow_dns().deny_domain("*.evil.test").allow_https()
               .log(engine.MatchCriteria.any()).allow_domain("*.debian.org"))
     hub = FakeHub({"guarded": profile})
-    hub.policy = lambda name: policy  # type: ignore[method-assign]
+    hub.policy = lambda name: policy  # type: ignore[method-assign]  # the pool runs this policy
 
     async def drawn(pilot: Any) -> None:
         # Every rule drawn at its settled column widths (see tests/capsatui/screen_text.py).
@@ -306,3 +306,29 @@ async def test_apply_to_a_running_pool_changes_its_next_flows(
     finally:
         await hub.close()
     await asyncio.wait_for(collector, 5)
+
+
+async def test_lint_warns_of_a_shadowed_rule_as_you_edit(profile_file: Path) -> None:
+    """``NetworkPolicy.lint`` under the rules: a catch-all moved above a rule hides that rule."""
+    async with _guarded_editor() as (app, editor, pilot, table):
+        lint = "#policy-lint"
+        assert not editor.query_one(lint, Static).display
+        await pilot.press("a")
+        form = app.screen
+        assert isinstance(form, RuleForm)
+        form.query_one("#rule-action").focus()
+        await pilot.press("enter", "down", "enter")  # deny
+        await pilot.click("#rule-any")  # any traffic
+        await pilot.pause()
+        assert form.rule == engine.Rule(engine.PolicyAction.DENY, engine.MatchCriteria.any())
+        await pilot.click("#rule-ok")
+        await pilot.pause()
+        assert app.screen is editor and table.cursor_row == 2
+        assert not editor.query_one(lint, Static).display  # last: it hides nothing
+        await pilot.press("u")  # above the HTTPS allow
+        await wait_shown(pilot, r"warning: rule 3 \(allow protocol tcp and port 443\) is never reached: "
+                                r"rule 2 matches all traffic")
+        await pilot.press("n")  # back below it: the warning goes
+        await pilot.pause()
+        assert not editor.query_one(lint, Static).display
+        assert "never reached" not in shown(app)

@@ -1,69 +1,21 @@
-"""What makes the terminal view a terminal: the keys a real terminal sends, pyte's colour names, and a
-pyte screen that keeps the lines scrolled off the top.
-"""
+"""The emulated screen: a pyte screen that keeps the lines scrolled off its top, draws plain text fast
+and can copy its state (for a rebuild after dropped output)."""
 from __future__ import annotations
 
 import collections
+import copy
 from typing import Any
 
 import pyte
 from pyte import modes as mo
-from pyte.screens import Char, Margins
+from pyte.screens import Char, Margins, StaticDefaultDict
 
+__all__ = ["DECCKM", "HISTORY_LINES", "HistoryTerminal", "Line"]
 
 DECCKM = 1 << 5  # pyte stores private mode N as N << 5; ?1 = application cursor keys
+HISTORY_LINES = 3000  # lines kept scrolled off the top (the engine's ring keeps the bytes)
 
-_CSI_KEYS = {
-    "up": "A", "down": "B", "right": "C", "left": "D", "home": "H", "end": "F",
-}
-_TILDE_KEYS = {"insert": 2, "delete": 3, "pageup": 5, "pagedown": 6}
-_FKEYS = {
-    "f1": "\x1bOP", "f2": "\x1bOQ", "f3": "\x1bOR", "f4": "\x1bOS", "f5": "\x1b[15~",
-    "f6": "\x1b[17~", "f7": "\x1b[18~", "f8": "\x1b[19~", "f9": "\x1b[20~", "f10": "\x1b[21~",
-    "f11": "\x1b[23~", "f12": "\x1b[24~",
-}
-_PLAIN = {
-    "enter": "\r", "ctrl+m": "\r", "ctrl+j": "\n", "tab": "\t", "ctrl+i": "\t", "escape": "\x1b",
-    "backspace": "\x7f", "ctrl+h": "\x08", "shift+tab": "\x1b[Z", "space": " ",
-    "ctrl+space": "\x00", "ctrl+@": "\x00", "ctrl+backslash": "\x1c",
-    "ctrl+circumflex_accent": "\x1e", "ctrl+underscore": "\x1f",
-}
-_MODS = {"shift": 2, "alt": 3, "ctrl": 5}
-_COLOURS = {"brown": "yellow", "bfightmagenta": "bright_magenta"}  # pyte's names vs rich's
-
-
-def key_to_bytes(key: str, character: str | None, app_cursor: bool = False) -> bytes | None:
-    """The bytes an xterm sends for a Textual key, or None for a key it cannot express."""
-    if key in _PLAIN:
-        return _PLAIN[key].encode()
-    mods, _, base = key.rpartition("+")
-    if base in _CSI_KEYS:
-        if not mods:
-            return (("\x1bO" if app_cursor else "\x1b[") + _CSI_KEYS[base]).encode()
-        code = 1 + sum(_MODS.get(m, 1) - 1 for m in mods.split("+"))
-        return f"\x1b[1;{code}{_CSI_KEYS[base]}".encode()
-    if base in _TILDE_KEYS and not mods:
-        return f"\x1b[{_TILDE_KEYS[base]}~".encode()
-    if base in _FKEYS and not mods:
-        return _FKEYS[base].encode()
-    if mods == "ctrl" and len(base) == 1 and base.isalpha():
-        return bytes([ord(base.lower()) - ord("a") + 1])
-    if mods == "alt" and character is None and len(base) == 1:
-        return b"\x1b" + base.encode()
-    if character and (character.isprintable() or len(character) == 1):
-        return character.encode("utf-8", errors="replace")
-    return None
-
-
-def pyte_colour(name: str) -> str | None:
-    if name == "default":
-        return None
-    if len(name) == 6 and all(c in "0123456789abcdefABCDEF" for c in name):
-        return "#" + name
-    name = _COLOURS.get(name, name)
-    if name.startswith("bright") and not name.startswith("bright_"):
-        name = "bright_" + _COLOURS.get(name[6:], name[6:])
-    return name
+Line = StaticDefaultDict[int, Char]  # one row of cells, as pyte stores it
 
 
 class HistoryTerminal(pyte.Screen):
@@ -73,14 +25,32 @@ class HistoryTerminal(pyte.Screen):
     ``namedtuple._replace`` and asks wcwidth about each; here cells are cached per attributes and
     stored a line segment at a time)."""
 
-    def __init__(self, columns: int, lines: int, history: int = 3000) -> None:
+    def __init__(self, columns: int, lines: int, history: int = HISTORY_LINES) -> None:
         super().__init__(columns, lines)
-        self.history: collections.deque[Any] = collections.deque(maxlen=history)
+        self.history_lines = history
+        self.history: collections.deque[Line] = collections.deque(maxlen=history)
         self.pushed = 0  # lines ever pushed into history: absolute line numbers stay stable
         self.skip_pushes = 0  # scrolled-off lines not to keep (a rebuild's copied rows)
         self.lenient_restore = False  # "restore cursor" without a save leaves the cursor (a rebuild)
         self._cells_attrs: Any = None
-        self._cells: dict[str, Any] = {}
+        self._cells: dict[str, Char] = {}
+
+    @property
+    def app_cursor_keys(self) -> bool:
+        """The guest asked for application cursor keys (DECCKM): arrows send ``ESC O A``."""
+        return DECCKM in self.mode
+
+    def clone_state(self) -> HistoryTerminal:
+        """A copy of the screen, cursor, saved cursors, modes, margins and charsets (no history)."""
+        clone = HistoryTerminal(self.columns, self.lines, self.history_lines)
+        for y in range(self.lines):
+            clone.buffer[y] = copy.copy(self.buffer[y])
+        clone.cursor = copy.copy(self.cursor)
+        clone.savepoints = list(self.savepoints)
+        clone.mode = set(self.mode)
+        clone.margins = self.margins
+        clone.charset, clone.g0_charset, clone.g1_charset = self.charset, self.g0_charset, self.g1_charset
+        return clone
 
     def draw(self, data: str) -> None:
         text = data.translate(self.g1_charset if self.charset else self.g0_charset)
@@ -93,7 +63,7 @@ class HistoryTerminal(pyte.Screen):
         if attrs is not self._cells_attrs:  # attributes changed (SGR): a new cell cache
             self._cells_attrs, self._cells = attrs, {}
         cells = self._cells
-        rest = tuple(attrs[1:])
+        rest: tuple[Any, ...] = tuple(attrs[1:])  # a Char's fields after ``data``, mixed types
         columns, pos, end = self.columns, 0, len(text)
         wrap = mo.DECAWM in mode
         while pos < end:

@@ -1,0 +1,352 @@
+"""The terminal widget: a :class:`TerminalModel` drawn by Textual, keys going out raw.
+
+:class:`TerminalView` is fed the guest's bytes (``feed``) and hands the user's keystrokes, as the
+bytes a real terminal would send, to an async ``write`` callback. The model batches output, drops
+the oldest of a flood and rebuilds the screen after a drop; the view runs it on a short timer,
+within a time budget per tick, and only while it is shown. Scrollback (``shift+pageup``), search
+and mouse selection copy work on the model's screen plus the lines it scrolled off.
+"""
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Awaitable, Callable
+
+from rich.segment import Segment
+from textual import events
+from textual.strip import Strip
+from textual.widget import Widget
+
+from capsatui.widgets.terminal.keys import key_to_bytes
+from capsatui.widgets.terminal.model import Resync, TerminalModel
+from capsatui.widgets.terminal.screen import HISTORY_LINES, HistoryTerminal, Line
+from capsatui.widgets.terminal.search import Match, as_pattern
+from capsatui.widgets.terminal.style import CellStyles
+
+__all__ = ["TerminalView"]
+
+TICK_S = 0.03  # batching interval: output shows at most this late
+FEED_BUDGET_S = 0.010  # pyte time per tick (pyte does ~0.1-1 MB/s); the rest is the app's
+HIDDEN_POLL_S = 0.25  # a hidden view does not feed pyte; it looks again this often
+
+
+class TerminalView(Widget, can_focus=True):
+    """The guest's terminal. ``feed`` output in; keystrokes go to ``write`` as raw bytes.
+
+    Keys kept by the app (not sent to the guest): ``ctrl+]`` (the console's helper menu),
+    ``ctrl+q``/``ctrl+p`` (the app's quit and command palette), ``shift+pageup``/``pagedown``
+    (scrollback). While scrolled back: arrows/pageup/pagedown scroll, ``n``/``N`` jump between
+    search matches, ``escape`` or ``q`` returns to the live screen; other keys return and type.
+    """
+
+    ALLOW_SELECT = False  # our own cell selection instead of Textual's text selection
+    DEFAULT_CSS = """
+    TerminalView { width: 1fr; height: 1fr; background: $background; color: $foreground; }
+    """
+    PASSTHROUGH = frozenset({"ctrl+right_square_bracket", "ctrl+q", "ctrl+p"})
+
+    def __init__(
+        self,
+        write: Callable[[bytes], Awaitable[None]] | None = None,
+        *,
+        columns: int = 80,
+        lines: int = 24,
+        history: int = HISTORY_LINES,
+        resync: Resync | None = None,
+        name: str | None = None,
+        id: str | None = None,
+        classes: str | None = None,
+    ) -> None:
+        super().__init__(name=name, id=id, classes=classes)
+        self.write_callback = write
+        # ``resync(n)``: the newest n bytes of everything passed to ``feed`` so far (None if it
+        # cannot tell); after a drop the screen is rebuilt from them.
+        self.model = TerminalModel(columns, lines, history, resync)
+        self._timer_armed = False
+        self.scrollback_lines = 0  # lines scrolled back from the live screen
+        self.search_pattern: re.Pattern[str] | None = None
+        self.matches: list[Match] = []  # (absolute line, start col, end col)
+        self.match_index = -1
+        self._sel_anchor: tuple[int, int] | None = None
+        self._sel_end: tuple[int, int] | None = None
+        self._styles = CellStyles()
+
+    @property
+    def term(self) -> HistoryTerminal:
+        """The screen shown (a rebuild replaces it)."""
+        return self.model.term
+
+    @property
+    def dropped(self) -> int:
+        """Output bytes skipped because a flood outran the view."""
+        return self.model.dropped
+
+    @property
+    def resyncs(self) -> int:
+        """Rebuilds of the screen completed."""
+        return self.model.resyncs
+
+    # -- output ---------------------------------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        """Queue guest output; it is drawn on the next tick (never synchronously)."""
+        self.model.feed(data)
+        self._arm(TICK_S)
+
+    @property
+    def pending(self) -> int:
+        """Output not drawn yet (a rebuild in progress counts as such)."""
+        return self.model.pending
+
+    @property
+    def _holding(self) -> bool:
+        """The user reads history or matches: no rebuild swaps the screen under them."""
+        return bool(self.scrollback_lines or self.matches)
+
+    def _arm(self, delay: float) -> None:
+        if not self._timer_armed and self.is_mounted:
+            self._timer_armed = True
+            self.set_timer(delay, self._tick)
+
+    def _showing(self) -> bool:
+        try:
+            return self.screen.is_current and self.is_on_screen
+        except Exception:  # not mounted on a screen (yet)
+            return False
+
+    def _tick(self) -> None:
+        self._timer_armed = False
+        model = self.model
+        if not (model.has_output or model.resync_due or model.rebuilding):
+            return
+        if not self._showing():
+            self._arm(HIDDEN_POLL_S)  # a hidden console catches up when shown
+            return
+        deadline = time.perf_counter() + FEED_BUDGET_S
+        if model.rebuild(deadline, holding=self._holding):
+            # A new screen: the old one's scroll position and selection mean nothing on it.
+            self.scrollback_lines = 0
+            self._sel_anchor = self._sel_end = None
+            self.refresh()
+        if not model.rebuilding and model.has_output:
+            self.flush(max(deadline - time.perf_counter(), 0.0))
+        if model.has_output or model.rebuilding:
+            self._arm(TICK_S)
+        elif model.resync_due:  # waiting for the interval, or for the user to leave scrollback
+            self._arm(TICK_S if not self._holding else HIDDEN_POLL_S)
+
+    def flush(self, budget: float | None = None) -> None:
+        """Feed pending output to pyte (all of it, or what ``budget`` seconds allow) and redraw."""
+        pushed = self.model.flush(budget)
+        if self.scrollback_lines:  # keep a scrolled-back view on the same lines
+            self.scrollback_lines = min(self.scrollback_lines + pushed, len(self.term.history))
+        self.refresh()
+
+    def on_mount(self) -> None:
+        if self.model.has_output:
+            self._arm(TICK_S)
+
+    def on_focus(self) -> None:
+        self.refresh()  # the cursor shows only while focused
+
+    def on_blur(self) -> None:
+        self.refresh()
+
+    def on_resize(self, event: events.Resize) -> None:
+        if self.model.resize(max(event.size.width, 10), max(event.size.height, 3)):
+            self.refresh()
+
+    # -- reading the screen ---------------------------------------------------------------------
+
+    @property
+    def top_line(self) -> int:
+        """Absolute number of the first line shown."""
+        return self.term.pushed - self.scrollback_lines
+
+    def line_text(self, y: int) -> str:
+        """The text of visible row ``y`` (right-stripped)."""
+        return self.model.text(self.top_line + y).rstrip()
+
+    def screen_text(self) -> str:
+        """The visible rows as text."""
+        return "\n".join(self.line_text(y) for y in range(self.term.lines))
+
+    def all_text(self) -> str:
+        """History plus the live screen, as text."""
+        return self.model.all_text()
+
+    # -- rendering ------------------------------------------------------------------------------
+
+    def render_line(self, y: int) -> Strip:
+        number = self.top_line + y
+        line: Line | None = self.model.line(number)
+        width = self.size.width
+        base = self.rich_style
+        if line is None:
+            return Strip([Segment(" " * width, base)], width)
+        term = self.term
+        cursor_x = -1
+        if self.has_focus and not self.scrollback_lines and y == term.cursor.y and not term.cursor.hidden:
+            cursor_x = term.cursor.x
+        selected, matched = self._marks(number)
+        segments: list[Segment] = []
+        text, style = "", None
+        for x in range(min(term.columns, width)):
+            char = line[x]
+            if not char.data:  # right half of a wide character
+                continue
+            cell_style = self._styles.get(char, x == cursor_x, selected(x), matched(x))
+            if cell_style is style:
+                text += char.data
+            else:
+                if text:
+                    segments.append(Segment(text, base + style))
+                text, style = char.data, cell_style
+        if text:
+            segments.append(Segment(text, base + style))
+        strip = Strip(segments)
+        return strip.extend_cell_length(width, base).crop(0, width)
+
+    def _marks(self, number: int) -> tuple[Callable[[int], bool], Callable[[int], bool]]:
+        """Predicates on a column: selected? inside a search match?"""
+        sel = self.selection_range()
+        selected: Callable[[int], bool] = lambda x: False  # noqa: E731
+        if sel is not None and sel[0][0] <= number <= sel[1][0]:
+            (l0, c0), (l1, c1) = sel
+            selected = lambda x: (number > l0 or x >= c0) and (number < l1 or x <= c1)  # noqa: E731
+        spans = [(a, b) for n, a, b in self.matches if n == number]
+        matched: Callable[[int], bool] = lambda x: any(a <= x < b for a, b in spans)  # noqa: E731
+        return selected, matched
+
+    # -- keys -----------------------------------------------------------------------------------
+
+    async def on_key(self, event: events.Key) -> None:
+        if event.key in self.PASSTHROUGH:
+            return  # bubbles to the screen's bindings
+        event.stop()
+        event.prevent_default()
+        if self._scroll_key(event.key):
+            return
+        data = key_to_bytes(event.key, event.character, self.term.app_cursor_keys)
+        if data is None:
+            return
+        if self._holding:
+            self.live()
+        if self.write_callback is not None:
+            await self.write_callback(data)
+
+    def on_paste(self, event: events.Paste) -> None:
+        event.stop()
+        if self.write_callback is not None:
+            self.run_worker(self.write_callback(event.text.encode("utf-8")), group="paste")
+
+    def _scroll_key(self, key: str) -> bool:
+        """Scrollback keys; True if the key was used here."""
+        page = max(self.term.lines - 1, 1)
+        if key == "shift+pageup":
+            self.scroll_by(page)
+            return True
+        if key == "shift+pagedown":
+            self.scroll_by(-page)
+            return True
+        if not self._holding:
+            return False
+        steps = {"up": 1, "down": -1, "pageup": page, "pagedown": -page, "k": 1, "j": -1}
+        if key in steps:
+            self.scroll_by(steps[key])
+        elif key in ("n", "N"):
+            self.next_match(1 if key == "n" else -1)
+        elif key in ("escape", "q"):
+            self.live()
+        else:
+            return False
+        return True
+
+    def scroll_by(self, lines: int) -> None:
+        """Scroll back (positive) or forward by ``lines``, within the history."""
+        self.scrollback_lines = max(0, min(self.scrollback_lines + lines, len(self.term.history)))
+        self.refresh()
+
+    def live(self) -> None:
+        """Back to the live screen; search highlights end."""
+        self.scrollback_lines, self.matches, self.match_index, self.search_pattern = 0, [], -1, None
+        self.refresh()
+
+    # -- search ---------------------------------------------------------------------------------
+
+    def search(self, what: str | re.Pattern[str]) -> int:
+        """Highlight every match of ``what`` (text, or a regex; history + screen); shows the
+        newest. Returns the count."""
+        self.search_pattern = as_pattern(what)
+        self.matches = self.model.find(self.search_pattern)
+        self.match_index = len(self.matches)
+        if self.matches:
+            self.next_match(-1)
+        self.refresh()
+        return len(self.matches)
+
+    def next_match(self, step: int) -> None:
+        """Show the match ``step`` matches on (wrapping around)."""
+        if not self.matches:
+            return
+        self.match_index = (self.match_index + step) % len(self.matches)
+        number = self.matches[self.match_index][0]
+        if not (self.top_line <= number < self.top_line + self.term.lines):
+            # Put the match in the middle of the view.
+            self.scrollback_lines = max(0, min(self.term.pushed - number + self.term.lines // 2, len(self.term.history)))
+        self.refresh()
+
+    # -- selection ------------------------------------------------------------------------------
+
+    def selection_range(self) -> tuple[tuple[int, int], tuple[int, int]] | None:
+        """The selection as ((line, column), (line, column)), first to last, or None."""
+        if self._sel_anchor is None or self._sel_end is None:
+            return None
+        return min(self._sel_anchor, self._sel_end), max(self._sel_anchor, self._sel_end)
+
+    def selected_text(self) -> str:
+        """The selected cells as text (each row right-stripped)."""
+        sel = self.selection_range()
+        if sel is None:
+            return ""
+        (l0, c0), (l1, c1) = sel
+        rows = []
+        for n in range(l0, l1 + 1):
+            text = self.model.text(n)
+            rows.append(text[(c0 if n == l0 else 0) : (c1 + 1 if n == l1 else None)].rstrip())
+        return "\n".join(rows)
+
+    def on_mouse_down(self, event: events.MouseDown) -> None:
+        self._sel_anchor = self._sel_end = (self.top_line + event.y, event.x)
+        self.capture_mouse()
+        self.focus()
+        self.refresh()
+
+    def on_mouse_move(self, event: events.MouseMove) -> None:
+        if self._sel_anchor is not None and event.button:
+            self._sel_end = (self.top_line + event.y, max(0, event.x))
+            self.refresh()
+
+    def on_mouse_up(self, event: events.MouseUp) -> None:
+        self.release_mouse()
+        if self._sel_anchor is not None and self._sel_end != self._sel_anchor:
+            self.copy_selection()
+        else:
+            self._sel_anchor = self._sel_end = None
+            self.refresh()
+
+    def copy_selection(self) -> str:
+        """Copy the selection to the clipboard (and say so); returns it ("" for none)."""
+        text = self.selected_text()
+        if text:
+            self.app.copy_to_clipboard(text)
+            self.notify(f"copied {len(text)} characters")
+        return text
+
+    def on_mouse_scroll_up(self, event: events.MouseScrollUp) -> None:
+        event.stop()
+        self.scroll_by(3)
+
+    def on_mouse_scroll_down(self, event: events.MouseScrollDown) -> None:
+        event.stop()
+        self.scroll_by(-3)
