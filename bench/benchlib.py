@@ -1,14 +1,14 @@
-"""What the benchmark scripts share: the churn loop, the table's number formats, SIGTERM cleanup.
+"""What the benchmark scripts share: the churn loop, percentiles, number formats, SIGTERM cleanup.
 
-Each ``bench/*.py`` is run as a script, so this folder is on ``sys.path`` and ``import benchlib``
-finds this module.
+Public API only: a benchmark that needs an engine internal gets it from ``bench.internals``.
 """
 from __future__ import annotations
 
 import asyncio
+import math
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import engine
@@ -42,6 +42,18 @@ async def churn(request: Callable[[], Awaitable[None]], duration: float, workers
     await asyncio.gather(*(worker() for _ in range(workers)))
     result.elapsed = time.perf_counter() - started
     return result
+
+
+def percentile(values: Sequence[float], fraction: float) -> float | None:
+    """The nearest-rank percentile of ``values`` (None when there are none).
+
+    The same rule as the engine's pool statistics, kept here because it is not public API.
+    """
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, math.ceil(fraction * len(ordered)) - 1))
+    return ordered[rank]
 
 
 def fmt_ms(seconds: float | None, decimals: int = 0) -> str:

@@ -1,6 +1,6 @@
 """Boot and console latency of our VMs, beside plain QEMU started by hand.
 
-Run: ``.venv/bin/python bench/boot.py [--runs N]``. Prints one table:
+Run: ``.venv/bin/python -m bench.boot [--runs N]`` from the repository root. Prints one table:
 
 1. boot to first command answered: ``build()`` -> first ``exec("true")`` returning (ours), beside
    plain QEMU (``-serial stdio``, same kernel, initrd, kernel command line and machine flags)
@@ -21,25 +21,25 @@ import re
 import select
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# Runnable as a plain script from anywhere: the engine lives one folder up.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from rich.console import Console as RichConsole
+from rich.table import Table
 
-from rich.console import Console as RichConsole  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-import engine  # noqa: E402
-from engine.console.match import READY_MARKER  # noqa: E402
-from engine.image.build import default_image  # noqa: E402
-from engine.kvm.cmdline import MachineSockets, MachineSpec, qemu_argv  # noqa: E402
-from engine.kvm.host import find_qemu, qemu_version  # noqa: E402
-from engine.microvm.handle import kernel_cmdline  # noqa: E402
-from benchlib import exit_on_sigterm  # noqa: E402
+import engine
+from bench.benchlib import exit_on_sigterm
+from bench.internals import (
+    READY_MARKER,
+    MachineSockets,
+    MachineSpec,
+    find_qemu,
+    kernel_cmdline,
+    qemu_argv,
+    qemu_version,
+)
 
 CPUS = 1
 MEMORY_MB = 256
@@ -331,7 +331,7 @@ async def run(runs: int) -> None:
             await once(kinds[which], which)
     echo, execs = await round_trips(boot)
 
-    kernel = default_image(build=False).kernel_version
+    kernel = engine.default_image(build=False).kernel_version
     qemu = qemu_version(binary).removeprefix("QEMU emulator version ").split(" ")[0]
     header = (
         f"accelerator: {accel.name} ({'hardware' if accel.is_hardware else 'software emulation'}) · "

@@ -1,6 +1,7 @@
 """TCP throughput, connection setup and ping through our gateway, beside QEMU's user-mode network.
 
-Run: ``.venv/bin/python bench/net.py [--size-mb N] [--runs N] [--rounds N] [--connections N]``.
+Run: ``.venv/bin/python -m bench.net [--size-mb N] [--runs N] [--rounds N] [--connections N]`` from
+the repository root.
 Prints one table, our gateway (``NetworkMode.user_nat()``) beside QEMU's own slirp
 (``-netdev user``) with the same guest, kernel, machine and emulation:
 
@@ -14,14 +15,14 @@ Prints one table, our gateway (``NetworkMode.user_nat()``) beside QEMU's own sli
    accepts and closes at once, timed by the guest (``time sh -c 'while ...'``);
 4. ping round trip to the gateway (10.0.2.2), 20 echoes 0.2 s apart.
 
-The host servers run in a child process (this script with ``--serve``), so they take no share
+The host servers run in a child process (this module with ``--serve``), so they take no share
 of the GIL from our gateway, which runs in this process's event loop as it does in real use,
 and cost the same for both sides. VMs run one at a time (the host has 2 cores), ours and slirp
 alternating, mirrored every other round. Every QEMU and the server process are killed in a
 ``finally``.
 
 ``--only ours`` with ``--rounds 1 --runs 1 --connections 0`` is the small run to profile the
-gateway with: ``python -m cProfile -o /tmp/net.prof bench/net.py --only ours ...``.
+gateway with: ``python -m cProfile -o /tmp/net.prof -m bench.net --only ours ...``.
 """
 from __future__ import annotations
 
@@ -35,20 +36,19 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# Runnable as a plain script from anywhere: the engine lives one folder up.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from rich.console import Console as RichConsole
+from rich.table import Table
 
-from rich.console import Console as RichConsole  # noqa: E402
-from rich.table import Table  # noqa: E402
+import engine
+from bench.benchlib import exit_on_sigterm
+from bench.internals import find_qemu, qemu_version
 
-import engine  # noqa: E402
-from engine.image.build import default_image  # noqa: E402
-from engine.kvm.host import find_qemu, qemu_version  # noqa: E402
-from benchlib import exit_on_sigterm  # noqa: E402
+# The server child runs ``-m bench.net`` from here, wherever the bench itself was started.
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 CPUS = 1
 MEMORY_MB = 384  # the guest's /tmp (tmpfs) holds the file it sends
@@ -112,7 +112,7 @@ def serve(size: int) -> None:
             end = time.perf_counter()
         emit(kind="source", bytes=size, accepted=accepted, first=start, sent=sent, last=end)
 
-    def accept_loop(server: socket.socket, handler: object) -> None:
+    def accept_loop(server: socket.socket, handler: Callable[[socket.socket, float], None] | None) -> None:
         while True:
             conn, _ = server.accept()
             accepted = time.perf_counter()
@@ -143,8 +143,8 @@ class HostServers:
     @classmethod
     async def start(cls, size: int) -> HostServers:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(Path(__file__).resolve()), "--serve", str(size),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            sys.executable, "-m", "bench.net", "--serve", str(size),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=REPO_ROOT,
         )
         try:
             assert proc.stdout is not None
@@ -391,7 +391,7 @@ async def run(args: argparse.Namespace) -> None:
     finally:
         await servers.close()
 
-    kernel = default_image(build=False).kernel_version
+    kernel = engine.default_image(build=False).kernel_version
     qemu = qemu_version(binary).removeprefix("QEMU emulator version ").split(" ")[0]
     header = (
         f"accelerator: {accel.name} ({'hardware' if accel.is_hardware else 'software emulation'}) · "

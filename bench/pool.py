@@ -1,6 +1,7 @@
 """What a warm pool buys: reserve latency, pool start-up and request churn, beside cold boots.
 
-Run: ``.venv/bin/python bench/pool.py [--duration S] [--samples N]``. Prints one table:
+Run: ``.venv/bin/python -m bench.pool [--duration S] [--samples N]`` from the repository root.
+Prints one table:
 
 1. ``reserve()`` latency while an idle VM waits (the pool's promise: p99 under 5 ms), beside the
    cold alternative: ``build()`` of a fresh VM until it is ready;
@@ -19,16 +20,12 @@ import asyncio
 import statistics
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from rich.console import Console as RichConsole
+from rich.table import Table
 
-from rich.console import Console as RichConsole  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-import engine  # noqa: E402
-from engine.pool.stats import percentile  # noqa: E402
-from benchlib import Churn, churn, fmt_ms, fmt_ratio, fmt_s  # noqa: E402
+import engine
+from bench.benchlib import Churn, churn, fmt_ms, fmt_ratio, fmt_s, percentile
 
 CPUS = 1
 MEMORY_MB = 256

@@ -1,6 +1,7 @@
 """What snapshot clones buy: refills, restores, memory and churn of clones beside cold boots.
 
-Run: ``.venv/bin/python bench/snapshot.py [--duration S] [--samples N] [--network]``.
+Run: ``.venv/bin/python -m bench.snapshot [--duration S] [--samples N] [--network]`` from the
+repository root.
 Defaults: 30 s per churn phase, 15 samples; about 2.5-3 min on 2 cores under TCG. Every guest
 has 1 vCPU, 256 MiB and a console, and no network; ``--network`` gives every VM (template,
 clones and cold boots alike) ``NetworkMode.user_nat().build()``. Prints one table:
@@ -15,7 +16,7 @@ clones and cold boots alike) ``NetworkMode.user_nat().build()``. Prints one tabl
 2. restore: ``WaitingClone.launch`` + ``restore()`` into a fresh QEMU process (launch and load),
    and ``restore()`` into a QEMU process launched 1 s earlier and waiting (``-incoming defer``;
    load only). Three marks from the clock's start: "loaded" (``load_state`` returned: the state
-   is in and the guest resumed; timed by wrapping ``engine.snapshot.snapshot.load_state`` for the run),
+   is in and the guest resumed; timed by ``bench.internals.timed_loads`` wrapping the engine's ``load_state`` for the run),
    "restored" (``restore()`` returned: identity fixed, ready marker seen) and "echo" (then
    ``exec("echo ok")`` answered). Medians over ``--samples`` of each kind, alternating.
    Baseline: a cold ``build()`` until ready and until ``exec("echo ok")`` answered, median of
@@ -53,23 +54,17 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from rich.console import Console as RichConsole
+from rich.table import Table
 
-from rich.console import Console as RichConsole  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-import engine  # noqa: E402
-import engine.snapshot.snapshot as snapshot_mod  # noqa: E402
-from engine.pool.stats import percentile  # noqa: E402
-from engine.snapshot.snapshot import WaitingClone, template_for  # noqa: E402
-from engine.snapshot.store import RAM_DIR_ENV, TEMPLATES_DIR_ENV  # noqa: E402
-from benchlib import Churn, fmt_ms, fmt_ratio, fmt_s  # noqa: E402
-from benchlib import churn as run_churn  # noqa: E402
+import engine
+from bench.benchlib import Churn, fmt_ms, fmt_ratio, fmt_s, percentile
+from bench.benchlib import churn as run_churn
+from bench.internals import RAM_DIR_ENV, TEMPLATES_DIR_ENV, WaitingClone, template_for, timed_loads
 
 CPUS = 1
 MEMORY_MB = 256
@@ -184,23 +179,6 @@ class Restore:
     loaded: list[float] = field(default_factory=list)
     restored: list[float] = field(default_factory=list)
     echo: list[float] = field(default_factory=list)
-
-
-@contextlib.contextmanager
-def timed_loads() -> Iterator[list[float]]:
-    """Record when each ``load_state`` inside ``WaitingClone.restore`` returns (for this run only)."""
-    marks: list[float] = []
-    original = snapshot_mod.load_state
-
-    async def timed(*args: Any, **kwargs: Any) -> None:
-        await original(*args, **kwargs)
-        marks.append(time.perf_counter())
-
-    snapshot_mod.load_state = timed  # type: ignore[assignment]
-    try:
-        yield marks
-    finally:
-        snapshot_mod.load_state = original  # type: ignore[assignment]
 
 
 _clone_seq = iter(range(1, 1 << 30))
@@ -413,7 +391,7 @@ async def run(args: argparse.Namespace, store: Path) -> None:
         f"{fmt_ms(s50)} / {fmt_ms(s95)}" + (f" ({fallbacks} cold fallbacks!)" if fallbacks else ""),
         f"{fmt_ms(c50)} / {fmt_ms(c95)}",
         fmt_ratio(s50, c50),
-        f"median ≤ {TARGET_REFILL_MEDIAN_S * 1000:.0f} ms: {_verdict(bool(s50) and s50 <= TARGET_REFILL_MEDIAN_S)}; "
+        f"median ≤ {TARGET_REFILL_MEDIAN_S * 1000:.0f} ms: {_verdict(bool(s50 and s50 <= TARGET_REFILL_MEDIAN_S))}; "
         f"≥ {TARGET_REFILL_RATIO:.0f}×: {_verdict(ratio >= TARGET_REFILL_RATIO)}",
     )
     cold_ready = _med([r for r, _ in colds])

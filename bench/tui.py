@@ -1,7 +1,7 @@
 """The app on a real terminal: start-up, key-to-echo latency (idle and flooded), idle CPU.
 
-Run: ``.venv/bin/python bench/tui.py [--runs N] [--samples N] [--cpu-seconds S]``. Everything
-goes through a private tmux server (``tmux -L``, no config, a 120x40 window): the app is started
+Run: ``.venv/bin/python -m bench.tui [--runs N] [--samples N] [--cpu-seconds S]`` from the
+repository root. Everything goes through a private tmux server (``tmux -L``, no config, a 120x40 window): the app is started
 with ``capsa-tui app`` exactly as a user would, keys are typed with ``send-keys`` and the screen
 is read with ``capture-pane``. Prints one table:
 
@@ -33,14 +33,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from rich.console import Console as RichConsole
+from rich.table import Table
 
-from rich.console import Console as RichConsole  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-import engine  # noqa: E402
-from engine.pool.stats import percentile  # noqa: E402
-from benchlib import exit_on_sigterm  # noqa: E402
+import engine
+from bench.benchlib import exit_on_sigterm, percentile
 
 CAPSA_TUI = Path(sys.executable).with_name("capsa-tui")
 POOLS = ["bench-a", "bench-b", "bench-c"]  # sorted first in the table: bench-a is row 0
