@@ -21,6 +21,7 @@ from engine.console.match import (
     PatternMatcher,
     describe_pattern,
 )
+from engine.broadcast import Broadcast
 from engine.errors import ConsoleClosed, ConsoleError, ConsoleTimeout
 
 _log = logging.getLogger(__name__)
@@ -110,8 +111,7 @@ class ConsoleStream:
             PatternMatcher([ready_marker], window=max(len(ready_marker), 64)) if ready_marker else None
         )
         self._watchers: list[Watcher] = []
-        # set() then clear() wakes every current waiter: a broadcast without polling
-        self._changed = asyncio.Event()
+        self._changed = Broadcast()
         self._write_lock = asyncio.Lock()
         self._close_reason: str | None = None
         self._pump = asyncio.get_running_loop().create_task(self._run_pump(), name=f"{name}-pump")
@@ -286,8 +286,7 @@ class ConsoleStream:
             self._notify()
 
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed.clear()
+        self._changed.notify()
 
 
 class ConsoleReader:

@@ -33,6 +33,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from engine.broadcast import Broadcast
 from engine.errors import ConfigError, EngineError, PoolBootError, PoolClosed, PoolEmpty, PoolTimeout
 from engine.netstack.config import UserNatConfig
 from engine.netstack.policy import NetworkPolicy
@@ -76,7 +77,7 @@ class VmPool:
         self._waiters: deque[asyncio.Future[_Member]] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
         self._listeners: list[StatsListener] = []
-        self._changed = asyncio.Event()
+        self._changed = Broadcast()
         self._boot_times: deque[float] = deque(maxlen=_BOOT_SAMPLES)
         self._counts = dict.fromkeys(("created", "released", "evicted", "failed", "misses", "fallbacks"), 0)
         self._clones: CloneSource | None = None
@@ -573,8 +574,7 @@ class VmPool:
             await self._changed.wait()
 
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
+        self._changed.notify()
         if not self._listeners:
             return
         stats = self.stats()
