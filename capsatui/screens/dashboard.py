@@ -237,7 +237,7 @@ class DashboardScreen(Screen[None]):
         self._sync(self.query_one("#pools", DataTable), self._rows,
                    {s.name: row_cells(s, accel) for s in states}, COLUMNS)  # fmt: skip
         reserved = {
-            vm.id: [vm.id, vm.pool.name, str(vm.pid), vm.lost or str(vm.status())] for vm in self.hub.reserved()
+            vm.id: [vm.id, vm.pool_name, str(vm.pid), vm.lost or str(vm.status())] for vm in self.hub.reserved()
         }
         self._sync(self.query_one("#reserved", DataTable), self._reserved_rows, reserved, RESERVED_COLUMNS)
         self._update_detail()
@@ -382,7 +382,7 @@ class DashboardScreen(Screen[None]):
             return
         console = await vm.console()
         on_release: Callable[[], Awaitable[None]] = lambda: self.hub.release(vm)  # noqa: E731
-        await open_console(self.app, f"{vm.id} ({vm.pool.name})", console, on_release)
+        await open_console(self.app, f"{vm.id} ({vm.pool_name})", console, on_release)
 
     def action_policy(self) -> None:
         name = self._pool_or_warn()

@@ -306,7 +306,7 @@ class VmPool:
 
     def _hand_out(self, member: _Member) -> PooledVm:
         member.state = "reserved"
-        pooled = PooledVm(self, member.id, member.handle)  # type: ignore[arg-type]
+        pooled = PooledVm(member.id, member.handle, pool_name=self.name, release=self.release)  # type: ignore[arg-type]  # a reserved member has a handle
         member.pooled = pooled
         # A holder that drops the object without release() must not pin a slot forever.
         weakref.finalize(pooled, self._abandoned, member)
