@@ -23,9 +23,12 @@ _EXPORTS: dict[str, str] = {
     "Console": "engine.console.console",
     "ConsoleClosed": "engine.errors",
     "ConsoleError": "engine.errors",
+    "ConsoleLike": "engine.console.like",
     "ConsoleReader": "engine.console.console",
+    "ConsoleReaderLike": "engine.console.like",
     "ConsoleTimeout": "engine.errors",
     "ConsoleWriter": "engine.console.console",
+    "ConsoleWriterLike": "engine.console.like",
     "Created": "engine.microvm.status",
     "Decision": "engine.netstack.policy",
     "DomainPattern": "engine.netstack.policy",
@@ -55,6 +58,7 @@ _EXPORTS: dict[str, str] = {
     "PoolStats": "engine.pool.stats",
     "PoolTimeout": "engine.errors",
     "PooledVm": "engine.pool.pooled",
+    "ReservedVm": "engine.pool.reserved",
     "PortForward": "engine.netstack.config",
     "Profile": "engine.profile.parse",
     "ProfileError": "engine.profile.schema",
@@ -101,6 +105,7 @@ _EXPORTS: dict[str, str] = {
 if TYPE_CHECKING:
     from engine.microvm.boot import LinuxDirectBoot, default_boot
     from engine.console.console import CommandResult, Console, ConsoleReader, ConsoleWriter
+    from engine.console.like import ConsoleLike, ConsoleReaderLike, ConsoleWriterLike
     from engine.errors import (
         BootTimeout,
         ConfigError,
@@ -138,6 +143,7 @@ if TYPE_CHECKING:
     from engine.pool.builder import PoolBuilder, vm_pool
     from engine.pool.stats import PoolMember, PoolSettings, PoolStats
     from engine.pool.pooled import PooledVm
+    from engine.pool.reserved import ReservedVm
     from engine.profile.schema import ProfileError, ProfileIssue
     from engine.profile.store import find_profile, load_profile, load_profiles, profile_dirs, save_profile
     from engine.profile.parse import BootChoice, Profile, parse_profile
@@ -167,9 +173,12 @@ __all__ = [
     "Console",
     "ConsoleClosed",
     "ConsoleError",
+    "ConsoleLike",
     "ConsoleReader",
+    "ConsoleReaderLike",
     "ConsoleTimeout",
     "ConsoleWriter",
+    "ConsoleWriterLike",
     "Created",
     "Decision",
     "DomainPattern",
@@ -199,6 +208,7 @@ __all__ = [
     "PoolStats",
     "PoolTimeout",
     "PooledVm",
+    "ReservedVm",
     "PortForward",
     "Profile",
     "ProfileError",
