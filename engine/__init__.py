@@ -96,6 +96,7 @@ _EXPORTS: dict[str, str] = {
     "profile_dirs": "engine.profile.store",
     "prune_templates": "engine.snapshot.store",
     "save_profile": "engine.profile.store",
+    "remote_console": "engine.service.remote",
     "service_socket_path": "engine.service.paths",
     "vm": "engine.microvm.spec",
     "vm_from_snapshot": "engine.snapshot.snapshot",
@@ -153,6 +154,7 @@ if TYPE_CHECKING:
         ServiceError,
         ServiceUnavailable,
         ServiceVersionError,
+        remote_console,
         service_socket_path,
     )
     from engine.snapshot.snapshot import Snapshot, vm_from_snapshot
@@ -245,6 +247,7 @@ __all__ = [
     "parse_profile",
     "profile_dirs",
     "prune_templates",
+    "remote_console",
     "save_profile",
     "service_socket_path",
     "vm",

@@ -20,6 +20,7 @@ _EXPORTS = {
     "service_socket_path": "engine.service.paths",
     "PROTOCOL_VERSION": "engine.service.protocol",
     "PoolServer": "engine.service.server",
+    "remote_console": "engine.service.remote",
 }
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from engine.service.errors import ProtocolError, ServiceError, ServiceUnavailable, ServiceVersionError
     from engine.service.paths import service_socket_path
     from engine.service.protocol import PROTOCOL_VERSION
+    from engine.service.remote import remote_console
     from engine.service.server import PoolServer
 
 __getattr__, __dir__ = lazy_attributes(__name__, globals(), _EXPORTS)
@@ -40,5 +42,6 @@ __all__ = [
     "ServiceError",
     "ServiceUnavailable",
     "ServiceVersionError",
+    "remote_console",
     "service_socket_path",
 ]
