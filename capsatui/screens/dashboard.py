@@ -285,7 +285,7 @@ class DashboardScreen(Screen[None]):
     def selected_pool(self) -> str | None:
         return self._selected_key(self.query_one("#pools", DataTable))
 
-    def selected_vm(self) -> engine.PooledVm | None:
+    def selected_vm(self) -> engine.ReservedVm | None:
         vm_id = self._selected_key(self.query_one("#reserved", DataTable))
         return next((vm for vm in self.hub.reserved() if vm.id == vm_id), None)
 
@@ -372,7 +372,7 @@ class DashboardScreen(Screen[None]):
             return
         self._run(self.hub.release(vm), f"releasing {vm.id}")
 
-    async def open_console(self, vm: engine.PooledVm) -> None:
+    async def open_console(self, vm: engine.ReservedVm) -> None:
         """Show ``vm``'s console as a tab of the one console screen (its tab again if it has one)."""
         try:
             from capsatui.screens.console import open_console
