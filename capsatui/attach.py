@@ -16,12 +16,13 @@ DETACH_KEY = b"\x1d"  # Ctrl-], as telnet and virsh console use
 Write = Callable[[bytes], Awaitable[object]]
 
 
-async def attach_terminal(console: engine.Console) -> None:
-    """Relay stdin -> console and console -> stdout; returns on Ctrl-] or console EOF."""
+async def attach_terminal(console: engine.ConsoleLike, *, write: bool = True) -> None:
+    """Relay stdin -> console (unless not ``write``) and console -> stdout; returns on Ctrl-]
+    or console EOF. The console is a local VM's or a served one's (``engine.remote_console``)."""
     # The reader starts where the console's own reader stands, so a fresh VM's boot messages
     # are shown before live output.
     reader, writer = await console.split()
-    await relay_terminal(reader, writer.write)
+    await relay_terminal(reader, writer.write if write else None)
 
 
 async def relay_terminal(output: AsyncIterable[bytes], write: Write | None) -> None:

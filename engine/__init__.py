@@ -19,6 +19,7 @@ from engine.lazy import lazy_package
 if TYPE_CHECKING:
     from engine.microvm.boot import LinuxDirectBoot, default_boot
     from engine.console.console import CommandResult, Console, ConsoleReader, ConsoleWriter
+    from engine.console.like import ConsoleLike, ConsoleReaderLike, ConsoleWriterLike
     from engine.errors import (
         BootTimeout,
         ConfigError,
@@ -56,12 +57,14 @@ if TYPE_CHECKING:
     from engine.pool.builder import PoolBuilder, vm_pool
     from engine.pool.stats import PoolMember, PoolSettings, PoolStats
     from engine.pool.pooled import PooledVm
+    from engine.pool.reserved import ReservedVm
     from engine.profile.schema import ProfileError, ProfileIssue
     from engine.profile.store import find_profile, load_profile, load_profiles, profile_dirs, save_profile
     from engine.profile.parse import BootChoice, Profile, parse_profile
     from engine.service.client import ServiceClient
     from engine.service.errors import ServiceError, ServiceUnavailable, ServiceVersionError
     from engine.service.paths import service_socket_path
+    from engine.service.remote import remote_console
     from engine.service.server import PoolServer
     from engine.snapshot.snapshot import Snapshot, vm_from_snapshot
     from engine.snapshot.store import prune_templates

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import signal
 import sys
@@ -16,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import engine
-from capsatui.attach import relay_terminal
+from capsatui.attach import attach_terminal
 from capsatui.commands.vm import command_words
 
 _READY_TIMEOUT = 120.0
@@ -201,13 +200,14 @@ async def _attach(args: argparse.Namespace) -> int:
     if client is None:
         return 1
     async with client:
-        attachment = await client.attach(args.vm, from_start=args.from_start, write=args.write)
+        console = await engine.remote_console(client, args.vm, from_start=args.from_start, write=args.write)
         mode = "typing goes to the VM" if args.write else "read-only (--write to type)"
         _say(f"watching {args.vm}, {mode}; Ctrl-] detaches\r")
-        await relay_terminal(attachment, attachment.write if args.write else None)
-        reason = attachment.closed_reason or "detached"
-        with contextlib.suppress(engine.ServiceError):
-            await attachment.detach()
+        try:
+            await attach_terminal(console, write=args.write)
+        finally:
+            reason = console.close_reason or "detached"
+            await console.stream.close()  # detaches
     _say(f"\r\ncapsa-tui: {reason}\r")
     return 0
 

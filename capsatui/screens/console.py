@@ -68,7 +68,7 @@ VIEW_KEYS: list[tuple[str, str]] = [
 _SCREENS: weakref.WeakKeyDictionary[App[Any], ConsoleScreen] = weakref.WeakKeyDictionary()
 
 
-async def open_console(app: App[Any], title: str, console: engine.Console, on_release: Release = None) -> ConsoleScreen:
+async def open_console(app: App[Any], title: str, console: engine.ConsoleLike, on_release: Release = None) -> ConsoleScreen:
     """The one entry point for the dashboard: show ``console`` as a tab of the console screen."""
     screen = _SCREENS.get(app)
     if screen is None or not screen.tabs_alive:
@@ -98,14 +98,14 @@ class ConsoleTab(Vertical):
     ConsoleTab > .console-status.-closed { background: $error; color: $text; }
     """
 
-    def __init__(self, title: str, console: engine.Console, on_release: Release) -> None:
+    def __init__(self, title: str, console: engine.ConsoleLike, on_release: Release) -> None:
         super().__init__()
         self.title = title
         self.console = console
         self.on_release = on_release
         self.closed_reason: str | None = None
         self._outbox: asyncio.Queue[bytes] = asyncio.Queue()
-        self._reader: Any = None  # the console reader feeding the view
+        self._reader: engine.ConsoleReaderLike | None = None  # the reader feeding the view
         self._closed_note = b""
         self.view = TerminalView(self._enqueue, resync=self._recent_output)
 
@@ -143,20 +143,18 @@ class ConsoleTab(Vertical):
         except Exception as err:  # ConsoleClosed or a broken stream: say so in place
             self.mark_closed(f"{type(err).__name__}: {err}")
             return
-        stream = getattr(self.console, "stream", None)
-        self.mark_closed(getattr(stream, "close_reason", None) or "the stream ended")
+        self.mark_closed(self.console.close_reason or "the stream ended")
 
     def _recent_output(self, n: int) -> bytes | None:
         """The newest ``n`` bytes the view was fed, from the console's ring (the view rebuilds its
         screen from them after dropping output in a flood). The reader's offset is exactly what
         has been fed: it advances and the chunk is fed in one event-loop step."""
         reader = self._reader
-        stream = getattr(reader, "stream", None)
-        if stream is None or not hasattr(stream, "read_from"):
+        if reader is None:
             return None
         end = reader.offset
-        start = max(end - n, stream.start_offset)
-        return stream.read_from(start, max(0, end - start)) + self._closed_note
+        start = max(end - n, self.console.start_offset)
+        return self.console.read_from(start, max(0, end - start)) + self._closed_note
 
     def mark_closed(self, reason: str) -> None:
         if self.closed_reason is not None:
@@ -204,7 +202,7 @@ class ConsoleScreen(Screen[None]):
     """
     _counter = 0
 
-    def __init__(self, title: str, console: engine.Console, on_release: Release = None) -> None:
+    def __init__(self, title: str, console: engine.ConsoleLike, on_release: Release = None) -> None:
         super().__init__()
         ConsoleScreen._counter += 1
         self.install_name = f"capsa-consoles-{ConsoleScreen._counter}"
@@ -225,7 +223,7 @@ class ConsoleScreen(Screen[None]):
                 yield self._pane(title, console, on_release)
         yield Footer()
 
-    def _pane(self, title: str, console: engine.Console, on_release: Release) -> TabPane:
+    def _pane(self, title: str, console: engine.ConsoleLike, on_release: Release) -> TabPane:
         self._pane_ids += 1
         return TabPane(title, ConsoleTab(title, console, on_release), id=f"console-{self._pane_ids}")
 
@@ -236,7 +234,7 @@ class ConsoleScreen(Screen[None]):
     def on_screen_resume(self) -> None:
         self.call_after_refresh(self._focus_active)
 
-    async def add_console(self, title: str, console: engine.Console, on_release: Release = None) -> ConsoleTab:
+    async def add_console(self, title: str, console: engine.ConsoleLike, on_release: Release = None) -> ConsoleTab:
         """A new tab for another VM's console; it becomes the active tab."""
         pane = self._pane(title, console, on_release)
         tabs = self.query_one(TabbedContent)

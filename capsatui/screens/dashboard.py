@@ -237,7 +237,7 @@ class DashboardScreen(Screen[None]):
         self._sync(self.query_one("#pools", DataTable), self._rows,
                    {s.name: row_cells(s, accel) for s in states}, COLUMNS)  # fmt: skip
         reserved = {
-            vm.id: [vm.id, vm.pool.name, str(vm.pid), vm.lost or str(vm.status())] for vm in self.hub.reserved()
+            vm.id: [vm.id, vm.pool_name, str(vm.pid), vm.lost or str(vm.status())] for vm in self.hub.reserved()
         }
         self._sync(self.query_one("#reserved", DataTable), self._reserved_rows, reserved, RESERVED_COLUMNS)
         self._update_detail()
@@ -285,7 +285,7 @@ class DashboardScreen(Screen[None]):
     def selected_pool(self) -> str | None:
         return self._selected_key(self.query_one("#pools", DataTable))
 
-    def selected_vm(self) -> engine.PooledVm | None:
+    def selected_vm(self) -> engine.ReservedVm | None:
         vm_id = self._selected_key(self.query_one("#reserved", DataTable))
         return next((vm for vm in self.hub.reserved() if vm.id == vm_id), None)
 
@@ -372,7 +372,7 @@ class DashboardScreen(Screen[None]):
             return
         self._run(self.hub.release(vm), f"releasing {vm.id}")
 
-    async def open_console(self, vm: engine.PooledVm) -> None:
+    async def open_console(self, vm: engine.ReservedVm) -> None:
         """Show ``vm``'s console as a tab of the one console screen (its tab again if it has one)."""
         try:
             from capsatui.screens.console import open_console
@@ -382,7 +382,7 @@ class DashboardScreen(Screen[None]):
             return
         console = await vm.console()
         on_release: Callable[[], Awaitable[None]] = lambda: self.hub.release(vm)  # noqa: E731
-        await open_console(self.app, f"{vm.id} ({vm.pool.name})", console, on_release)
+        await open_console(self.app, f"{vm.id} ({vm.pool_name})", console, on_release)
 
     def action_policy(self) -> None:
         name = self._pool_or_warn()

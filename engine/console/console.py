@@ -85,6 +85,20 @@ class Console:
         return self._stream.closed
 
     @property
+    def close_reason(self) -> str | None:
+        """Why the console closed (None while it is open)."""
+        return self._stream.close_reason
+
+    @property
+    def start_offset(self) -> int:
+        """Absolute offset of the oldest byte still in the scrollback."""
+        return self._stream.start_offset
+
+    def read_from(self, offset: int, limit: int | None = None) -> bytes:
+        """Scrollback bytes from ``offset`` on (clamped to the oldest kept), at most ``limit``."""
+        return self._stream.read_from(offset, limit)
+
+    @property
     def ready_count(self) -> int:
         return self._stream.ready_count
 

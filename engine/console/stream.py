@@ -21,6 +21,8 @@ from engine.console.match import (
     PatternMatcher,
     describe_pattern,
 )
+from engine.broadcast import Broadcast
+from engine.console.transport import ByteSink, ByteSource
 from engine.errors import ConsoleClosed, ConsoleError, ConsoleTimeout
 
 _log = logging.getLogger(__name__)
@@ -88,19 +90,24 @@ class ByteRing:
 class ConsoleStream:
     """Owns one console connection: pump, scrollback ring, ready-marker count, serialized writes.
 
+    ``reader`` and ``writer`` are any :class:`ByteSource` and :class:`ByteSink` (a serial
+    chardev's asyncio streams, a service attachment); ``end_reason``, when given, says why the
+    source ended (it is asked once, at the end of the stream).
     Must be created inside a running event loop (the pump task starts at once).
     """
 
     def __init__(
         self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        reader: ByteSource,
+        writer: ByteSink,
         *,
         scrollback: int = DEFAULT_SCROLLBACK,
         ready_marker: bytes | None = READY_MARKER,
         name: str = "console",
+        end_reason: Callable[[], str | None] | None = None,
     ) -> None:
         self.name = name
+        self._end_reason = end_reason
         self.ready_marker = ready_marker
         self.ready_count = 0
         self._ring = ByteRing(scrollback)
@@ -110,8 +117,7 @@ class ConsoleStream:
             PatternMatcher([ready_marker], window=max(len(ready_marker), 64)) if ready_marker else None
         )
         self._watchers: list[Watcher] = []
-        # set() then clear() wakes every current waiter: a broadcast without polling
-        self._changed = asyncio.Event()
+        self._changed = Broadcast()
         self._write_lock = asyncio.Lock()
         self._close_reason: str | None = None
         self._pump = asyncio.get_running_loop().create_task(self._run_pump(), name=f"{name}-pump")
@@ -257,6 +263,8 @@ class ConsoleStream:
         try:
             while chunk := await self._reader.read(_READ_SIZE):
                 self._receive(chunk)
+            if self._end_reason is not None:
+                reason = self._end_reason() or reason
         except (ConnectionError, OSError) as err:
             reason = f"connection error: {err}"
         except Exception as err:  # a bug here must still wake every waiter
@@ -286,8 +294,7 @@ class ConsoleStream:
             self._notify()
 
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed.clear()
+        self._changed.notify()
 
 
 class ConsoleReader:

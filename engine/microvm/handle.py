@@ -16,6 +16,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
+from engine.broadcast import Broadcast
 from engine.console.console import Console, ConsoleStream
 from engine.console.match import PatternMatcher
 from engine.errors import BootTimeout, ConfigError, ConsoleError, EngineError, MachineError, VmNotRunning
@@ -122,7 +123,7 @@ class VmHandle:
         # prints its marker only after someone logs in.
         watch_marker = spec.boot.ready_marker is not None and spec.login is None and not running
         self._status: VmStatus = Starting() if watch_marker else Running()
-        self._status_changed = asyncio.Event()
+        self._status_changed = Broadcast()
         self._panic = _PanicWatcher()
         stream.add_watcher(self._panic)
         machine.on_event(self._on_machine_event)
@@ -217,8 +218,7 @@ class VmHandle:
         if self._status.is_terminal:
             return
         self._status = status
-        self._status_changed.set()
-        self._status_changed = asyncio.Event()
+        self._status_changed.notify()
 
     async def wait_ready(self, timeout: float | None = 60) -> None:
         """Wait until the guest is Running; VmNotRunning if it ends first, BootTimeout if slow."""
@@ -383,7 +383,7 @@ class VmHandle:
         if self._gateway is not None:
             await self._gateway.close()
         self._status = self._final_status(outcome)
-        self._status_changed.set()
+        self._status_changed.notify()
         await self._stream.close()
 
     async def _drain_console(self) -> None:

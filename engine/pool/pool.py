@@ -33,6 +33,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from engine.broadcast import Broadcast
 from engine.errors import ConfigError, EngineError, PoolBootError, PoolClosed, PoolEmpty, PoolTimeout
 from engine.netstack.config import UserNatConfig
 from engine.netstack.policy import NetworkPolicy
@@ -76,7 +77,7 @@ class VmPool:
         self._waiters: deque[asyncio.Future[_Member]] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
         self._listeners: list[StatsListener] = []
-        self._changed = asyncio.Event()
+        self._changed = Broadcast()
         self._boot_times: deque[float] = deque(maxlen=_BOOT_SAMPLES)
         self._counts = dict.fromkeys(("created", "released", "evicted", "failed", "misses", "fallbacks"), 0)
         self._clones: CloneSource | None = None
@@ -305,7 +306,7 @@ class VmPool:
 
     def _hand_out(self, member: _Member) -> PooledVm:
         member.state = "reserved"
-        pooled = PooledVm(self, member.id, member.handle)  # type: ignore[arg-type]
+        pooled = PooledVm(member.id, member.handle, pool_name=self.name, release=self.release)  # type: ignore[arg-type]  # a reserved member has a handle
         member.pooled = pooled
         # A holder that drops the object without release() must not pin a slot forever.
         weakref.finalize(pooled, self._abandoned, member)
@@ -573,8 +574,7 @@ class VmPool:
             await self._changed.wait()
 
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
+        self._changed.notify()
         if not self._listeners:
             return
         stats = self.stats()

@@ -1,14 +1,27 @@
-"""PooledVm: a VM reserved from a pool; everything a VmHandle does, plus release()."""
+"""PooledVm: a VM reserved from a pool; what a VmHandle does for its holder, plus release().
+
+It knows nothing of :class:`~engine.pool.pool.VmPool`: the pool hands it a ``release``
+callback (``Release``), so the pool depends on this module and never the other way round.
+"""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any
 
 from engine.console.console import Console
-from engine.microvm.status import VmStatus
+from engine.console.stream import ConsoleStream
+from engine.kvm.accel import AccelChoice
 from engine.microvm.handle import VmHandle
+from engine.microvm.spec import VmSpec
+from engine.microvm.status import VmStatus
+from engine.netstack.config import PortForward
+from engine.netstack.flowlog import FlowEvent
+from engine.netstack.policy import NetworkPolicy
 
-if TYPE_CHECKING:
-    from engine.pool.pool import VmPool
+Release = Callable[[str], Awaitable[None]]
+"""Gives the VM of this id back to its pool (kills it; the pool boots a replacement)."""
 
 
 class PooledVm:
@@ -16,21 +29,22 @@ class PooledVm:
 
     Release kills the VM (it is never handed to anyone else) and the pool boots a replacement.
     If the machine dies while reserved, ``lost`` says why and the console raises ConsoleClosed.
-    Attributes not defined here come from the underlying :class:`VmHandle`.
+    The rest is the underlying :class:`VmHandle`'s, forwarded one name at a time (``handle``
+    is there for anything else).
     """
 
-    def __init__(self, pool: VmPool, vm_id: str, handle: VmHandle) -> None:
-        self.pool = pool
+    def __init__(self, vm_id: str, handle: VmHandle, *, pool_name: str, release: Release) -> None:
         self.id = vm_id
         self.handle = handle
+        self.pool_name = pool_name
         self.lost: str | None = None
+        self._release = release
         self._released = False
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.handle, name)
 
     def __repr__(self) -> str:
         return f"<PooledVm {self.id} pid={self.handle.pid} {self.handle.status()}>"
+
+    # -- state --------------------------------------------------------------------------------
 
     @property
     def pid(self) -> int:
@@ -40,16 +54,86 @@ class PooledVm:
     def released(self) -> bool:
         return self._released
 
+    @property
+    def spec(self) -> VmSpec:
+        return self.handle.spec
+
+    @property
+    def accel(self) -> AccelChoice:
+        return self.handle.accel
+
+    @property
+    def shutdown_reason(self) -> str | None:
+        return self.handle.shutdown_reason
+
     def status(self) -> VmStatus:
         return self.handle.status()
+
+    def machine_alive(self) -> bool:
+        return self.handle.machine_alive()
+
+    def resources(self) -> dict[str, Any]:
+        return self.handle.resources()
+
+    async def wait_ready(self, timeout: float | None = 60) -> None:
+        await self.handle.wait_ready(timeout)
+
+    async def wait(self) -> VmStatus:
+        return await self.handle.wait()
+
+    async def kill(self) -> VmStatus:
+        """Kill the machine at once (the pool sees it die: ``lost`` says so)."""
+        return await self.handle.kill()
+
+    async def snapshot(self, dest_dir: str | Path) -> Path:
+        return await self.handle.snapshot(dest_dir)
+
+    # -- console ------------------------------------------------------------------------------
 
     async def console(self) -> Console:
         return await self.handle.console()
 
+    async def shell(self, timeout: float = 30) -> Console:
+        return await self.handle.shell(timeout)
+
+    @property
+    def console_stream(self) -> ConsoleStream:
+        return self.handle.console_stream
+
+    def console_tail(self, lines: int = 20) -> str:
+        return self.handle.console_tail(lines)
+
+    # -- network ------------------------------------------------------------------------------
+
+    @property
+    def has_network(self) -> bool:
+        return self.handle.has_network
+
+    @property
+    def guest_ip(self) -> IPv4Address | None:
+        return self.handle.guest_ip
+
+    def network_events(self) -> AsyncIterator[FlowEvent]:
+        return self.handle.network_events()
+
+    def set_policy(self, policy: NetworkPolicy) -> None:
+        self.handle.set_policy(policy)
+
+    def forwarded_ports(self) -> list[tuple[PortForward, int]]:
+        return self.handle.forwarded_ports()
+
+    def network_stats(self) -> dict[str, Any]:
+        return self.handle.network_stats()
+
+    def network_flows(self) -> list[dict[str, Any]]:
+        return self.handle.network_flows()
+
+    # -- release ------------------------------------------------------------------------------
+
     async def release(self) -> None:
         """Give the VM back: it is killed at once and a fresh one boots in its place."""
         self._released = True
-        await self.pool.release(self.id)
+        await self._release(self.id)
 
     async def __aenter__(self) -> PooledVm:
         return self

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from engine.service.errors import ProtocolError, ServiceError, ServiceUnavailable, ServiceVersionError
     from engine.service.paths import service_socket_path
     from engine.service.protocol import PROTOCOL_VERSION
+    from engine.service.remote import remote_console
     from engine.service.server import PoolServer
 else:
     # Hidden from type checkers: a module __getattr__ would make every misspelt name type-check.

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from engine.broadcast import Broadcast
 from engine.console.console import CommandResult
 from engine.service import protocol
 from engine.service.errors import ServiceError, ServiceUnavailable
@@ -40,7 +41,7 @@ class Attachment:
         self._client = client
         self.vm_id = vm_id
         self._chunks: collections.deque[bytes] = collections.deque()
-        self._changed = asyncio.Event()
+        self._changed = Broadcast()
         self._ended = False
         self.closed_reason: str | None = None
         self.dropped = 0  # bytes the server reported lost, plus chunks we dropped here
@@ -50,20 +51,20 @@ class Attachment:
             self.dropped += len(self._chunks.popleft())
         self.dropped = max(self.dropped, server_dropped)
         self._chunks.append(data)
-        self._changed.set()
+        self._changed.notify()
 
     def _end(self, reason: str) -> None:
         if not self._ended:
             self._ended = True
             self.closed_reason = reason
-            self._changed.set()
+            self._changed.notify()
 
-    async def read(self) -> bytes:
-        """The next output bytes; ``b""`` once the attachment has ended."""
+    async def read(self, n: int = -1) -> bytes:
+        """The next output chunk (whole: ``n`` is ignored, it is there for ``ByteSource``);
+        ``b""`` once the attachment has ended."""
         while not self._chunks:
             if self._ended:
                 return b""
-            self._changed.clear()
             await self._changed.wait()
         return self._chunks.popleft()
 

@@ -210,7 +210,7 @@ def field(message: Message, name: str, kind: type[T] | tuple[type, ...], default
     value = message.get(name)
     if value is None:
         if default is not _MISSING:
-            return default  # type: ignore[no-any-return]
+            return default
         raise BadRequest(f"{message.get('op')}: missing field {name!r}")
     # bool is an int to Python, never to us: true is not a timeout
     if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
@@ -222,7 +222,7 @@ def field(message: Message, name: str, kind: type[T] | tuple[type, ...], default
 
 def timeout_field(message: Message, name: str = "timeout") -> float | None:
     """An optional non-negative number of seconds."""
-    value = field(message, name, (int, float), None)
+    value: float | None = field(message, name, (int, float), None)
     if value is not None and value < 0:
         raise BadRequest(f"{message.get('op')}: field {name!r} must be >= 0, not {value!r}")
     return None if value is None else float(value)

@@ -274,6 +274,7 @@ class FakeConsole:
     def __init__(self, output: bytes) -> None:
         self.output = output
         self.written = b""
+        self.close_reason: str | None = None  # the reader ends without a reason
 
     async def _chunks(self) -> AsyncIterator[bytes]:
         yield self.output

@@ -1,99 +1,25 @@
-"""The Hub: the engine-facing model every screen of the app reads and drives.
+"""LocalHub: the app's hub over pools that run in this process, on the app's own event loop.
 
-Screens never touch pools directly: they ask the hub for ``states()`` (one :class:`PoolState`
-per profile), subscribe to change callbacks, and call its coroutines to start, stop, resize,
-reserve and release. :class:`LocalHub` runs the pools in this process, on the app's own event
-loop; a hub over ``engine.ServiceClient`` can later implement the same interface.
+Profiles come from ``engine.load_profiles()``; each started pool is an ``engine.VmPool`` built
+from its profile. See :mod:`capsatui.hub.base` for the interface the screens use.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import engine
+from capsatui.hub.base import HISTORY, Hub, PoolState
 
 log = logging.getLogger(__name__)
 
-HISTORY = 60  # samples kept per sparkline
 BACKLOG = 2000  # flow events kept for a freshly opened flow log
 _SUBSCRIBER_QUEUE = 1000
-
-
-@dataclass
-class PoolState:
-    """What the dashboard shows for one profile (or one profile file that failed to load)."""
-
-    name: str
-    profile: engine.Profile | None
-    error: str | None  # profile validation error or pool start/boot error (last_error)
-    running: bool
-    stats: engine.PoolStats | None
-    members: list[engine.PoolMember]
-    history_idle: list[int]
-    history_boot_s: list[float]
-    starting: bool = False  # the pool is booting its first VMs (running is False until done)
-    size: int | None = None  # the size it was started with (None when stopped)
-
-
-class Hub(ABC):
-    """The interface screens use; see the module docstring."""
-
-    mode: str = "local"
-    accel: str = ""
-
-    def __init__(self) -> None:
-        self._subscribers: list[Callable[[], None]] = []
-
-    def subscribe(self, callback: Callable[[], None]) -> None:
-        """Call ``callback()`` after every change (from the loop; screens debounce)."""
-        self._subscribers.append(callback)
-
-    def unsubscribe(self, callback: Callable[[], None]) -> None:
-        """Stop calling ``callback`` (a screen that goes away)."""
-        with contextlib.suppress(ValueError):
-            self._subscribers.remove(callback)
-
-    def _changed(self) -> None:
-        for callback in list(self._subscribers):
-            try:
-                callback()
-            except Exception:  # a broken screen must not break the pools
-                log.exception("hub subscriber failed")
-
-    @abstractmethod
-    def states(self) -> list[PoolState]: ...
-    @abstractmethod
-    async def reload_profiles(self) -> None: ...
-    @abstractmethod
-    async def start_pool(self, name: str, size: int | None = None) -> None: ...
-    @abstractmethod
-    async def stop_pool(self, name: str) -> None: ...
-    @abstractmethod
-    async def resize(self, name: str, size: int) -> None: ...
-    @abstractmethod
-    async def reserve(self, name: str, timeout: float = 120) -> engine.PooledVm: ...
-    @abstractmethod
-    async def release(self, vm: engine.PooledVm) -> None: ...
-    @abstractmethod
-    def reserved(self) -> list[engine.PooledVm]: ...
-    @abstractmethod
-    def profile(self, name: str) -> engine.Profile | None: ...
-    @abstractmethod
-    def policy(self, name: str) -> engine.NetworkPolicy | None: ...
-    @abstractmethod
-    def set_policy(self, name: str, policy: engine.NetworkPolicy) -> None: ...
-    @abstractmethod
-    def flow_events(self) -> AsyncIterator[engine.FlowEvent]: ...
-    @abstractmethod
-    def recent_events(self) -> list[engine.FlowEvent]: ...
-    @abstractmethod
-    async def close(self) -> None: ...
 
 
 @dataclass
@@ -126,7 +52,7 @@ class LocalHub(Hub):
         self._policies: dict[str, engine.NetworkPolicy] = {}  # set while stopped: used at start
         self._hist_idle: dict[str, deque[int]] = {}
         self._hist_boot: dict[str, deque[float]] = {}
-        self._reserved: dict[str, tuple[str, engine.PooledVm]] = {}
+        self._reserved: dict[str, tuple[str, engine.ReservedVm]] = {}
         self._backlog: deque[engine.FlowEvent] = deque(maxlen=BACKLOG)
         self._queues: list[asyncio.Queue[engine.FlowEvent | None]] = []
         self._watchers: dict[str, asyncio.Task[None]] = {}
@@ -166,7 +92,7 @@ class LocalHub(Hub):
     def profile(self, name: str) -> engine.Profile | None:
         return self._profiles.get(name)
 
-    def reserved(self) -> list[engine.PooledVm]:
+    def reserved(self) -> list[engine.ReservedVm]:
         for vm_id, (name, vm) in list(self._reserved.items()):
             run = self._pools.get(name)
             if vm.released or run is None or run.pool is None or run.pool.closed:
@@ -319,7 +245,7 @@ class LocalHub(Hub):
         self._changed()
         return vm
 
-    async def release(self, vm: engine.PooledVm) -> None:
+    async def release(self, vm: engine.ReservedVm) -> None:
         try:
             await vm.release()
         finally:
@@ -361,7 +287,7 @@ class LocalHub(Hub):
     def recent_events(self) -> list[engine.FlowEvent]:
         return list(self._backlog)
 
-    async def flow_events(self) -> AsyncIterator[engine.FlowEvent]:  # type: ignore[override]
+    async def flow_events(self) -> AsyncIterator[engine.FlowEvent]:
         queue: asyncio.Queue[engine.FlowEvent | None] = asyncio.Queue(_SUBSCRIBER_QUEUE)
         self._queues.append(queue)
         try:
@@ -394,27 +320,4 @@ class LocalHub(Hub):
         self._changed()
 
 
-def make_hub() -> Hub:
-    """A :class:`~capsatui.hub_service.ServiceHub` when a ``capsa-tui serve`` answers, else a LocalHub.
-
-    Sync and fast on purpose (the app's first frame must not wait): a Unix-socket connect answers
-    at once, so it is only probed here; the ServiceHub's client connects on the app's loop when
-    the dashboard first calls ``reload_profiles``.
-    """
-    import socket
-
-    path = engine.service_socket_path()
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.settimeout(0.5)
-        probe.connect(str(path))
-    except OSError:
-        return LocalHub()
-    finally:
-        probe.close()
-    from capsatui.hub_service import ServiceHub  # imports this module: loaded only when needed
-
-    return ServiceHub(path)
-
-
-__all__ = ["Hub", "LocalHub", "PoolState", "make_hub"]
+__all__ = ["BACKLOG", "LocalHub"]

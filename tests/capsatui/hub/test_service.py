@@ -12,8 +12,7 @@ import pytest
 import engine
 from tests.waiting import pool_settled, until
 from capsatui.app import CapsaApp
-from capsatui.hub import LocalHub, make_hub
-from capsatui.hub_service import ServiceConsole, ServiceHub
+from capsatui.hub import LocalHub, ServiceHub, make_hub
 
 POOL = "svc"
 
@@ -66,9 +65,9 @@ async def test_service_hub_reserve_console_release(env: tuple[engine.VmPool, eng
 
         vm = await hub.reserve(POOL, timeout=60)
         assert [v.id for v in hub.reserved()] == [vm.id]
-        assert vm.pool.name == POOL and vm.pid is not None and vm.status() == "reserved"
+        assert vm.pool_name == POOL and vm.pid is not None and vm.status() == "reserved"
         console = await vm.console()
-        assert isinstance(console, ServiceConsole)
+        assert isinstance(console, engine.Console)  # the engine's own, over the attachment
         waiting = asyncio.create_task(console.wait_for("via-svc", 30))
         await asyncio.sleep(0)
         await console.write(b"echo via-svc\n")
