@@ -317,10 +317,10 @@ class ConsoleScreen(Screen[None]):
         tab = self.active_tab
         if tab is None or not pattern:
             return
-        what = parse_search(pattern)
         self.notify(f"waiting for {pattern!r}…")
         # A fresh reader: the wait is for output from now on, not for anything in the backlog.
         try:
+            what = parse_search(pattern)  # inside: a bad /regex/ is shown, not raised out of the worker
             text = await tab.console.reader().wait_for(what, _seconds(timeout, 30))
         except engine.ConsoleTimeout as err:
             self._show(f"Timed out waiting for {pattern!r}", f"{err}\n\nSeen while waiting:\n{err.seen}")
