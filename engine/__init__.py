@@ -63,11 +63,13 @@ if TYPE_CHECKING:
     from engine.service.errors import ServiceError, ServiceUnavailable, ServiceVersionError
     from engine.service.paths import service_socket_path
     from engine.service.server import PoolServer
-    from engine.snapshot.snapshot import Snapshot, vm_from_snapshot
+    from engine.snapshot.snapshot import Snapshot
+    from engine.snapshot.clone import vm_from_snapshot
     from engine.snapshot.store import prune_templates
     from engine.microvm.status import Created, Failed, Running, Starting, Stopped, Stopping, VmStatus
     from engine.microvm.handle import VmHandle, live_vms
-    from engine.microvm.spec import LoginSpec, VmBuilder, VmSpec, vm
+    from engine.microvm.spec import LoginSpec, VmSpec
+    from engine.microvm.builder import VmBuilder, vm
 else:
     # Hidden from type checkers: a module __getattr__ would make every misspelt name type-check.
     __getattr__, __dir__, __all__ = lazy_package(globals())

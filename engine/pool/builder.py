@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from engine.errors import ConfigError
 from engine.pool.pool import VmPool
 from engine.pool.stats import PoolSettings
-from engine.microvm.spec import LinuxDirectBoot, ShapeBuilder, VmSpec
+from engine.microvm.boot import LinuxDirectBoot
+from engine.microvm.builder import ShapeBuilder
+from engine.microvm.spec import VmSpec
 
 _ids = itertools.count(1)
 

@@ -23,7 +23,9 @@ from typing import Literal
 
 from engine.errors import EngineError
 from engine.netstack.config import UserNatConfig
-from engine.snapshot.snapshot import Snapshot, WaitingClone, template_for
+from engine.snapshot.clone import WaitingClone
+from engine.snapshot.snapshot import Snapshot
+from engine.snapshot.template import template_for
 from engine.snapshot.store import remove_template
 from engine.microvm.handle import VmHandle
 from engine.microvm.spec import VmSpec

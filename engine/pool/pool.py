@@ -39,7 +39,8 @@ from engine.netstack.policy import NetworkPolicy
 from engine.pool.clones import CloneSource
 from engine.pool.stats import MemberState, PoolMember, PoolSettings, PoolStats, percentile
 from engine.pool.pooled import PooledVm
-from engine.snapshot.snapshot import clone_hostname, snapshot_unsupported
+from engine.snapshot.clone import clone_hostname
+from engine.snapshot.snapshot import snapshot_unsupported
 from engine.microvm.status import Failed
 from engine.microvm.handle import VmHandle
 from engine.microvm.spec import VmSpec

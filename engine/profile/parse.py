@@ -33,7 +33,8 @@ from engine.profile.network import network_summary, parse_network
 from engine.names import HOSTNAME_RE, USER_RE
 from engine.profile.schema import NAME_RE, Fields, ProfileError, parse_document
 from engine.snapshot.snapshot import snapshot_unsupported
-from engine.microvm.spec import LoginSpec, ShapeBuilder, VmBuilder, vm
+from engine.microvm.builder import ShapeBuilder, VmBuilder, vm
+from engine.microvm.spec import LoginSpec
 
 B = TypeVar("B", bound=ShapeBuilder)
 Source = Literal["bundled", "user", "file"]

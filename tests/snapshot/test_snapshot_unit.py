@@ -15,7 +15,8 @@ from engine.snapshot.identity import AWAIT_LINE, ERROR_PREFIX, fixup_line
 from engine.kvm.cmdline import MachineSockets, MachineSpec, qemu_argv
 from engine.netstack.dhcp import DhcpConfig, DhcpServer
 from engine.snapshot.agent import agent_program, assemble_agent
-from engine.snapshot.snapshot import clone_hostname, snapshot_unsupported
+from engine.snapshot.clone import clone_hostname
+from engine.snapshot.snapshot import snapshot_unsupported
 from engine.snapshot.meta import (
     META_FILE,
     STATE_FILE,
