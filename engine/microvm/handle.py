@@ -92,8 +92,7 @@ class VmHandle:
 
     @classmethod
     async def start(cls, spec: VmSpec) -> VmHandle:
-        spec.validate()
-        spec.boot.check()
+        spec.check()
         accel = choose_accelerator(spec.accel)
         machine = await Machine.launch(machine_spec_for(spec, accel))
         return await cls.attach(spec, accel, machine)

@@ -38,7 +38,14 @@ class VmSpec:
     extra_qemu_args: tuple[str, ...] = ()
     network: NetworkConfig = NoNetwork()
 
+    def check(self) -> None:
+        """ConfigError unless QEMU can be started for this spec: the
+        fields are valid and the boot's files are there. Every path that launches a VM calls it."""
+        self.validate()
+        self.boot.check()
+
     def validate(self) -> None:
+        """ConfigError unless every field is in range (checks no files: builders call it too)."""
         if isinstance(self.network, UserNatConfig):
             self.network.validate()
         elif not isinstance(self.network, NoNetwork):

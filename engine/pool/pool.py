@@ -95,8 +95,7 @@ class VmPool:
     @classmethod
     def launch(cls, spec: VmSpec, settings: PoolSettings) -> VmPool:
         """Create the pool and start its first boots; returns at once (see :meth:`wait_filled`)."""
-        spec.validate()
-        spec.boot.check()
+        spec.check()
         pool = cls(spec, settings)
         if settings.snapshot:
             pool._snapshot_off = snapshot_unsupported(spec)

@@ -145,8 +145,7 @@ async def vm_from_snapshot(
     spec = snapshot.vm_spec(network)
     hostname = clone_hostname(hostname or f"{snapshot.info.guest.hostname}-{secrets.token_hex(3)}")
     spec = replace(spec, hostname=hostname)
-    spec.validate()
-    spec.boot.check()
+    spec.check()
     accel = choose_accelerator(spec.accel)
     stale = snapshot.stale_because(machine_shape(snapshot.machine_spec(spec, accel)))
     if stale is not None:

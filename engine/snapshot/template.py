@@ -87,8 +87,7 @@ async def build_template(spec: VmSpec, *, boot_timeout: float = 60) -> Snapshot:
     reason = snapshot_unsupported(spec)
     if reason is not None:
         raise SnapshotError(reason)
-    spec.validate()
-    spec.boot.check()
+    spec.check()
     accel = choose_accelerator(spec.accel)
     shape = template_shape(spec, accel)
     key = shape.key()
