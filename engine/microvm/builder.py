@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Self
+from typing import Any, Self
 
 from engine.microvm.boot import LinuxDirectBoot
 from engine.microvm.handle import VmHandle
@@ -16,8 +16,8 @@ class ShapeBuilder:
 
     _spec: VmSpec
 
-    def _with(self, **changes: object) -> Self:
-        self._spec = replace(self._spec, **changes)  # type: ignore[arg-type]
+    def _with(self, **changes: Any) -> Self:
+        self._spec = replace(self._spec, **changes)
         return self
 
     def cpus(self, n: int) -> Self:

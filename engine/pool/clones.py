@@ -17,9 +17,9 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
-from typing import Literal
+from typing import Any, Literal
 
 from engine.errors import EngineError
 from engine.netstack.config import UserNatConfig
@@ -62,7 +62,7 @@ class CloneSource:
         self._launching = 0
         self._failures = 0
         self._closed = False
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[object]] = set()
 
     # ----- the template ----------------------------------------------------------------------
 
@@ -197,8 +197,8 @@ class CloneSource:
         while self._tasks:
             await asyncio.wait(list(self._tasks))
 
-    def _spawn(self, coro: object, what: str) -> None:
-        task = asyncio.get_running_loop().create_task(coro, name=f"pool-{self.name}-{what}")  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, object], what: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=f"pool-{self.name}-{what}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -30,8 +30,9 @@ import logging
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from engine.errors import ConfigError, EngineError, PoolBootError, PoolClosed, PoolEmpty, PoolTimeout
 from engine.netstack.config import UserNatConfig
@@ -75,7 +76,7 @@ class VmPool:
         self._members: dict[str, _Member] = {}
         self._idle: deque[_Member] = deque()
         self._waiters: deque[asyncio.Future[_Member]] = deque()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[object]] = set()
         self._listeners: list[StatsListener] = []
         self._changed = asyncio.Event()
         self._boot_times: deque[float] = deque(maxlen=_BOOT_SAMPLES)
@@ -305,7 +306,8 @@ class VmPool:
 
     def _hand_out(self, member: _Member) -> PooledVm:
         member.state = "reserved"
-        pooled = PooledVm(self, member.id, member.handle)  # type: ignore[arg-type]
+        assert member.handle is not None  # only booted members are idle, so reservable
+        pooled = PooledVm(self, member.id, member.handle)
         member.pooled = pooled
         # A holder that drops the object without release() must not pin a slot forever.
         weakref.finalize(pooled, self._abandoned, member)
@@ -544,12 +546,12 @@ class VmPool:
 
     # ----- helpers ---------------------------------------------------------------------------
 
-    def _spawn(self, coro: object, name: str) -> None:
-        task = asyncio.get_running_loop().create_task(coro, name=name)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, object], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
+    def _task_done(self, task: asyncio.Task[object]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("pool %s: task %s failed", self.name, task.get_name(), exc_info=task.exception())

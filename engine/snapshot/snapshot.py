@@ -119,12 +119,11 @@ class Snapshot:
     def machine_spec(self, spec: VmSpec, accel: AccelChoice) -> MachineSpec:
         """The machine a clone starts as: the saved shape, waiting for its state."""
         base = machine_spec_for(spec, accel)
+        base = replace(base, append=self.info.shape.append, incoming="defer")
         if self.is_template:
             assert self.info.ram_file is not None
-            memory = {"ram_backend": "file", "ram_file": Path(self.info.ram_file), "ram_shared": False}
-        else:
-            memory = {"ram_backend": "ram" if self.info.shape.ram_block == "ram0" else None}
-        return replace(base, append=self.info.shape.append, incoming="defer", **memory)  # type: ignore[arg-type]
+            return replace(base, ram_backend="file", ram_file=Path(self.info.ram_file), ram_shared=False)
+        return replace(base, ram_backend="ram" if self.info.shape.ram_block == "ram0" else None)
 
 
 __all__ = ["Snapshot", "snapshot_unsupported"]
