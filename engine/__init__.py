@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from engine.pool.pool import VmPool
     from engine.pool.builder import PoolBuilder, vm_pool
     from engine.pool.stats import PoolMember, PoolSettings, PoolStats
+    from engine.pool.size import check_pool_size, fit_max_size
     from engine.pool.pooled import PooledVm
     from engine.profile.schema import ProfileError, ProfileIssue
     from engine.profile.store import find_profile, load_profile, load_profiles, profile_dirs, save_profile

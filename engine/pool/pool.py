@@ -38,6 +38,7 @@ from engine.errors import ConfigError, EngineError, PoolBootError, PoolClosed, P
 from engine.netstack.config import UserNatConfig
 from engine.netstack.policy import NetworkPolicy
 from engine.pool.clones import CloneSource
+from engine.pool.size import pool_sizes_fit
 from engine.pool.stats import MemberState, PoolMember, PoolSettings, PoolStats, percentile
 from engine.pool.pooled import PooledVm
 from engine.snapshot.clone import clone_hostname
@@ -210,7 +211,7 @@ class VmPool:
         """
         self._check_open()
         max_size = self.max_size if max_size is None else max_size
-        if size < 0 or max_size < max(size, 1):
+        if not pool_sizes_fit(size, max_size):
             raise ConfigError(f"pool {self.name!r}: size {size} and max_size {max_size} need 0 <= size <= max_size, max_size >= 1")
         self.settings = replace(self.settings, size=size, max_size=max_size)
         self._filled = False
