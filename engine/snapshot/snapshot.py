@@ -1,20 +1,8 @@
-"""Snapshots of running VMs (the loaded folder, :class:`Snapshot`) and the clones started from them.
+"""A snapshot folder that passed its checks (:class:`Snapshot`), and which VMs can be cloned.
 
-    path = await vm.snapshot("/tmp/snap")                 # the VM keeps running
-    async with await engine.vm_from_snapshot(path) as clone:
-        print(await (await clone.console()).exec("hostname"))
-
-Two kinds (see :mod:`engine.snapshot.meta`): ``vm.snapshot()`` writes a *full* snapshot (RAM
-inside the state file: portable, ~100 MiB for a 256 MiB guest, 0.1-0.3 s to restore); a pool
-builds a *template* once (:func:`engine.snapshot.template.build_template`): its RAM is a file on a tmpfs that every clone
-maps copy-on-write (``memory-backend-file``, ``x-ignore-shared``), so a restore loads only
-device state, tens of KiB, in milliseconds, and idle clones share the template's pages.
-
-A clone is its template until told otherwise: same kernel random state, clock, hostname and
-MAC. Right after the restore the engine types one line on its console (see
-:mod:`engine.snapshot.identity`): host entropy plus an immediate reseed of the kernel's generator,
-the host's time, a hostname and a fresh MAC (the clone's own gateway grants it the address the
-template held). The clone is handed out only after that has run.
+A Snapshot knows the VmSpec and the MachineSpec that rebuild the saved machine; saving is in
+:mod:`engine.snapshot.save`, restoring in :mod:`engine.snapshot.clone`, templates in
+:mod:`engine.snapshot.template`.
 """
 from __future__ import annotations
 
@@ -29,9 +17,6 @@ from engine.microvm.machine_spec import machine_spec_for
 from engine.microvm.spec import VmSpec
 from engine.netstack.config import NetworkConfig, NetworkMode, NoNetwork, UserNatConfig
 from engine.snapshot.meta import STATE_FILE, MachineShape, SnapshotInfo, file_stamp, read_info
-
-# The modules around this one: save (vm.snapshot()), clone (WaitingClone, vm_from_snapshot),
-# template (a pool's shared-RAM template), record (what a snapshot records), meta (its JSON).
 
 
 def snapshot_unsupported(spec: VmSpec) -> str | None:
