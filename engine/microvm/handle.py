@@ -149,7 +149,7 @@ class VmHandle:
 
     @property
     def machine(self) -> Machine:
-        """The machine layer's view of this VM (for the engine's own snapshot code)."""
+        """The machine layer's view of this VM (its QEMU process, QMP and serial line)."""
         return self._machine
 
     @property
