@@ -8,13 +8,13 @@ internal moves, this file is the only one to fix.
   the engine uses by hand, for its plain-QEMU baseline; ``bench.boot`` and ``bench.net`` print
   its version in the table's header.
 - ``MachineSpec``, ``MachineSockets``, ``qemu_argv`` (engine.kvm.cmdline) and ``kernel_cmdline``
-  (engine.microvm.handle): ``bench.boot`` derives the baseline's argv from the engine's own
+  (engine.microvm.machine_spec): ``bench.boot`` derives the baseline's argv from the engine's own
   command line, so the baseline differs from ours only in how the console is connected.
 - ``READY_MARKER`` (engine.console.match): that baseline reads the raw serial output and waits
   for the guest's ready marker, as the engine does.
-- ``WaitingClone``, ``template_for`` (engine.snapshot.snapshot): ``bench.snapshot`` times a
+- ``WaitingClone`` (engine.snapshot.clone), ``template_for`` (engine.snapshot.template): ``bench.snapshot`` times a
   restore (launch, load, identity fix-up) apart from any pool, and builds its template itself.
-- ``timed_loads`` (wraps ``engine.snapshot.snapshot.load_state``): ``bench.snapshot``'s
+- ``timed_loads`` (wraps ``engine.snapshot.clone.load_state``): ``bench.snapshot``'s
   "loaded" mark, when the state is in and the guest resumed, inside ``WaitingClone.restore``.
 - ``TEMPLATES_DIR_ENV``, ``RAM_DIR_ENV`` (engine.snapshot.store): ``bench.snapshot`` points the
   template store at a temporary folder; the engine's own names, not retyped, so a rename cannot
@@ -27,12 +27,13 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import engine.snapshot.snapshot as _snapshot_module
+import engine.snapshot.clone as _clone_module
 from engine.console.match import READY_MARKER
 from engine.kvm.cmdline import MachineSockets, MachineSpec, qemu_argv
 from engine.kvm.host import find_qemu, qemu_version
-from engine.microvm.handle import kernel_cmdline
-from engine.snapshot.snapshot import WaitingClone, template_for
+from engine.microvm.machine_spec import kernel_cmdline
+from engine.snapshot.clone import WaitingClone
+from engine.snapshot.template import template_for
 from engine.snapshot.store import RAM_DIR_ENV, TEMPLATES_DIR_ENV
 
 __all__ = [
@@ -59,14 +60,14 @@ def timed_loads() -> Iterator[list[float]]:
     goes there; it must follow ``WaitingClone`` if that moves to another module.
     """
     marks: list[float] = []
-    original = _snapshot_module.load_state
+    original = _clone_module.load_state
 
     async def timed(*args: Any, **kwargs: Any) -> None:
         await original(*args, **kwargs)
         marks.append(time.perf_counter())
 
-    _snapshot_module.load_state = timed
+    _clone_module.load_state = timed
     try:
         yield marks
     finally:
-        _snapshot_module.load_state = original
+        _clone_module.load_state = original

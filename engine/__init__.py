@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from engine.pool.pool import VmPool
     from engine.pool.builder import PoolBuilder, vm_pool
     from engine.pool.stats import PoolMember, PoolSettings, PoolStats
+    from engine.pool.size import check_pool_size, fit_max_size
     from engine.pool.pooled import PooledVm
     from engine.pool.reserved import ReservedVm
     from engine.profile.schema import ProfileError, ProfileIssue
@@ -66,11 +67,13 @@ if TYPE_CHECKING:
     from engine.service.paths import service_socket_path
     from engine.service.remote import remote_console
     from engine.service.server import PoolServer
-    from engine.snapshot.snapshot import Snapshot, vm_from_snapshot
+    from engine.snapshot.snapshot import Snapshot
+    from engine.snapshot.clone import vm_from_snapshot
     from engine.snapshot.store import prune_templates
     from engine.microvm.status import Created, Failed, Running, Starting, Stopped, Stopping, VmStatus
     from engine.microvm.handle import VmHandle, live_vms
-    from engine.microvm.spec import LoginSpec, VmBuilder, VmSpec, vm
+    from engine.microvm.spec import LoginSpec, VmSpec
+    from engine.microvm.builder import VmBuilder, vm
 else:
     # Hidden from type checkers: a module __getattr__ would make every misspelt name type-check.
     __getattr__, __dir__, __all__ = lazy_package(globals())

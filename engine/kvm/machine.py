@@ -208,7 +208,8 @@ class Machine:
         with contextlib.suppress(asyncio.CancelledError, QMPError, EOFError, OSError):
             async for event in self.qmp.events:
                 name = str(event["event"])
-                data = dict(event.get("data", {}))
+                raw = event.get("data", {})
+                data: dict[str, Any] = dict(raw) if isinstance(raw, dict) else {}
                 if name == "SHUTDOWN":
                     self._shutdown_reason = str(data.get("reason", ""))
                 elif name == "GUEST_PANICKED":

@@ -21,16 +21,16 @@ from engine.console.console import Console, ConsoleStream
 from engine.console.match import PatternMatcher
 from engine.errors import BootTimeout, ConfigError, ConsoleError, EngineError, MachineError, VmNotRunning
 from engine.kvm.accel import AccelChoice, choose_accelerator
-from engine.kvm.cmdline import MachineSpec, kernel_flags
-from engine.kvm.host import host_tsc_khz
 from engine.kvm.machine import Machine, MachineExit
 from engine.kvm.process import process_running
 from engine.netstack.config import PortForward, UserNatConfig
 from engine.netstack.flowlog import FlowEvent
 from engine.netstack.gateway import Gateway
 from engine.netstack.policy import NetworkPolicy
-from engine.microvm.status import Failed, Running, Starting, Stopped, Stopping, VmStatus
+from engine.microvm.machine_spec import machine_spec_for
 from engine.microvm.spec import VmSpec
+from engine.microvm.status import Failed, Running, Starting, Stopped, Stopping, VmStatus
+from engine.snapshot.save import save_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -44,46 +44,6 @@ _live: weakref.WeakSet[VmHandle] = weakref.WeakSet()
 def live_vms() -> list[VmHandle]:
     """VMs of this process whose machine has not exited (tests use it to prove no leaks)."""
     return [vm for vm in _live if not vm.status().is_terminal]
-
-
-def kernel_cmdline(spec: VmSpec) -> str:
-    """The kernel command line for ``spec``: our fast-boot flags, capsa.* args, then the user's."""
-    if spec.cmdline_override is not None:
-        return spec.cmdline_override
-    parts = kernel_flags(spec.machine, host_tsc_khz())
-    if spec.boot.capsa_guest:
-        parts.append(f"capsa.hostname={spec.hostname}")
-        # The guest's init answers the ACPI power button (QMP system_powerdown) with a clean
-        # poweroff, which is what makes stop() graceful and quick.
-        parts.append("capsa.acpid=1")
-        if isinstance(spec.network, UserNatConfig):
-            parts.append("capsa.net=1")
-        if spec.login is not None:
-            parts += ["capsa.login=1", f"capsa.user={spec.login.user}"]
-            if spec.login.password:
-                # Hex keeps any character of the password intact through the kernel's parser.
-                parts.append(f"capsa.pass={spec.login.password.encode().hex()}")
-    parts += list(spec.cmdline_flags)
-    for key, value in spec.cmdline_args:
-        parts.append(f'{key}="{value}"' if any(c.isspace() for c in value) else f"{key}={value}")
-    return " ".join(parts)
-
-
-def machine_spec_for(spec: VmSpec, accel: AccelChoice) -> MachineSpec:
-    """The machine that runs ``spec`` under ``accel`` (what QEMU is started with)."""
-    nat = spec.network if isinstance(spec.network, UserNatConfig) else None
-    return MachineSpec(
-        kernel=spec.boot.kernel,
-        initrd=spec.boot.initrd,
-        append=kernel_cmdline(spec),
-        cpus=spec.cpus,
-        memory_mb=spec.memory_mb,
-        accel=accel.name,
-        machine=spec.machine,
-        nic_mac=nat.guest_mac if nat else None,
-        nic_mtu=nat.mtu if nat else 1500,
-        extra_args=spec.extra_qemu_args,
-    )
 
 
 class _PanicWatcher:
@@ -133,8 +93,7 @@ class VmHandle:
 
     @classmethod
     async def start(cls, spec: VmSpec) -> VmHandle:
-        spec.validate()
-        spec.boot.check()
+        spec.check()
         accel = choose_accelerator(spec.accel)
         machine = await Machine.launch(machine_spec_for(spec, accel))
         return await cls.attach(spec, accel, machine)
@@ -191,7 +150,7 @@ class VmHandle:
 
     @property
     def machine(self) -> Machine:
-        """The machine layer's view of this VM (for the engine's own snapshot code)."""
+        """The machine layer's view of this VM (its QEMU process, QMP and serial line)."""
         return self._machine
 
     @property
@@ -207,9 +166,7 @@ class VmHandle:
     async def snapshot(self, dest_dir: str | Path) -> Path:
         """Save this VM (RAM and devices) into ``dest_dir``, which must be empty or absent;
         the VM runs on. Start clones of it with ``engine.vm_from_snapshot(path)``."""
-        from engine.snapshot.snapshot import save_snapshot  # snapshot.py builds on this module
-
-        return await save_snapshot(self, dest_dir)
+        return await save_snapshot(self._machine, self.spec, self.guest_ip, dest_dir)
 
     def resources(self) -> dict[str, Any]:
         return {"cpus": self.spec.cpus, "memory_mb": self.spec.memory_mb, "accel": self.accel.name}

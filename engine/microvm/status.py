@@ -77,9 +77,9 @@ class Failed(VmStatus):
 
 
 # capsa names the states VmStatus::Created and so on; keep that spelling available.
-VmStatus.Created = Created  # type: ignore[attr-defined]
-VmStatus.Starting = Starting  # type: ignore[attr-defined]
-VmStatus.Running = Running  # type: ignore[attr-defined]
-VmStatus.Stopping = Stopping  # type: ignore[attr-defined]
-VmStatus.Stopped = Stopped  # type: ignore[attr-defined]
-VmStatus.Failed = Failed  # type: ignore[attr-defined]
+VmStatus.Created = Created  # type: ignore[attr-defined]  # set once the subclasses exist
+VmStatus.Starting = Starting  # type: ignore[attr-defined]  # set once the subclasses exist
+VmStatus.Running = Running  # type: ignore[attr-defined]  # set once the subclasses exist
+VmStatus.Stopping = Stopping  # type: ignore[attr-defined]  # set once the subclasses exist
+VmStatus.Stopped = Stopped  # type: ignore[attr-defined]  # set once the subclasses exist
+VmStatus.Failed = Failed  # type: ignore[attr-defined]  # set once the subclasses exist

@@ -6,8 +6,11 @@ from dataclasses import dataclass
 
 from engine.errors import ConfigError
 from engine.pool.pool import VmPool
+from engine.pool.size import check_pool_size, fit_max_size
 from engine.pool.stats import PoolSettings
-from engine.microvm.spec import LinuxDirectBoot, ShapeBuilder, VmSpec
+from engine.microvm.boot import LinuxDirectBoot
+from engine.microvm.builder import ShapeBuilder
+from engine.microvm.spec import VmSpec
 
 _ids = itertools.count(1)
 
@@ -54,11 +57,8 @@ class PoolBuilder(ShapeBuilder):
         return self
 
     def settings(self, size: int) -> PoolSettings:
-        max_size = self._max_size if self._max_size is not None else max(size, 1)
-        if size < 0:
-            raise ConfigError(f"pool size must be 0 or more, got {size}")
-        if max_size < max(size, 1):
-            raise ConfigError(f"max_size ({max_size}) must be at least the pool size ({size}) and at least 1")
+        max_size = self._max_size if self._max_size is not None else fit_max_size(size, 1)
+        check_pool_size(size, max_size)
         if self._boot_timeout <= 0 or self._health_interval <= 0:
             raise ConfigError("boot_timeout and health_interval must be positive")
         return PoolSettings(

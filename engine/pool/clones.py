@@ -17,13 +17,15 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
-from typing import Literal
+from typing import Any, Literal
 
 from engine.errors import EngineError
 from engine.netstack.config import UserNatConfig
-from engine.snapshot.snapshot import Snapshot, WaitingClone, template_for
+from engine.snapshot.clone import WaitingClone
+from engine.snapshot.snapshot import Snapshot
+from engine.snapshot.template import template_for
 from engine.snapshot.store import remove_template
 from engine.microvm.handle import VmHandle
 from engine.microvm.spec import VmSpec
@@ -60,7 +62,7 @@ class CloneSource:
         self._launching = 0
         self._failures = 0
         self._closed = False
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[object]] = set()
 
     # ----- the template ----------------------------------------------------------------------
 
@@ -195,8 +197,8 @@ class CloneSource:
         while self._tasks:
             await asyncio.wait(list(self._tasks))
 
-    def _spawn(self, coro: object, what: str) -> None:
-        task = asyncio.get_running_loop().create_task(coro, name=f"pool-{self.name}-{what}")  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, object], what: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=f"pool-{self.name}-{what}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

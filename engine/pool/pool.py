@@ -30,17 +30,20 @@ import logging
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from engine.broadcast import Broadcast
 from engine.errors import ConfigError, EngineError, PoolBootError, PoolClosed, PoolEmpty, PoolTimeout
 from engine.netstack.config import UserNatConfig
 from engine.netstack.policy import NetworkPolicy
 from engine.pool.clones import CloneSource
+from engine.pool.size import pool_sizes_fit
 from engine.pool.stats import MemberState, PoolMember, PoolSettings, PoolStats, percentile
 from engine.pool.pooled import PooledVm
-from engine.snapshot.snapshot import clone_hostname, snapshot_unsupported
+from engine.snapshot.clone import clone_hostname
+from engine.snapshot.snapshot import snapshot_unsupported
 from engine.microvm.status import Failed
 from engine.microvm.handle import VmHandle
 from engine.microvm.spec import VmSpec
@@ -75,7 +78,7 @@ class VmPool:
         self._members: dict[str, _Member] = {}
         self._idle: deque[_Member] = deque()
         self._waiters: deque[asyncio.Future[_Member]] = deque()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[object]] = set()
         self._listeners: list[StatsListener] = []
         self._changed = Broadcast()
         self._boot_times: deque[float] = deque(maxlen=_BOOT_SAMPLES)
@@ -95,8 +98,7 @@ class VmPool:
     @classmethod
     def launch(cls, spec: VmSpec, settings: PoolSettings) -> VmPool:
         """Create the pool and start its first boots; returns at once (see :meth:`wait_filled`)."""
-        spec.validate()
-        spec.boot.check()
+        spec.check()
         pool = cls(spec, settings)
         if settings.snapshot:
             pool._snapshot_off = snapshot_unsupported(spec)
@@ -210,7 +212,7 @@ class VmPool:
         """
         self._check_open()
         max_size = self.max_size if max_size is None else max_size
-        if size < 0 or max_size < max(size, 1):
+        if not pool_sizes_fit(size, max_size):
             raise ConfigError(f"pool {self.name!r}: size {size} and max_size {max_size} need 0 <= size <= max_size, max_size >= 1")
         self.settings = replace(self.settings, size=size, max_size=max_size)
         self._filled = False
@@ -306,7 +308,8 @@ class VmPool:
 
     def _hand_out(self, member: _Member) -> PooledVm:
         member.state = "reserved"
-        pooled = PooledVm(member.id, member.handle, pool_name=self.name, release=self.release)  # type: ignore[arg-type]  # a reserved member has a handle
+        assert member.handle is not None  # only booted members are idle, so reservable
+        pooled = PooledVm(member.id, member.handle, pool_name=self.name, release=self.release)
         member.pooled = pooled
         # A holder that drops the object without release() must not pin a slot forever.
         weakref.finalize(pooled, self._abandoned, member)
@@ -545,12 +548,12 @@ class VmPool:
 
     # ----- helpers ---------------------------------------------------------------------------
 
-    def _spawn(self, coro: object, name: str) -> None:
-        task = asyncio.get_running_loop().create_task(coro, name=name)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, object], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
+    def _task_done(self, task: asyncio.Task[object]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("pool %s: task %s failed", self.name, task.get_name(), exc_info=task.exception())

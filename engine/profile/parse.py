@@ -28,12 +28,14 @@ from ruamel.yaml.comments import CommentedMap
 from engine.microvm.boot import LinuxDirectBoot, default_boot
 from engine.netstack.config import NetworkConfig, NoNetwork
 from engine.pool.builder import PoolBuilder, vm_pool
+from engine.pool.size import PROFILE_MAX_SIZE, PROFILE_SIZE, pool_sizes_fit
 from engine.profile.network import network_summary, parse_network
 # engine.names: the rules VmSpec.validate applies, checked here too so errors name file and line.
 from engine.names import HOSTNAME_RE, USER_RE
 from engine.profile.schema import NAME_RE, Fields, ProfileError, parse_document
 from engine.snapshot.snapshot import snapshot_unsupported
-from engine.microvm.spec import LoginSpec, ShapeBuilder, VmBuilder, vm
+from engine.microvm.builder import ShapeBuilder, VmBuilder, vm
+from engine.microvm.spec import LoginSpec
 
 B = TypeVar("B", bound=ShapeBuilder)
 Source = Literal["bundled", "user", "file"]
@@ -46,8 +48,6 @@ LOGIN_KEYS = ("user", "password")
 POOL_KEYS = ("size", "max_size", "snapshot")
 CPUS = (1, 64)
 MEMORY_MB = (64, 65536)
-POOL_SIZE = (0, 64)
-POOL_MAX_SIZE = (1, 256)
 
 
 @dataclass(frozen=True)
@@ -251,9 +251,9 @@ def parse_pool(
     if pool is None:
         return 2, 4, None
     f.unknown_keys(pool, "pool", POOL_KEYS)
-    size = f.integer(pool, "size", "pool", *POOL_SIZE, default=2)
-    max_size = f.integer(pool, "max_size", "pool", *POOL_MAX_SIZE, default=max(4, size))
-    if max_size < size:
+    size = f.integer(pool, "size", "pool", *PROFILE_SIZE, default=2)
+    max_size = f.integer(pool, "max_size", "pool", *PROFILE_MAX_SIZE, default=max(4, size))
+    if not pool_sizes_fit(size, max_size):
         f.error(pool, "max_size", "pool.max_size", f"expected at least pool.size ({size}), found {max_size}")
         max_size = size
     snapshot: bool | None = None

@@ -140,7 +140,7 @@ def hello(version: int = PROTOCOL_VERSION) -> Message:
     return {"op": "hello", "version": version}
 
 
-def mismatch_text(client: object, server: int) -> str:
+def mismatch_text(client: object, server: object) -> str:
     return (
         f"protocol version mismatch: client speaks version {client}, server speaks version {server}; "
         "use the same capsa-tui for the client and for 'capsa-tui serve'"
@@ -168,7 +168,7 @@ def check_hello_reply(reply: Message, version: int = PROTOCOL_VERSION) -> None:
     """Client side: raise unless the server accepted our hello and speaks our version."""
     server = reply.get("version")
     if server != version:
-        raise ServiceVersionError(mismatch_text(version, server))  # type: ignore[arg-type]
+        raise ServiceVersionError(mismatch_text(version, server))
     if reply.get("ok") is not True:  # same version, refused anyway (another user, closing)
         raise ServiceError(f"the server refused the connection: {reply.get('error', 'no reason given')}")
 
@@ -217,7 +217,7 @@ def field(message: Message, name: str, kind: type[T] | tuple[type, ...], default
         raise BadRequest(f"{message.get('op')}: field {name!r} must be {_kind_name(kind)}, not {value!r}")
     if not isinstance(value, kind):
         raise BadRequest(f"{message.get('op')}: field {name!r} must be {_kind_name(kind)}, not {value!r}")
-    return value  # type: ignore[return-value]
+    return value  # type: ignore[return-value]  # isinstance(value, kind) holds, but mypy cannot narrow to T through the tuple form
 
 
 def timeout_field(message: Message, name: str = "timeout") -> float | None:

@@ -30,6 +30,10 @@ from engine.names import HOSTNAME_RE
 ERROR_PREFIX = b"capsa-clone-failed: "
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
+# How long a clone may take over its fix-up line, and a template's shell over AWAIT_LINE:
+# under software emulation the first commands after a restore are slow.
+FIXUP_TIMEOUT_S = 20.0
+
 
 # Typed in a template before it is saved: its clones wake up inside ``read``.
 AWAIT_LINE = b"read -r capsa_args; capsa_clone $capsa_args; unset capsa_args\n"

@@ -7,7 +7,7 @@ import pytest
 
 import engine
 from engine.kvm.cmdline import MachineSockets, MachineSpec, kernel_flags, qemu_argv
-from engine.microvm.handle import kernel_cmdline
+from engine.microvm.machine_spec import kernel_cmdline
 
 
 def _boot(tmp_path: Path, capsa: bool = True) -> engine.LinuxDirectBoot:

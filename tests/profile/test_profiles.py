@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,15 +21,15 @@ from capsatui.cli import main as cli_main
 BUNDLED = Path(__file__).resolve().parents[2] / "profiles"
 
 
-def _issues(text: str, **kwargs: object) -> list[str]:
+def _issues(text: str, **kwargs: Any) -> list[str]:
     """The issues parse_profile reports for ``text`` (named p.yaml), as their printed lines."""
     with pytest.raises(engine.ProfileError) as caught:
-        engine.parse_profile(textwrap.dedent(text), "p.yaml", **kwargs)  # type: ignore[arg-type]
+        engine.parse_profile(textwrap.dedent(text), "p.yaml", **kwargs)
     return [str(issue) for issue in caught.value.errors]
 
 
-def _parse(text: str, **kwargs: object) -> engine.Profile:
-    return engine.parse_profile(textwrap.dedent(text), "p.yaml", **kwargs)  # type: ignore[arg-type]
+def _parse(text: str, **kwargs: Any) -> engine.Profile:
+    return engine.parse_profile(textwrap.dedent(text), "p.yaml", **kwargs)
 
 
 

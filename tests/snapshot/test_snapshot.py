@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 import engine
-from engine.snapshot.snapshot import WaitingClone, build_template, find_template, template_for
+from engine.snapshot.clone import WaitingClone
+from engine.snapshot.template import build_template, find_template, template_for
 from engine.snapshot.meta import META_FILE, STATE_FILE
 from engine.snapshot.store import RAM_DIR_ENV, TEMPLATES_DIR_ENV
 from tests.procs import qemu_children

@@ -7,6 +7,7 @@ import struct
 from dataclasses import replace
 from ipaddress import IPv4Address
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,7 +16,8 @@ from engine.snapshot.identity import AWAIT_LINE, ERROR_PREFIX, fixup_line
 from engine.kvm.cmdline import MachineSockets, MachineSpec, qemu_argv
 from engine.netstack.dhcp import DhcpConfig, DhcpServer
 from engine.snapshot.agent import agent_program, assemble_agent
-from engine.snapshot.snapshot import clone_hostname, snapshot_unsupported
+from engine.snapshot.clone import clone_hostname
+from engine.snapshot.snapshot import snapshot_unsupported
 from engine.snapshot.meta import (
     META_FILE,
     STATE_FILE,
@@ -105,12 +107,12 @@ def test_snapshot_unsupported_names_the_reason(fake_guest: engine.LinuxDirectBoo
 # ----- metadata ----------------------------------------------------------------------------------
 
 
-def _shape(**changes: object) -> MachineShape:
+def _shape(**changes: Any) -> MachineShape:
     shape = MachineShape(
         qemu="QEMU emulator version 7.2.22", kernel="/k", kernel_stamp="1:2", initrd="/i", initrd_stamp="3:4",
         append="console=ttyS0", cpus=1, memory_mb=256, machine="microvm", accel="tcg", nic=True, nic_mtu=1500,
     )
-    return replace(shape, **changes)  # type: ignore[arg-type]
+    return replace(shape, **changes)
 
 
 def test_shape_key_changes_with_everything_that_shapes_the_vm() -> None:

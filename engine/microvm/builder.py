@@ -1,0 +1,81 @@
+"""The fluent builders users describe a VM with: ShapeBuilder (shared with pools), VmBuilder, vm()."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Self
+
+from engine.microvm.boot import LinuxDirectBoot
+from engine.microvm.handle import VmHandle
+from engine.microvm.spec import LoginSpec, VmSpec
+from engine.netstack.config import NetworkConfig
+
+
+@dataclass
+class ShapeBuilder:
+    """The shape methods a VM builder and a pool builder share; each returns the builder."""
+
+    _spec: VmSpec
+
+    def _with(self, **changes: Any) -> Self:
+        self._spec = replace(self._spec, **changes)
+        return self
+
+    def cpus(self, n: int) -> Self:
+        return self._with(cpus=int(n))
+
+    def memory_mb(self, mb: int) -> Self:
+        return self._with(memory_mb=int(mb))
+
+    def console_enabled(self, enabled: bool = True) -> Self:
+        return self._with(console=enabled)
+
+    def cmdline_arg(self, key: str, value: str) -> Self:
+        return self._with(cmdline_args=self._spec.cmdline_args + ((key, str(value)),))
+
+    def cmdline_flag(self, flag: str) -> Self:
+        return self._with(cmdline_flags=self._spec.cmdline_flags + (flag,))
+
+    def cmdline_override(self, cmdline: str) -> Self:
+        """Replace the whole kernel command line (the engine adds nothing, not even console=)."""
+        return self._with(cmdline_override=cmdline)
+
+    def login_user(self, user: str, password: str | None = None) -> Self:
+        """Put a getty/login on the console with ``user`` (and root, without password)."""
+        return self._with(login=LoginSpec(user, password))
+
+    def hostname(self, name: str) -> Self:
+        return self._with(hostname=name)
+
+    def machine_type(self, machine: str) -> Self:
+        return self._with(machine=machine)
+
+    def accel(self, accel: str) -> Self:
+        return self._with(accel=accel)
+
+    def scrollback_bytes(self, n: int) -> Self:
+        return self._with(scrollback_bytes=int(n))
+
+    def qemu_args(self, *args: str) -> Self:
+        """Extra QEMU arguments, appended verbatim (an escape hatch, not validated)."""
+        return self._with(extra_qemu_args=self._spec.extra_qemu_args + tuple(args))
+
+    def network(self, mode: NetworkConfig) -> Self:
+        """``NetworkMode.none()`` (the default) or ``NetworkMode.user_nat()...build()``."""
+        return self._with(network=mode)
+
+    def spec(self) -> VmSpec:
+        self._spec.validate()
+        return self._spec
+
+
+class VmBuilder(ShapeBuilder):
+    """Fluent builder: ``await engine.vm(boot).cpus(2).memory_mb(256).console_enabled().build()``."""
+
+    async def build(self) -> VmHandle:
+        """Start the VM and return its handle while the guest boots."""
+        return await VmHandle.start(self.spec())
+
+
+def vm(boot: LinuxDirectBoot) -> VmBuilder:
+    """Start describing a VM that boots ``boot``."""
+    return VmBuilder(VmSpec(boot=boot))

@@ -1,0 +1,53 @@
+"""From a VmSpec to the machine that runs it: the kernel command line and the MachineSpec.
+
+The VM layer's view (VmSpec: boot, login, hostname, network) becomes the machine layer's
+(MachineSpec: kernel, initrd, append, devices); fresh VMs, snapshots and templates all start
+their QEMU from here, so a saved shape and a restored one agree.
+"""
+from __future__ import annotations
+
+from engine.kvm.accel import AccelChoice
+from engine.kvm.cmdline import MachineSpec, kernel_flags
+from engine.kvm.host import host_tsc_khz
+from engine.microvm.spec import VmSpec
+from engine.netstack.config import UserNatConfig
+
+
+def kernel_cmdline(spec: VmSpec) -> str:
+    """The kernel command line for ``spec``: our fast-boot flags, capsa.* args, then the user's."""
+    if spec.cmdline_override is not None:
+        return spec.cmdline_override
+    parts = kernel_flags(spec.machine, host_tsc_khz())
+    if spec.boot.capsa_guest:
+        parts.append(f"capsa.hostname={spec.hostname}")
+        # The guest's init answers the ACPI power button (QMP system_powerdown) with a clean
+        # poweroff, which is what makes stop() graceful and quick.
+        parts.append("capsa.acpid=1")
+        if isinstance(spec.network, UserNatConfig):
+            parts.append("capsa.net=1")
+        if spec.login is not None:
+            parts += ["capsa.login=1", f"capsa.user={spec.login.user}"]
+            if spec.login.password:
+                # Hex keeps any character of the password intact through the kernel's parser.
+                parts.append(f"capsa.pass={spec.login.password.encode().hex()}")
+    parts += list(spec.cmdline_flags)
+    for key, value in spec.cmdline_args:
+        parts.append(f'{key}="{value}"' if any(c.isspace() for c in value) else f"{key}={value}")
+    return " ".join(parts)
+
+
+def machine_spec_for(spec: VmSpec, accel: AccelChoice) -> MachineSpec:
+    """The machine that runs ``spec`` under ``accel`` (what QEMU is started with)."""
+    nat = spec.network if isinstance(spec.network, UserNatConfig) else None
+    return MachineSpec(
+        kernel=spec.boot.kernel,
+        initrd=spec.boot.initrd,
+        append=kernel_cmdline(spec),
+        cpus=spec.cpus,
+        memory_mb=spec.memory_mb,
+        accel=accel.name,
+        machine=spec.machine,
+        nic_mac=nat.guest_mac if nat else None,
+        nic_mtu=nat.mtu if nat else 1500,
+        extra_args=spec.extra_qemu_args,
+    )

@@ -1,0 +1,42 @@
+"""What a snapshot records of the machine it saved and of its guest (from the live specs)."""
+from __future__ import annotations
+
+from ipaddress import IPv4Address
+
+from engine.kvm.cmdline import MachineSpec
+from engine.kvm.host import find_qemu, qemu_version
+from engine.microvm.spec import VmSpec
+from engine.snapshot.meta import GuestFacts, MachineShape, file_stamp
+
+
+def machine_shape(machine: MachineSpec) -> MachineShape:
+    """The shape recorded for (and compared against) a machine launched from ``machine``."""
+    return MachineShape(
+        qemu=qemu_version(find_qemu()),
+        kernel=str(machine.kernel),
+        kernel_stamp=file_stamp(machine.kernel),
+        initrd=str(machine.initrd) if machine.initrd else None,
+        initrd_stamp=file_stamp(machine.initrd) if machine.initrd else None,
+        append=machine.append,
+        cpus=machine.cpus,
+        memory_mb=machine.memory_mb,
+        machine=machine.machine,
+        accel=machine.accel,
+        nic=machine.nic_mac is not None,
+        nic_mtu=machine.nic_mtu,
+        extra_args=tuple(machine.extra_args),
+        ram_block="ram0" if machine.ram_backend is not None else "default",
+    )
+
+
+def guest_facts(spec: VmSpec, guest_ip: IPv4Address | None) -> GuestFacts:
+    """What a snapshot records of the guest of ``spec``, which holds ``guest_ip`` (if any)."""
+    marker = spec.boot.ready_marker
+    return GuestFacts(
+        ready_marker=marker.hex() if marker is not None else None,
+        capsa_guest=spec.boot.capsa_guest,
+        console=spec.console,
+        hostname=spec.hostname,
+        scrollback_bytes=spec.scrollback_bytes,
+        guest_ip=str(guest_ip) if guest_ip is not None else None,
+    )
