@@ -143,8 +143,7 @@ class LocalHub(Hub):
         if name in self._pools:
             return
         size = profile.size if size is None else size
-        if size < 0:
-            raise engine.ConfigError(f"pool size must be 0 or more, got {size}")
+        engine.check_pool_size(size)
         run = _Running(size)
         self._pools[name] = run
         self._errors.pop(name, None)
@@ -159,7 +158,7 @@ class LocalHub(Hub):
                 # Never build the image here (minutes of work): say how instead.
                 await asyncio.to_thread(engine.default_image, build=False)
             builder = await asyncio.to_thread(profile.pool_builder)
-            builder = builder.max_size(max(profile.max_size, run.size, 1))
+            builder = builder.max_size(engine.fit_max_size(run.size, profile.max_size))
             # start() returns while the first VMs boot, so the dashboard watches those boots
             # instead of a blank "starting".
             pool = run.pool = builder.start(run.size)
@@ -219,14 +218,13 @@ class LocalHub(Hub):
 
     async def resize(self, name: str, size: int) -> None:
         """Keep ``size`` VMs warm from now on; reserved VMs are left alone (a stopped pool starts)."""
-        if size < 0:
-            raise engine.ConfigError(f"pool size must be 0 or more, got {size}")
+        engine.check_pool_size(size)
         run = self._pools.get(name)
         if run is None or run.pool is None:
             await self.stop_pool(name)
             await self.start_pool(name, size)
             return
-        run.pool.resize(size, max(run.pool.max_size, size, 1))
+        run.pool.resize(size, engine.fit_max_size(size, run.pool.max_size))
         run.size = size
         self._changed()
 
