@@ -27,6 +27,7 @@ from engine.errors import ConsoleClosed, ConsoleError, ConsoleTimeout
 
 _log = logging.getLogger(__name__)
 
+# Bytes of console output a VM keeps for late readers (VmSpec.scrollback_bytes, a served console).
 DEFAULT_SCROLLBACK = 1024 * 1024
 _READ_SIZE = 64 * 1024
 _SEEN_TAIL = 4096  # bytes of recent output quoted by timeout errors

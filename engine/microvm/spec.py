@@ -3,12 +3,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from engine.console.stream import DEFAULT_SCROLLBACK
 from engine.microvm.boot import LinuxDirectBoot
 from engine.errors import ConfigError
 from engine.names import HOSTNAME_RE, USER_RE
 from engine.netstack.config import NetworkConfig, NoNetwork, UserNatConfig
-
-DEFAULT_SCROLLBACK = 1 << 20
 
 
 @dataclass(frozen=True)
