@@ -11,14 +11,12 @@ import contextlib
 import logging
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from engine.netstack.dns import DnsCore, Forward, NameVerdict, Reply
+from engine.netstack.gateway_seam import DnsHost
 from engine.netstack.ipv4 import PROTO_UDP
 from engine.netstack.udp import build_udp
 
-if TYPE_CHECKING:
-    from engine.netstack.gateway import Gateway
 
 log = logging.getLogger(__name__)
 _TCP_UPSTREAM_TIMEOUT_S = 5.0
@@ -39,7 +37,7 @@ def host_resolvers(resolv_conf: Path = Path("/etc/resolv.conf")) -> list[tuple[s
 class DnsAdapter:
     """Drives a DnsCore for one gateway."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: DnsHost) -> None:
         self.gateway = gateway
         hosts: dict[str, list[IPv4Address]] = {}
         for name, ip in gateway.guest_hosts:

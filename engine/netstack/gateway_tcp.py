@@ -21,10 +21,10 @@ import itertools
 import logging
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
-from typing import TYPE_CHECKING
 
 from engine.netstack.config import PortForward, forward_error
 from engine.netstack.errors import PacketError
+from engine.netstack.gateway_seam import FlowKey, TcpRelayHost
 from engine.netstack.ipv4 import PROTO_TCP, Ipv4Packet
 from engine.netstack.policy import Protocol
 from engine.netstack.sniff import SniffStatus, sniff
@@ -32,8 +32,6 @@ from engine.netstack.tcp import tcp_from_ipv4
 from engine.netstack.tcp_conn import (Closed, Connected, DataReceived, PeerClosed, TcpConfig, TcpConnection,
                                       TcpState, Writable, reset_for)
 
-if TYPE_CHECKING:
-    from engine.netstack.gateway import Gateway
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +43,6 @@ _HOST_WRITE_HIGH = 256 * 1024
 # 1 MiB in flight keeps a guest that ACKs merged segments busy (256 KiB left it idle half the
 # time on host -> guest transfers; 2 MiB measured worse again).
 TCP_CONFIG = TcpConfig(send_buffer=1 << 20, recv_buffer=1 << 20)
-FlowKey = tuple[IPv4Address, int, IPv4Address, int]  # guest ip, guest port, far ip, far port
 
 
 @dataclass(eq=False)
@@ -77,7 +74,7 @@ class TcpFlow:
 class TcpRelay:
     """All TCP flows of one gateway."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: TcpRelayHost) -> None:
         self.gw = gateway
         self.flows: dict[FlowKey, TcpFlow] = {}
         self.bytes_up = 0

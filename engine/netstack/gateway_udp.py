@@ -14,16 +14,15 @@ import asyncio
 import itertools
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from engine.netstack.config import PortForward, forward_error
+from engine.netstack.gateway_seam import FlowRelayHost
 from engine.netstack.icmp import UNREACH_ADMIN_PROHIBITED, dest_unreachable, may_send_error
 from engine.netstack.ipv4 import PROTO_ICMP, PROTO_UDP, Ipv4Packet, build_ipv4
 from engine.netstack.policy import Protocol
 from engine.netstack.udp import UdpDatagram, build_udp
 
-if TYPE_CHECKING:
-    from engine.netstack.gateway import Gateway
 
 MAX_UDP_FLOWS = 512
 UDP_IDLE_S = 60.0
@@ -48,7 +47,7 @@ class UdpFlow:
 class UdpRelay:
     """All UDP flows and UDP forwards of one gateway."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: FlowRelayHost) -> None:
         self.gw = gateway
         self.flows: dict[UdpKey, UdpFlow] = {}
         self.bytes_up = 0

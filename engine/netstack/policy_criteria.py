@@ -14,25 +14,13 @@ from __future__ import annotations
 import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import Enum
 from ipaddress import IPv4Address, IPv4Network, NetmaskValueError
-from typing import TYPE_CHECKING
 
 from engine.netstack.domains import DomainPattern, PolicyError
-
-if TYPE_CHECKING:
-    from engine.netstack.policy import Flow
+from engine.netstack.flow import Flow, Protocol
 
 Path = tuple[str | int, ...]
 KEYS = ("any", "ip", "ip_range", "port", "port_range", "protocol", "domain", "all")
-
-
-class Protocol(Enum):
-    """Transport of a flow. ICMP is only for the gateway's own decisions (no ports)."""
-
-    TCP = "tcp"
-    UDP = "udp"
-    ICMP = "icmp"
 
 
 class MatchCriteria:
