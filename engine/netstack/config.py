@@ -105,7 +105,7 @@ class UserNatBuilder:
         self._config = UserNatConfig()
 
     def _with(self, **changes: object) -> UserNatBuilder:
-        self._config = replace(self._config, **changes)  # type: ignore[arg-type]
+        self._config = replace(self._config, **changes)  # type: ignore[arg-type]  # keys are UserNatConfig fields; validate() checks values
         return self
 
     def subnet(self, cidr: str) -> UserNatBuilder:

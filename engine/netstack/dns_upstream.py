@@ -106,9 +106,9 @@ class DnsAdapter:
                 server = self.upstreams[action.attempt % len(self.upstreams)]
                 self._transport.sendto(action.wire, server)
         for event in self.core.poll_events():
-            action = "deny" if event.action == "deny" else "allow"
+            verdict = "deny" if event.action == "deny" else "allow"
             gw.flow_log.emit("dns", str(event.client[0]), str(gw.dns_ip), 53, event.name,
-                             event.reason or event.action, action, f"{event.qtype} {event.action}")
+                             event.reason or event.action, verdict, f"{event.qtype} {event.action}")
         self._schedule()
 
     async def _ask_over_tcp(self, wire: bytes, server: tuple[str, int]) -> None:
@@ -144,7 +144,7 @@ class _UpstreamProtocol(asyncio.DatagramProtocol):
     def __init__(self, adapter: DnsAdapter) -> None:
         self.adapter = adapter
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         self.adapter.upstream_answer(data, addr)
 
     def error_received(self, exc: Exception) -> None:

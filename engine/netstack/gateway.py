@@ -326,7 +326,7 @@ class _GuestLink(asyncio.Protocol):
         self.gateway = gateway
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.gateway._connected(transport)  # type: ignore[arg-type]
+        self.gateway._connected(transport)  # type: ignore[arg-type]  # asyncio hands a stream protocol a Transport; its signature says BaseTransport
 
     def data_received(self, data: bytes) -> None:
         self.gateway._received(data)

@@ -11,6 +11,7 @@ guest, and the guest's answers to that port go back to that client.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
@@ -104,9 +105,9 @@ class UdpRelay:
         if flow.closed:
             transport.close()
             return
-        flow.transport = transport  # type: ignore[assignment]
+        flow.transport = transport
         for payload in flow.pending:
-            transport.sendto(payload)  # type: ignore[attr-defined]
+            transport.sendto(payload)
         flow.pending.clear()
 
     def from_host(self, flow: UdpFlow, data: bytes) -> None:
@@ -145,11 +146,11 @@ class UdpRelay:
                 continue
             try:
                 transport, _ = await self.gw.loop.create_datagram_endpoint(
-                    lambda fwd=fwd: _ForwardUdp(self, fwd), local_addr=(fwd.host_addr, fwd.host_port)
+                    functools.partial(_ForwardUdp, self, fwd), local_addr=(fwd.host_addr, fwd.host_port)
                 )
             except OSError as err:
                 raise forward_error(fwd, err) from None
-            self._listeners.append(transport)  # type: ignore[arg-type]
+            self._listeners.append(transport)
             self.gw.forwarded_ports.append((fwd, transport.get_extra_info("sockname")[1]))
 
     def from_forward_client(self, listener: _ForwardUdp, data: bytes, client: Any) -> None:
@@ -213,7 +214,7 @@ class _ForwardUdp(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport  # type: ignore[assignment]  # asyncio hands a datagram protocol a DatagramTransport
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         self.relay.from_forward_client(self, data, addr)

@@ -283,7 +283,7 @@ def _short_forward(f: Fields, items: CommentedSeq, i: int, where: str) -> PortFo
     if problems:
         f.error(items, i, where, f"expected {FORWARD_FORM}, found {describe(items[i])} ({'; '.join(problems)})")
         return None
-    return PortForward(words[0].lower(), int(host), int(guest), address)  # type: ignore[arg-type]
+    return PortForward(words[0].lower(), int(host), int(guest), address)  # type: ignore[arg-type]  # checked: tcp or udp
 
 
 def _long_forward(f: Fields, item: CommentedMap, where: str) -> PortForward | None:
@@ -310,7 +310,7 @@ def _long_forward(f: Fields, item: CommentedMap, where: str) -> PortForward | No
             f.expected(item, "host_addr", where, "an IPv4 address such as 127.0.0.1 (all interfaces: 0.0.0.0)")
     if len(f.issues) > before or protocol is None:
         return None
-    return PortForward(protocol, host_port, guest_port, address)  # type: ignore[arg-type]
+    return PortForward(protocol, host_port, guest_port, address)  # type: ignore[arg-type]  # checked: tcp or udp
 
 
 # -- policy --------------------------------------------------------------------------------------
@@ -339,14 +339,14 @@ def _policy(f: Fields, network: CommentedMap) -> NetworkPolicy | None:
                 NetworkPolicy.from_dict({key: value})
             except PolicyError as err:
                 errors.append(err)
-    seen = set()
-    for err in errors:
-        if (err.path, err.detail) in seen:
+    seen: set[tuple[tuple[str | int, ...], str]] = set()
+    for issue in errors:
+        if (issue.path, issue.detail) in seen:
             continue
-        seen.add((err.path, err.detail))
-        where = format_path(err.path)
+        seen.add((issue.path, issue.detail))
+        where = format_path(issue.path)
         field = f"network.policy.{where}" if where else "network.policy"
-        f.issues.append(ProfileIssue(f.file, policy_line(network, err.path), field, err.detail))
+        f.issues.append(ProfileIssue(f.file, policy_line(network, issue.path), field, issue.detail))
     return None
 
 
