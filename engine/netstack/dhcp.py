@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
 from engine.errors import ConfigError
+from engine.netstack.config import default_dhcp_range, dns_address, gateway_address
 from engine.netstack.errors import PacketError
 
 # Message types (option 53).
@@ -167,12 +168,12 @@ class DhcpConfig:
 
     @classmethod
     def for_subnet(cls, subnet: IPv4Network | str = "10.0.2.0/24", **kwargs: object) -> DhcpConfig:
-        """The conventional layout: gateway .2, DNS .3, range .15 up to the last host."""
+        """The conventional layout (:mod:`engine.netstack.config`): gateway .2, DNS .3, range .15
+        up to the last host."""
         net = IPv4Network(subnet)
-        base = int(net.network_address)
+        first, last = default_dhcp_range(net)
         defaults: dict[str, object] = {
-            "gateway": IPv4Address(base + 2), "dns": (IPv4Address(base + 3),),
-            "range_start": IPv4Address(base + 15), "range_end": IPv4Address(int(net.broadcast_address) - 1),
+            "gateway": gateway_address(net), "dns": (dns_address(net),), "range_start": first, "range_end": last,
         }
         defaults.update(kwargs)
         return cls(subnet=net, **defaults)  # type: ignore[arg-type]  # keys are this class's fields; __post_init__ checks values

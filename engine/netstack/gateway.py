@@ -75,7 +75,8 @@ class Gateway:
                 address = stand_in
             self.guest_hosts.append((host, address))
         self._arp = ArpResponder(self.gateway_mac, {self.gateway_ip, self.dns_ip})
-        self._dhcp = DhcpServer(DhcpConfig.for_subnet(config.subnet, mtu=config.mtu))
+        first, last = config.dhcp_range
+        self._dhcp = DhcpServer(DhcpConfig(config.subnet, config.gateway, (config.dns,), first, last, mtu=config.mtu))
         self.dns = DnsAdapter(self)
         self.tcp = TcpRelay(self)
         self.udp = UdpRelay(self)
