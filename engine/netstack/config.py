@@ -8,7 +8,7 @@
 
 Addresses follow QEMU's user networking (gateway .2, DNS .3, DHCP from .15) so guides written
 for QEMU apply. Without ``policy()``, the guest may reach any public address, but never the
-host's loopback, link-local, private ranges or other VMs (see ``engine.netstack.policy``).
+host's loopback, link-local, private ranges or other VMs (see ``engine.netstack.policy.policy``).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Literal
 
 from engine.errors import ConfigError
-from engine.netstack.policy import NetworkPolicy
+from engine.netstack.policy.policy import NetworkPolicy
 
 ForwardProtocol = Literal["tcp", "udp"]
 DEFAULT_SUBNET = IPv4Network("10.0.2.0/24")

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 
 from engine.errors import ConfigError, EngineError, PoolBootError, PoolClosed, PoolEmpty, PoolTimeout
 from engine.netstack.config import UserNatConfig
-from engine.netstack.policy import NetworkPolicy
+from engine.netstack.policy.policy import NetworkPolicy
 from engine.pool.clones import CloneSource
 from engine.pool.stats import MemberState, PoolMember, PoolSettings, PoolStats, percentile
 from engine.pool.pooled import PooledVm

@@ -35,7 +35,7 @@ from engine.errors import ConfigError
 from engine.netstack.config import (NetworkConfig, NetworkMode, NoNetwork, PortForward, UserNatBuilder, UserNatConfig,
                                     default_dhcp_range, dhcp_range_problem, subnet_problem)
 from engine.netstack.domains import PolicyError, format_path, normalize_domain
-from engine.netstack.policy import NetworkPolicy, Rule
+from engine.netstack.policy.policy import NetworkPolicy, Rule
 from engine.profile.schema import Fields, ProfileIssue, describe
 
 NETWORK_KEYS = ("mode", "subnet", "dhcp_start", "dhcp_end", "mtu", "dns_upstream", "hosts", "forwards", "policy")

@@ -15,7 +15,7 @@ import pytest
 
 import engine
 import engine.profile.parse
-from engine.netstack.policy import Flow, MatchCriteria, Rule
+from engine.netstack.policy.policy import Flow, MatchCriteria, Rule
 
 BUNDLED = Path(__file__).resolve().parents[2] / "profiles"
 

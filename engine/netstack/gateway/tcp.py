@@ -25,12 +25,12 @@ from ipaddress import IPv4Address
 
 from engine.netstack.config import PortForward, forward_error
 from engine.netstack.errors import PacketError
-from engine.netstack.gateway_seam import FlowKey, TcpRelayHost
+from engine.netstack.gateway.seam import FlowKey, TcpRelayHost
 from engine.netstack.ipv4 import PROTO_TCP, Ipv4Packet
-from engine.netstack.policy import Protocol
+from engine.netstack.policy.policy import Protocol
 from engine.netstack.sniff import SniffStatus, sniff
-from engine.netstack.tcp import TcpSegment, tcp_from_ipv4
-from engine.netstack.tcp_conn import (Closed, Connected, DataReceived, PeerClosed, TcpConfig, TcpConnection,
+from engine.netstack.tcp.segment import TcpSegment, tcp_from_ipv4
+from engine.netstack.tcp.connection import (Closed, Connected, DataReceived, PeerClosed, TcpConfig, TcpConnection,
                                       TcpState, Writable, reset_for)
 
 

@@ -40,8 +40,8 @@ from enum import Enum
 from ipaddress import IPv4Address, IPv4Network
 
 from engine.netstack.domains import DomainPattern, DomainTracker, PolicyError, canonical_name
-from engine.netstack.flow import Flow, Protocol
-from engine.netstack.policy_criteria import (
+from engine.netstack.policy.flow import Flow, Protocol
+from engine.netstack.policy.criteria import (
     AllMatch, AnyMatch, DomainMatch, IpMatch, IpRangeMatch, MatchCriteria, PortMatch, PortRangeMatch,
     ProtocolMatch, criteria_from_data, criteria_to_data)
 

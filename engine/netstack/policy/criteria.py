@@ -2,7 +2,7 @@
 
 Build criteria with the constructors on :class:`MatchCriteria` (``MatchCriteria.port(443)``);
 each returns an immutable, hashable value of one of the subclasses below. A criterion answers
-three questions for :mod:`engine.netstack.policy`: does it match a flow, does it match a DNS
+three questions for :mod:`engine.netstack.policy.policy`: does it match a flow, does it match a DNS
 question name, and does it *name* an off-limits destination (see the policy module docstring).
 
 Plain data (for YAML) is one key per criterion: ``any: true``, ``ip: 8.8.8.8``,
@@ -18,7 +18,7 @@ from ipaddress import IPv4Address, IPv4Network, NetmaskValueError
 from typing import cast
 
 from engine.netstack.domains import DomainPattern, PolicyError
-from engine.netstack.flow import Flow, Protocol
+from engine.netstack.policy.flow import Flow, Protocol
 
 Path = tuple[str | int, ...]
 KEYS = ("any", "ip", "ip_range", "port", "port_range", "protocol", "domain", "all")

@@ -4,7 +4,7 @@
 rcv_nxt, ...) and does what puts segments on the wire: segmentation within the peer's window and
 our congestion window, retransmission (RFC 6298 timer with Karn's rule, go-back-N from one
 segment after a timeout, NewReno fast retransmit), zero-window probing, and the window we
-advertise. :class:`engine.netstack.tcp_conn.TcpConnection` adds the receiving half and the public
+advertise. :class:`engine.netstack.tcp.connection.TcpConnection` adds the receiving half and the public
 API; adapters use that class only.
 """
 from __future__ import annotations
@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections import Counter
 from ipaddress import IPv4Address
 
-from engine.netstack.tcp import (ACK, DEFAULT_MSS, FIN, PSH, RST, SYN, build_options, seq_add,
+from engine.netstack.tcp.segment import (ACK, DEFAULT_MSS, FIN, PSH, RST, SYN, build_options, seq_add,
                                  seq_diff, seq_ge, seq_gt, seq_lt)
-from engine.netstack.tcp_reasm import Reassembly
-from engine.netstack.tcp_types import (Closed, DataReceived, OutSegment, TcpConfig, TcpEvent,
+from engine.netstack.tcp.reassembly import Reassembly
+from engine.netstack.tcp.types import (Closed, DataReceived, OutSegment, TcpConfig, TcpEvent,
                                        TcpState, Writable)
 
 S = TcpState

@@ -18,10 +18,10 @@ from ipaddress import IPv4Address
 from typing import Any
 
 from engine.netstack.config import PortForward, forward_error
-from engine.netstack.gateway_seam import FlowRelayHost
+from engine.netstack.gateway.seam import FlowRelayHost
 from engine.netstack.icmp import UNREACH_ADMIN_PROHIBITED, dest_unreachable, may_send_error
 from engine.netstack.ipv4 import PROTO_ICMP, PROTO_UDP, Ipv4Packet, build_ipv4
-from engine.netstack.policy import Protocol
+from engine.netstack.policy.policy import Protocol
 from engine.netstack.udp import UdpDatagram, build_udp
 
 

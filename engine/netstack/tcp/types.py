@@ -1,7 +1,7 @@
 """The vocabulary of the TCP connection core: states, configuration, events, outgoing segments.
 
-Kept apart from :mod:`engine.netstack.tcp_conn` (which re-exports everything here) so the state
-machine module stays readable; adapters import from ``tcp_conn``.
+Kept apart from :mod:`engine.netstack.tcp.connection` (which re-exports everything here) so the state
+machine module stays readable; adapters import from ``engine.netstack.tcp.connection``.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Union
 
-from engine.netstack.tcp import ACK, RST, TcpSegment, build_tcp, seq_add
+from engine.netstack.tcp.segment import ACK, RST, TcpSegment, build_tcp, seq_add
 
 
 class TcpState(enum.Enum):

@@ -33,10 +33,10 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address
 
-from engine.netstack.tcp import (ACK, DEFAULT_MSS, FIN, RST, SYN, TcpSegment, seq_add, seq_diff,
+from engine.netstack.tcp.segment import (ACK, DEFAULT_MSS, FIN, RST, SYN, TcpSegment, seq_add, seq_diff,
                                  seq_ge, seq_gt, seq_le, seq_lt)
-from engine.netstack.tcp_send import OPEN_STATES, RECV_STATES, TcpSender
-from engine.netstack.tcp_types import (Closed, Connected, DataReceived, OutSegment, PeerClosed,
+from engine.netstack.tcp.sender import OPEN_STATES, RECV_STATES, TcpSender
+from engine.netstack.tcp.types import (Closed, Connected, DataReceived, OutSegment, PeerClosed,
                                        TcpConfig, TcpEvent, TcpState, Writable, reset_for)
 
 __all__ = ["TcpConnection", "TcpState", "TcpConfig", "OutSegment", "TcpEvent", "Connected",

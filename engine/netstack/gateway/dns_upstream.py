@@ -13,7 +13,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 from engine.netstack.dns import DnsCore, Forward, NameVerdict, Reply
-from engine.netstack.gateway_seam import DnsHost
+from engine.netstack.gateway.seam import DnsHost
 from engine.netstack.ipv4 import PROTO_UDP
 from engine.netstack.udp import build_udp
 

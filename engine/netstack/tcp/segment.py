@@ -1,7 +1,7 @@
 """TCP segments (RFC 9293): parse and build, options, and sequence-number arithmetic.
 
 The connection state machine that terminates the guest's connections lives in
-:mod:`engine.netstack.tcp_conn`; this module is the wire format only.
+:mod:`engine.netstack.tcp.connection`; this module is the wire format only.
 
 Sequence numbers live modulo 2**32, so they are compared through their signed 32-bit
 difference (``seq_lt`` and friends), never with ``<`` directly: that keeps every comparison

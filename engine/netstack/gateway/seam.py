@@ -15,9 +15,9 @@ from typing import Protocol
 
 from engine.netstack.config import PortForward, UserNatConfig
 from engine.netstack.domains import DomainTracker
-from engine.netstack.flow import Protocol as Transport
+from engine.netstack.policy.flow import Protocol as Transport
 from engine.netstack.flowlog import FlowLog
-from engine.netstack.policy import Decision, NetworkPolicy
+from engine.netstack.policy.policy import Decision, NetworkPolicy
 
 FlowKey = tuple[IPv4Address, int, IPv4Address, int]  # guest ip, guest port, far ip, far port
 
