@@ -28,6 +28,15 @@ class TcpState(enum.Enum):
     LAST_ACK = "LAST_ACK"
 
 
+S = TcpState
+SYN_STATES = frozenset({S.SYN_SENT, S.SYN_RECEIVED})
+# States in which our side may still put data (or our FIN) on the wire.
+SEND_STATES = frozenset({S.ESTABLISHED, S.CLOSE_WAIT, S.FIN_WAIT_1, S.CLOSING, S.LAST_ACK})
+# States in which the guest may still send us data (it has not sent FIN).
+RECV_STATES = frozenset({S.ESTABLISHED, S.FIN_WAIT_1, S.FIN_WAIT_2})
+# States in which the adapter may still queue data (we have not sent FIN).
+OPEN_STATES = frozenset({S.SYN_SENT, S.SYN_RECEIVED, S.ESTABLISHED, S.CLOSE_WAIT})
+
 @dataclass(frozen=True, slots=True)
 class TcpConfig:
     """Tunables of one connection; the defaults suit a guest on a 1500-byte-MTU virtual link.
