@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from engine.kvm.accel import AccelChoice, choose_accelerator
     from engine.netstack.config import NetworkMode, NoNetwork, PortForward, UserNatConfig
     from engine.netstack.flowlog import FlowEvent
-    from engine.netstack.policy import (
+    from engine.netstack.policy.policy import (
         Decision,
         DomainPattern,
         Flow,

@@ -25,8 +25,8 @@ from engine.kvm.machine import Machine, MachineExit
 from engine.kvm.process import process_running
 from engine.netstack.config import PortForward, UserNatConfig
 from engine.netstack.flowlog import FlowEvent
-from engine.netstack.gateway import Gateway
-from engine.netstack.policy import NetworkPolicy
+from engine.netstack.gateway.gateway import Gateway
+from engine.netstack.policy.policy import NetworkPolicy
 from engine.microvm.machine_spec import machine_spec_for
 from engine.microvm.spec import VmSpec
 from engine.microvm.status import Failed, Running, Starting, Stopped, Stopping, VmStatus

@@ -8,7 +8,7 @@
 
 Addresses follow QEMU's user networking (gateway .2, DNS .3, DHCP from .15) so guides written
 for QEMU apply. Without ``policy()``, the guest may reach any public address, but never the
-host's loopback, link-local, private ranges or other VMs (see ``engine.netstack.policy``).
+host's loopback, link-local, private ranges or other VMs (see ``engine.netstack.policy.policy``).
 """
 from __future__ import annotations
 
@@ -18,10 +18,62 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Literal
 
 from engine.errors import ConfigError
-from engine.netstack.policy import NetworkPolicy
+from engine.netstack.policy.policy import NetworkPolicy
 
 ForwardProtocol = Literal["tcp", "udp"]
 DEFAULT_SUBNET = IPv4Network("10.0.2.0/24")
+
+# The guest subnet's layout and rules, in one place (the profile parser asks these too).
+# The guest subnet must lie in one of these (IPv4Network.is_private also counts loopback and
+# link-local, which are no place for a guest).
+PRIVATE_BLOCKS = tuple(IPv4Network(net) for net in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
+MAX_PREFIX = 27            # a /27 or larger: room for the guest's addresses from .15 on
+GATEWAY_HOST = 2           # the gateway's address: network + 2
+DNS_HOST = 3               # the DNS server's address: network + 3
+FIRST_GUEST_HOST = 15      # the default DHCP range: network + 15 up to the last host
+SubnetProblem = Literal["too small", "not private"]
+
+
+def subnet_problem(subnet: IPv4Network) -> SubnetProblem | None:
+    """Which rule ``subnet`` breaks as a guest subnet, or None (callers word the error)."""
+    if subnet.prefixlen > MAX_PREFIX:
+        return "too small"
+    if not any(subnet.subnet_of(block) for block in PRIVATE_BLOCKS):
+        return "not private"
+    return None
+
+
+def gateway_address(subnet: IPv4Network) -> IPv4Address:
+    return subnet.network_address + GATEWAY_HOST
+
+
+def dns_address(subnet: IPv4Network) -> IPv4Address:
+    return subnet.network_address + DNS_HOST
+
+
+def default_dhcp_range(subnet: IPv4Network) -> tuple[IPv4Address, IPv4Address]:
+    """QEMU's range: .15 up to the address below the broadcast."""
+    return subnet.network_address + FIRST_GUEST_HOST, subnet.broadcast_address - 1
+
+
+def dhcp_range_problem(subnet: IPv4Network, start: IPv4Address,
+                       end: IPv4Address) -> tuple[Literal["dhcp_start", "dhcp_end"], str] | None:
+    """Which end of a DHCP range is wrong in ``subnet`` and why, or None.
+
+    The range must hold host addresses of the subnet (not its network or broadcast address),
+    leave out the gateway and DNS addresses, and run upwards.
+    """
+    reserved = {gateway_address(subnet): "the gateway's", dns_address(subnet): "the DNS server's"}
+    ends: tuple[tuple[Literal["dhcp_start", "dhcp_end"], IPv4Address], ...] = (("dhcp_start", start), ("dhcp_end", end))
+    for name, address in ends:
+        if address not in subnet or address in (subnet.network_address, subnet.broadcast_address):
+            return name, f"{address} is not a host address of the subnet {subnet}"
+    if int(start) > int(end):
+        return "dhcp_end", f"the range ends at {end}, before its start {start}"
+    for address, whose in reserved.items():
+        if start <= address <= end:  # both sit low in the subnet, so the start is what to move
+            return "dhcp_start", f"the range {start}-{end} holds {whose} address {address}"
+    return None
 GUEST_MAC = "52:54:00:12:34:56"
 GATEWAY_MAC = "52:55:0a:00:02:02"
 
@@ -54,28 +106,34 @@ class UserNatConfig:
     dns_upstream: tuple[tuple[str, int], ...] | None = None  # None: the host's resolv.conf
     mtu: int = 1500
     guest_mac: str = GUEST_MAC
+    # capsa's names. None: the default range of the subnet (.15 up to the last host).
+    dhcp_start: IPv4Address | None = None
+    dhcp_end: IPv4Address | None = None
 
     @property
     def gateway(self) -> IPv4Address:
-        return self.subnet.network_address + 2
+        return gateway_address(self.subnet)
 
     @property
     def dns(self) -> IPv4Address:
-        return self.subnet.network_address + 3
+        return dns_address(self.subnet)
 
     @property
-    def dhcp_start(self) -> IPv4Address:
-        return self.subnet.network_address + 15
-
-    @property
-    def dhcp_end(self) -> IPv4Address:
-        return self.subnet.broadcast_address - 1
+    def dhcp_range(self) -> tuple[IPv4Address, IPv4Address]:
+        """The addresses the DHCP server leases from, first and last (both included)."""
+        first, last = default_dhcp_range(self.subnet)
+        return (self.dhcp_start if self.dhcp_start is not None else first,
+                self.dhcp_end if self.dhcp_end is not None else last)
 
     def validate(self) -> None:
-        if self.subnet.prefixlen > 27:
+        problem = subnet_problem(self.subnet)
+        if problem == "too small":
             raise ConfigError(f"subnet {self.subnet} is too small: use a /27 or larger (the guest starts at .15)")
-        if not self.subnet.is_private:
+        if problem == "not private":
             raise ConfigError(f"subnet {self.subnet} must be a private range (e.g. 10.0.2.0/24)")
+        range_problem = dhcp_range_problem(self.subnet, *self.dhcp_range)
+        if range_problem is not None:
+            raise ConfigError(f"{range_problem[0]}: {range_problem[1]}")
         if not 576 <= self.mtu <= 65520:
             raise ConfigError(f"mtu must be between 576 and 65520, got {self.mtu}")
         seen: set[tuple[str, str, int]] = set()
@@ -105,7 +163,7 @@ class UserNatBuilder:
         self._config = UserNatConfig()
 
     def _with(self, **changes: object) -> UserNatBuilder:
-        self._config = replace(self._config, **changes)  # type: ignore[arg-type]
+        self._config = replace(self._config, **changes)  # type: ignore[arg-type]  # keys are UserNatConfig fields; validate() checks values
         return self
 
     def subnet(self, cidr: str) -> UserNatBuilder:
@@ -148,6 +206,12 @@ class UserNatBuilder:
 
     def mtu(self, mtu: int) -> UserNatBuilder:
         return self._with(mtu=int(mtu))
+
+    def dhcp_range(self, start: str | None, end: str | None) -> UserNatBuilder:
+        """Lease guest addresses from ``start`` to ``end`` (None: that end of the default range)."""
+        first = _check_address(start, "dhcp_start") if start is not None else None
+        last = _check_address(end, "dhcp_end") if end is not None else None
+        return self._with(dhcp_start=first, dhcp_end=last)
 
     def build(self) -> UserNatConfig:
         self._config.validate()

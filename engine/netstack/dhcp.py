@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
 from engine.errors import ConfigError
+from engine.netstack.config import default_dhcp_range, dns_address, gateway_address
 from engine.netstack.errors import PacketError
 
 # Message types (option 53).
@@ -160,17 +161,22 @@ class DhcpConfig:
             if text is not None and (not text or len(text) > 255 or not text.isascii()):
                 raise ConfigError(f"dhcp: {label} {text!r} must be 1..255 ASCII characters")
 
+    @property
+    def server_ip(self) -> IPv4Address:
+        """The server identifier sent to clients: ``server_id``, else the gateway."""
+        return self.server_id if self.server_id is not None else self.gateway
+
     @classmethod
     def for_subnet(cls, subnet: IPv4Network | str = "10.0.2.0/24", **kwargs: object) -> DhcpConfig:
-        """The conventional layout: gateway .2, DNS .3, range .15 up to the last host."""
+        """The conventional layout (:mod:`engine.netstack.config`): gateway .2, DNS .3, range .15
+        up to the last host."""
         net = IPv4Network(subnet)
-        base = int(net.network_address)
+        first, last = default_dhcp_range(net)
         defaults: dict[str, object] = {
-            "gateway": IPv4Address(base + 2), "dns": (IPv4Address(base + 3),),
-            "range_start": IPv4Address(base + 15), "range_end": IPv4Address(int(net.broadcast_address) - 1),
+            "gateway": gateway_address(net), "dns": (dns_address(net),), "range_start": first, "range_end": last,
         }
         defaults.update(kwargs)
-        return cls(subnet=net, **defaults)  # type: ignore[arg-type]
+        return cls(subnet=net, **defaults)  # type: ignore[arg-type]  # keys are this class's fields; __post_init__ checks values
 
 
 @dataclass(frozen=True)
@@ -286,7 +292,7 @@ class DhcpServer:
         mac = msg.chaddr
         if server_id is not None:
             # SELECTING: the client answers an OFFER; another server's id means it chose them.
-            if server_id != self.config.server_id:
+            if server_id != self.config.server_ip:
                 self._count("other_server")
                 self._drop_offer(mac)
                 return None
@@ -319,7 +325,7 @@ class DhcpServer:
     def _decline(self, msg: DhcpMessage, now: float) -> None:
         self._count("decline")
         ip = msg.ip_option(OPT_REQUESTED_IP)
-        if msg.ip_option(OPT_SERVER_ID) != self.config.server_id or ip is None or not self._in_pool(ip):
+        if msg.ip_option(OPT_SERVER_ID) != self.config.server_ip or ip is None or not self._in_pool(ip):
             return None
         if not self._available(ip, msg.chaddr, now):
             return None
@@ -332,7 +338,7 @@ class DhcpServer:
     def _release(self, msg: DhcpMessage, now: float) -> None:
         self._count("release")
         lease = self._leases.get(msg.ciaddr)
-        if msg.ip_option(OPT_SERVER_ID) not in (None, self.config.server_id):
+        if msg.ip_option(OPT_SERVER_ID) not in (None, self.config.server_ip):
             return None
         if lease is not None and lease.mac == msg.chaddr:
             # Expire it but keep the MAC's claim, so the same guest gets it back first.
@@ -362,11 +368,11 @@ class DhcpServer:
 
     def _nak(self, msg: DhcpMessage, reason: str) -> DhcpReply:
         self._count("nak")
-        options = [(OPT_MSG_TYPE, bytes((DHCPNAK,))), (OPT_SERVER_ID, self.config.server_id.packed),
+        options = [(OPT_MSG_TYPE, bytes((DHCPNAK,))), (OPT_SERVER_ID, self.config.server_ip.packed),
                    (OPT_MESSAGE, reason.encode())]
         payload = build_dhcp_reply(msg, ZERO_IP, ZERO_IP, options)
         # RFC 2131 4.1: without a relay a NAK is always broadcast.
-        return DhcpReply(payload, BROADCAST_IP, BROADCAST_MAC, self.config.server_id, DHCPNAK)
+        return DhcpReply(payload, BROADCAST_IP, BROADCAST_MAC, self.config.server_ip, DHCPNAK)
 
     def _in_pool(self, ip: IPv4Address) -> bool:
         """Whether ``ip`` is in the configured range and is not one of our own addresses."""
@@ -413,7 +419,7 @@ class DhcpServer:
         else:
             # We build the Ethernet frame ourselves, so unicast to the new address needs no ARP.
             dst_ip, dst_mac = yiaddr, msg.chaddr
-        return DhcpReply(payload, dst_ip, dst_mac, self.config.server_id, mtype)
+        return DhcpReply(payload, dst_ip, dst_mac, self.config.server_ip, mtype)
 
     def _options(self, msg: DhcpMessage, mtype: int, with_lease: bool) -> list[tuple[int, bytes]]:
         cfg = self.config
@@ -438,7 +444,7 @@ class DhcpServer:
         order = [code for code in msg.options.get(OPT_PARAM_LIST, b"") if code in available]
         order += [code for code in available if code not in order]
         seen: set[int] = set()
-        options = [(OPT_MSG_TYPE, bytes((mtype,))), (OPT_SERVER_ID, cfg.server_id.packed)]
+        options = [(OPT_MSG_TYPE, bytes((mtype,))), (OPT_SERVER_ID, cfg.server_ip.packed)]
         for code in order:
             if code not in seen:
                 seen.add(code)

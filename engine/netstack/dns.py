@@ -107,7 +107,7 @@ class _Pending:
     client: Client
     query: dns.message.Message
     qname: dns.name.Name
-    qtype: int
+    qtype: dns.rdatatype.RdataType
     wire: bytes
     deadline: float
     max_size: int
@@ -209,7 +209,7 @@ class DnsCore:
         return self._forward(query, client, now, max_size, tcp, question.name, qtype, verdict)
 
     def _static(self, query: dns.message.Message, client: Client, now: float, max_size: int,
-                name: str, qtype: int, verdict: NameVerdict) -> list[DnsAction]:
+                name: str, qtype: dns.rdatatype.RdataType, verdict: NameVerdict) -> list[DnsAction]:
         self._count("static")
         self._event(now, client, name, dns.rdatatype.to_text(qtype), "static", verdict.reason)
         ips = self.static_hosts[name]
@@ -223,7 +223,8 @@ class DnsCore:
         return self._render(response, client, max_size)
 
     def _forward(self, query: dns.message.Message, client: Client, now: float, max_size: int,
-                 tcp: bool, qname: dns.name.Name, qtype: int, verdict: NameVerdict) -> list[DnsAction]:
+                 tcp: bool, qname: dns.name.Name, qtype: dns.rdatatype.RdataType,
+                 verdict: NameVerdict) -> list[DnsAction]:
         upstream_type = _A if qtype == _ANY else qtype      # RFC 8482: ANY gets a subset
         key = (client, query.id, _text(qname), qtype)
         if key in self._by_key:
@@ -286,7 +287,7 @@ class DnsCore:
             return self._respond(pending.query, pending.client, pending.max_size, dns.rcode.SERVFAIL)
         return self._answer(pending, msg, rcode, now)
 
-    def _answer(self, pending: _Pending, msg: dns.message.Message, rcode: int,
+    def _answer(self, pending: _Pending, msg: dns.message.Message, rcode: dns.rcode.Rcode,
                 now: float) -> list[DnsAction]:
         """Rebuild the answer from the question's CNAME chain and its A records only."""
         qname = pending.query.question[0].name
@@ -396,14 +397,14 @@ class DnsCore:
         return max(512, min(query.payload, UDP_PAYLOAD))
 
     @staticmethod
-    def _response(query: dns.message.Message, rcode: int) -> dns.message.Message:
+    def _response(query: dns.message.Message, rcode: dns.rcode.Rcode) -> dns.message.Message:
         response = dns.message.make_response(query, recursion_available=True,
                                              our_payload=UDP_PAYLOAD, pad=0)
         response.set_rcode(rcode)
         return response
 
     def _respond(self, query: dns.message.Message, client: Client, max_size: int,
-                 rcode: int) -> list[DnsAction]:
+                 rcode: dns.rcode.Rcode) -> list[DnsAction]:
         return self._render(self._response(query, rcode), client, max_size)
 
     def _render(self, response: dns.message.Message, client: Client, max_size: int) -> list[DnsAction]:

@@ -296,10 +296,10 @@ def http_host(data: bytes, max_bytes: int = MAX_SNIFF_BYTES) -> SniffResult:
             return _result(SniffStatus.MALFORMED, f"Host {host_values[0][:64]!r} is not a host name")
     if target_host is not None and header_host is not None and target_host != header_host:
         return _result(SniffStatus.MALFORMED, f"request target names {target_host} but Host says {header_host}")
-    name = target_host or header_host
-    if name is None:
+    host = target_host or header_host
+    if host is None:
         return _result(SniffStatus.ABSENT, "request without Host")
-    return _result(SniffStatus.FOUND, name=name)
+    return _result(SniffStatus.FOUND, name=host)
 
 
 def _more_or_too_large_http(data: bytes, max_bytes: int) -> SniffResult:

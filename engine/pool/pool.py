@@ -37,7 +37,7 @@ from typing import Any
 from engine.broadcast import Broadcast
 from engine.errors import ConfigError, EngineError, PoolBootError, PoolClosed, PoolEmpty, PoolTimeout
 from engine.netstack.config import UserNatConfig
-from engine.netstack.policy import NetworkPolicy
+from engine.netstack.policy.policy import NetworkPolicy
 from engine.pool.clones import CloneSource
 from engine.pool.size import pool_sizes_fit
 from engine.pool.stats import MemberState, PoolMember, PoolSettings, PoolStats, percentile

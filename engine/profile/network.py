@@ -5,6 +5,8 @@
     network:
       mode: user_nat               # required in the mapping form: none or user_nat
       subnet: 10.0.2.0/24          # private, /27 or larger; gateway .2, DNS .3, guest from .15
+      dhcp_start: 10.0.2.15        # the guest's addresses come from this range (default:
+      dhcp_end: 10.0.2.254         # .15 up to the last host); not the gateway's or DNS's
       mtu: 1500                    # 576 to 65520
       dns_upstream: [1.1.1.1, 127.0.0.1:5353]   # default: the host's resolvers
       hosts:                       # static DNS entries the gateway serves
@@ -30,19 +32,18 @@ from typing import Any
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from engine.errors import ConfigError
-from engine.netstack.config import NetworkConfig, NetworkMode, NoNetwork, PortForward, UserNatBuilder, UserNatConfig
+from engine.netstack.config import (NetworkConfig, NetworkMode, NoNetwork, PortForward, UserNatBuilder, UserNatConfig,
+                                    default_dhcp_range, dhcp_range_problem, subnet_problem)
 from engine.netstack.domains import PolicyError, format_path, normalize_domain
-from engine.netstack.policy import NetworkPolicy, Rule
+from engine.netstack.policy.policy import NetworkPolicy, Rule
 from engine.profile.schema import Fields, ProfileIssue, describe
 
-NETWORK_KEYS = ("mode", "subnet", "mtu", "dns_upstream", "hosts", "forwards", "policy")
+NETWORK_KEYS = ("mode", "subnet", "dhcp_start", "dhcp_end", "mtu", "dns_upstream", "hosts", "forwards", "policy")
 FORWARD_KEYS = ("protocol", "host_port", "guest_port", "host_addr")
 MODES = ("none", "user_nat")
 # What people call user-mode NAT elsewhere (QEMU's "-netdev user", "slirp"): hinted, not accepted.
 MODE_ALIASES = ("nat", "user", "usernat", "user-nat", "user-mode", "slirp", "usermode")
 MTU = (576, 65520)
-# The guest subnet must be one of these (IPv4Network.is_private also counts loopback and link-local).
-PRIVATE = tuple(IPv4Network(net) for net in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
 FORWARD_FORM = (
     "a mapping with protocol, host_port and guest_port, "
     "or 'PROTO [HOST_ADDR:]HOST_PORT:GUEST_PORT' such as 'tcp 8080:80'"
@@ -82,6 +83,8 @@ def parse_network(f: Fields, document: CommentedMap, pool_max_size: int = 1) -> 
     subnet = _subnet(f, value)
     if subnet is not None:
         builder.subnet(str(subnet))
+    dhcp_start, dhcp_end = _dhcp_range(f, value, subnet)
+    builder.dhcp_range(dhcp_start, dhcp_end)
     builder.mtu(f.integer(value, "mtu", "network", *MTU, default=1500))
     upstream = _dns_upstream(f, value)
     if upstream:
@@ -143,15 +146,43 @@ def _subnet(f: Fields, network: CommentedMap) -> IPv4Network | None:
         why = f"expected {what}, found {describe(value)} (host bits set; did you mean {wide}?)"
         f.error(network, "subnet", "network.subnet", why)
         return None
-    if subnet.prefixlen > 27:
+    problem = subnet_problem(subnet)  # the rules live with the engine's config
+    if problem == "too small":
         why = f"expected a /27 or larger network (the guest's address is .15), found {describe(value)}"
         f.error(network, "subnet", "network.subnet", why)
         return None
-    if not any(subnet.subnet_of(block) for block in PRIVATE):
+    if problem == "not private":
         why = f"expected a private network (in 10/8, 172.16/12 or 192.168/16), found {describe(value)}"
         f.error(network, "subnet", "network.subnet", why)
         return None
     return subnet
+
+
+def _dhcp_range(f: Fields, network: CommentedMap, subnet: IPv4Network | None) -> tuple[str | None, str | None]:
+    """``dhcp_start``/``dhcp_end``: addresses of the subnet (a missing end: the default's)."""
+    found: dict[str, IPv4Address] = {}
+    for key in ("dhcp_start", "dhcp_end"):
+        if key not in network:
+            continue
+        value = network[key]
+        if isinstance(value, str) and _is_address(value):
+            found[key] = IPv4Address(value.strip())
+        else:
+            f.expected(network, key, "network", "an IPv4 address of the subnet such as 10.0.2.15")
+    if not found or ("subnet" in network and subnet is None):
+        return None, None  # nothing set, or the subnet is wrong already (reported)
+    net = subnet if subnet is not None else UserNatConfig().subnet
+    first, last = default_dhcp_range(net)
+    problem = dhcp_range_problem(net, found.get("dhcp_start", first), found.get("dhcp_end", last))
+    if problem is not None:
+        key, why = problem
+        # A default end is not in the file: name the end the file set.
+        key = key if key in found else next(iter(found))
+        why = f"expected a range of the subnet's host addresses without the gateway's and DNS's ({why})"
+        f.error(network, key, f"network.{key}", why)
+        return None, None
+    start, end = found.get("dhcp_start"), found.get("dhcp_end")
+    return (str(start) if start is not None else None), (str(end) if end is not None else None)
 
 
 def _dns_upstream(f: Fields, network: CommentedMap) -> list[str]:
@@ -283,7 +314,7 @@ def _short_forward(f: Fields, items: CommentedSeq, i: int, where: str) -> PortFo
     if problems:
         f.error(items, i, where, f"expected {FORWARD_FORM}, found {describe(items[i])} ({'; '.join(problems)})")
         return None
-    return PortForward(words[0].lower(), int(host), int(guest), address)  # type: ignore[arg-type]
+    return PortForward(words[0].lower(), int(host), int(guest), address)  # type: ignore[arg-type]  # checked: tcp or udp
 
 
 def _long_forward(f: Fields, item: CommentedMap, where: str) -> PortForward | None:
@@ -310,7 +341,7 @@ def _long_forward(f: Fields, item: CommentedMap, where: str) -> PortForward | No
             f.expected(item, "host_addr", where, "an IPv4 address such as 127.0.0.1 (all interfaces: 0.0.0.0)")
     if len(f.issues) > before or protocol is None:
         return None
-    return PortForward(protocol, host_port, guest_port, address)  # type: ignore[arg-type]
+    return PortForward(protocol, host_port, guest_port, address)  # type: ignore[arg-type]  # checked: tcp or udp
 
 
 # -- policy --------------------------------------------------------------------------------------
@@ -339,14 +370,14 @@ def _policy(f: Fields, network: CommentedMap) -> NetworkPolicy | None:
                 NetworkPolicy.from_dict({key: value})
             except PolicyError as err:
                 errors.append(err)
-    seen = set()
-    for err in errors:
-        if (err.path, err.detail) in seen:
+    seen: set[tuple[tuple[str | int, ...], str]] = set()
+    for issue in errors:
+        if (issue.path, issue.detail) in seen:
             continue
-        seen.add((err.path, err.detail))
-        where = format_path(err.path)
+        seen.add((issue.path, issue.detail))
+        where = format_path(issue.path)
         field = f"network.policy.{where}" if where else "network.policy"
-        f.issues.append(ProfileIssue(f.file, policy_line(network, err.path), field, err.detail))
+        f.issues.append(ProfileIssue(f.file, policy_line(network, issue.path), field, issue.detail))
     return None
 
 

@@ -25,11 +25,11 @@ from engine.netstack.ethernet import (BROADCAST_MAC, ETHERTYPE_IPV4, build_ether
                                       parse_mac)
 from engine.netstack.flowlog import FlowEvent
 from engine.netstack.frames import StreamDeframer, frame
-from engine.netstack.gateway import Gateway
+from engine.netstack.gateway.gateway import Gateway
 from engine.netstack.icmp import (TYPE_ECHO_REQUEST, build_echo)
 from engine.netstack.ipv4 import PROTO_ICMP, PROTO_TCP, PROTO_UDP, Ipv4Packet, build_ipv4, parse_ipv4
-from engine.netstack.policy import NetworkPolicy
-from engine.netstack.tcp import ACK, SYN, TcpSegment, build_options, build_tcp, parse_tcp
+from engine.netstack.policy.policy import NetworkPolicy
+from engine.netstack.tcp.segment import ACK, SYN, TcpSegment, build_options, build_tcp, parse_tcp
 from engine.netstack.udp import build_udp, parse_udp
 from tests.netstack.test_dhcp import client_msg
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 from ipaddress import IPv4Address
 
 
-from engine.netstack.tcp import ACK, SYN, TcpSegment, build_options, parse_tcp
-from engine.netstack.tcp_conn import (Connected, OutSegment, TcpConfig, TcpConnection, TcpState)
+from engine.netstack.tcp.segment import ACK, SYN, TcpSegment, build_options, parse_tcp
+from engine.netstack.tcp.connection import (Connected, OutSegment, TcpConfig, TcpConnection, TcpState)
 
 GW = IPv4Address("93.184.216.34")      # the address the gateway impersonates
 GUEST = IPv4Address("10.0.2.15")

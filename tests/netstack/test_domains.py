@@ -9,7 +9,7 @@ import dns.rrset
 import pytest
 
 from engine.netstack.domains import DomainPattern, DomainTracker, PolicyError, format_path
-from engine.netstack.policy_criteria import MatchCriteria as M
+from engine.netstack.policy.criteria import MatchCriteria as M
 
 
 # -- domain patterns -----------------------------------------------------------------------

@@ -12,14 +12,14 @@ import pytest
 from engine.netstack.arp import OP_REPLY, build_arp_request, parse_arp
 from engine.netstack.config import PortForward
 from engine.netstack.ethernet import (ETHERTYPE_ARP, parse_ethernet)
-from engine.netstack import gateway_udp
+from engine.netstack.gateway import udp as gateway_udp
 from engine.netstack.frames import MAX_FRAME
 from engine.netstack.icmp import (TYPE_DEST_UNREACHABLE, TYPE_ECHO_REPLY, UNREACH_ADMIN_PROHIBITED,
                                   parse_icmp)
 from engine.netstack.ipv4 import PROTO_TCP, PROTO_UDP
-from engine.netstack.policy import MatchCriteria, NetworkPolicy
-from engine.netstack.tcp import ACK, FIN, PSH, RST, SYN, build_options, parse_tcp
-from engine.netstack.tcp_conn import TcpState
+from engine.netstack.policy.policy import MatchCriteria, NetworkPolicy
+from engine.netstack.tcp.segment import ACK, FIN, PSH, RST, SYN, build_options, parse_tcp
+from engine.netstack.tcp.connection import TcpState
 from engine.netstack.udp import parse_udp
 
 from tests.waiting import free_port

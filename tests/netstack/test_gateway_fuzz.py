@@ -9,10 +9,10 @@ from engine.netstack.arp import build_arp_request
 from engine.netstack.checksum import internet_checksum, pseudo_header_sum
 from engine.netstack.dhcp import DHCPDISCOVER, DHCPREQUEST
 from engine.netstack.ethernet import (ETHERTYPE_IPV4, build_ethernet)
-from engine.netstack.gateway import Gateway
+from engine.netstack.gateway.gateway import Gateway
 from engine.netstack.ipv4 import PROTO_ICMP, PROTO_TCP, PROTO_UDP
-from engine.netstack.policy import MatchCriteria, NetworkPolicy, Protocol
-from engine.netstack.tcp import ACK, PSH, SYN, build_options
+from engine.netstack.policy.policy import MatchCriteria, NetworkPolicy, Protocol
+from engine.netstack.tcp.segment import ACK, PSH, SYN, build_options
 from tests.netstack.test_dhcp import client_msg
 
 from tests.netstack.gateway_harness import (

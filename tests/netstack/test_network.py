@@ -435,3 +435,14 @@ async def test_pool_set_policy_reaches_running_and_future_vms(boot: engine.Linux
         async with await pool.reserve(timeout=60) as fresh:
             out = (await (await fresh.console()).run("nslookup api.example.test")).output
             assert "NXDOMAIN" in out, "a VM booted after set_policy must get the new policy"
+
+
+async def test_a_custom_dhcp_range_gives_the_guest_its_address(boot: engine.LinuxDirectBoot) -> None:
+    net = engine.NetworkMode.user_nat().dhcp_range("10.0.2.100", "10.0.2.100").build()
+    vm = await engine.vm(boot).memory_mb(192).network(net).console_enabled().build()
+    try:
+        await vm.wait_ready(60)
+        console = await vm.console()
+        assert "inet 10.0.2.100/24" in await console.exec("ip -4 addr show eth0")
+    finally:
+        await vm.kill()

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
 from engine.errors import ConfigError
-from engine.netstack.policy import (
+from engine.netstack.policy.policy import (
     Decision, DomainTracker, Flow, MatchCriteria, NetworkPolicy, PolicyAction, PolicyError,
     Protocol, Rule, is_restricted)
 

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.netstack.tcp import TcpSegment, parse_tcp
-from engine.netstack.tcp_conn import (Closed, DataReceived, PeerClosed, TcpConfig, TcpConnection,
+from engine.netstack.tcp.segment import TcpSegment, parse_tcp
+from engine.netstack.tcp.connection import (Closed, DataReceived, PeerClosed, TcpConfig, TcpConnection,
                                       TcpState, reset_for)
 from tests.netstack.tcp_helpers import GW, GUEST, GP, SP, syn, established
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.netstack.tcp import ACK, FIN, PSH, RST, SYN, TcpSegment, parse_tcp
-from engine.netstack.tcp_conn import (Closed, Connected, DataReceived, PeerClosed, TcpConfig,
+from engine.netstack.tcp.segment import ACK, FIN, PSH, RST, SYN, TcpSegment, parse_tcp
+from engine.netstack.tcp.connection import (Closed, Connected, DataReceived, PeerClosed, TcpConfig,
                                       TcpConnection, TcpState, Writable, reset_for)
 from tests.netstack.tcp_helpers import GW, GUEST, GP, SP, wire, syn, gseg, events, established
 

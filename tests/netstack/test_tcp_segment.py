@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.netstack.errors import PacketError
-from engine.netstack.tcp import (ACK, FIN, PSH, RST, SYN, URG, TcpSegment, build_options,
+from engine.netstack.tcp.segment import (ACK, FIN, PSH, RST, SYN, URG, TcpSegment, build_options,
                                  build_tcp, parse_options, parse_tcp, seq_add, seq_diff, seq_ge,
                                  seq_gt, seq_le, seq_lt, tcp_from_ipv4)
 

@@ -15,7 +15,7 @@ import pytest
 
 import engine
 import engine.profile.parse
-from engine.netstack.policy import Flow, MatchCriteria, Rule
+from engine.netstack.policy.policy import Flow, MatchCriteria, Rule
 
 BUNDLED = Path(__file__).resolve().parents[2] / "profiles"
 
@@ -199,6 +199,21 @@ def test_a_pool_of_several_vms_forwards_from_any_free_port() -> None:
         ("mode: user_nat\nforwards:\n  - [tcp, 1, 2]\n",
          "6: network.forwards[0]: expected a mapping with protocol, host_port and guest_port, "
          "or 'PROTO [HOST_ADDR:]HOST_PORT:GUEST_PORT' such as 'tcp 8080:80', found a list"),
+        # the DHCP range
+        ("mode: user_nat\ndhcp_start: ten\n",
+         "5: network.dhcp_start: expected an IPv4 address of the subnet such as 10.0.2.15, found string 'ten'"),
+        ("mode: user_nat\nsubnet: 10.0.3.0/24\ndhcp_end: 10.0.2.20\n",
+         "6: network.dhcp_end: expected a range of the subnet's host addresses without the gateway's and DNS's "
+         "(10.0.2.20 is not a host address of the subnet 10.0.3.0/24)"),
+        ("mode: user_nat\ndhcp_start: 10.0.2.50\ndhcp_end: 10.0.2.40\n",
+         "6: network.dhcp_end: expected a range of the subnet's host addresses without the gateway's and DNS's "
+         "(the range ends at 10.0.2.40, before its start 10.0.2.50)"),
+        ("mode: user_nat\ndhcp_start: 10.0.2.3\n",
+         "5: network.dhcp_start: expected a range of the subnet's host addresses without the gateway's and DNS's "
+         "(the range 10.0.2.3-10.0.2.254 holds the DNS server's address 10.0.2.3)"),
+        ("mode: user_nat\ndhcp_end: 10.0.2.2\n",
+         "5: network.dhcp_end: expected a range of the subnet's host addresses without the gateway's and DNS's "
+         "(the range ends at 10.0.2.2, before its start 10.0.2.15)"),
         # unknown keys
         ("mode: user_nat\nforward: []\n", "5: network.forward: unknown key (did you mean 'forwards'?)"),
         ("mode: user_nat\npolcy: {}\n", "5: network.polcy: unknown key (did you mean 'policy'?)"),
@@ -206,6 +221,18 @@ def test_a_pool_of_several_vms_forwards_from_any_free_port() -> None:
 )
 def test_each_network_mistake_names_line_and_field(lines: str, expected: str) -> None:
     assert "\n".join(_issues(_network(lines))) == f"web.yaml:{expected}"
+
+
+def test_the_dhcp_range_reaches_the_config() -> None:
+    net = _parse(_network("mode: user_nat\nsubnet: 10.0.3.0/24\ndhcp_start: 10.0.3.100\ndhcp_end: 10.0.3.120\n")).network
+    assert isinstance(net, engine.UserNatConfig)
+    assert net.dhcp_range == (IPv4Address("10.0.3.100"), IPv4Address("10.0.3.120"))
+    only_end = _parse(_network("mode: user_nat\ndhcp_end: 10.0.2.20\n")).network
+    assert isinstance(only_end, engine.UserNatConfig)
+    assert only_end.dhcp_range == (IPv4Address("10.0.2.15"), IPv4Address("10.0.2.20"))
+    default = _parse(_network("mode: user_nat\n")).network
+    assert isinstance(default, engine.UserNatConfig)
+    assert (default.dhcp_start, default.dhcp_end) == (None, None)
 
 
 def test_a_host_port_forwarded_twice_names_both_lines() -> None:

@@ -17,23 +17,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
-from typing import TYPE_CHECKING
 
 from engine.netstack.config import PortForward, forward_error
 from engine.netstack.errors import PacketError
+from engine.netstack.gateway.seam import FlowKey, TcpRelayHost
 from engine.netstack.ipv4 import PROTO_TCP, Ipv4Packet
-from engine.netstack.policy import Protocol
+from engine.netstack.policy.policy import Protocol
 from engine.netstack.sniff import SniffStatus, sniff
-from engine.netstack.tcp import tcp_from_ipv4
-from engine.netstack.tcp_conn import (Closed, Connected, DataReceived, PeerClosed, TcpConfig, TcpConnection,
+from engine.netstack.tcp.segment import TcpSegment, tcp_from_ipv4
+from engine.netstack.tcp.connection import (Closed, Connected, DataReceived, PeerClosed, TcpConfig, TcpConnection,
                                       TcpState, Writable, reset_for)
 
-if TYPE_CHECKING:
-    from engine.netstack.gateway import Gateway
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +44,6 @@ _HOST_WRITE_HIGH = 256 * 1024
 # 1 MiB in flight keeps a guest that ACKs merged segments busy (256 KiB left it idle half the
 # time on host -> guest transfers; 2 MiB measured worse again).
 TCP_CONFIG = TcpConfig(send_buffer=1 << 20, recv_buffer=1 << 20)
-FlowKey = tuple[IPv4Address, int, IPv4Address, int]  # guest ip, guest port, far ip, far port
 
 
 @dataclass(eq=False)
@@ -61,7 +59,7 @@ class TcpFlow:
     outgoing: list[bytes] = field(default_factory=list)  # guest bytes for the host, this loop turn
     bytes_up: int = 0  # guest -> host
     bytes_down: int = 0  # host -> guest
-    syn: object | None = None
+    syn: TcpSegment | None = None
     early: bytearray = field(default_factory=bytearray)  # guest bytes read before the host socket
     guest_eof: bool = False
     backlog: bytearray = field(default_factory=bytearray)  # host bytes the guest window can't take
@@ -77,7 +75,7 @@ class TcpFlow:
 class TcpRelay:
     """All TCP flows of one gateway."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: TcpRelayHost) -> None:
         self.gw = gateway
         self.flows: dict[FlowKey, TcpFlow] = {}
         self.bytes_up = 0
@@ -133,16 +131,17 @@ class TcpRelay:
         else:
             flow.connect_task = gw.loop.create_task(self._connect_host(flow, accept=True))
 
-    def _reset(self, seg: object, far_ip: IPv4Address, guest_ip: IPv4Address) -> None:
+    def _reset(self, seg: TcpSegment | None, far_ip: IPv4Address, guest_ip: IPv4Address) -> None:
         """Answer the guest's ``seg`` with the RST that refuses it (none for a RST)."""
-        rst = reset_for(seg)  # type: ignore[arg-type]
+        rst = reset_for(seg) if seg is not None else None
         if rst is not None:
             self.gw.send_ip(far_ip, guest_ip, PROTO_TCP, rst.to_bytes(far_ip, guest_ip))
 
     def _accept(self, flow: TcpFlow) -> TcpConnection:
         guest_ip, guest_port, far_ip, far_port = flow.key
         mss = self.gw.config.mtu - 40
-        return TcpConnection.accept(flow.syn, far_ip, far_port, guest_ip, guest_port,  # type: ignore[arg-type]
+        assert flow.syn is not None  # a flow is accepted only after its SYN was kept
+        return TcpConnection.accept(flow.syn, far_ip, far_port, guest_ip, guest_port,
                                     self.gw.now(), self.gw.rng.getrandbits(32), mss=mss, config=TCP_CONFIG)
 
     # ----- sniffing the first bytes ----------------------------------------------------------
@@ -424,7 +423,7 @@ class TcpRelay:
                 continue
             try:
                 server = await self.gw.loop.create_server(
-                    lambda fwd=fwd: _ForwardTcp(self, fwd), fwd.host_addr, fwd.host_port, reuse_address=True
+                    functools.partial(_ForwardTcp, self, fwd), fwd.host_addr, fwd.host_port, reuse_address=True
                 )
             except OSError as err:
                 raise forward_error(fwd, err) from None
@@ -467,7 +466,7 @@ class _HostTcp(asyncio.Protocol):
         self.flow = flow
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.relay.host_connected(self.flow, transport)  # type: ignore[arg-type]
+        self.relay.host_connected(self.flow, transport)  # type: ignore[arg-type]  # asyncio hands a stream protocol a Transport; its signature says BaseTransport
 
     def data_received(self, data: bytes) -> None:
         self.relay.from_host(self.flow, data)
@@ -489,13 +488,13 @@ class _ForwardTcp(_HostTcp):
     def __init__(self, relay: TcpRelay, fwd: PortForward) -> None:
         self.relay = relay
         self.fwd = fwd
-        self.flow = None  # type: ignore[assignment]
+        self.flow = None  # type: ignore[assignment]  # no flow until the relay accepts; methods check
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        flow = self.relay.forward_accepted(self.fwd, transport)  # type: ignore[arg-type]
+        flow = self.relay.forward_accepted(self.fwd, transport)  # type: ignore[arg-type]  # asyncio hands a stream protocol a Transport; its signature says BaseTransport
         if flow is not None:
             self.flow = flow
-            transport.set_write_buffer_limits(high=_HOST_WRITE_HIGH)  # type: ignore[attr-defined]
+            transport.set_write_buffer_limits(high=_HOST_WRITE_HIGH)  # type: ignore[attr-defined]  # asyncio hands a stream protocol a Transport; its signature says BaseTransport
 
     def data_received(self, data: bytes) -> None:
         if self.flow is not None:

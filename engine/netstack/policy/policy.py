@@ -40,12 +40,13 @@ from enum import Enum
 from ipaddress import IPv4Address, IPv4Network
 
 from engine.netstack.domains import DomainPattern, DomainTracker, PolicyError, canonical_name
-from engine.netstack.policy_criteria import (
+from engine.netstack.policy.flow import Flow, Protocol
+from engine.netstack.policy.criteria import (
     AllMatch, AnyMatch, DomainMatch, IpMatch, IpRangeMatch, MatchCriteria, PortMatch, PortRangeMatch,
-    Protocol, ProtocolMatch, criteria_from_data, criteria_to_data)
+    ProtocolMatch, criteria_from_data, criteria_to_data)
 
-# The criteria and domain types live in sibling modules (to keep each file small); import them
-# from here.
+# The flow, criteria and domain types live in sibling modules (one concept each); callers may
+# import them from here, the policy's public face.
 __all__ = [
     "PolicyAction", "Protocol", "MatchCriteria", "AnyMatch", "IpMatch", "IpRangeMatch", "PortMatch",
     "PortRangeMatch", "ProtocolMatch", "DomainMatch", "AllMatch", "DomainPattern", "DomainTracker",
@@ -120,47 +121,13 @@ class Rule:
     def from_dict(cls, data: object, path: tuple[str | int, ...] = ()) -> Rule:
         if not isinstance(data, dict) and not hasattr(data, "items"):
             raise PolicyError(f"a rule is a mapping with 'action' and criteria, found {data!r}", path)
-        items = dict(data.items())  # type: ignore[union-attr]
+        items = dict(data.items())
         if "action" not in items:
             raise PolicyError("the rule has no 'action' (allow, deny or log)", path)
         action = _parse_action(items.pop("action"), (*path, "action"), default=False)
         if not items:
             raise PolicyError("the rule has no criteria (write 'any: true' to match all traffic)", path)
         return cls(action, criteria_from_data(items, path))
-
-
-@dataclass(frozen=True, slots=True)
-class Flow:
-    """What the gateway knows about a new flow when it asks the policy.
-
-    ``domains``: names the gateway's DNS answers mapped to ``dst_ip`` (not expired).
-    ``sni_or_host``: the TLS SNI or HTTP Host the guest sent; None when none was sent or the
-    gateway did not look; ``""`` when it looked and could not parse what it read (allows
-    nothing by domain). ``static_host``: ``dst_ip`` comes from a static host entry of the
-    profile whose name is in ``domains``. ``dst_port`` is 0 for ICMP (port criteria never match
-    it). Strings are accepted for addresses; names are canonicalised.
-    """
-
-    protocol: Protocol
-    dst_ip: IPv4Address
-    dst_port: int = 0
-    src_ip: IPv4Address = IPv4Address(0)
-    src_port: int = 0
-    domains: frozenset[str] = frozenset()
-    sni_or_host: str | None = None
-    static_host: bool = False
-
-    def __post_init__(self) -> None:
-        set_ = object.__setattr__  # frozen: normalise once here so matching stays cheap
-        if not isinstance(self.protocol, Protocol):
-            set_(self, "protocol", Protocol(self.protocol))
-        if not isinstance(self.dst_ip, IPv4Address):
-            set_(self, "dst_ip", IPv4Address(self.dst_ip))
-        if not isinstance(self.src_ip, IPv4Address):
-            set_(self, "src_ip", IPv4Address(self.src_ip))
-        set_(self, "domains", frozenset(canonical_name(d) for d in self.domains))
-        if self.sni_or_host is not None:
-            set_(self, "sni_or_host", canonical_name(self.sni_or_host))
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,7 +383,7 @@ class NetworkPolicy:
         """The inverse of :meth:`to_dict`; ``default`` may be left out (deny). Raises PolicyError."""
         if not hasattr(data, "items"):
             raise PolicyError(f"a policy is a mapping with 'default' and 'rules', found {data!r}")
-        items = dict(data.items())  # type: ignore[union-attr]
+        items = dict(data.items())
         unknown = sorted(set(items) - {"default", "rules"}, key=str)
         if unknown:
             raise PolicyError(f"unknown key {unknown[0]!r} (a policy has 'default' and 'rules')", (str(unknown[0]),))

@@ -1,7 +1,7 @@
 """The vocabulary of the TCP connection core: states, configuration, events, outgoing segments.
 
-Kept apart from :mod:`engine.netstack.tcp_conn` (which re-exports everything here) so the state
-machine module stays readable; adapters import from ``tcp_conn``.
+Kept apart from :mod:`engine.netstack.tcp.connection` (which re-exports everything here) so the state
+machine module stays readable; adapters import from ``engine.netstack.tcp.connection``.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Union
 
-from engine.netstack.tcp import ACK, RST, TcpSegment, build_tcp, seq_add
+from engine.netstack.tcp.segment import ACK, RST, TcpSegment, build_tcp, seq_add
 
 
 class TcpState(enum.Enum):
@@ -27,6 +27,15 @@ class TcpState(enum.Enum):
     CLOSE_WAIT = "CLOSE_WAIT"
     LAST_ACK = "LAST_ACK"
 
+
+S = TcpState
+SYN_STATES = frozenset({S.SYN_SENT, S.SYN_RECEIVED})
+# States in which our side may still put data (or our FIN) on the wire.
+SEND_STATES = frozenset({S.ESTABLISHED, S.CLOSE_WAIT, S.FIN_WAIT_1, S.CLOSING, S.LAST_ACK})
+# States in which the guest may still send us data (it has not sent FIN).
+RECV_STATES = frozenset({S.ESTABLISHED, S.FIN_WAIT_1, S.FIN_WAIT_2})
+# States in which the adapter may still queue data (we have not sent FIN).
+OPEN_STATES = frozenset({S.SYN_SENT, S.SYN_RECEIVED, S.ESTABLISHED, S.CLOSE_WAIT})
 
 @dataclass(frozen=True, slots=True)
 class TcpConfig:

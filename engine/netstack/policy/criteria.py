@@ -2,7 +2,7 @@
 
 Build criteria with the constructors on :class:`MatchCriteria` (``MatchCriteria.port(443)``);
 each returns an immutable, hashable value of one of the subclasses below. A criterion answers
-three questions for :mod:`engine.netstack.policy`: does it match a flow, does it match a DNS
+three questions for :mod:`engine.netstack.policy.policy`: does it match a flow, does it match a DNS
 question name, and does it *name* an off-limits destination (see the policy module docstring).
 
 Plain data (for YAML) is one key per criterion: ``any: true``, ``ip: 8.8.8.8``,
@@ -14,25 +14,14 @@ from __future__ import annotations
 import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import Enum
 from ipaddress import IPv4Address, IPv4Network, NetmaskValueError
-from typing import TYPE_CHECKING
+from typing import cast
 
 from engine.netstack.domains import DomainPattern, PolicyError
-
-if TYPE_CHECKING:
-    from engine.netstack.policy import Flow
+from engine.netstack.policy.flow import Flow, Protocol
 
 Path = tuple[str | int, ...]
 KEYS = ("any", "ip", "ip_range", "port", "port_range", "protocol", "domain", "all")
-
-
-class Protocol(Enum):
-    """Transport of a flow. ICMP is only for the gateway's own decisions (no ports)."""
-
-    TCP = "tcp"
-    UDP = "udp"
-    ICMP = "icmp"
 
 
 class MatchCriteria:
@@ -156,7 +145,8 @@ class IpRangeMatch(MatchCriteria):
 class PortMatch(MatchCriteria):
     """One destination port (TCP or UDP)."""
 
-    port: int
+    # The field shares its name with the MatchCriteria.port constructor (capsa's API has both).
+    port: int  # type: ignore[assignment]  # a field shadowing the base's constructor on purpose
 
     def matches(self, flow: Flow, strict: bool) -> bool:
         return flow.protocol is not Protocol.ICMP and flow.dst_port == self.port
@@ -193,7 +183,7 @@ class PortRangeMatch(MatchCriteria):
 class ProtocolMatch(MatchCriteria):
     """One transport protocol."""
 
-    protocol: Protocol
+    protocol: Protocol  # type: ignore[assignment]  # a field shadowing the base's constructor on purpose
 
     def matches(self, flow: Flow, strict: bool) -> bool:
         return flow.protocol is self.protocol
@@ -330,7 +320,7 @@ def _one_from_data(key: str, value: object, path: Path) -> MatchCriteria:
     if key == "protocol":
         return ProtocolMatch(_parse_protocol(value, path))
     if key == "domain":
-        return DomainMatch(DomainPattern.parse(value, path))  # type: ignore[arg-type]
+        return DomainMatch(DomainPattern.parse(value, path))  # type: ignore[arg-type]  # parse checks it is a string
     # key == "all"
     if isinstance(value, (str, bytes)) or hasattr(value, "items") or not isinstance(value, (list, tuple)):
         raise PolicyError(f"'all' takes a list of criteria mappings, found {value!r}", path)
@@ -340,7 +330,7 @@ def _one_from_data(key: str, value: object, path: Path) -> MatchCriteria:
     for i, item in enumerate(value):
         if not hasattr(item, "items"):
             raise PolicyError(f"expected a criteria mapping such as {{port: 443}}, found {item!r}", (*path, i))
-        subs.append(criteria_from_data(item, (*path, i)))  # type: ignore[arg-type]
+        subs.append(criteria_from_data(item, (*path, i)))
     return AllMatch(tuple(subs))
 
 
@@ -385,8 +375,9 @@ def _parse_port_range(value: object, path: Path) -> PortRangeMatch:
         start, end = (int(a) if a.isdigit() else a), (int(b) if b.isdigit() else b)
     elif isinstance(value, (list, tuple)) and len(value) == 2:
         start, end = value
-    elif hasattr(value, "items") and set(value) == {"start", "end"}:  # type: ignore[arg-type]
-        start, end = value["start"], value["end"]  # type: ignore[index]
+    elif hasattr(value, "items") and set(cast("Mapping[object, object]", value)) == {"start", "end"}:
+        mapping = cast("Mapping[object, object]", value)  # it has items(): a mapping from YAML
+        start, end = mapping["start"], mapping["end"]
     else:
         raise PolicyError(f"expected a port range such as 8000-8100, found {value!r}", path)
     first, last = _parse_port(start, path), _parse_port(end, path)

@@ -11,19 +11,19 @@ guest, and the guest's answers to that port go back to that client.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from engine.netstack.config import PortForward, forward_error
+from engine.netstack.gateway.seam import FlowRelayHost
 from engine.netstack.icmp import UNREACH_ADMIN_PROHIBITED, dest_unreachable, may_send_error
 from engine.netstack.ipv4 import PROTO_ICMP, PROTO_UDP, Ipv4Packet, build_ipv4
-from engine.netstack.policy import Protocol
+from engine.netstack.policy.policy import Protocol
 from engine.netstack.udp import UdpDatagram, build_udp
 
-if TYPE_CHECKING:
-    from engine.netstack.gateway import Gateway
 
 MAX_UDP_FLOWS = 512
 UDP_IDLE_S = 60.0
@@ -48,7 +48,7 @@ class UdpFlow:
 class UdpRelay:
     """All UDP flows and UDP forwards of one gateway."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: FlowRelayHost) -> None:
         self.gw = gateway
         self.flows: dict[UdpKey, UdpFlow] = {}
         self.bytes_up = 0
@@ -105,9 +105,9 @@ class UdpRelay:
         if flow.closed:
             transport.close()
             return
-        flow.transport = transport  # type: ignore[assignment]
+        flow.transport = transport
         for payload in flow.pending:
-            transport.sendto(payload)  # type: ignore[attr-defined]
+            transport.sendto(payload)
         flow.pending.clear()
 
     def from_host(self, flow: UdpFlow, data: bytes) -> None:
@@ -146,11 +146,11 @@ class UdpRelay:
                 continue
             try:
                 transport, _ = await self.gw.loop.create_datagram_endpoint(
-                    lambda fwd=fwd: _ForwardUdp(self, fwd), local_addr=(fwd.host_addr, fwd.host_port)
+                    functools.partial(_ForwardUdp, self, fwd), local_addr=(fwd.host_addr, fwd.host_port)
                 )
             except OSError as err:
                 raise forward_error(fwd, err) from None
-            self._listeners.append(transport)  # type: ignore[arg-type]
+            self._listeners.append(transport)
             self.gw.forwarded_ports.append((fwd, transport.get_extra_info("sockname")[1]))
 
     def from_forward_client(self, listener: _ForwardUdp, data: bytes, client: Any) -> None:
@@ -214,7 +214,7 @@ class _ForwardUdp(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport  # type: ignore[assignment]  # asyncio hands a datagram protocol a DatagramTransport
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         self.relay.from_forward_client(self, data, addr)

@@ -31,13 +31,15 @@ send buffer's bytes, then our FIN at ``fin_seq``.
 """
 from __future__ import annotations
 
+from collections import Counter
 from ipaddress import IPv4Address
 
-from engine.netstack.tcp import (ACK, DEFAULT_MSS, FIN, RST, SYN, TcpSegment, seq_add, seq_diff,
-                                 seq_ge, seq_gt, seq_le, seq_lt)
-from engine.netstack.tcp_send import OPEN_STATES, RECV_STATES, TcpSender
-from engine.netstack.tcp_types import (Closed, Connected, DataReceived, OutSegment, PeerClosed,
-                                       TcpConfig, TcpEvent, TcpState, Writable, reset_for)
+from engine.netstack.tcp.segment import (ACK, DEFAULT_MSS, FIN, RST, SYN, TcpSegment, build_options, seq_add,
+                                         seq_diff, seq_ge, seq_gt, seq_le, seq_lt)
+from engine.netstack.tcp.reassembly import Reassembly
+from engine.netstack.tcp.sender import TcpSendSide
+from engine.netstack.tcp.types import (OPEN_STATES, RECV_STATES, Closed, Connected, DataReceived, OutSegment,
+                                       PeerClosed, TcpConfig, TcpEvent, TcpState, Writable, reset_for)
 
 __all__ = ["TcpConnection", "TcpState", "TcpConfig", "OutSegment", "TcpEvent", "Connected",
            "DataReceived", "PeerClosed", "Writable", "Closed", "reset_for"]
@@ -45,12 +47,90 @@ __all__ = ["TcpConnection", "TcpState", "TcpConfig", "OutSegment", "TcpEvent", "
 S = TcpState
 
 
-class TcpConnection(TcpSender):
+class TcpConnection:
     """One TCP connection between the gateway (local) and the guest (remote); see the module doc.
 
     ``counters`` counts what was dropped or repaired (out_of_window, dup_data, ooo_buffered,
     ooo_dropped, challenge_ack, retransmits, fast_retransmits, rto, ...); ``receive`` never raises.
+    The sending side is a composed :class:`~engine.netstack.tcp.sender.TcpSendSide` (``tx``);
+    this class keeps the state machine, the receiving side and the segments' ACK and window.
     """
+
+    def __init__(self, local_ip: IPv4Address, local_port: int, remote_ip: IPv4Address,
+                 remote_port: int, now: float, iss: int, mss: int, config: TcpConfig | None) -> None:
+        cfg = self.config = config or TcpConfig()
+        self.local_ip, self.local_port = local_ip, local_port
+        self.remote_ip, self.remote_port = remote_ip, remote_port
+        self.state = S.CLOSED
+        self.counters: Counter[str] = Counter()
+        self.mss = mss                     # our MSS (MTU-derived), advertised in our SYN
+        self._out: list[OutSegment] = []
+        self._events: list[TcpEvent] = []
+        self._rx_chunks: list[bytes] = []
+        self.close_reason: str | None = None  # the reason of Closed, once closed
+        self.tx = TcpSendSide(self, iss, cfg.segment_limit or min(mss, DEFAULT_MSS), cfg, self.counters)
+        self._delack_at: float | None = None
+        self._tw_at: float | None = None
+        self._ka_sent = 0
+        self._last_rx = self._last_active = now
+        # Receive side.
+        self.irs = 0
+        self.rcv_nxt = 0
+        self._rcv_off = 0                  # 64-bit stream offset of rcv_nxt (for reassembly)
+        self._rcv_adv = 0                  # right edge of the window we advertised
+        self._rcv_wscale = 0
+        self._rcv_limit = min(cfg.recv_buffer, 0xFFFF)
+        self._unconsumed = 0               # delivered but not yet consumed by the adapter
+        self._reasm = Reassembly(cfg.ooo_segments)
+        self._ack_pending = 0              # bytes received since the last ACK we sent
+        self._rcv_mss = DEFAULT_MSS        # largest segment seen from the guest (up to our MSS)
+        self._ack_now = False
+        self._quickacks = cfg.quickacks
+
+    # -- what the send side uses (SendHost); what callers read of it (the rest: self.tx) -------
+
+    def notify(self, event: TcpEvent) -> None:
+        self._events.append(event)
+
+    def touch(self, now: float) -> None:
+        self._last_active = now
+
+    @property
+    def last_rx(self) -> float:
+        return self._last_rx
+
+    def send(self, data: bytes | bytearray | memoryview, now: float) -> int:
+        """Queue bytes for the guest; returns how many fit in the send buffer (maybe 0).
+
+        Accepted before the handshake completes too (sent once it does). After
+        ``shutdown_write`` or once the connection is closing, nothing is accepted.
+        """
+        return self.tx.send(data, now)
+
+    @property
+    def send_space(self) -> int:
+        """How many bytes ``send`` would accept now."""
+        return self.tx.send_space
+
+    @property
+    def unsent(self) -> int:
+        """Bytes queued by ``send`` and not yet acknowledged by the guest."""
+        return self.tx.unsent
+
+    @property
+    def snd_una(self) -> int:
+        """The oldest sequence number the guest has not acknowledged."""
+        return self.tx.snd_una
+
+    @property
+    def snd_wnd(self) -> int:
+        """The guest's window (scaled) as last heard."""
+        return self.tx.snd_wnd
+
+    @property
+    def fin_seq(self) -> int | None:
+        """The sequence number of our FIN, once ``shutdown_write`` queued it."""
+        return self.tx.fin_seq
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -68,9 +148,9 @@ class TcpConnection(TcpSender):
             raise ValueError("accept() needs a SYN without ACK or RST")
         conn = cls(local_ip, local_port, remote_ip, remote_port, now, iss, mss, config)
         conn._learn_syn(syn, offered_wscale=syn.wscale is not None)
-        conn.snd_wnd = syn.window          # the window in a SYN is never scaled (RFC 7323)
+        conn.tx.snd_wnd = syn.window          # the window in a SYN is never scaled (RFC 7323)
         conn.state = S.SYN_RECEIVED
-        conn._send_syn(now)
+        conn.tx.send_syn(now)
         return conn
 
     @classmethod
@@ -80,7 +160,7 @@ class TcpConnection(TcpSender):
         """Open a connection to the guest (port forwards): sends SYN (state SYN_SENT)."""
         conn = cls(local_ip, local_port, remote_ip, remote_port, now, iss, mss, config)
         conn.state = S.SYN_SENT
-        conn._send_syn(now)
+        conn.tx.send_syn(now)
         return conn
 
     reset_for = staticmethod(reset_for)
@@ -94,20 +174,20 @@ class TcpConnection(TcpSender):
 
     def shutdown_write(self, now: float) -> None:
         """Send FIN after everything queued (half close); the guest may keep sending."""
-        if self.state not in OPEN_STATES or self.fin_seq is not None:
+        if self.state not in OPEN_STATES or self.tx.fin_seq is not None:
             return
-        self.fin_seq = seq_add(self._sbuf_seq, len(self._sbuf))
+        self.tx.fin_seq = seq_add(self.tx.buf_seq, len(self.tx.buf))
         if self.state is S.ESTABLISHED:
             self.state = S.FIN_WAIT_1
         elif self.state is S.CLOSE_WAIT:
             self.state = S.LAST_ACK
         # In a SYN state the FIN waits for the handshake (see _establish).
-        self._output(now)
+        self.tx.output(now)
 
     def abort(self, now: float) -> None:
         """Reset the connection -> Closed('aborted'); sends RST unless in SYN_SENT or TIME_WAIT."""
         if self.state is not S.CLOSED:
-            self._abort_with("aborted")
+            self.abort_with("aborted")
 
     def consumed(self, n: int) -> None:
         """The adapter handed ``n`` bytes of DataReceived on: they no longer fill our window.
@@ -150,7 +230,7 @@ class TcpConnection(TcpSender):
         """When ``tick`` must next be called (absolute, same clock as ``now``), or None."""
         if self.state is S.CLOSED:
             return None
-        cands = [t for t in (self._rto_at, self._persist_at, self._delack_at, self._tw_at) if t is not None]
+        cands = [t for t in (self.tx.rto_at, self.tx.persist_at, self._delack_at, self._tw_at) if t is not None]
         cfg = self.config
         if self.state is S.FIN_WAIT_2:
             cands.append(self._last_rx + cfg.fin_wait_2_timeout)
@@ -171,26 +251,26 @@ class TcpConnection(TcpSender):
             self._close("closed")
             return
         if st is S.FIN_WAIT_2 and now >= self._last_rx + cfg.fin_wait_2_timeout:
-            self._abort_with("timeout")
+            self.abort_with("timeout")
             return
         if cfg.idle_timeout is not None and st is not S.TIME_WAIT and now >= self._last_active + cfg.idle_timeout:
-            self._abort_with("idle")
+            self.abort_with("idle")
             return
-        if self._rto_at is not None and now >= self._rto_at:
-            self._on_rto(now)
+        if self.tx.rto_at is not None and now >= self.tx.rto_at:
+            self.tx.on_rto(now)
             if self.state is S.CLOSED:
                 return
-        if self._persist_at is not None and now >= self._persist_at:
-            self._on_persist(now)
+        if self.tx.persist_at is not None and now >= self.tx.persist_at:
+            self.tx.on_persist(now)
             if self.state is S.CLOSED:
                 return
         ka = self._keepalive_due()
         if ka is not None and now >= ka:
             if self._ka_sent >= cfg.keepalive_probes:
-                self._abort_with("keepalive")
+                self.abort_with("keepalive")
                 return
             self._ka_sent += 1
-            self._emit(seq_add(self.snd_una, -1), ACK)  # an old seq: the guest must ACK it
+            self.emit(seq_add(self.tx.snd_una, -1), ACK)  # an old seq: the guest must ACK it
         if self._delack_at is not None and now >= self._delack_at:
             self._send_ack()
 
@@ -212,7 +292,7 @@ class TcpConnection(TcpSender):
             self._rx_synchronized(seg, now)
         if self.state is S.CLOSED:
             return
-        self._output(now)
+        self.tx.output(now)
         if self._ack_now:
             self._send_ack()
         elif self._ack_pending and self._delack_at is None:
@@ -221,10 +301,10 @@ class TcpConnection(TcpSender):
     def _rx_syn_sent(self, seg: TcpSegment, now: float) -> None:
         flags = seg.flags
         if flags & ACK:
-            if seq_le(seg.ack, self.iss) or seq_gt(seg.ack, self.snd_max):
+            if seq_le(seg.ack, self.tx.iss) or seq_gt(seg.ack, self.tx.snd_max):
                 self.counters["bad_ack"] += 1
                 if not flags & RST:
-                    self._emit(seg.ack, RST)
+                    self.emit(seg.ack, RST)
                 return
         if flags & RST:
             if flags & ACK:
@@ -237,15 +317,15 @@ class TcpConnection(TcpSender):
         self._rcv_adv = seq_add(self.rcv_nxt, min(self.config.recv_buffer, 0xFFFF))
         self._heard(now)
         if flags & ACK:
-            self._wl1, self._wl2 = seg.seq, seg.ack
-            self.snd_wnd = seg.window      # unscaled in a SYN
-            self._ack_new(seg.ack, now)
+            self.tx.wl1, self.tx.wl2 = seg.seq, seg.ack
+            self.tx.snd_wnd = seg.window      # unscaled in a SYN
+            self.tx.ack_new(seg.ack, now)
             self._establish()
             self._ack_now = True
         else:
             # Simultaneous open: both sides sent SYN; answer with SYN-ACK.
             self.state = S.SYN_RECEIVED
-            self._emit(self.iss, SYN | ACK, options=self._syn_options())
+            self.emit(self.tx.iss, SYN | ACK, options=self.syn_options())
 
     def _rx_synchronized(self, seg: TcpSegment, now: float) -> None:
         flags = seg.flags
@@ -253,7 +333,7 @@ class TcpConnection(TcpSender):
         if st is S.SYN_RECEIVED and flags & SYN and not flags & (ACK | RST) and seg.seq == self.irs:
             # The guest retransmitted its SYN: our SYN-ACK was lost.
             self.counters["dup_syn"] += 1
-            self._emit(self.iss, SYN | ACK, options=self._syn_options())
+            self.emit(self.tx.iss, SYN | ACK, options=self.syn_options())
             return
         plen = len(seg.payload)
         seg_len = plen + (1 if flags & SYN else 0) + (flags & FIN)
@@ -288,15 +368,15 @@ class TcpConnection(TcpSender):
             self.counters["no_ack"] += 1
             return
         if st is S.SYN_RECEIVED:
-            if not (seq_lt(self.snd_una, seg.ack) and seq_le(seg.ack, self.snd_max)):
+            if not (seq_lt(self.tx.snd_una, seg.ack) and seq_le(seg.ack, self.tx.snd_max)):
                 self.counters["bad_ack"] += 1
-                self._emit(seg.ack, RST)
+                self.emit(seg.ack, RST)
                 return
-            self._wl1, self._wl2 = seg.seq, seg.ack
-            self.snd_wnd = seg.window << self._snd_wscale
-            self._ack_new(seg.ack, now)
+            self.tx.wl1, self.tx.wl2 = seg.seq, seg.ack
+            self.tx.snd_wnd = seg.window << self.tx.wscale
+            self.tx.ack_new(seg.ack, now)
             self._establish()
-        elif seq_gt(seg.ack, self.snd_max):
+        elif seq_gt(seg.ack, self.tx.snd_max):
             self.counters["ack_unsent"] += 1
             self._ack_now = True
             return
@@ -310,40 +390,40 @@ class TcpConnection(TcpSender):
     def _rx_ack(self, seg: TcpSegment, now: float) -> None:
         """ACK field and window of an acceptable segment (RFC 9293, RFC 5681 dup ACKs)."""
         ack = seg.ack
-        una = self.snd_una
+        una = self.tx.snd_una
         if seq_lt(ack, una):
             return                         # an old ACK: nothing new, and its window is stale
         window_changed = False
-        if seq_lt(self._wl1, seg.seq) or (self._wl1 == seg.seq and seq_le(self._wl2, ack)):
-            wnd = seg.window << self._snd_wscale
-            window_changed = wnd != self.snd_wnd
-            self.snd_wnd = wnd
-            self._wl1, self._wl2 = seg.seq, ack
+        if seq_lt(self.tx.wl1, seg.seq) or (self.tx.wl1 == seg.seq and seq_le(self.tx.wl2, ack)):
+            wnd = seg.window << self.tx.wscale
+            window_changed = wnd != self.tx.snd_wnd
+            self.tx.snd_wnd = wnd
+            self.tx.wl1, self.tx.wl2 = seg.seq, ack
             if wnd:
-                self._persist_at = None
+                self.tx.persist_at = None
         if ack == una:
-            if (self.snd_max != una and not seg.payload and not seg.flags & (SYN | FIN)
+            if (self.tx.snd_max != una and not seg.payload and not seg.flags & (SYN | FIN)
                     and not window_changed):
-                self._dupacks += 1
-                if self._dupacks == 3 and self._recover is None:
+                self.tx.dupacks += 1
+                if self.tx.dupacks == 3 and self.tx.recover is None:
                     # Fast retransmit (RFC 5681/6582): resend the head, halve the window.
                     self.counters["fast_retransmits"] += 1
-                    self._recover = self.snd_max
-                    self._cwnd = max(seq_diff(self.snd_max, una) // 2, 2 * self._seg_size)
-                    self._retransmit_head(now)
+                    self.tx.recover = self.tx.snd_max
+                    self.tx.cwnd = max(seq_diff(self.tx.snd_max, una) // 2, 2 * self.tx.seg_size)
+                    self.tx.retransmit_head(now)
             return
         acked = seq_diff(ack, una)
-        self._ack_new(ack, now)
-        if self._recover is not None:
-            if seq_ge(ack, self._recover):
-                self._recover = None
+        self.tx.ack_new(ack, now)
+        if self.tx.recover is not None:
+            if seq_ge(ack, self.tx.recover):
+                self.tx.recover = None
             else:
-                self._retransmit_head(now)   # partial ACK: the next hole is lost too
+                self.tx.retransmit_head(now)   # partial ACK: the next hole is lost too
         else:
             # Byte counting (RFC 3465 without its per-ACK cap): a guest whose GRO merges our
             # segments ACKs rarely and in big steps; counting segments would starve the window.
-            self._cwnd = min(self._cwnd + acked, 4 * self.config.send_buffer)
-        fin = self.fin_seq
+            self.tx.cwnd = min(self.tx.cwnd + acked, 4 * self.config.send_buffer)
+        fin = self.tx.fin_seq
         if fin is not None and seq_gt(ack, fin):
             st = self.state
             if st is S.FIN_WAIT_1:
@@ -421,7 +501,7 @@ class TcpConnection(TcpSender):
     def _keepalive_due(self) -> float | None:
         cfg = self.config
         if (cfg.keepalive_idle is None or self.state not in (S.ESTABLISHED, S.CLOSE_WAIT)
-                or self.snd_una != self.snd_max or self._persist_at is not None):
+                or self.tx.snd_una != self.tx.snd_max or self.tx.persist_at is not None):
             return None
         return self._last_rx + cfg.keepalive_idle + self._ka_sent * cfg.keepalive_interval
 
@@ -434,26 +514,96 @@ class TcpConnection(TcpSender):
         self._rcv_adv = self.rcv_nxt
         peer_mss = syn.mss if syn.mss else DEFAULT_MSS
         # Like Linux, never below 48 bytes whatever the peer claims (CVE-2019-11479).
-        self._seg_size = self.config.segment_limit or max(48, min(peer_mss, self.mss))
-        self._cwnd = self.config.initial_cwnd * self._seg_size
+        self.tx.seg_size = self.config.segment_limit or max(48, min(peer_mss, self.mss))
+        self.tx.cwnd = self.config.initial_cwnd * self.tx.seg_size
         if offered_wscale and syn.wscale is not None:
-            self._snd_wscale_on = True
-            self._snd_wscale = syn.wscale
+            self.tx.wscale_on = True
+            self.tx.wscale = syn.wscale
             self._rcv_wscale = self.config.recv_wscale
             self._rcv_limit = min(self.config.recv_buffer, 0xFFFF << self._rcv_wscale)
 
     def _establish(self) -> None:
-        self.state = S.ESTABLISHED if self.fin_seq is None else S.FIN_WAIT_1
-        self._rto = self._rto_base()
+        self.state = S.ESTABLISHED if self.tx.fin_seq is None else S.FIN_WAIT_1
+        self.tx.rto = self.tx.rto_base()
         self._events.append(Connected())
 
     def _heard(self, now: float) -> None:
         """The guest sent an acceptable segment: it is alive."""
         self._last_rx = self._last_active = now
         self._ka_sent = 0
-        self._probes = 0
+        self.tx.probes = 0
 
     def _enter_time_wait(self, now: float) -> None:
         self.state = S.TIME_WAIT
-        self._rto_at = self._persist_at = None
+        self.tx.rto_at = self.tx.persist_at = None
         self._tw_at = now + self.config.time_wait
+
+    def _send_ack(self) -> None:
+        # seq is snd_max, not snd_nxt: after a timeout rewinds snd_nxt, an ACK numbered in the
+        # already-received past would be dropped as a duplicate by the peer (as BSD does it).
+        self.emit(self.tx.snd_max, ACK)
+
+    def syn_options(self) -> bytes:
+        offer = self.state is S.SYN_SENT or self.tx.wscale_on
+        return build_options(mss=self.mss, wscale=self.config.recv_wscale if offer else None)
+
+    def emit(self, seq: int, flags: int, payload: bytes = b"", options: bytes = b"") -> None:
+        """Queue a segment; every segment with ACK carries rcv_nxt and our current window."""
+        ack = 0
+        window = 0
+        if not flags & RST or flags & ACK:
+            window = self._advertise(bool(flags & SYN))
+        if flags & ACK:
+            ack = self.rcv_nxt
+            self._ack_pending = 0
+            self._ack_now = False
+            self._delack_at = None
+        self.counters["segments_out"] += 1
+        self._out.append(OutSegment(self.local_port, self.remote_port, seq, ack, flags, window,
+                                    payload, options))
+
+    def _advertise(self, syn: bool) -> int:
+        """The window field to send now, recording the right edge it promises.
+
+        Never shrinks an edge already advertised, and opens only in steps of at least one MSS
+        (receiver-side silly window avoidance, RFC 9293 3.8.6.2.2).
+        """
+        space = max(0, self._rcv_limit - self._unconsumed)
+        cur = max(0, seq_diff(self._rcv_adv, self.rcv_nxt))
+        if space < cur or (space > cur and space - cur < min(self._rcv_limit // 2, self.mss) and not syn):
+            space = cur
+        if syn:                            # the window in a SYN is never scaled
+            field = min(space, 0xFFFF)
+            shift = 0
+        else:
+            shift = self._rcv_wscale
+            field = min((space + (1 << shift) - 1) >> shift, 0xFFFF)
+        if self.state is not S.SYN_SENT:
+            self._rcv_adv = seq_add(self.rcv_nxt, field << shift)
+        return field
+
+    @property
+    def rto(self) -> float:
+        """The current retransmission timeout (with any backoff)."""
+        return self.tx.rto
+
+    def abort_with(self, reason: str) -> None:
+        if self.state not in (S.SYN_SENT, S.TIME_WAIT):
+            self.emit(self.tx.snd_max, RST | ACK)
+        self._close(reason)
+
+    def _close(self, reason: str) -> None:
+        if self.state is S.CLOSED:
+            return
+        self.state = S.CLOSED
+        self.tx.stop()
+        self._delack_at = self._tw_at = None
+        self._reasm.clear()
+        self.close_reason = reason
+        self._flush_rx()
+        self._events.append(Closed(reason))
+
+    def _flush_rx(self) -> None:
+        if self._rx_chunks:
+            chunks, self._rx_chunks = self._rx_chunks, []
+            self._events.append(DataReceived(chunks[0] if len(chunks) == 1 else b"".join(chunks)))

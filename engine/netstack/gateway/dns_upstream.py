@@ -11,14 +11,12 @@ import contextlib
 import logging
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from engine.netstack.dns import DnsCore, Forward, NameVerdict, Reply
+from engine.netstack.gateway.seam import DnsHost
 from engine.netstack.ipv4 import PROTO_UDP
 from engine.netstack.udp import build_udp
 
-if TYPE_CHECKING:
-    from engine.netstack.gateway import Gateway
 
 log = logging.getLogger(__name__)
 _TCP_UPSTREAM_TIMEOUT_S = 5.0
@@ -39,7 +37,7 @@ def host_resolvers(resolv_conf: Path = Path("/etc/resolv.conf")) -> list[tuple[s
 class DnsAdapter:
     """Drives a DnsCore for one gateway."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: DnsHost) -> None:
         self.gateway = gateway
         hosts: dict[str, list[IPv4Address]] = {}
         for name, ip in gateway.guest_hosts:
@@ -108,9 +106,9 @@ class DnsAdapter:
                 server = self.upstreams[action.attempt % len(self.upstreams)]
                 self._transport.sendto(action.wire, server)
         for event in self.core.poll_events():
-            action = "deny" if event.action == "deny" else "allow"
+            verdict = "deny" if event.action == "deny" else "allow"
             gw.flow_log.emit("dns", str(event.client[0]), str(gw.dns_ip), 53, event.name,
-                             event.reason or event.action, action, f"{event.qtype} {event.action}")
+                             event.reason or event.action, verdict, f"{event.qtype} {event.action}")
         self._schedule()
 
     async def _ask_over_tcp(self, wire: bytes, server: tuple[str, int]) -> None:
@@ -146,7 +144,7 @@ class _UpstreamProtocol(asyncio.DatagramProtocol):
     def __init__(self, adapter: DnsAdapter) -> None:
         self.adapter = adapter
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         self.adapter.upstream_answer(data, addr)
 
     def error_received(self, exc: Exception) -> None:

@@ -1,7 +1,7 @@
 """TCP segments (RFC 9293): parse and build, options, and sequence-number arithmetic.
 
 The connection state machine that terminates the guest's connections lives in
-:mod:`engine.netstack.tcp_conn`; this module is the wire format only.
+:mod:`engine.netstack.tcp.connection`; this module is the wire format only.
 
 Sequence numbers live modulo 2**32, so they are compared through their signed 32-bit
 difference (``seq_lt`` and friends), never with ``<`` directly: that keeps every comparison
@@ -13,6 +13,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from ipaddress import IPv4Address
+from typing import Protocol
 
 from engine.netstack.checksum import (internet_checksum, ones_complement_sum, pseudo_header_sum,
                                       verify_checksum)
@@ -207,9 +208,20 @@ def parse_tcp(src_ip: IPv4Address, dst_ip: IPv4Address, data: bytes | bytearray 
                       urgent if flags & URG else 0)
 
 
-def tcp_from_ipv4(ip: object, verify: bool = True) -> TcpSegment:
+class IpPayload(Protocol):
+    """What :func:`tcp_from_ipv4` reads of a packet (an ``Ipv4Packet``, or any look-alike)."""
+
+    @property
+    def src(self) -> IPv4Address: ...
+    @property
+    def dst(self) -> IPv4Address: ...
+    @property
+    def payload(self) -> bytes | bytearray | memoryview: ...
+
+
+def tcp_from_ipv4(ip: IpPayload, verify: bool = True) -> TcpSegment:
     """``parse_tcp`` on an ``Ipv4Packet`` (anything with ``src``, ``dst`` and ``payload``)."""
-    return parse_tcp(ip.src, ip.dst, ip.payload, verify)  # type: ignore[attr-defined]
+    return parse_tcp(ip.src, ip.dst, ip.payload, verify)
 
 
 def build_tcp(src_ip: IPv4Address, dst_ip: IPv4Address, src_port: int, dst_port: int, seq: int,

@@ -3,7 +3,7 @@
 QEMU streams the guest's Ethernet frames to a Unix socket (4-byte length + frame); this module
 reads them, dispatches by protocol (ARP, ICMP echo, DHCP and DNS at the gateway's addresses,
 TCP and UDP flows elsewhere), asks the policy about every new flow, and relays allowed flows
-over host sockets (``gateway_tcp``, ``gateway_udp``). Frames to the guest are batched: all that
+over host sockets (``gateway.tcp``, ``gateway.udp``). Frames to the guest are batched: all that
 one turn of the event loop produces goes out in one write.
 
 The gateway answers only at its own two addresses (gateway .2 and DNS .3); every other
@@ -24,17 +24,17 @@ from typing import Any
 from engine.netstack.arp import ArpResponder
 from engine.netstack.config import GATEWAY_MAC, PortForward, UserNatConfig
 from engine.netstack.dhcp import DhcpConfig, DhcpServer
-from engine.netstack.dns_upstream import DnsAdapter
+from engine.netstack.gateway.dns_upstream import DnsAdapter
 from engine.netstack.domains import DomainTracker
 from engine.netstack.errors import PacketError
 from engine.netstack.ethernet import ETHERTYPE_ARP, ETHERTYPE_IPV4, build_ethernet, parse_ethernet, parse_mac
 from engine.netstack.flowlog import FlowLog
 from engine.netstack.frames import StreamDeframer, frame
-from engine.netstack.gateway_tcp import TcpRelay
-from engine.netstack.gateway_udp import UdpRelay
+from engine.netstack.gateway.tcp import TcpRelay
+from engine.netstack.gateway.udp import UdpRelay
 from engine.netstack.icmp import echo_reply
 from engine.netstack.ipv4 import PROTO_ICMP, PROTO_TCP, PROTO_UDP, Ipv4Packet, build_ipv4, parse_ipv4
-from engine.netstack.policy import Decision, Flow, NetworkPolicy, Protocol, is_restricted
+from engine.netstack.policy.policy import Decision, Flow, NetworkPolicy, Protocol, is_restricted
 from engine.netstack.udp import build_udp, parse_udp
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,8 @@ class Gateway:
                 address = stand_in
             self.guest_hosts.append((host, address))
         self._arp = ArpResponder(self.gateway_mac, {self.gateway_ip, self.dns_ip})
-        self._dhcp = DhcpServer(DhcpConfig.for_subnet(config.subnet, mtu=config.mtu))
+        first, last = config.dhcp_range
+        self._dhcp = DhcpServer(DhcpConfig(config.subnet, config.gateway, (config.dns,), first, last, mtu=config.mtu))
         self.dns = DnsAdapter(self)
         self.tcp = TcpRelay(self)
         self.udp = UdpRelay(self)
@@ -326,7 +327,7 @@ class _GuestLink(asyncio.Protocol):
         self.gateway = gateway
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.gateway._connected(transport)  # type: ignore[arg-type]
+        self.gateway._connected(transport)  # type: ignore[arg-type]  # asyncio hands a stream protocol a Transport; its signature says BaseTransport
 
     def data_received(self, data: bytes) -> None:
         self.gateway._received(data)

@@ -1,0 +1,1 @@
+"""Network policy: the flow it decides on, the match criteria of its rules, and the policy."""
