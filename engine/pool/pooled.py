@@ -18,7 +18,7 @@ from engine.microvm.spec import VmSpec
 from engine.microvm.status import VmStatus
 from engine.netstack.config import PortForward
 from engine.netstack.flowlog import FlowEvent
-from engine.netstack.policy import NetworkPolicy
+from engine.netstack.policy.policy import NetworkPolicy
 
 Release = Callable[[str], Awaitable[None]]
 """Gives the VM of this id back to its pool (kills it; the pool boots a replacement)."""
