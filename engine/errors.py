@@ -39,7 +39,10 @@ class ConsoleError(EngineError):
 
 
 class ConsoleClosed(ConsoleError):
-    """The console stream ended (the machine stopped or was killed)."""
+    """The console stream ended (the machine stopped or was killed); ``seen`` holds the output
+    read while waiting, when the close ended a wait."""
+
+    seen: str = ""
 
 
 class ConsoleTimeout(ConsoleError, TimeoutError):

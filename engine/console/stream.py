@@ -223,7 +223,7 @@ class ConsoleStream:
             f"{self.name} closed ({self._close_reason}) while waiting for {waiting_for}; "
             f"last output seen: {seen[-500:]!r}"
         )
-        err.seen = seen  # type: ignore[attr-defined]
+        err.seen = seen
         raise err
 
     # -- writing --------------------------------------------------------------------------------

@@ -257,7 +257,8 @@ class ServiceClient:
                 self._attachments.pop(attachment.vm_id, None)
                 attachment._end(str(message.get("reason", "closed")))
             return
-        future = self._pending.get(protocol.request_id(message))  # type: ignore[arg-type]
+        request = protocol.request_id(message)
+        future = self._pending.get(request) if request is not None else None
         if future is not None and not future.done():
             future.set_result(message)
 
