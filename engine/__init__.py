@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from engine.netstack.flowlog import FlowEvent
     from engine.netstack.policy.policy import (
         Decision,
+        PolicyWarning,
         DomainPattern,
         Flow,
         MatchCriteria,

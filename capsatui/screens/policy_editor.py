@@ -77,13 +77,10 @@ def explain(policy: engine.NetworkPolicy, query: str, protected: tuple[IPv4Netwo
 
 
 def rule_notes(policy: engine.NetworkPolicy) -> list[str]:
-    """The table's note per rule: why a rule may not do what it seems to."""
+    """The table's note per rule: why a rule may not do what it seems to (``NetworkPolicy.lint``)."""
     notes = ["records the flow, goes on" if r.action is engine.PolicyAction.LOG else "" for r in policy.rules]
-    for i, rule in enumerate(policy.rules):
-        if rule.action is not engine.PolicyAction.LOG and rule.criteria == engine.MatchCriteria.any():
-            for j in range(i + 1, len(notes)):
-                notes[j] = f"never reached: rule {i + 1} matches all traffic"
-            break
+    for warning in policy.lint():
+        notes[warning.rule] = warning.note
     return notes
 
 

@@ -309,7 +309,7 @@ def test_describe_and_lint() -> None:
     assert nested.describe() == "deny (ports 1-2 and protocol tcp) and domain a.com"
     assert POLICY.lint() == []
     shadowed = NetworkPolicy.deny_all().log(M.any()).allow(M.any()).allow_port(80)
-    assert shadowed.lint() == ["rule 3 (allow port 80) is never reached: rule 2 matches all traffic"]
+    assert [str(w) for w in shadowed.lint()] == ["rule 3 (allow port 80) is never reached: rule 2 matches all traffic"]
     assert POLICY.has_domain_rules and not NetworkPolicy.allow_all().allow_https().has_domain_rules
 
 
@@ -456,3 +456,44 @@ def test_any_policy_any_flow(policy: NetworkPolicy, flow: Flow) -> None:
     assert name_decision.action in (ALLOW, DENY)
     assert NetworkPolicy.from_dict(policy.to_dict()) == policy
     assert all(isinstance(r.describe(), str) for r in policy.rules)
+
+
+def lint(policy: NetworkPolicy) -> list[str]:
+    return [str(warning) for warning in policy.lint()]
+
+
+def test_lint_finds_a_rule_shadowed_by_a_wider_earlier_rule() -> None:
+    p = (NetworkPolicy.deny_all().allow_ip_range("10.0.0.0", 8).allow_ip("10.1.2.3")
+         .deny(M.port_range(20, 30)).deny_port(25).allow_domain("*.example.com").allow_domain("api.example.com"))
+    assert lint(p) == [
+        "rule 2 (allow ip 10.1.2.3) is never reached: rule 1 (allow ip range 10.0.0.0/8) matches every flow it matches",
+        "rule 4 (deny port 25) is never reached: rule 3 (deny ports 20-30) matches every flow it matches",
+        "rule 6 (allow domain api.example.com) is never reached: rule 5 (allow domain *.example.com) matches every flow it matches",
+    ]
+    assert [(w.rule, w.note.split(":")[0]) for w in p.lint()] == [(1, "never reached"), (3, "never reached"), (5, "never reached")]
+    # An AND is covered by a rule that covers one of its parts, and covers only what all its parts cover.
+    q = NetworkPolicy.deny_all().deny_port(25).deny(M.all(M.protocol(TCP), M.port(25))).deny(M.all(M.port(80), M.protocol(TCP))).deny_port(80)
+    assert lint(q) == ["rule 2 (deny protocol tcp and port 25) is never reached: rule 1 (deny port 25) matches every flow it matches"]
+
+
+def test_lint_stays_quiet_where_a_later_rule_still_decides_something() -> None:
+    # An allow-everything is passed over for off-limits addresses: a later allow naming one is reached.
+    assert lint(NetworkPolicy.deny_all().allow(M.any()).allow_ip("127.0.0.1")) == []
+    # A later domain deny still decides the DNS question for that name.
+    assert lint(NetworkPolicy.deny_all().allow_https().deny(M.all(M.protocol(TCP), M.port(443))).deny_domain("x.com")) == [
+        "rule 2 (deny protocol tcp and port 443) is never reached: rule 1 (allow protocol tcp and port 443) matches every flow it matches"]
+    # Neither of two overlapping ranges covers the other; a wildcard does not cover its apex.
+    assert lint(NetworkPolicy.deny_all().allow_ip_range("10.0.0.0", 9).allow_ip_range("10.0.0.0", 8)
+                .allow_domain("*.a.com").allow_domain("a.com")) == []
+
+
+def test_lint_finds_a_domain_allow_whose_name_dns_refuses() -> None:
+    p = NetworkPolicy.deny_all().deny_domain("*.corp.example").allow_domain("wiki.corp.example")
+    assert lint(p) == ["rule 2 (allow domain wiki.corp.example) is never reached: "
+                       "rule 1 (deny domain *.corp.example) matches every flow it matches"]
+    refused = NetworkPolicy.deny_all().deny(M.all(M.protocol(UDP), M.port(53))).allow_domain("api.example.com")
+    assert lint(refused) == ["rule 2 (allow domain api.example.com) is never matched: "
+                             "the gateway refuses DNS for api.example.com (rule 1)"]
+    # Where DNS answers the name (allow_dns, or the allow itself lets the name resolve), no warning.
+    assert lint(NetworkPolicy.deny_all().allow_dns().allow_domain("api.example.com")) == []
+    assert lint(NetworkPolicy.deny_all().allow_domain("*.github.com")) == []

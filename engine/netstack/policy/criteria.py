@@ -393,3 +393,50 @@ def _parse_protocol(value: object, path: Path) -> Protocol:
     if text not in ("tcp", "udp", "icmp"):
         raise PolicyError(f"expected tcp, udp or icmp, found {value!r}", path)
     return Protocol(text)
+
+
+# -- what one criterion says of another (the policy's lint) ------------------------------------
+
+
+def covers(a: MatchCriteria, b: MatchCriteria) -> bool:
+    """Whether every flow that ``b`` matches is matched by ``a`` too. False when not certain:
+    a lint warning built on it is then never wrong, only sometimes missing."""
+    if isinstance(a, AnyMatch) or a == b:
+        return True
+    if isinstance(a, AllMatch):
+        return all(covers(part, b) for part in a.criteria)
+    if isinstance(b, AllMatch):
+        return any(covers(a, part) for part in b.criteria)
+    if isinstance(a, IpRangeMatch):
+        if isinstance(b, IpMatch):
+            return b.address in a.network
+        if isinstance(b, IpRangeMatch):
+            return b.network.subnet_of(a.network)
+    if isinstance(a, PortRangeMatch):
+        if isinstance(b, PortMatch):
+            return a.start <= b.port <= a.end
+        if isinstance(b, PortRangeMatch):
+            return a.start <= b.start and b.end <= a.end
+    if isinstance(a, PortMatch) and isinstance(b, PortRangeMatch):
+        return b.start == b.end == a.port
+    if isinstance(a, DomainMatch) and isinstance(b, DomainMatch) and a.pattern.kind == "wildcard":
+        # *.x matches every name below x, so every exact name or wildcard below x is inside it.
+        return b.pattern.name.endswith("." + a.pattern.name) or (
+            b.pattern.kind == "wildcard" and b.pattern.name == a.pattern.name)
+    return False
+
+
+def names_destinations(criteria: MatchCriteria) -> bool:
+    """Whether ``criteria`` name addresses or names (what an off-limits destination needs)."""
+    if isinstance(criteria, (IpMatch, IpRangeMatch, DomainMatch)):
+        return True
+    return isinstance(criteria, AllMatch) and any(names_destinations(part) for part in criteria.criteria)
+
+
+def domain_patterns(criteria: MatchCriteria) -> list[DomainPattern]:
+    """The domain patterns ``criteria`` require (every one of them, for an ``all``)."""
+    if isinstance(criteria, DomainMatch):
+        return [criteria.pattern]
+    if isinstance(criteria, AllMatch):
+        return [pattern for part in criteria.criteria for pattern in domain_patterns(part)]
+    return []

@@ -43,14 +43,14 @@ from engine.netstack.domains import DomainPattern, DomainTracker, PolicyError, c
 from engine.netstack.policy.flow import Flow, Protocol
 from engine.netstack.policy.criteria import (
     AllMatch, AnyMatch, DomainMatch, IpMatch, IpRangeMatch, MatchCriteria, PortMatch, PortRangeMatch,
-    ProtocolMatch, criteria_from_data, criteria_to_data)
+    ProtocolMatch, covers, criteria_from_data, criteria_to_data, domain_patterns, names_destinations)
 
 # The flow, criteria and domain types live in sibling modules (one concept each); callers may
 # import them from here, the policy's public face.
 __all__ = [
     "PolicyAction", "Protocol", "MatchCriteria", "AnyMatch", "IpMatch", "IpRangeMatch", "PortMatch",
     "PortRangeMatch", "ProtocolMatch", "DomainMatch", "AllMatch", "DomainPattern", "DomainTracker",
-    "Rule", "Flow", "Decision", "NetworkPolicy", "PolicyError", "RESTRICTED_NETWORKS",
+    "Rule", "Flow", "Decision", "NetworkPolicy", "PolicyWarning", "PolicyError", "RESTRICTED_NETWORKS",
     "is_restricted", "restricted_blocks",
 ]
 
@@ -128,6 +128,29 @@ class Rule:
         if not items:
             raise PolicyError("the rule has no criteria (write 'any: true' to match all traffic)", path)
         return cls(action, criteria_from_data(items, path))
+
+
+@dataclass(frozen=True)
+class PolicyWarning:
+    """A lint finding about rule ``rule`` (0-based): ``note`` says what is wrong with it (a
+    table's note column), ``str()`` the whole sentence."""
+
+    rule: int
+    note: str
+    rule_text: str
+
+    def __str__(self) -> str:
+        return f"rule {self.rule + 1} ({self.rule_text}) is {self.note}"
+
+
+def _shadows(earlier: Rule, later: Rule) -> bool:
+    """Whether ``earlier`` decides every flow ``later`` would match (see NetworkPolicy.lint)."""
+    if earlier.action is PolicyAction.LOG or not covers(earlier.criteria, later.criteria):
+        return False
+    if (earlier.action is PolicyAction.ALLOW and later.action is PolicyAction.ALLOW
+            and names_destinations(later.criteria) and not names_destinations(earlier.criteria)):
+        return False
+    return earlier.criteria.has_domain() or not later.criteria.has_domain()
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,14 +387,35 @@ class NetworkPolicy:
         lines = [f"{i + 1}. {rule.describe()}" for i, rule in enumerate(self.rules)]
         return "\n".join([*lines, f"default: {self.default.value}"])
 
-    def lint(self) -> list[str]:
-        """Warnings for the editor: rules no flow can reach."""
-        warnings = []
-        for i, rule in enumerate(self.rules):
-            if rule.action is not PolicyAction.LOG and rule.criteria == MatchCriteria.any():
-                warnings += [f"rule {j + 1} ({self.rules[j].describe()}) is never reached: "
-                             f"rule {i + 1} matches all traffic" for j in range(i + 1, len(self.rules))]
-                break
+    def lint(self) -> list[PolicyWarning]:
+        """Warnings for the editor, certain ones only (see :func:`covers`), in rule order:
+
+        * a rule no flow reaches: an earlier ALLOW/DENY rule matches every flow it matches. Not
+          when the later rule is an ALLOW naming destinations after an earlier ALLOW that does not
+          (that one is passed over for off-limits addresses it does not name), nor when only the
+          later rule has a domain criterion (it still decides DNS questions: :meth:`evaluate_name`);
+        * an ALLOW of a domain the gateway's resolver refuses: the gateway knows a name's
+          addresses only from the answers it serves, so no flow can ever carry that name.
+        """
+        warnings: list[PolicyWarning] = []
+        for j, later in enumerate(self.rules):
+            shadow = next((i for i in range(j) if _shadows(self.rules[i], later)), None)
+            if shadow is not None:
+                earlier = self.rules[shadow]
+                why = ("matches all traffic" if earlier.criteria == MatchCriteria.any()
+                       else f"({earlier.describe()}) matches every flow it matches")
+                warnings.append(PolicyWarning(j, f"never reached: rule {shadow + 1} {why}", later.describe()))
+                continue
+            if later.action is not PolicyAction.ALLOW:
+                continue
+            for pattern in domain_patterns(later.criteria):
+                name = pattern.name if pattern.kind == "exact" else f"any.{pattern.name}"
+                refused = self.evaluate_name(name)
+                if refused.action is PolicyAction.DENY:
+                    by = "the default" if refused.rule_index is None else f"rule {refused.rule_index + 1}"
+                    warnings.append(PolicyWarning(
+                        j, f"never matched: the gateway refuses DNS for {pattern} ({by})", later.describe()))
+                    break
         return warnings
 
     def to_dict(self) -> dict[str, object]:
