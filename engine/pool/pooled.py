@@ -81,6 +81,17 @@ class PooledVm:
     async def wait(self) -> VmStatus:
         return await self.handle.wait()
 
+    async def wait_timeout(self, timeout: float) -> VmStatus | None:
+        return await self.handle.wait_timeout(timeout)
+
+    async def stop(self, timeout: float = 30) -> VmStatus:
+        """Power the guest off (the pool sees it end: ``lost`` says so); ``release()`` is the
+        usual way to give a VM back."""
+        return await self.handle.stop(timeout)
+
+    async def probe_console(self, timeout: float = 2.0) -> bool:
+        return await self.handle.probe_console(timeout)
+
     async def kill(self) -> VmStatus:
         """Kill the machine at once (the pool sees it die: ``lost`` says so)."""
         return await self.handle.kill()
