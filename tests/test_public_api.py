@@ -45,3 +45,10 @@ def test_all_follows_from_the_block(package: str) -> None:
     assert module.__file__ is not None
     with open(module.__file__, encoding="utf-8") as source:
         assert module.__all__ == sorted(type_checking_exports(source.read()))
+
+
+def test_the_app_module_loads_no_engine_module() -> None:
+    # The first frame is drawn before the engine loads: importing the app must not pull it in.
+    code = "import sys, capsatui.app; print(sorted(m for m in sys.modules if m.startswith('engine')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "['engine', 'engine.lazy']"

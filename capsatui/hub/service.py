@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import fields
@@ -32,7 +33,12 @@ from capsatui.hub.base import HISTORY, Hub, PoolState
 
 POLL_S = 0.5
 NOT_HERE = "the pools belong to `capsa-tui serve`; start/stop them there"
-_STATS_FIELDS = {f.name for f in fields(engine.PoolStats)}
+
+
+@functools.cache
+def _stats_fields() -> frozenset[str]:
+    # On first use, not at import: the app's first frame comes before the engine loads.
+    return frozenset(f.name for f in fields(engine.PoolStats))
 
 
 def _member(m: dict[str, Any]) -> engine.PoolMember:
@@ -154,7 +160,7 @@ class ServiceHub(Hub):
     def states(self) -> list[PoolState]:
         result = []
         for name, raw in sorted(self._pools.items()):
-            stats = engine.PoolStats(**{k: v for k, v in raw.items() if k in _STATS_FIELDS})
+            stats = engine.PoolStats(**{k: v for k, v in raw.items() if k in _stats_fields()})
             members = [_member(m) for m in raw.get("members", [])]
             result.append(PoolState(name, self._profiles.get(name), stats.last_error, True, stats, members,
                                     list(self._hist_idle.get(name, ())), list(self._hist_boot.get(name, ())),
