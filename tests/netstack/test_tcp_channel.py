@@ -63,7 +63,7 @@ class Sim:
         sent = {"a": 0, "b": 0}
         while len(self.closed) < 2 and self.now < until:
             for name, conn in self.conns.items():   # the "applications" write what fits
-                if conn is None or name in self.closed or conn.fin_seq is not None:
+                if conn is None or name in self.closed or conn.tx.fin_seq is not None:
                     continue
                 data = outgoing[name]
                 if sent[name] < len(data):
@@ -122,7 +122,7 @@ def test_large_transfer_across_sequence_wraparound() -> None:
     sim.run({"a": data, "b": b"ok"})
     assert bytes(sim.got["b"]) == data and bytes(sim.got["a"]) == b"ok"
     a = sim.conns["a"]
-    assert a is not None and a.snd_una < near  # wrapped past zero
+    assert a is not None and a.tx.snd_una < near  # wrapped past zero
     assert sim.closed == {"a": "closed", "b": "closed"}
 
 
@@ -200,7 +200,7 @@ def test_random_segments_never_raise(ops: list, how: str) -> None:
         c.poll_events()
         t = c.next_timer()
         assert t is None or t >= 0
-    assert c.unsent <= c.config.send_buffer
+    assert c.tx.unsent <= c.config.send_buffer
 
 
 @settings(max_examples=25, deadline=None)

@@ -26,7 +26,7 @@ def test_accept_answers_syn_ack_with_options() -> None:
     assert c.state is TcpState.SYN_RECEIVED and c.next_timer() == pytest.approx(1.0)
     c.receive(gseg(5001, 1001), 0.05)
     assert c.state is TcpState.ESTABLISHED and events(c) == [Connected()]
-    assert c.rto == pytest.approx(0.2)  # 50 ms RTT sample, clamped to the 200 ms minimum
+    assert c.tx.rto == pytest.approx(0.2)  # 50 ms RTT sample, clamped to the 200 ms minimum
     assert c.poll_segments() == [] and c.next_timer() is None
 
 
@@ -82,7 +82,7 @@ def test_connect_handshake_and_refused() -> None:
     [a] = c.poll_segments()
     assert a.flags == ACK and a.seq == 0 and a.ack == 10
     assert c.state is TcpState.ESTABLISHED and events(c) == [Connected()]
-    assert c.snd_wnd == 1000  # SYN window is never scaled
+    assert c.tx.snd_wnd == 1000  # SYN window is never scaled
     c2 = TcpConnection.connect(GW, 8080, GUEST, 80, 0.0, 100)
     c2.poll_segments()
     c2.receive(TcpSegment(80, 8080, 0, 5, RST | ACK, 0), 0.01)
@@ -116,14 +116,14 @@ def test_reset_for() -> None:
 
 def test_segmentation_respects_mss_window_and_scale() -> None:
     c = established(ws=3, mss=1000)          # guest window field 512 << 3 = 4096
-    assert c.snd_wnd == 4096
+    assert c.tx.snd_wnd == 4096
     assert c.send(b"a" * 10000, 0.1) == 10000
     segs = c.poll_segments()
     assert [len(s.payload) for s in segs] == [1000, 1000, 1000, 1000, 96]
     assert segs[0].seq == 1001 and all(s.flags == ACK for s in segs)  # more data waits: no PSH
     c.receive(gseg(5001, 1001 + 4096, window=512), 0.2)
     assert sum(len(s.payload) for s in c.poll_segments()) == 4096
-    assert c.unsent == 10000 - 4096
+    assert c.tx.unsent == 10000 - 4096
 
 
 def test_receive_in_order_delayed_ack_and_every_second_segment() -> None:
@@ -243,7 +243,7 @@ def test_persist_gives_up_when_guest_is_silent() -> None:
 
 def test_writable_event_after_backpressure() -> None:
     c = established(config=TcpConfig(send_buffer=4096))
-    assert c.send(b"w" * 5000, 0.1) == 4096 and c.send_space == 0
+    assert c.send(b"w" * 5000, 0.1) == 4096 and c.tx.send_space == 0
     segs = c.poll_segments()
     c.receive(gseg(5001, segs[0].seq + 1460, window=512), 0.2)
     assert events(c) == [Writable(1460)] and c.send(b"v" * 2000, 0.2) == 1460
@@ -253,7 +253,7 @@ def test_writable_event_after_backpressure() -> None:
 
 def test_rto_backoff_go_back_n_and_give_up() -> None:
     c = established(config=TcpConfig(max_retries=3), rtt=0.01)
-    assert c.rto == pytest.approx(0.2)
+    assert c.tx.rto == pytest.approx(0.2)
     c.send(b"r" * 3000, 1.0)
     first = c.poll_segments()
     assert [s.seq for s in first] == [1001, 2461, 3921]
@@ -279,11 +279,11 @@ def test_rto_recovers_when_acks_return() -> None:
     c.tick(1.2)
     assert [s.seq for s in c.poll_segments()] == [1001]
     c.receive(gseg(5001, 2461, window=512), 1.25)          # Karn: no RTT sample from this
-    assert c.rto == pytest.approx(0.2)                      # backoff cleared by a new ACK
+    assert c.tx.rto == pytest.approx(0.2)                      # backoff cleared by a new ACK
     segs = c.poll_segments()
     assert [s.seq for s in segs] == [2461, 3921]            # cwnd grew to two segments
     c.receive(gseg(5001, 5001, window=512), 1.3)
-    assert c.unsent == 0 and c.next_timer() is None
+    assert c.tx.unsent == 0 and c.next_timer() is None
 
 
 def test_fast_retransmit_on_three_dup_acks_and_partial_ack() -> None:
@@ -301,7 +301,7 @@ def test_fast_retransmit_on_three_dup_acks_and_partial_ack() -> None:
     c.receive(gseg(5001, 1001 + 4380, window=512), 1.03)    # partial ACK: next hole resent
     assert c.poll_segments()[0].seq == 1001 + 4380
     c.receive(gseg(5001, 1001 + 14600, window=512), 1.04)
-    assert c.unsent == 0
+    assert c.tx.unsent == 0
 
 
 # -- closing ----------------------------------------------------------------------------------
@@ -312,7 +312,7 @@ def test_half_close_both_orders_and_time_wait() -> None:
     c.shutdown_write(1.0)
     assert c.state is TcpState.FIN_WAIT_1 and c.send(b"more", 1.0) == 0
     [d, f] = c.poll_segments()
-    assert d.flags == ACK | PSH and d.payload == b"bye" and c.fin_seq == 1004
+    assert d.flags == ACK | PSH and d.payload == b"bye" and c.tx.fin_seq == 1004
     assert f.flags == ACK | FIN and f.seq == 1004
     c.receive(gseg(5001, 1005, window=512), 1.1)
     assert c.state is TcpState.FIN_WAIT_2

@@ -87,7 +87,7 @@ class TcpConnection:
         self._ack_now = False
         self._quickacks = cfg.quickacks
 
-    # -- what the send side uses (SendHost); what callers read of it (the rest: self.tx) -------
+    # -- what the send side uses (SendHost); its own state is read on self.tx -----------------
 
     def notify(self, event: TcpEvent) -> None:
         self._events.append(event)
@@ -106,31 +106,6 @@ class TcpConnection:
         ``shutdown_write`` or once the connection is closing, nothing is accepted.
         """
         return self.tx.send(data, now)
-
-    @property
-    def send_space(self) -> int:
-        """How many bytes ``send`` would accept now."""
-        return self.tx.send_space
-
-    @property
-    def unsent(self) -> int:
-        """Bytes queued by ``send`` and not yet acknowledged by the guest."""
-        return self.tx.unsent
-
-    @property
-    def snd_una(self) -> int:
-        """The oldest sequence number the guest has not acknowledged."""
-        return self.tx.snd_una
-
-    @property
-    def snd_wnd(self) -> int:
-        """The guest's window (scaled) as last heard."""
-        return self.tx.snd_wnd
-
-    @property
-    def fin_seq(self) -> int | None:
-        """The sequence number of our FIN, once ``shutdown_write`` queued it."""
-        return self.tx.fin_seq
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -581,11 +556,6 @@ class TcpConnection:
         if self.state is not S.SYN_SENT:
             self._rcv_adv = seq_add(self.rcv_nxt, field << shift)
         return field
-
-    @property
-    def rto(self) -> float:
-        """The current retransmission timeout (with any backoff)."""
-        return self.tx.rto
 
     def abort_with(self, reason: str) -> None:
         if self.state not in (S.SYN_SENT, S.TIME_WAIT):
