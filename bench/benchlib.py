@@ -5,13 +5,13 @@ Public API only: a benchmark that needs an engine internal gets it from ``bench.
 from __future__ import annotations
 
 import asyncio
-import math
 import signal
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import engine
+from bench.internals import percentile as percentile  # re-exported for the scripts
 
 
 @dataclass
@@ -42,18 +42,6 @@ async def churn(request: Callable[[], Awaitable[None]], duration: float, workers
     await asyncio.gather(*(worker() for _ in range(workers)))
     result.elapsed = time.perf_counter() - started
     return result
-
-
-def percentile(values: Sequence[float], fraction: float) -> float | None:
-    """The nearest-rank percentile of ``values`` (None when there are none).
-
-    The same rule as the engine's pool statistics, kept here because it is not public API.
-    """
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, math.ceil(fraction * len(ordered)) - 1))
-    return ordered[rank]
 
 
 def fmt_ms(seconds: float | None, decimals: int = 0) -> str:

@@ -19,6 +19,8 @@ internal moves, this file is the only one to fix.
 - ``TEMPLATES_DIR_ENV``, ``RAM_DIR_ENV`` (engine.snapshot.store): ``bench.snapshot`` points the
   template store at a temporary folder; the engine's own names, not retyped, so a rename cannot
   silently leave the bench using (and pruning) the user's cached templates.
+- ``percentile`` (engine.pool.stats): the benchmarks' p50/p95 follow the same nearest-rank rule
+  as a pool's own stats (``bench.benchlib`` re-exports it).
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import engine.snapshot.clone as _clone_module
+from engine.pool.stats import percentile
 from engine.console.match import READY_MARKER
 from engine.kvm.cmdline import MachineSockets, MachineSpec, qemu_argv
 from engine.kvm.host import find_qemu, qemu_version
@@ -44,6 +47,7 @@ __all__ = [
     "MachineSpec",
     "WaitingClone",
     "find_qemu",
+    "percentile",
     "kernel_cmdline",
     "qemu_argv",
     "qemu_version",
