@@ -22,6 +22,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Select, Static
 
 import engine
+from capsatui.hub.base import Hub
 from capsatui.palette import BindingCommands
 from capsatui.screens.help import Keys, binding_rows
 from capsatui.screens.policy_editor import PolicyEditorScreen
@@ -49,7 +50,7 @@ def allow_rule_for(event: engine.FlowEvent) -> engine.Rule:
     return engine.Rule(engine.PolicyAction.ALLOW, engine.MatchCriteria.ip(event.dst))
 
 
-def pool_of_vm(hub: Any, vm: str) -> str | None:
+def pool_of_vm(hub: Hub, vm: str) -> str | None:
     """The pool whose member ran VM ``vm`` (gateways name VMs ``vm-<qemu pid>``), if the hub knows."""
     states = getattr(hub, "states", None)
     if states is None:
@@ -87,7 +88,7 @@ class FlowLogScreen(Screen[None]):
     def help_keys(cls) -> Keys:
         return [*binding_rows(cls.BINDINGS), ("tab", "Move between the filters (domain, action, VM) and the log")]
 
-    def __init__(self, hub: Any, max_rows: int = MAX_ROWS) -> None:
+    def __init__(self, hub: Hub, max_rows: int = MAX_ROWS) -> None:
         super().__init__()
         self.hub = hub
         self.max_rows = max_rows

@@ -22,6 +22,7 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, DataTable, Footer, Input, Label, OptionList, Select, Static
 
 import engine
+from capsatui.hub.base import Hub
 from capsatui.palette import BindingCommands
 from capsatui.screens.help import Keys, binding_rows
 from capsatui.widgets.live_table import LiveTable
@@ -146,7 +147,7 @@ class PolicyEditorScreen(Screen[None]):
         return [*binding_rows(cls.BINDINGS), ("enter", "Edit the selected rule"),
                 ("tab", "Move between the default, the buttons, the rules and the what-if box")]
 
-    def __init__(self, hub: Any, pool_name: str | None, prefill_rule: engine.Rule | None = None) -> None:
+    def __init__(self, hub: Hub, pool_name: str | None, prefill_rule: engine.Rule | None = None) -> None:
         super().__init__()
         self.hub = hub
         self.pool_name = pool_name
