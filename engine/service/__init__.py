@@ -11,12 +11,15 @@ from typing import TYPE_CHECKING
 from engine.lazy import lazy_package
 
 if TYPE_CHECKING:
+    from engine.service.budget import RequestBudget
     from engine.service.client import Attachment, ServiceClient
     from engine.service.errors import ProtocolError, ServiceError, ServiceUnavailable, ServiceVersionError
+    from engine.service.limits import ServiceLimits
     from engine.service.paths import service_socket_path
     from engine.service.protocol import PROTOCOL_VERSION
     from engine.service.remote import remote_console
     from engine.service.server import PoolServer
+    from engine.service.stats import ServiceStats
 else:
     # Hidden from type checkers: a module __getattr__ would make every misspelt name type-check.
     __getattr__, __dir__, __all__ = lazy_package(globals())

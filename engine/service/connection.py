@@ -14,12 +14,16 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.broadcast import Broadcast
 from engine.console.console import ConsoleReader
 from engine.errors import ConsoleError, EngineError
 from engine.pool.pool import VmPool
 from engine.pool.pooled import PooledVm
 from engine.service import protocol
+from engine.service.budget import RequestBudget
 from engine.service.errors import BadRequest, ProtocolError, ServiceError, ServiceVersionError
+from engine.service.limits import ServiceLimits
+from engine.service.outbox import Outbox
 from engine.microvm.handle import VmHandle
 
 log = logging.getLogger(__name__)
@@ -27,6 +31,9 @@ log = logging.getLogger(__name__)
 _READ_SIZE = 65536
 _OUTPUT_CHUNK = 65536  # console bytes per output event
 _INPUT_BACKLOG = 1024  # input frames queued for a console that does not take them
+_CLOSE_GRACE = 2.0  # seconds a closing connection may take to flush its last frames
+
+Refusal = Callable[[str, str], None]  # (kind, message): log it once and count it
 
 Handler = Callable[[protocol.Message, "int | None"], Awaitable["protocol.Message | None"]]
 
@@ -42,16 +49,37 @@ class _Attachment:
 
 
 class Connection:
-    """Serves one client; ``pools`` is the server's live table of pools by name."""
+    """Serves one client; ``pools`` is the server's live table of pools by name.
+
+    Every frame to the client goes through a bounded :class:`Outbox` that one writer task
+    empties; every task of the connection (requests, console pumps, the writer) is cancelled
+    when it closes, so a client that leaves costs no CPU afterwards. ``limits`` and the shared
+    ``budget`` bound it (:mod:`engine.service.limits`); ``refuse`` is told of each refusal once.
+    """
 
     def __init__(
-        self, pools: Mapping[str, VmPool], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        pools: Mapping[str, VmPool],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        limits: ServiceLimits | None = None,
+        budget: RequestBudget | None = None,
+        refuse: Refusal | None = None,
     ) -> None:
         self._pools = pools
         self._reader = reader
         self._writer = writer
-        self._decoder = protocol.FrameDecoder()
-        self._write_lock = asyncio.Lock()
+        self._limits = limits if limits is not None else ServiceLimits()
+        budget = budget if budget is not None else RequestBudget(self._limits.max_request_bytes)
+        self._decoder = protocol.FrameDecoder(self._limits.max_frame, self._limits.max_depth, budget)
+        self._refuse = refuse if refuse is not None else _log_refusal
+        self._outbox = Outbox(self._limits.max_reply_bytes)
+        self._queued = Broadcast()  # a frame went into the outbox
+        self._sent = Broadcast()  # the writer took a frame out
+        self._writer_task: asyncio.Task[None] | None = None
+        self._closing = False  # no more requests are read or run
+        self._aborted = False  # the socket was cut: nothing more can be sent
+        self._busy_logged = False
         self._requests: set[asyncio.Task[None]] = set()
         self._reserved: dict[str, PooledVm] = {}
         self._attachments: dict[str, _Attachment] = {}
@@ -70,19 +98,43 @@ class Connection:
     def reserved(self) -> list[str]:
         return list(self._reserved)
 
+    @property
+    def request_bytes_received(self) -> int:
+        """Bytes of a partly received request frame held right now."""
+        return self._decoder.pending
+
+    @property
+    def reply_bytes(self) -> int:
+        """Bytes of frames queued for this client and not yet handed to the socket."""
+        return self._outbox.queued_bytes
+
+    @property
+    def requests_running(self) -> int:
+        return len(self._requests)
+
     async def serve(self) -> None:
         """Handshake, then read requests until the client goes; then give everything back."""
+        self._writer_task = asyncio.create_task(self._write_frames(), name="service-writer")
         try:
-            if await self._handshake():
+            if await self._handshake_in_time():
                 await self._read_requests()
         except ProtocolError as err:
-            log.warning("pool service: dropping a client: %s", err)
-            with contextlib.suppress(ConnectionError, OSError, ServiceError):
-                await self._send(protocol.error_reply(None, str(err), "ProtocolError"))
+            self._refuse_with_error(err.kind or "ProtocolError", str(err))
         except (ConnectionError, OSError):
             pass
         finally:
             await self._cleanup()
+
+    async def _handshake_in_time(self) -> bool:
+        timeout = self._limits.hello_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._handshake()
+        except TimeoutError:
+            if self._aborted:  # the socket broke meanwhile: not a timeout of ours
+                raise ConnectionResetError("the connection was cut") from None
+            self._refuse_with_error("HelloTimeout", f"no hello within {timeout:g}s (hello_timeout); closing")
+            return False
 
     async def _handshake(self) -> bool:
         while not (messages := self._decoder.feed(await self._read())):
@@ -91,9 +143,9 @@ class Connection:
         try:
             protocol.check_hello(first)
         except ServiceVersionError as err:
-            await self._send(protocol.hello_refusal(str(err)))
+            self._send(protocol.hello_refusal(str(err)))
             return False
-        await self._send(protocol.hello_reply(sorted(self._pools)))
+        self._send(protocol.hello_reply(sorted(self._pools)))
         for message in messages[1:]:  # a client may pipeline requests behind its hello
             self._dispatch(message)
         return True
@@ -110,6 +162,11 @@ class Connection:
                 self._dispatch(message)
 
     def _dispatch(self, message: protocol.Message) -> None:
+        if self._closing:  # the rest of a chunk read before a limit closed the connection
+            raise ConnectionResetError("the connection is closing")
+        if len(self._requests) >= self._limits.max_requests:
+            self._refuse_busy(message)
+            return
         task = asyncio.create_task(self._handle(message), name=f"service-{message.get('op')}")
         self._requests.add(task)
         task.add_done_callback(self._requests.discard)
@@ -125,27 +182,89 @@ class Connection:
                 raise ServiceError(f"unknown op {op!r}; known: {', '.join(sorted(self._handlers))}", "UnknownOp")
             reply = await handler(message, request_id)
             if reply is not None:
-                await self._send(protocol.ok_reply(request_id, **reply))
+                self._send(protocol.ok_reply(request_id, **reply))
         # engine errors first: ConsoleTimeout and PoolTimeout are TimeoutErrors, hence OSErrors
         except ServiceError as err:
-            await self._send_error(request_id, str(err), err.kind or type(err).__name__)
+            self._send_error(request_id, str(err), err.kind or type(err).__name__)
         except EngineError as err:
-            await self._send_error(request_id, str(err), type(err).__name__)
+            self._send_error(request_id, str(err), type(err).__name__)
         except (ConnectionError, OSError):
             pass  # the client is gone; serve() sees the end of the stream and cleans up
         except Exception as err:  # a bug must cost one request, not the server
             log.exception("pool service: request %r failed", message.get("op"))
-            await self._send_error(request_id, f"internal error: {err!r}", "InternalError")
+            self._send_error(request_id, f"internal error: {err!r}", "InternalError")
 
-    async def _send(self, message: protocol.Message) -> None:
+    # -- sending ---------------------------------------------------------------------------------
+
+    def _send(self, message: protocol.Message) -> None:
+        """Queue a reply; a client whose outbox is full is not reading: cut it off."""
+        if self._aborted:
+            raise ConnectionResetError("the connection was cut")
         frame = protocol.encode(message)
-        async with self._write_lock:
-            self._writer.write(frame)
-            await self._writer.drain()
+        if not self._outbox.offer(frame):
+            self._abort(
+                "ReplyBacklog",
+                f"the client does not read its replies: {self._outbox.queued_bytes} bytes queued, "
+                f"another {len(frame)} do not fit in max_reply_bytes={self._limits.max_reply_bytes}; closing",
+            )
+            raise ConnectionResetError("the client does not read its replies")
+        self._queued.notify()
 
-    async def _send_error(self, request_id: int | None, error: str, kind: str) -> None:
+    def _send_error(self, request_id: int | None, error: str, kind: str) -> None:
         with contextlib.suppress(ConnectionError, OSError):
-            await self._send(protocol.error_reply(request_id, error, kind))
+            self._send(protocol.error_reply(request_id, error, kind))
+
+    async def _send_event(self, message: protocol.Message) -> None:
+        """Queue an event once the outbox is empty: a slow watcher waits, it is not cut off."""
+        while len(self._outbox) and not self._aborted:
+            await self._sent.wait()
+        self._send(message)
+
+    async def _write_frames(self) -> None:
+        # The only task that writes to the socket; it stops at the first error or once the
+        # transport is closing, so nothing ever loops writing to a dead peer.
+        transport = self._writer.transport
+        try:
+            while not transport.is_closing():
+                frame = self._outbox.take()
+                if frame is None:
+                    await self._queued.wait()
+                    continue
+                self._writer.write(frame)
+                self._sent.notify()
+                await self._writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            self._outbox.clear()
+            self._sent.notify()  # wake event senders and the flush in cleanup
+
+    # -- refusals --------------------------------------------------------------------------------
+
+    def _refuse_with_error(self, kind: str, message: str) -> None:
+        """Log and count a refusal, tell the client why, and stop reading (serve() ends)."""
+        self._closing = True
+        self._refuse(kind, message)
+        self._send_error(None, message, kind)
+
+    def _refuse_busy(self, message: protocol.Message) -> None:
+        limit = self._limits.max_requests
+        text = f"{limit} requests of this connection are running (max_requests); wait for replies before sending more"
+        if not self._busy_logged:  # once per connection, not once per request of a flood
+            self._busy_logged = True
+            self._refuse("Busy", text)
+        # raises ConnectionResetError when even this does not fit: the reader then stops
+        self._send(protocol.error_reply(protocol.request_id(message), text, "Busy"))
+
+    def _abort(self, kind: str, message: str) -> None:
+        """Cut the connection at once: discard what is queued, stop reading and writing."""
+        if self._aborted:
+            return
+        self._closing = self._aborted = True
+        self._refuse(kind, message)
+        self._outbox.clear()
+        self._writer.transport.abort()  # the reader sees the end of the stream; serve() cleans up
+        self._sent.notify()
 
     # -- lookups ---------------------------------------------------------------------------------
 
@@ -221,7 +340,7 @@ class Connection:
         attachment = _Attachment(vm_id, write)
         self._attachments[vm_id] = attachment
         # the reply goes out before the first output event
-        await self._send(protocol.ok_reply(request_id))
+        self._send(protocol.ok_reply(request_id))
         attachment.tasks = [
             asyncio.create_task(self._pump_output(attachment, reader), name=f"service-watch-{vm_id}"),
             asyncio.create_task(self._pump_input(attachment, reader), name=f"service-type-{vm_id}"),
@@ -262,11 +381,11 @@ class Connection:
         vm_id = attachment.vm_id
         with contextlib.suppress(ConnectionError, OSError):
             while data := await reader.read(_OUTPUT_CHUNK):
-                await self._send(protocol.output_event(vm_id, data, reader.dropped))
+                await self._send_event(protocol.output_event(vm_id, data, reader.dropped))
             if self._attachments.get(vm_id) is attachment:
                 del self._attachments[vm_id]
             reason = reader.stream.close_reason or "the console closed"
-            await self._send(protocol.closed_event(vm_id, reason))
+            await self._send_event(protocol.closed_event(vm_id, reason))
             for task in attachment.tasks:
                 if task is not asyncio.current_task():
                     task.cancel()
@@ -280,7 +399,9 @@ class Connection:
     # -- cleanup ---------------------------------------------------------------------------------
 
     async def _cleanup(self) -> None:
-        """Cancel requests, stop watchers, release reservations, close the socket."""
+        """Cancel requests, stop watchers, release reservations, flush, close the socket."""
+        self._closing = True
+        self._decoder.close()  # its claim on the shared request budget goes back at once
         requests = list(self._requests)
         for task in requests:
             task.cancel()
@@ -297,15 +418,35 @@ class Connection:
             for vm, result in zip(reserved, results):
                 if isinstance(result, BaseException):
                     log.warning("pool service: releasing %s failed: %r", vm.id, result)
+        await self._close_socket()
+
+    async def _close_socket(self) -> None:
+        # The last frames (an error saying why, a version refusal) get a short grace to go out;
+        # a peer that does not take them within it is cut off, so no socket outlives it.
+        writer_task = self._writer_task
+        if writer_task is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_CLOSE_GRACE):
+                    while len(self._outbox) and not writer_task.done():
+                        await self._sent.wait()
+            writer_task.cancel()
+            await asyncio.wait([writer_task])
         self._writer.close()
-        with contextlib.suppress(ConnectionError, OSError):
-            await self._writer.wait_closed()
+        try:
+            async with asyncio.timeout(_CLOSE_GRACE):
+                await self._writer.wait_closed()
+        except (TimeoutError, ConnectionError, OSError):
+            self._writer.transport.abort()
 
 
 async def _run_command(vm: PooledVm, command: str, timeout: float | None) -> dict[str, Any]:
     console = await vm.shell()
     result = await console.run(command, timeout)
     return {"exit_code": result.exit_code, "output": result.output, "dropped": result.dropped}
+
+
+def _log_refusal(kind: str, message: str) -> None:
+    log.warning("pool service: refusing a client (%s): %s", kind, message)
 
 
 async def _stop(attachment: _Attachment) -> None:

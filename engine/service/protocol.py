@@ -2,9 +2,14 @@
 
 Framing
     Every message is one frame: a 4-byte big-endian length, then that many bytes of UTF-8 JSON
-    holding one object. A frame longer than :data:`MAX_FRAME` (16 MiB), bytes that are not
-    UTF-8 JSON, or JSON that is not an object is a :class:`ProtocolError`; the server drops
-    such a connection.
+    holding one object. A frame longer than :data:`MAX_FRAME` (16 MiB), JSON nested deeper than
+    :data:`MAX_DEPTH` (64) arrays and objects, bytes that are not UTF-8 JSON, or JSON that is not
+    an object is a :class:`ProtocolError`; the server answers it with an error frame that names
+    the problem and drops the connection. The depth is checked on the raw bytes before
+    ``json.loads`` (which recurses, and would raise ``RecursionError`` out of the handler), with
+    a scan that keeps a counter, not a stack. A decoder may share a :class:`RequestBudget` with
+    others: it claims each frame's announced size when the header arrives (see
+    :mod:`engine.service.budget`).
 
 Handshake
     The client speaks first: ``{"op": "hello", "version": 1}``. The server answers
@@ -52,14 +57,18 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import json
+import re
 import struct
 from typing import Any, TypeVar
 
+from engine.service.budget import RequestBudget
 from engine.service.errors import BadRequest, ProtocolError, ServiceError, ServiceVersionError
 
 PROTOCOL_VERSION = 1
 MAX_FRAME = 16 * 1024 * 1024
+MAX_DEPTH = 64  # our messages nest 3 deep; json's C scanner recurses about 1000 deep at most
 _HEADER = struct.Struct(">I")
 
 Message = dict[str, Any]
@@ -82,18 +91,31 @@ def encode(message: Message) -> bytes:
 class FrameDecoder:
     """Incremental decoder: feed it bytes as they arrive, get whole messages back.
 
+    With a ``budget``, each frame's announced size is claimed from it when its header arrives;
+    a frame that does not fit is a :class:`ProtocolError` of kind ``BufferFull``. Call
+    :meth:`close` when the stream ends, to give the claim of an unfinished frame back.
     After a :class:`ProtocolError` the stream is out of step; the decoder refuses more input.
     """
 
-    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+    def __init__(
+        self, max_frame: int = MAX_FRAME, max_depth: int = MAX_DEPTH, budget: RequestBudget | None = None
+    ) -> None:
         self._buffer = bytearray()
         self._max_frame = max_frame
+        self._max_depth = max_depth
+        self._budget = budget
+        self._claimed = 0  # of the budget, for the frame in progress
         self._broken: ProtocolError | None = None
 
     @property
     def pending(self) -> int:
         """Bytes received that do not yet form a whole frame."""
         return len(self._buffer)
+
+    @property
+    def claimed(self) -> int:
+        """Bytes of the budget held for the frame in progress (its announced size)."""
+        return self._claimed
 
     def feed(self, data: bytes) -> list[Message]:
         if self._broken is not None:
@@ -105,8 +127,19 @@ class FrameDecoder:
                 messages.append(message)
         except ProtocolError as err:
             self._broken = err
+            self.close()
             raise
         return messages
+
+    def close(self) -> None:
+        """Drop what is buffered and give its claim back (idempotent)."""
+        self._buffer.clear()
+        self._give_back()
+
+    def _give_back(self) -> None:
+        if self._claimed and self._budget is not None:
+            self._budget.release(self._claimed)
+        self._claimed = 0
 
     def _next(self) -> Message | None:
         if len(self._buffer) < _HEADER.size:
@@ -116,14 +149,25 @@ class FrameDecoder:
         if length > self._max_frame:
             raise ProtocolError(f"frame of {length} bytes exceeds the limit of {self._max_frame} bytes")
         end = _HEADER.size + length
+        if self._budget is not None and not self._claimed:
+            if not self._budget.claim(end):
+                raise ProtocolError(
+                    f"the server's request buffer is full: a frame of {length} bytes does not fit in the "
+                    f"{self._budget.free} bytes left of its {self._budget.limit} (max_request_bytes, "
+                    "shared by all clients); try again later",
+                    "BufferFull",
+                )
+            self._claimed = end
         if len(self._buffer) < end:
             return None
         body = bytes(self._buffer[_HEADER.size : end])
         del self._buffer[:end]
-        return decode_body(body)
+        self._give_back()
+        return decode_body(body, self._max_depth)
 
 
-def decode_body(body: bytes) -> Message:
+def decode_body(body: bytes, max_depth: int = MAX_DEPTH) -> Message:
+    check_depth(body, max_depth)
     try:
         message = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as err:
@@ -131,6 +175,41 @@ def decode_body(body: bytes) -> Message:
     if not isinstance(message, dict):
         raise ProtocolError(f"frame holds a JSON {type(message).__name__}, not an object")
     return message
+
+
+# A JSON string (escapes included) is cut out whole, so brackets inside strings do not count.
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}\"")
+_STEP = [0] * 256
+_STEP[ord("[")] = _STEP[ord("{")] = 1
+_STEP[ord("]")] = _STEP[ord("}")] = -1
+
+
+def json_depth(body: bytes) -> int:
+    """How deep the arrays and objects of JSON text ``body`` nest (0 for a scalar).
+
+    Counted on the raw bytes with C-speed passes (strings cut out, brackets kept, a running
+    sum), never by recursion. For bad JSON it may say more than the parser would reach, never
+    less: a quote left after the strings are cut is a string that never ends, where json.loads
+    stops with an error, so counting stops there too.
+    """
+    brackets = _STRING.sub(b"", body).translate(None, _NOT_BRACKETS)
+    unterminated = brackets.find(b'"')
+    if unterminated >= 0:
+        brackets = brackets[:unterminated]
+    return max(itertools.accumulate(map(_STEP.__getitem__, brackets)), default=0)
+
+
+def check_depth(body: bytes, max_depth: int = MAX_DEPTH) -> None:
+    """:class:`ProtocolError` (kind ``TooDeep``) if ``body`` nests deeper than ``max_depth``."""
+    # fewer brackets in all than the limit cannot nest past it: no scan for ordinary frames
+    if body.count(b"[") + body.count(b"{") <= max_depth:
+        return
+    if json_depth(body) > max_depth:
+        raise ProtocolError(
+            f"frame nests JSON arrays and objects more than {max_depth} deep (the limit, max_depth)",
+            "TooDeep",
+        )
 
 
 # -- handshake -------------------------------------------------------------------------------
@@ -160,8 +239,11 @@ def hello_reply(pools: list[str]) -> Message:
     return {"ok": True, "version": PROTOCOL_VERSION, "pools": pools}
 
 
-def hello_refusal(error: str) -> Message:
-    return {"ok": False, "version": PROTOCOL_VERSION, "error": error}
+def hello_refusal(error: str, kind: str | None = None) -> Message:
+    refusal: Message = {"ok": False, "version": PROTOCOL_VERSION, "error": error}
+    if kind is not None:
+        refusal["kind"] = kind
+    return refusal
 
 
 def check_hello_reply(reply: Message, version: int = PROTOCOL_VERSION) -> None:

@@ -9,6 +9,11 @@ Only the user who runs the server can use it: the socket is created with mode 06
 of mode 0700, and every connection's peer uid (SO_PEERCRED) must be ours. The server serves the
 pools; it does not own them: whoever built a pool closes it, after closing the server (which
 releases every VM its clients still held).
+
+Every client is bounded (:mod:`engine.service.limits`: connections, buffered request bytes
+across all clients, frame size and JSON depth, running requests and queued replies per client,
+the hello timeout); each bound is a keyword argument here, and :meth:`PoolServer.stats` shows
+what the server holds and what it refused.
 """
 from __future__ import annotations
 
@@ -19,14 +24,19 @@ import os
 import socket
 import stat
 import struct
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
 from engine.pool.pool import VmPool
+from engine.service import limits as defaults
 from engine.service import protocol
+from engine.service.budget import RequestBudget
 from engine.service.connection import Connection
 from engine.service.errors import ServiceError
+from engine.service.limits import ServiceLimits
 from engine.service.paths import prepare_socket_folder, service_socket_path
+from engine.service.stats import ServiceStats
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +45,36 @@ _CREDENTIALS = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
 class PoolServer:
-    """Serves ``pools`` (by name) on ``path`` (default: :func:`service_socket_path`)."""
+    """Serves ``pools`` (by name) on ``path`` (default: :func:`service_socket_path`).
 
-    def __init__(self, pools: Iterable[VmPool] = (), path: Path | str | None = None) -> None:
+    The keyword arguments are the limits of :mod:`engine.service.limits` (defaults there);
+    a value that is not a positive number is a ``ValueError`` naming the argument.
+    """
+
+    def __init__(
+        self,
+        pools: Iterable[VmPool] = (),
+        path: Path | str | None = None,
+        *,
+        max_connections: int = defaults.MAX_CONNECTIONS,
+        max_request_bytes: int = defaults.MAX_REQUEST_BYTES,
+        max_frame: int = protocol.MAX_FRAME,
+        max_depth: int = protocol.MAX_DEPTH,
+        max_requests: int = defaults.MAX_REQUESTS,
+        max_reply_bytes: int = defaults.MAX_REPLY_BYTES,
+        hello_timeout: float = defaults.HELLO_TIMEOUT,
+    ) -> None:
+        self.limits = ServiceLimits(
+            max_connections=max_connections,
+            max_request_bytes=max_request_bytes,
+            max_frame=max_frame,
+            max_depth=max_depth,
+            max_requests=max_requests,
+            max_reply_bytes=max_reply_bytes,
+            hello_timeout=hello_timeout,
+        )
+        self._budget = RequestBudget(max_request_bytes)
+        self._refused: Counter[str] = Counter()
         self.path = Path(path) if path is not None else service_socket_path()
         self._pools: dict[str, VmPool] = {}
         for pool in pools:
@@ -55,6 +92,23 @@ class PoolServer:
     def connection_count(self) -> int:
         """Clients connected right now (tests use it to see a disconnect was noticed)."""
         return len(self._connections)
+
+    def stats(self) -> ServiceStats:
+        """What the server holds for its clients right now, and what it refused so far."""
+        connections = list(self._connections.values())
+        return ServiceStats(
+            connections=len(connections),
+            request_bytes=self._budget.used,
+            request_bytes_received=sum(c.request_bytes_received for c in connections),
+            max_request_bytes=self._budget.limit,
+            reply_bytes=sum(c.reply_bytes for c in connections),
+            requests_running=sum(c.requests_running for c in connections),
+            refused=dict(self._refused),
+        )
+
+    def _refuse(self, kind: str, message: str) -> None:
+        self._refused[kind] += 1
+        log.warning("pool service: refusing a client (%s): %s", kind, message)
 
     def add_pool(self, pool: VmPool) -> None:
         """Serve ``pool`` too (a server may start listening before its pools have booted)."""
@@ -87,12 +141,15 @@ class PoolServer:
         uid = _peer_uid(writer)
         if uid != os.getuid() or self._closed:
             why = "the server is closing" if self._closed else f"uid {uid} may not use this server"
-            with contextlib.suppress(ConnectionError, OSError):
-                writer.write(protocol.encode(protocol.hello_refusal(why)))
-                await writer.drain()
-            writer.close()
+            await _turn_away(writer, protocol.hello_refusal(why))
             return
-        connection = Connection(self._pools, reader, writer)
+        if len(self._connections) >= self.limits.max_connections:
+            limit = self.limits.max_connections
+            why = f"the server has {limit} clients connected (max_connections); try again later"
+            self._refuse("TooManyConnections", why)
+            await _turn_away(writer, protocol.hello_refusal(why, "TooManyConnections"))
+            return
+        connection = Connection(self._pools, reader, writer, self.limits, self._budget, self._refuse)
         self._connections[task] = connection
         try:
             await connection.serve()
@@ -136,6 +193,17 @@ class PoolServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+async def _turn_away(writer: asyncio.StreamWriter, refusal: protocol.Message) -> None:
+    """Send one refusal and close; a peer that does not take it is cut off, not waited for."""
+    with contextlib.suppress(ConnectionError, OSError):
+        writer.write(protocol.encode(refusal))
+    writer.close()
+    try:
+        await asyncio.wait_for(writer.wait_closed(), _PROBE_TIMEOUT)
+    except (TimeoutError, ConnectionError, OSError):
+        writer.transport.abort()
 
 
 async def _clear_stale_socket(path: Path) -> None:
