@@ -57,10 +57,11 @@ class _Raw:
         return raw
 
     async def next(self) -> protocol.Message | None:
-        """The next frame from the server; None once it hung up."""
+        """The next frame from the server; None once it hung up (a test fails, never hangs)."""
         try:
-            size = int.from_bytes(await self.reader.readexactly(4), "big")
-            return protocol.decode_body(await self.reader.readexactly(size))
+            async with asyncio.timeout(30):
+                size = int.from_bytes(await self.reader.readexactly(4), "big")
+                return protocol.decode_body(await self.reader.readexactly(size))
         except (asyncio.IncompleteReadError, ConnectionError):
             return None
 
@@ -150,6 +151,26 @@ async def test_a_client_that_pipelines_and_leaves_leaves_no_task(fake_guest: eng
         await until(lambda: len(asyncio.all_tasks()) == baseline, 10, "its tasks gone")
         assert server.stats().reply_bytes == 0
         await _still_serves(server)
+
+
+async def test_a_client_that_leaves_with_blocked_requests_has_them_cancelled(
+    fake_guest: engine.LinuxDirectBoot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    never = asyncio.Event()
+
+    async def stuck_status(self: Connection, message: protocol.Message, request_id: int | None) -> protocol.Message:
+        await never.wait()  # a request that would run for ever (a reserve with no timeout)
+        return {}
+
+    monkeypatch.setattr(Connection, "_op_status", stuck_status)
+    async with _serving(fake_guest) as server:
+        baseline = len(asyncio.all_tasks())
+        client = await _Raw.open(server.path)
+        await client.send(_statuses(200))
+        await until(lambda: server.stats().requests_running == 200, 30, "its requests running")
+        client.close()
+        await until(lambda: server.connection_count == 0, 30, "its connection closed")
+        await until(lambda: len(asyncio.all_tasks()) == baseline, 10, "its requests cancelled")
 
 
 async def test_requests_over_the_running_limit_are_answered_busy(
