@@ -116,8 +116,9 @@ class Connection:
         """Handshake, then read requests until the client goes; then give everything back."""
         self._writer_task = asyncio.create_task(self._write_frames(), name="service-writer")
         try:
-            if await self._handshake_in_time():
-                await self._read_requests()
+            pipelined = await self._handshake_in_time()
+            if pipelined is not None:
+                await self._read_requests(pipelined)
         except ProtocolError as err:
             self._refuse_with_error(err.kind or "ProtocolError", str(err))
         except (ConnectionError, OSError):
@@ -125,7 +126,7 @@ class Connection:
         finally:
             await self._cleanup()
 
-    async def _handshake_in_time(self) -> bool:
+    async def _handshake_in_time(self) -> list[protocol.Message] | None:
         timeout = self._limits.hello_timeout
         try:
             async with asyncio.timeout(timeout):
@@ -134,9 +135,10 @@ class Connection:
             if self._aborted:  # the socket broke meanwhile: not a timeout of ours
                 raise ConnectionResetError("the connection was cut") from None
             self._refuse_with_error("HelloTimeout", f"no hello within {timeout:g}s (hello_timeout); closing")
-            return False
+            return None
 
-    async def _handshake(self) -> bool:
+    async def _handshake(self) -> list[protocol.Message] | None:
+        """The requests pipelined behind an accepted hello; None if the hello was refused."""
         while not (messages := self._decoder.feed(await self._read())):
             pass
         first = messages[0]
@@ -144,11 +146,9 @@ class Connection:
             protocol.check_hello(first)
         except ServiceVersionError as err:
             self._send(protocol.hello_refusal(str(err)))
-            return False
+            return None
         self._send(protocol.hello_reply(sorted(self._pools)))
-        for message in messages[1:]:  # a client may pipeline requests behind its hello
-            self._dispatch(message)
-        return True
+        return messages[1:]  # a client may pipeline requests behind its hello
 
     async def _read(self) -> bytes:
         data = await self._reader.read(_READ_SIZE)
@@ -156,14 +156,19 @@ class Connection:
             raise ConnectionResetError("the client closed the connection")
         return data
 
-    async def _read_requests(self) -> None:
+    async def _read_requests(self, messages: list[protocol.Message]) -> None:
         while True:
-            for message in self._decoder.feed(await self._read()):
-                self._dispatch(message)
+            for message in messages:
+                await self._dispatch(message)
+            messages = self._decoder.feed(await self._read())
 
-    def _dispatch(self, message: protocol.Message) -> None:
+    async def _dispatch(self, message: protocol.Message) -> None:
         if self._closing:  # the rest of a chunk read before a limit closed the connection
             raise ConnectionResetError("the connection is closing")
+        if len(self._requests) >= self._limits.max_requests:
+            # One chunk read can hold a thousand pipelined requests: the ones that finish at
+            # once (status) get their turn before a request is called one too many.
+            await asyncio.sleep(0)
         if len(self._requests) >= self._limits.max_requests:
             self._refuse_busy(message)
             return
@@ -193,6 +198,9 @@ class Connection:
         except Exception as err:  # a bug must cost one request, not the server
             log.exception("pool service: request %r failed", message.get("op"))
             self._send_error(request_id, f"internal error: {err!r}", "InternalError")
+        finally:
+            # now, not in the done callback one loop turn later: the slot is free for the reader
+            self._requests.discard(asyncio.current_task())
 
     # -- sending ---------------------------------------------------------------------------------
 

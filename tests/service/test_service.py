@@ -7,6 +7,7 @@ leak check sees no boot in progress.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -323,6 +324,35 @@ async def test_closing_a_client_releases_its_vms(served: Served) -> None:
     [pid] = _reserved_pids(served.pool)
     await client.close()
     await until(lambda: not alive(pid), 30, "the reserved VM killed")
+
+
+def _service_tasks() -> list[asyncio.Task[object]]:
+    return [t for t in asyncio.all_tasks() if t.get_name().startswith("service-")]
+
+
+@pytest.mark.guest
+async def test_a_client_flooding_requests_is_cut_off_and_the_pool_is_untouched(served: Served) -> None:
+    # the attack: pipeline requests, never read a reply; the server grew by ~800 MiB,
+    # spun for minutes after the client left, and a pooled VM was evicted meanwhile
+    [idle] = served.pool.members()
+    evicted, cut = served.pool.stats().evicted, served.server.stats().refused.get("ReplyBacklog", 0)
+    reader, writer = await asyncio.open_unix_connection(str(served.path))
+    writer.write(protocol.encode(protocol.hello()))
+    assert protocol.decode_body((await reader.read(65536))[4:])["ok"] is True
+    flood = b"".join(protocol.encode(protocol.request("status", n)) for n in range(50_000))
+    with contextlib.suppress(ConnectionError, OSError):
+        writer.write(flood)  # some 25 MB of replies asked for; none is read
+        await writer.drain()
+    await until(lambda: served.server.stats().refused.get("ReplyBacklog", 0) == cut + 1, 120, "the flooder cut off")
+    await until(lambda: served.server.connection_count == 0, 30, "its connection closed")
+    await until(lambda: not _service_tasks(), 30, "every task of its connection gone")
+    stats = served.server.stats()
+    assert (stats.reply_bytes, stats.request_bytes, stats.requests_running) == (0, 0, 0)
+    writer.transport.abort()
+    [still] = served.pool.members()
+    assert (still.id, still.state, served.pool.stats().evicted) == (idle.id, "idle", evicted)
+    async with await _client(served) as client:
+        assert (await client.run(POOL, "echo alive", timeout=60)).output == "alive\n"
 
 
 # -- the CLI ---------------------------------------------------------------------------------

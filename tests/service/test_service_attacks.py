@@ -153,6 +153,19 @@ async def test_a_client_that_pipelines_and_leaves_leaves_no_task(fake_guest: eng
         await _still_serves(server)
 
 
+async def test_a_reading_client_may_pipeline_far_past_the_running_limit(fake_guest: engine.LinuxDirectBoot) -> None:
+    async with _serving(fake_guest, max_requests=4) as server:
+        reader, writer = await asyncio.open_unix_connection(str(server.path))
+        client = _Raw(reader, writer)
+        # hello and 2000 requests in one write: they arrive in a few chunks of a thousand
+        await client.send(protocol.encode(protocol.hello()) + _statuses(2000))
+        frames = [await client.next() for _ in range(2001)]
+        assert all(f is not None and f["ok"] is True for f in frames), [f for f in frames if f and not f["ok"]][:1]
+        assert sorted(f["id"] for f in frames[1:] if f is not None) == list(range(2000))
+        assert server.stats().refused == {}
+        client.close()
+
+
 async def test_a_client_that_leaves_with_blocked_requests_has_them_cancelled(
     fake_guest: engine.LinuxDirectBoot, monkeypatch: pytest.MonkeyPatch
 ) -> None:
