@@ -24,7 +24,15 @@ Requests and replies
     ``{"id": N, "ok": false, "error": message, "kind": name}`` where ``kind`` names the error
     (``PoolEmpty``, ``PoolTimeout``, ``PoolClosed``, ``PoolBootError``, ``ConsoleTimeout``,
     ``BadRequest``, ``UnknownOp``, ``UnknownPool``, ``UnknownVm``, ``NotReserved``,
-    ``NotAttached``...).
+    ``NotAttached``, ``Busy``...).
+
+Limits
+    The server bounds every client (:mod:`engine.service.limits`): a request beyond the
+    connection's running limit is answered ``Busy`` and not run; a frame that does not fit the
+    server's shared request buffer (``BufferFull``), nests too deep (``TooDeep``) or is too long,
+    and a connection that has not said hello in time (``HelloTimeout``), get an error frame
+    with ``id`` null and are closed; connection N+1 gets a hello refusal of kind
+    ``TooManyConnections``; a client that leaves its replies unread past the bound is cut off.
 
     ``status``                        -> ``{"pools": [PoolStats fields + "members":
                                           [{id, state, pid, age_s}]]}``
