@@ -157,10 +157,26 @@ class Connection:
         return data
 
     async def _read_requests(self, messages: list[protocol.Message]) -> None:
+        loop = asyncio.get_running_loop()
+        frame, deadline = 0, None  # the unfinished frame, and when it must be complete
         while True:
             for message in messages:
                 await self._dispatch(message)
-            messages = self._decoder.feed(await self._read())
+            if not self._decoder.in_frame:
+                deadline = None
+            elif self._decoder.frames_started != frame:
+                frame, deadline = self._decoder.frames_started, loop.time() + self._limits.frame_timeout
+            try:
+                async with asyncio.timeout_at(deadline):
+                    data = await self._read()
+            except TimeoutError:
+                if self._aborted:
+                    raise ConnectionResetError("the connection was cut") from None
+                timeout = self._limits.frame_timeout
+                why = f"a frame not complete {timeout:g}s after its header (frame_timeout); closing"
+                self._refuse_with_error("FrameTimeout", why)
+                return
+            messages = self._decoder.feed(data)
 
     async def _dispatch(self, message: protocol.Message) -> None:
         if self._closing:  # the rest of a chunk read before a limit closed the connection

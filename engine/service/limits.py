@@ -32,6 +32,12 @@ same name in lower case, so tests and embedders can set small ones. The choices:
 ``hello_timeout`` (10 s)
     A connection that has not completed the hello by then gets an error frame of kind
     ``HelloTimeout`` and is closed.
+``frame_timeout`` (30 s)
+    A frame whose header has arrived must be complete this long after; if not, an error frame
+    of kind ``FrameTimeout`` and the connection is closed. Without it, a client that announces
+    16 MiB frames and trickles them a byte a minute would hold its share of
+    ``max_request_bytes`` for ever (a local client sends 16 MiB in well under a second). Between
+    frames a client may be idle as long as it likes.
 
 Every refusal is logged once, as one warning line naming the limit, and counted in
 :class:`ServiceStats`.
@@ -48,6 +54,7 @@ MAX_REQUEST_BYTES = 64 * 1024 * 1024
 MAX_REQUESTS = 256
 MAX_REPLY_BYTES = 8 * 1024 * 1024
 HELLO_TIMEOUT = 10.0
+FRAME_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -61,11 +68,12 @@ class ServiceLimits:
     max_requests: int = MAX_REQUESTS
     max_reply_bytes: int = MAX_REPLY_BYTES
     hello_timeout: float = HELLO_TIMEOUT
+    frame_timeout: float = FRAME_TIMEOUT
 
     def __post_init__(self) -> None:
         for item in fields(self):
             value = getattr(self, item.name)
-            number = (int, float) if item.name == "hello_timeout" else int
+            number = (int, float) if item.name.endswith("_timeout") else int
             if isinstance(value, bool) or not isinstance(value, number):
                 raise ValueError(f"PoolServer: {item.name} must be a number, not {value!r}")
             if not (value > 0 and math.isfinite(value)):

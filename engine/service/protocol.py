@@ -113,6 +113,8 @@ class FrameDecoder:
         self._max_depth = max_depth
         self._budget = budget
         self._claimed = 0  # of the budget, for the frame in progress
+        self._in_frame = False  # the header of an unfinished frame has been read
+        self._started = 0
         self._broken: ProtocolError | None = None
 
     @property
@@ -124,6 +126,16 @@ class FrameDecoder:
     def claimed(self) -> int:
         """Bytes of the budget held for the frame in progress (its announced size)."""
         return self._claimed
+
+    @property
+    def in_frame(self) -> bool:
+        """Whether a frame's header has arrived and its body has not all arrived yet."""
+        return self._in_frame
+
+    @property
+    def frames_started(self) -> int:
+        """Headers read so far: tells one unfinished frame from the next (for timeouts)."""
+        return self._started
 
     def feed(self, data: bytes) -> list[Message]:
         if self._broken is not None:
@@ -142,6 +154,7 @@ class FrameDecoder:
     def close(self) -> None:
         """Drop what is buffered and give its claim back (idempotent)."""
         self._buffer.clear()
+        self._in_frame = False
         self._give_back()
 
     def _give_back(self) -> None:
@@ -157,19 +170,22 @@ class FrameDecoder:
         if length > self._max_frame:
             raise ProtocolError(f"frame of {length} bytes exceeds the limit of {self._max_frame} bytes")
         end = _HEADER.size + length
-        if self._budget is not None and not self._claimed:
-            if not self._budget.claim(end):
+        if not self._in_frame:
+            self._in_frame = True
+            self._started += 1
+            if self._budget is not None and not self._budget.claim(end):
                 raise ProtocolError(
                     f"the server's request buffer is full: a frame of {length} bytes does not fit in the "
                     f"{self._budget.free} bytes left of its {self._budget.limit} (max_request_bytes, "
                     "shared by all clients); try again later",
                     "BufferFull",
                 )
-            self._claimed = end
+            self._claimed = end if self._budget is not None else 0
         if len(self._buffer) < end:
             return None
         body = bytes(self._buffer[_HEADER.size : end])
         del self._buffer[:end]
+        self._in_frame = False
         self._give_back()
         return decode_body(body, self._max_depth)
 

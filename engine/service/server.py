@@ -63,6 +63,7 @@ class PoolServer:
         max_requests: int = defaults.MAX_REQUESTS,
         max_reply_bytes: int = defaults.MAX_REPLY_BYTES,
         hello_timeout: float = defaults.HELLO_TIMEOUT,
+        frame_timeout: float = defaults.FRAME_TIMEOUT,
     ) -> None:
         self.limits = ServiceLimits(
             max_connections=max_connections,
@@ -72,6 +73,7 @@ class PoolServer:
             max_requests=max_requests,
             max_reply_bytes=max_reply_bytes,
             hello_timeout=hello_timeout,
+            frame_timeout=frame_timeout,
         )
         self._budget = RequestBudget(max_request_bytes)
         self._refused: Counter[str] = Counter()

@@ -236,6 +236,22 @@ async def test_a_silent_connection_is_closed_after_the_hello_timeout(fake_guest:
         slow.close()
 
 
+async def test_a_frame_trickled_in_is_closed_after_the_frame_timeout(fake_guest: engine.LinuxDirectBoot) -> None:
+    async with _serving(fake_guest, frame_timeout=0.3) as server:
+        client = await _Raw.open(server.path)
+        await client.send(struct.pack(">I", 100_000) + b" " * 10)  # a frame begun, never finished
+        await until(lambda: server.stats().request_bytes == 100_004, 10, "its frame claimed")
+        [error] = await client.rest()
+        assert error["kind"] == "FrameTimeout" and "frame_timeout" in error["error"]
+        await until(lambda: server.connection_count == 0, 10, "its connection closed")
+        assert server.stats().request_bytes == 0  # its claim on the shared buffer is back
+        # idle between frames is no offence: only an unfinished frame has a deadline
+        async with await engine.ServiceClient.connect(server.path) as patient:
+            await asyncio.sleep(0.6)
+            assert len(await patient.status()) == 1
+        client.close()
+
+
 # -- too many connections ---------------------------------------------------------------------
 
 
@@ -243,7 +259,8 @@ async def test_the_connection_over_the_limit_is_refused_with_an_error_frame(fake
     async with _serving(fake_guest, max_connections=3) as server:
         clients = [await engine.ServiceClient.connect(server.path) for _ in range(3)]
         try:
-            with pytest.raises(engine.ServiceError, match=r"refused the connection: .*3 clients connected \(max_connections\)"):
+            refused = r"refused the connection: .*3 clients connected \(max_connections\)"
+            with pytest.raises(engine.ServiceError, match=refused):
                 await engine.ServiceClient.connect(server.path)
             raw = await _Raw.open(server.path, hello=False)
             [refusal] = await asyncio.wait_for(raw.rest(), 30)  # told at once, then hung up on

@@ -60,6 +60,18 @@ def test_two_decoders_share_one_budget_and_the_one_that_does_not_fit_is_refused(
     assert budget.used == 0
 
 
+def test_decoder_tells_one_unfinished_frame_from_the_next() -> None:
+    decoder = protocol.FrameDecoder()  # no budget: the frame count works all the same
+    first = protocol.encode({"id": 1})
+    assert (decoder.in_frame, decoder.frames_started) == (False, 0)
+    decoder.feed(first[:5])
+    assert (decoder.in_frame, decoder.frames_started, decoder.claimed) == (True, 1, 0)
+    decoder.feed(first[5:] + first[:5])  # the first completes, the second begins in one chunk
+    assert (decoder.in_frame, decoder.frames_started) == (True, 2)
+    decoder.feed(first[5:])
+    assert (decoder.in_frame, decoder.frames_started) == (False, 2)
+
+
 def test_small_frames_in_one_chunk_hold_no_claim_afterwards() -> None:
     budget = RequestBudget(64)
     decoder = protocol.FrameDecoder(budget=budget)
@@ -148,7 +160,8 @@ def test_limits_have_named_defaults() -> None:
 
 
 @pytest.mark.parametrize(
-    ("field", "value"), [("max_connections", 0), ("hello_timeout", -1.0), ("max_depth", True), ("max_frame", 1.5)]
+    ("field", "value"),
+    [("max_connections", 0), ("hello_timeout", -1.0), ("frame_timeout", float("inf")), ("max_depth", True), ("max_frame", 1.5)],
 )
 def test_bad_limits_name_the_argument(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=f"PoolServer: {field} must be"):
