@@ -40,7 +40,7 @@ same name in lower case, so tests and embedders can set small ones. The choices:
     frames a client may be idle as long as it likes.
 
 Every refusal is logged once, as one warning line naming the limit, and counted in
-:class:`ServiceStats`.
+:class:`ServiceStats` (``Busy`` once per connection, not once per request of a flood).
 """
 from __future__ import annotations
 

@@ -13,7 +13,9 @@ class ServiceStats:
     the frames being received, across all clients; ``request_bytes_received`` is the part of
     them that has arrived and is buffered. ``reply_bytes`` are frames queued for clients.
     ``refused`` counts refusals by kind (``TooManyConnections``, ``BufferFull``, ``TooDeep``,
-    ``HelloTimeout``, ``ReplyBacklog``, ``Busy``, ``ProtocolError``...) since the server started.
+    ``HelloTimeout``, ``FrameTimeout``, ``ReplyBacklog``, ``Busy``, ``ProtocolError``...) since the
+    server started; ``Busy`` counts connections that were answered Busy (and logs each once),
+    not every request so answered.
     """
 
     connections: int

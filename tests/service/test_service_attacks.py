@@ -125,7 +125,7 @@ def _statuses(count: int) -> bytes:
 
 
 async def test_a_client_that_pipelines_and_never_reads_is_cut_off_and_leaves_no_task(
-    fake_guest: engine.LinuxDirectBoot,
+    fake_guest: engine.LinuxDirectBoot, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with _serving(fake_guest, max_reply_bytes=64 * 1024) as server:
         baseline = len(asyncio.all_tasks())
@@ -137,6 +137,7 @@ async def test_a_client_that_pipelines_and_never_reads_is_cut_off_and_leaves_no_
         await until(lambda: len(asyncio.all_tasks()) == baseline, 10, "its tasks gone")
         stats = server.stats()
         assert (stats.reply_bytes, stats.requests_running, stats.request_bytes) == (0, 0, 0)
+        assert _refusals_logged(caplog, "ReplyBacklog") == 1
         client.close()
         await _still_serves(server)
 
@@ -186,8 +187,12 @@ async def test_a_client_that_leaves_with_blocked_requests_has_them_cancelled(
         await until(lambda: len(asyncio.all_tasks()) == baseline, 10, "its requests cancelled")
 
 
+def _refusals_logged(caplog: pytest.LogCaptureFixture, kind: str) -> int:
+    return sum(f"refusing a client ({kind})" in r.getMessage() for r in caplog.records)
+
+
 async def test_requests_over_the_running_limit_are_answered_busy(
-    fake_guest: engine.LinuxDirectBoot, monkeypatch: pytest.MonkeyPatch
+    fake_guest: engine.LinuxDirectBoot, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     gate = asyncio.Event()
 
@@ -198,10 +203,13 @@ async def test_requests_over_the_running_limit_are_answered_busy(
     monkeypatch.setattr(Connection, "_op_status", slow_status)
     async with _serving(fake_guest, max_requests=2) as server:
         client = await _Raw.open(server.path)
-        await client.send(_statuses(3))
-        busy = await client.next()
-        assert busy is not None and (busy["id"], busy["kind"]) == (2, "Busy") and "max_requests" in busy["error"]
+        await client.send(_statuses(5))
+        for request_id in (2, 3, 4):
+            busy = await client.next()
+            assert busy is not None and (busy["id"], busy["kind"]) == (request_id, "Busy"), busy
+            assert "max_requests" in busy["error"]
         assert server.stats().requests_running == 2
+        assert _refusals_logged(caplog, "Busy") == 1  # one line for the connection, not one a request
         gate.set()
         replies = [await client.next(), await client.next()]
         assert sorted(r["id"] for r in replies if r is not None and r["ok"]) == [0, 1]
