@@ -1,9 +1,13 @@
 """One client connection of the pool service: its requests, reservations and attachments.
 
 Each request runs in a task of its own, so a ``reserve`` that waits or a long ``run`` never
-holds up the connection's other requests; frames out are serialized by a lock. Everything a
-connection acquires (request tasks, reserved VMs, console watchers) is recorded here and given
-back in :meth:`Connection.serve`'s cleanup, whichever way the connection ends.
+holds up the connection's other requests; at most ``max_requests`` run at once. Frames out go
+into a bounded outbox (:mod:`engine.service.outbox`) that one writer task empties: a client that
+does not read its replies is cut off when it fills, and nothing loops writing to a dead peer.
+Everything a connection acquires (request tasks, the writer, reserved VMs, console watchers,
+its claim on the shared request budget) is recorded here and given back in
+:meth:`Connection.serve`'s cleanup, whichever way the connection ends, so a client that leaves
+costs no CPU afterwards. The limits are those of :mod:`engine.service.limits`.
 """
 from __future__ import annotations
 
