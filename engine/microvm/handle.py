@@ -119,7 +119,7 @@ class VmHandle:
         gateway = None
         if nat is not None:
             try:
-                gateway = Gateway(nat, name=f"vm-{machine.pid}")
+                gateway = Gateway(nat, name=f"vm-{machine.pid}", hostname=spec.hostname)
                 sock = machine.take_net_socket()
                 assert sock is not None
                 await gateway.start(sock)
