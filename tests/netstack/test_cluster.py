@@ -166,3 +166,23 @@ async def test_a_members_policy_still_denies_what_it_denies(cluster: Cluster, ho
     assert allowed.output == HOST_PAGE.decode(), allowed.output
     denied = await sh(cluster.beta, f"timeout 60 wget -qO- http://secret.test:{host.http_port}/")
     assert denied.exit_code != 0 and HOST_PAGE.decode() not in denied.output, denied.output
+
+
+async def test_every_vm_of_a_cluster_pool_joins_with_its_own_name(boot: engine.LinuxDirectBoot, host: Host) -> None:
+    net = _net("pool-c", engine.NetworkPolicy.deny_all().allow_dns(), host)
+    # snapshot(True) asks for clones; a cluster pool must refuse them and boot its members.
+    pool = await (engine.vm_pool(boot).memory_mb(128).console_enabled().network(net).name("cp")
+                  .snapshot(True).build(2))
+    try:
+        first, second = await pool.reserve(timeout=240), await pool.reserve(timeout=240)
+        names = (first.spec.hostname, second.spec.hostname)
+        assert len(set(names)) == 2, names
+        assert pool.stats().snapshot_error and "cluster" in pool.stats().snapshot_error
+        console = await first.console()
+        result = await console.run(f"timeout 60 ping -c 1 -W 10 {names[1]}", timeout=90)
+        assert result.exit_code == 0, result.output
+        assert f"from {second.guest_ip}" in result.output
+        # (Another cluster's switch reuses the same addresses, so isolation from cluster a is
+        # shown by gamma above, not here.)
+    finally:
+        await pool.close()

@@ -287,3 +287,17 @@ async def ask_from(guest: Guest, src: IPv4Address, name: str, qid: int) -> dns.m
     assert ip is not None
     return dns.message.from_wire(parse_udp(ip).payload)
 
+
+
+async def test_a_member_whose_guest_is_not_reading_drops_what_others_send() -> None:
+    registry = ClusterRegistry()
+    async with member(registry, deny_all(), "one") as (_gw1, guest1), \
+            member(registry, deny_all(), "two") as (gw2, guest2):
+        gw2._pause(True)  # QEMU stopped reading: its write buffer is full
+        await guest1.send(echo(A1, A2, 1))
+        await guest1.barrier()
+        assert gw2.counters["cluster_dropped_busy"] == 1
+        gw2._pause(False)
+        await guest1.send(echo(A1, A2, 2))
+        got = await guest2.expect(is_icmp_from(A1))
+        assert got[14:] == echo(A1, A2, 2)[14:]

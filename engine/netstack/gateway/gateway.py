@@ -257,7 +257,11 @@ class Gateway:
         self.dns.core.set_static_hosts(hosts | members)
 
     def _from_cluster(self, packet: bytes) -> None:
-        if not self._closing:
+        if self._guest_paused:
+            # Our guest reads slower than a member sends: drop, as a switch with a full egress
+            # queue does, so one member cannot grow another's buffers without bound.
+            self.counters["cluster_dropped_busy"] += 1
+        elif not self._closing:
             self.send_frame(build_ethernet(self.guest_mac, self.gateway_mac, ETHERTYPE_IPV4, packet))
 
     def adopt_lease(self, ip: IPv4Address) -> None:
