@@ -177,7 +177,8 @@ async def test_every_vm_of_a_cluster_pool_joins_with_its_own_name(boot: engine.L
         first, second = await pool.reserve(timeout=240), await pool.reserve(timeout=240)
         names = (first.spec.hostname, second.spec.hostname)
         assert len(set(names)) == 2, names
-        assert pool.stats().snapshot_error and "cluster" in pool.stats().snapshot_error
+        why = pool.stats().snapshot_error
+        assert why is not None and "cluster" in why, why
         console = await first.console()
         result = await console.run(f"timeout 60 ping -c 1 -W 10 {names[1]}", timeout=90)
         assert result.exit_code == 0, result.output

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from ipaddress import IPv4Address, IPv4Network
 
 import dns.message
@@ -12,7 +12,7 @@ import pytest
 
 from engine.errors import ConfigError
 from engine.netstack.arp import OP_REPLY, build_arp_request, parse_arp
-from engine.netstack.cluster import ClusterRegistry, MemberNames
+from engine.netstack.cluster import ClusterPort, ClusterRegistry, MemberNames
 from engine.netstack.config import NetworkMode, UserNatConfig
 from engine.netstack.dns import NameVerdict
 from engine.netstack.ethernet import parse_ethernet
@@ -42,7 +42,7 @@ class Sink:
 
 
 def join(registry: ClusterRegistry, name: str, sink: Sink, hostname: str | None = None,
-         subnet: IPv4Network = SUBNET, dhcp_range: tuple[IPv4Address, IPv4Address] = RANGE):
+         subnet: IPv4Network = SUBNET, dhcp_range: tuple[IPv4Address, IPv4Address] = RANGE) -> ClusterPort:
     return registry.join(name, subnet, dhcp_range, mac=G_MAC, hostname=hostname,
                          deliver=sink.deliver, changed=sink.changed)
 
@@ -174,7 +174,7 @@ def echo(src: IPv4Address, dst: IPv4Address, seq: int) -> bytes:
     return ip_frame(src, dst, PROTO_ICMP, build_echo(TYPE_ECHO_REQUEST, 7, seq, b"ping"))
 
 
-def is_icmp_from(src: IPv4Address):
+def is_icmp_from(src: IPv4Address) -> Callable[[bytes], bool]:
     def pred(raw: bytes) -> bool:
         ip = ipv4_of(raw)
         return ip is not None and ip.protocol == PROTO_ICMP and ip.src == src

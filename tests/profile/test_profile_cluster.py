@@ -46,8 +46,10 @@ def test_no_cluster_key_is_no_cluster() -> None:
 
 def test_the_summary_names_the_cluster() -> None:
     summary = _parse(_network("cluster: backend\n")).to_dict()["network"]
+    assert isinstance(summary, dict)
     assert summary["mode"] == "user_nat" and summary["cluster"] == "backend"
-    assert "cluster" not in _parse(_network("mode: user_nat\n")).to_dict()["network"]
+    plain = _parse(_network("mode: user_nat\n")).to_dict()["network"]
+    assert isinstance(plain, dict) and "cluster" not in plain
 
 
 @pytest.mark.parametrize(
