@@ -16,7 +16,8 @@ The choices, for a demanding user:
 - **No spoofing.** A guest may send into the cluster only from the address the switch gave it;
   anything else is refused (``cluster_spoofed``), so no member can pose as another.
 - **Intra-cluster traffic is the cluster's, not the policy's.** It is not NATed, not decided by
-  the sender's or the receiver's policy and not logged as flows (the gateways count it);
+  the sender's or the receiver's policy (the gateways count it; each new TCP connection to a
+  member, and each refused one, is one flow-log event of the sender, ``detail`` "cluster");
   everything else a member sends goes through its own gateway and policy as before. A policy
   cannot deny another member: put VMs that must not talk in different clusters.
 - **Names.** Each member's host name resolves, in every member's DNS, to its cluster address,

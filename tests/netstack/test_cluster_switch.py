@@ -2,6 +2,7 @@
 two or three real Gateways joined by it, driven with raw frames over socket pairs."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -15,14 +16,16 @@ from engine.netstack.arp import OP_REPLY, build_arp_request, parse_arp
 from engine.netstack.cluster import ClusterPort, ClusterRegistry, MemberNames
 from engine.netstack.config import NetworkMode, UserNatConfig
 from engine.netstack.dns import NameVerdict
+from engine.netstack.flowlog import FlowEvent
 from engine.netstack.ethernet import parse_ethernet
 from engine.netstack.gateway.gateway import Gateway
 from engine.netstack.icmp import TYPE_ECHO_REQUEST, build_echo
 from engine.netstack.ipv4 import PROTO_ICMP
 from engine.netstack.policy.policy import NetworkPolicy
+from engine.netstack.tcp.segment import ACK, SYN
 from engine.netstack.udp import parse_udp
 from tests.netstack.gateway_harness import (DNS_IP, G_MAC, GW_MAC, Guest, a_records, dhcp_lease, ip_frame,
-                                            ipv4_of, udp_frame)
+                                            ipv4_of, tcp_frame, udp_frame)
 
 SUBNET = IPv4Network("10.0.2.0/24")
 RANGE = (IPv4Address("10.0.2.15"), IPv4Address("10.0.2.254"))
@@ -301,3 +304,31 @@ async def test_a_member_whose_guest_is_not_reading_drops_what_others_send() -> N
         await guest1.send(echo(A1, A2, 2))
         got = await guest2.expect(is_icmp_from(A1))
         assert got[14:] == echo(A1, A2, 2)[14:]
+
+
+async def test_each_new_connection_to_a_member_is_one_flow_log_event_spoofs_are_denials() -> None:
+    registry = ClusterRegistry()
+    async with member(registry, deny_all(), "one") as (gw1, guest1), \
+            member(registry, deny_all(), "two") as (_gw2, guest2), \
+            member(registry, deny_all(), "three") as (_gw3, _guest3):
+        seen: list[FlowEvent] = []
+
+        async def pump() -> None:
+            async for event in gw1.flow_log.subscribe():
+                seen.append(event)
+
+        task = asyncio.ensure_future(pump())
+        for _ in range(3):
+            await asyncio.sleep(0)
+        await guest1.send(tcp_frame(40000, A2, 8080, 1, 0, SYN, src=A1),
+                          tcp_frame(40000, A2, 8080, 2, 1, ACK, b"data", src=A1),  # not logged
+                          tcp_frame(40001, A2, 8080, 1, 0, SYN, src=A3))          # spoofed
+        await guest2.expect(lambda raw: (ip := ipv4_of(raw)) is not None and ip.protocol == 6 and b"data" in ip.payload)
+        await guest1.barrier()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert [(e.src, e.dst, e.port, e.action, e.rule) for e in seen] == [
+            (str(A1), str(A2), 8080, "allow", "cluster a"),
+            (str(A3), str(A2), 8080, "deny", "cluster a: not this VM's address"),
+        ]

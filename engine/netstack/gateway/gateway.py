@@ -187,8 +187,10 @@ class Gateway:
             self._to_gateway(ip)
         elif self.cluster is not None and self.cluster.carries(ip.dst):
             # Another member: not NATed, not the policy's; the switch refuses a spoofed source.
-            if not self.cluster.send(ip.src, ip.dst, bytes(eth.payload[:ip.total_length])):
+            sent = self.cluster.send(ip.src, ip.dst, bytes(eth.payload[:ip.total_length]))
+            if not sent:
                 self.counters["cluster_refused"] += 1
+            self._log_cluster_connect(ip, sent)
         elif ip.dst in self.config.subnet:
             # Another address on the guest's subnet (another VM, the broadcast): never routed.
             self.counters["subnet_dropped"] += 1
@@ -255,6 +257,16 @@ class Gateway:
         members = {host: ips for host, ips in port.names().items() if host not in hosts}
         self._member_names.names = frozenset(members)  # a config host of the same name wins
         self.dns.core.set_static_hosts(hosts | members)
+
+    def _log_cluster_connect(self, ip: Ipv4Packet, sent: bool) -> None:
+        """A new TCP connection to a member is one flow-log event (its other packets are not):
+        the log shows who talked to whom in the cluster, and every spoofed attempt."""
+        tcp = ip.payload
+        if ip.protocol != PROTO_TCP or len(tcp) < 14 or tcp[13] & 0x12 != 0x02:  # SYN without ACK
+            return
+        rule = f"cluster {self.config.cluster}" if sent else f"cluster {self.config.cluster}: not this VM's address"
+        self.flow_log.emit("tcp", str(ip.src), str(ip.dst), int.from_bytes(tcp[2:4], "big"), None, rule,
+                           "allow" if sent else "deny", "cluster")
 
     def _from_cluster(self, packet: bytes) -> None:
         if self._guest_paused:
