@@ -187,3 +187,16 @@ async def test_every_vm_of_a_cluster_pool_joins_with_its_own_name(boot: engine.L
         # shown by gamma above, not here.)
     finally:
         await pool.close()
+
+
+async def test_a_member_cannot_send_into_the_cluster_from_another_address(cluster: Cluster) -> None:
+    before = cluster.beta.vm.network_stats()["counters"].get("cluster_spoofed", 0)
+    honest = await sh(cluster.beta, f"ping -c 1 -W 10 {cluster.alpha.ip}")
+    assert honest.exit_code == 0, honest.output
+    await sh(cluster.beta, "ip addr add 10.0.2.99/32 dev eth0")
+    try:
+        spoofed = await sh(cluster.beta, f"ping -c 1 -W 5 -I 10.0.2.99 {cluster.alpha.ip}")
+    finally:
+        await sh(cluster.beta, "ip addr del 10.0.2.99/32 dev eth0")
+    assert spoofed.exit_code != 0 and "bytes from" not in spoofed.output, spoofed.output
+    assert cluster.beta.vm.network_stats()["counters"].get("cluster_spoofed", 0) > before
