@@ -124,8 +124,10 @@ class VmHandle:
                 assert sock is not None
                 await gateway.start(sock)
                 if lease is not None:
-                    gateway.adopt_lease(lease)
+                    gateway.adopt_lease(lease)  # a cluster member refuses a foreign address
             except BaseException:
+                if gateway is not None:
+                    await gateway.close()  # leaves its cluster now, not when the link drops
                 await machine.close()
                 raise
         stream = ConsoleStream(

@@ -15,12 +15,14 @@ import socketserver
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import dns.message
 import dns.rcode
 import pytest
 
 import engine
+from engine.netstack.cluster import CLUSTERS
 
 pytestmark = pytest.mark.guest
 
@@ -200,3 +202,16 @@ async def test_a_member_cannot_send_into_the_cluster_from_another_address(cluste
         await sh(cluster.beta, "ip addr del 10.0.2.99/32 dev eth0")
     assert spoofed.exit_code != 0 and "bytes from" not in spoofed.output, spoofed.output
     assert cluster.beta.vm.network_stats()["counters"].get("cluster_spoofed", 0) > before
+
+
+async def test_a_clone_restored_into_a_cluster_is_refused(cluster: Cluster, host: Host, tmp_path: Path) -> None:
+    # gamma's saved guest holds gamma's address; cluster a would give a clone another one.
+    path = await cluster.gamma.vm.snapshot(tmp_path / "gamma")
+    members_before = len(engine.live_vms())
+    with pytest.raises(engine.ConfigError, match="boot cluster members instead of cloning"):
+        await engine.vm_from_snapshot(path, network=_net("a", engine.NetworkPolicy.deny_all(), host))
+    assert len(engine.live_vms()) == members_before
+    assert sorted(map(str, CLUSTERS.members("a"))) == sorted((cluster.alpha.ip, cluster.beta.ip))
+    # The refused clone left cluster a as it was: alpha still reaches beta.
+    result = await sh(cluster.alpha, f"ping -c 1 -W 10 {cluster.beta.ip}")
+    assert result.exit_code == 0, result.output
