@@ -62,6 +62,12 @@ def state_label(state: PoolState) -> Text:
     return Text("failed", style="red") if state.error else Text("stopped", style="dim")
 
 
+def cluster_of(state: PoolState) -> str | None:
+    """The cluster network the pool's VMs join, or None (no profile, no network, no cluster)."""
+    network = state.profile.network if state.profile is not None else None
+    return network.cluster if isinstance(network, engine.UserNatConfig) else None
+
+
 def row_cells(state: PoolState, accel: str) -> list[Any]:
     """The table cells of one pool, in COLUMNS order."""
     s = state.stats
@@ -73,7 +79,9 @@ def row_cells(state: PoolState, accel: str) -> list[Any]:
         counts = [s.idle, s.booting, s.reserved, s.max_size, s.created, s.evicted, s.failed, s.misses,
                   _seconds(s.boot_p50_s), _seconds(s.boot_p95_s)]  # fmt: skip
     active = state.running or state.starting
-    return [state.name, state_label(state), *[str(c) for c in counts], accel if active else "", error]
+    cluster = cluster_of(state)
+    name: Any = state.name if cluster is None else Text.assemble(state.name, (f" [{cluster}]", "cyan"))
+    return [name, state_label(state), *[str(c) for c in counts], accel if active else "", error]
 
 
 def refill_text(stats: engine.PoolStats) -> Text:
@@ -101,6 +109,10 @@ def detail_text(state: PoolState | None, accel: str) -> Text:
         text.append(f"  ({profile.source})  {profile.description}\n")
         text.append(f"{profile.cpus} vCPU, {profile.memory_mb} MiB, {profile.boot.describe()}, ")
         text.append(f"pool size {state.size if state.size is not None else profile.size}, max {profile.max_size}\n")
+        cluster = cluster_of(state)
+        if cluster is not None:
+            text.append(f"cluster network: {cluster} (every VM of the pool joins it; members reach each other)\n",
+                        style="cyan")
     else:
         text.append("  (profile file failed to load)\n")
     text.append(f"accelerator: {accel}\n", style="dim")

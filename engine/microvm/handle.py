@@ -119,13 +119,15 @@ class VmHandle:
         gateway = None
         if nat is not None:
             try:
-                gateway = Gateway(nat, name=f"vm-{machine.pid}")
+                gateway = Gateway(nat, name=f"vm-{machine.pid}", hostname=spec.hostname)
                 sock = machine.take_net_socket()
                 assert sock is not None
                 await gateway.start(sock)
                 if lease is not None:
-                    gateway.adopt_lease(lease)
+                    gateway.adopt_lease(lease)  # a cluster member refuses a foreign address
             except BaseException:
+                if gateway is not None:
+                    await gateway.close()  # leaves its cluster now, not when the link drops
                 await machine.close()
                 raise
         stream = ConsoleStream(

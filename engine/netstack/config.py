@@ -6,6 +6,12 @@
            .policy(NetworkPolicy.deny_all().allow_dns().allow_https())
            .build())
 
+    net = NetworkMode.cluster("backend").policy(NetworkPolicy.deny_all().allow_dns()).build()
+
+``NetworkMode.cluster(name)`` is user-mode NAT plus membership of a cluster network: VMs that
+name the same cluster share its subnet and reach each other by address and host name (see
+``engine.netstack.cluster``); everything else still goes through each VM's own policy.
+
 Addresses follow QEMU's user networking (gateway .2, DNS .3, DHCP from .15) so guides written
 for QEMU apply. Without ``policy()``, the guest may reach any public address, but never the
 host's loopback, link-local, private ranges or other VMs (see ``engine.netstack.policy.policy``).
@@ -13,6 +19,7 @@ host's loopback, link-local, private ranges or other VMs (see ``engine.netstack.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network
 from typing import Literal
@@ -32,6 +39,8 @@ GATEWAY_HOST = 2           # the gateway's address: network + 2
 DNS_HOST = 3               # the DNS server's address: network + 3
 FIRST_GUEST_HOST = 15      # the default DHCP range: network + 15 up to the last host
 SubnetProblem = Literal["too small", "not private"]
+# A cluster's name: what a profile, a log line and the dashboard can show as it is.
+CLUSTER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
 def subnet_problem(subnet: IPv4Network) -> SubnetProblem | None:
@@ -109,6 +118,7 @@ class UserNatConfig:
     # capsa's names. None: the default range of the subnet (.15 up to the last host).
     dhcp_start: IPv4Address | None = None
     dhcp_end: IPv4Address | None = None
+    cluster: str | None = None  # the cluster network this VM joins (None: none, the default)
 
     @property
     def gateway(self) -> IPv4Address:
@@ -134,6 +144,9 @@ class UserNatConfig:
         range_problem = dhcp_range_problem(self.subnet, *self.dhcp_range)
         if range_problem is not None:
             raise ConfigError(f"{range_problem[0]}: {range_problem[1]}")
+        if self.cluster is not None and not CLUSTER_NAME_RE.match(self.cluster):
+            raise ConfigError(f"cluster name {self.cluster!r} must be 1-63 letters, digits, '.', '_' or '-', "
+                              "starting with a letter or digit")
         if not 576 <= self.mtu <= 65520:
             raise ConfigError(f"mtu must be between 576 and 65520, got {self.mtu}")
         seen: set[tuple[str, str, int]] = set()
@@ -213,13 +226,17 @@ class UserNatBuilder:
         last = _check_address(end, "dhcp_end") if end is not None else None
         return self._with(dhcp_start=first, dhcp_end=last)
 
+    def cluster(self, name: str | None) -> UserNatBuilder:
+        """Join the cluster network ``name`` (None: none); its members must agree on the subnet."""
+        return self._with(cluster=name)
+
     def build(self) -> UserNatConfig:
         self._config.validate()
         return self._config
 
 
 class NetworkMode:
-    """``NetworkMode.none()`` or ``NetworkMode.user_nat()...build()``."""
+    """``NetworkMode.none()``, ``NetworkMode.user_nat()...build()`` or ``NetworkMode.cluster(name)...build()``."""
 
     @staticmethod
     def none() -> NoNetwork:
@@ -228,6 +245,11 @@ class NetworkMode:
     @staticmethod
     def user_nat() -> UserNatBuilder:
         return UserNatBuilder()
+
+    @staticmethod
+    def cluster(name: str) -> UserNatBuilder:
+        """User-mode NAT in cluster ``name``: the same builder as ``user_nat()``, cluster set."""
+        return UserNatBuilder().cluster(name)
 
 
 def forward_error(fwd: PortForward, err: OSError) -> ConfigError:

@@ -423,6 +423,9 @@ class VmPool:
             self._counts["fallbacks"] += 1
         elif self._snapshot_off is not None:
             self._counts["fallbacks"] += 1
+        if isinstance(self.spec.network, UserNatConfig) and self.spec.network.cluster is not None:
+            # Cluster members find each other by host name: each needs its own, as clones get.
+            return await VmHandle.start(replace(self.spec, hostname=clone_hostname(member.id)))
         return await VmHandle.start(self.spec)
 
     async def _boot(self, member: _Member) -> None:

@@ -3,7 +3,10 @@
     network: none                  # no network card (the default)
     network: user_nat              # user-mode NAT with every default below
     network:
-      mode: user_nat               # required in the mapping form: none or user_nat
+      mode: user_nat               # required in the mapping form: none or user_nat (or a cluster)
+      cluster: backend             # join cluster network "backend" (implies user_nat): VMs of
+                                   # every profile naming it reach each other by address and
+                                   # host name; all members must use the same subnet
       subnet: 10.0.2.0/24          # private, /27 or larger; gateway .2, DNS .3, guest from .15
       dhcp_start: 10.0.2.15        # the guest's addresses come from this range (default:
       dhcp_end: 10.0.2.254         # .15 up to the last host); not the gateway's or DNS's
@@ -32,13 +35,13 @@ from typing import Any
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from engine.errors import ConfigError
-from engine.netstack.config import (NetworkConfig, NetworkMode, NoNetwork, PortForward, UserNatBuilder, UserNatConfig,
+from engine.netstack.config import (CLUSTER_NAME_RE, NetworkConfig, NetworkMode, NoNetwork, PortForward, UserNatBuilder, UserNatConfig,
                                     default_dhcp_range, dhcp_range_problem, subnet_problem)
 from engine.netstack.domains import PolicyError, format_path, normalize_domain
 from engine.netstack.policy.policy import NetworkPolicy, Rule
 from engine.profile.schema import Fields, ProfileIssue, describe
 
-NETWORK_KEYS = ("mode", "subnet", "dhcp_start", "dhcp_end", "mtu", "dns_upstream", "hosts", "forwards", "policy")
+NETWORK_KEYS = ("mode", "cluster", "subnet", "dhcp_start", "dhcp_end", "mtu", "dns_upstream", "hosts", "forwards", "policy")
 FORWARD_KEYS = ("protocol", "host_port", "guest_port", "host_addr")
 MODES = ("none", "user_nat")
 # What people call user-mode NAT elsewhere (QEMU's "-netdev user", "slirp"): hinted, not accepted.
@@ -67,7 +70,9 @@ def parse_network(f: Fields, document: CommentedMap, pool_max_size: int = 1) -> 
     before = len(f.issues)
     f.unknown_keys(value, "network", NETWORK_KEYS)
     mode = None
-    if f.require(value, "mode", "network", "'none' or 'user_nat'"):
+    if "cluster" in value and "mode" not in value:
+        mode = "user_nat"  # a cluster is user-mode NAT with a membership
+    elif f.require(value, "mode", "network", "'none' or 'user_nat'"):
         if isinstance(value["mode"], str) and value["mode"] in MODES:
             mode = str(value["mode"])
         else:
@@ -80,6 +85,8 @@ def parse_network(f: Fields, document: CommentedMap, pool_max_size: int = 1) -> 
         return NoNetwork()
     # user_nat, or a missing or wrong mode: check the rest anyway, so every issue comes out at once
     builder = NetworkMode.user_nat()
+    builder.cluster(f.matching(value, "cluster", "network", CLUSTER_NAME_RE,
+                               "a cluster name (1-63 letters, digits, '.', '_' or '-')"))
     subnet = _subnet(f, value)
     if subnet is not None:
         builder.subnet(str(subnet))
@@ -409,6 +416,7 @@ def network_summary(config: NetworkConfig) -> dict[str, object]:
     return {
         "mode": "user_nat",
         "subnet": str(config.subnet),
+        **({"cluster": config.cluster} if config.cluster is not None else {}),
         "mtu": config.mtu,
         "dns_upstream": None if config.dns_upstream is None else [f"{host}:{port}" for host, port in config.dns_upstream],
         "hosts": {name: str(address) for name, address in config.hosts},

@@ -8,7 +8,10 @@ one turn of the event loop produces goes out in one write.
 
 The gateway answers only at its own two addresses (gateway .2 and DNS .3); every other
 destination is a flow that the policy decides, and off-limits addresses (loopback, link-local,
-private ranges, the guest subnet) stay closed unless a rule names them.
+private ranges, the guest subnet) stay closed unless a rule names them. A gateway whose config
+names a cluster also joins that cluster's switch (``engine.netstack.cluster``) for its lifetime:
+it answers ARP for the other members, hands them packets from its guest's own address and
+passes on what they send.
 """
 from __future__ import annotations
 
@@ -22,9 +25,11 @@ from ipaddress import IPv4Address
 from typing import Any
 
 from engine.netstack.arp import ArpResponder
+from engine.netstack.cluster import CLUSTERS, ClusterPort, ClusterRegistry, MemberNames
 from engine.netstack.config import GATEWAY_MAC, PortForward, UserNatConfig
 from engine.netstack.dhcp import DhcpConfig, DhcpServer
 from engine.netstack.gateway.dns_upstream import DnsAdapter
+from engine.errors import ConfigError
 from engine.netstack.domains import DomainTracker
 from engine.netstack.errors import PacketError
 from engine.netstack.ethernet import ETHERTYPE_ARP, ETHERTYPE_IPV4, build_ethernet, parse_ethernet, parse_mac
@@ -50,8 +55,12 @@ STAND_IN_BASE = IPv4Address("198.18.0.0")
 class Gateway:
     """One VM's network: owns the QEMU socket, every host socket of its flows, and the flow log."""
 
-    def __init__(self, config: UserNatConfig, name: str = "vm") -> None:
+    def __init__(self, config: UserNatConfig, name: str = "vm", *, hostname: str | None = None,
+                 clusters: ClusterRegistry = CLUSTERS) -> None:
         config.validate()
+        self.hostname = hostname  # the guest's host name: what cluster members call it
+        self._clusters = clusters
+        self.cluster: ClusterPort | None = None
         self.config = config
         self.name = name
         self.policy = config.policy
@@ -94,6 +103,8 @@ class Gateway:
     async def start(self, sock: socket.socket) -> None:
         """Serve the guest on ``sock`` (QEMU's connected stream socket; the gateway owns it now)."""
         try:
+            if self.config.cluster is not None:
+                self._join_cluster(self.config.cluster)
             await self.dns.start()
             await self.tcp.start_forwards()
             await self.udp.start_forwards()
@@ -113,6 +124,8 @@ class Gateway:
             await self._closed.wait()
             return
         self._closing = True
+        if self.cluster is not None:
+            self.cluster.leave()
         await self.tcp.close()
         await self.udp.close()
         self.dns.close()
@@ -172,6 +185,12 @@ class Gateway:
             return
         if ip.dst in (self.gateway_ip, self.dns_ip) or ip.dst == BROADCAST:
             self._to_gateway(ip)
+        elif self.cluster is not None and self.cluster.carries(ip.dst):
+            # Another member: not NATed, not the policy's; the switch refuses a spoofed source.
+            sent = self.cluster.send(ip.src, ip.dst, bytes(eth.payload[:ip.total_length]))
+            if not sent:
+                self.counters["cluster_refused"] += 1
+            self._log_cluster_connect(ip, sent)
         elif ip.dst in self.config.subnet:
             # Another address on the guest's subnet (another VM, the broadcast): never routed.
             self.counters["subnet_dropped"] += 1
@@ -211,9 +230,58 @@ class Gateway:
             return
         self.counters["protocol_dropped"] += 1
 
+    # ----- cluster ---------------------------------------------------------------------------
+
+    def _join_cluster(self, cluster: str) -> None:
+        port = self._clusters.join(cluster, self.config.subnet, self.config.dhcp_range, mac=self.guest_mac,
+                                   hostname=self.hostname, deliver=self._from_cluster,
+                                   changed=self._cluster_changed)
+        self.cluster = port
+        # The guest must take exactly the address the switch gave it: that is what the other
+        # members reach and the only source the switch accepts from it.
+        self._dhcp = DhcpServer(DhcpConfig(self.config.subnet, self.gateway_ip, (self.dns_ip,), port.address,
+                                           port.address, mtu=self.config.mtu))
+        self._member_names = MemberNames(self.dns.core.name_filter, cluster)
+        self.dns.core.name_filter = self._member_names
+        self._cluster_changed()
+
+    def _cluster_changed(self) -> None:
+        """Members came or went: proxy ARP for the others, DNS names for all of them."""
+        port = self.cluster
+        if port is None:
+            return
+        self._arp.addresses = {self.gateway_ip, self.dns_ip} | port.peers()
+        hosts: dict[str, list[IPv4Address]] = {}
+        for host, address in self.guest_hosts:
+            hosts.setdefault(host, []).append(address)
+        members = {host: ips for host, ips in port.names().items() if host not in hosts}
+        self._member_names.names = frozenset(members)  # a config host of the same name wins
+        self.dns.core.set_static_hosts(hosts | members)
+
+    def _log_cluster_connect(self, ip: Ipv4Packet, sent: bool) -> None:
+        """A new TCP connection to a member is one flow-log event (its other packets are not):
+        the log shows who talked to whom in the cluster, and every spoofed attempt."""
+        tcp = ip.payload
+        if ip.protocol != PROTO_TCP or len(tcp) < 14 or tcp[13] & 0x12 != 0x02:  # SYN without ACK
+            return
+        rule = f"cluster {self.config.cluster}" if sent else f"cluster {self.config.cluster}: not this VM's address"
+        self.flow_log.emit("tcp", str(ip.src), str(ip.dst), int.from_bytes(tcp[2:4], "big"), None, rule,
+                           "allow" if sent else "deny", "cluster")
+
+    def _from_cluster(self, packet: bytes) -> None:
+        if self._guest_paused:
+            # Our guest reads slower than a member sends: drop, as a switch with a full egress
+            # queue does, so one member cannot grow another's buffers without bound.
+            self.counters["cluster_dropped_busy"] += 1
+        elif not self._closing:
+            self.send_frame(build_ethernet(self.guest_mac, self.gateway_mac, ETHERTYPE_IPV4, packet))
+
     def adopt_lease(self, ip: IPv4Address) -> None:
         """Treat ``ip`` as leased to the guest already (it was restored from a snapshot holding
         that address, and keeps it): no DHCP exchange is needed before its traffic flows."""
+        if self.cluster is not None and ip != self.cluster.address:
+            raise ConfigError(f"a VM restored with address {ip} cannot join cluster {self.config.cluster!r}, "
+                              f"which gave it {self.cluster.address}: boot cluster members instead of cloning")
         self._dhcp.grant(self.guest_mac, ip, self.now())
         self.guest_ip = ip
 
@@ -311,7 +379,7 @@ class Gateway:
 
     def stats(self) -> dict[str, Any]:
         return {
-            "counters": dict(self.counters),
+            "counters": dict(self.counters) | (self.cluster.counters if self.cluster is not None else {}),
             "tcp_flows": len(self.tcp.flows),
             "udp_flows": len(self.udp.flows),
             "bytes_to_host": self.tcp.bytes_up + self.udp.bytes_up,
