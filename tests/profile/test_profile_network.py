@@ -305,7 +305,7 @@ def test_every_bad_rule_is_reported_and_the_rest_of_the_policy_too() -> None:
         "web.yaml:10: network.policy.rules[2]: the rule has no criteria (write 'any: true' to match all traffic)",
         "web.yaml:11: network.policy.rules[3].protcol: unknown criterion 'protcol'; did you mean 'protocol'?",
         "web.yaml:13: network.policy.rules[4].ip_range: '10.0.0.1/8' has host bits set; did you mean 10.0.0.0/8?",
-        "web.yaml:14: network.policy.colour: unknown key 'colour' (a policy has 'default' and 'rules')",
+        "web.yaml:14: network.policy.colour: unknown key 'colour' (a policy has 'default', 'rules' and 'require_names')",
     ]
 
 
