@@ -500,3 +500,20 @@ def test_saving_the_bundled_web_policy_writes_a_user_copy_with_its_comments(user
     text = (user_dir / "web.yaml").read_text()
     assert "# any port of Debian's hosts" in text and "# VMs on a closed network" in text
     assert '      - {action: deny, domain: "*.evil.test"}\n' in text or "      - {action: deny, domain: '*.evil.test'}\n" in text
+
+
+def test_require_names_in_yaml_round_trip_and_errors(tmp_path: Path) -> None:
+    on = _parse(_network("mode: user_nat\npolicy: {default: deny, rules: [{action: allow, domain: a.test}]}\n"))
+    assert isinstance(on.network, engine.UserNatConfig) and on.network.policy.require_names is True
+    off = _parse(_network("mode: user_nat\npolicy:\n  default: deny\n  require_names: false\n"))
+    assert isinstance(off.network, engine.UserNatConfig) and off.network.policy.require_names is False
+    assert _issues(_network("mode: user_nat\npolicy:\n  default: deny\n  require_names: maybe\n")) == [
+        "web.yaml:7: network.policy.require_names: expected true or false, found 'maybe'"]
+    path = tmp_path / "p.yaml"
+    path.write_text(COMMENTED, encoding="utf-8")
+    saved = _save_policy(path, _policy_of(engine.load_profile(path)).with_require_names(False))
+    assert _policy_of(saved).require_names is False
+    text = path.read_text(encoding="utf-8")
+    assert "require_names: false" in text and "# mirrors" in text, text
+    assert _policy_of(_save_policy(path, _policy_of(saved).with_require_names(True))).require_names is True
+    assert "require_names" not in path.read_text(encoding="utf-8")
