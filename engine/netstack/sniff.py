@@ -1,10 +1,11 @@
-"""Read the name a guest asks for in the first bytes of a TCP stream: TLS SNI or HTTP Host.
+"""Read the name a guest asks for at the start of a TCP stream: TLS SNI or HTTP Host.
 
-The gateway buffers what the guest sends first on a connection (up to ``MAX_SNIFF_BYTES``)
-and asks :func:`sniff` (or :func:`tls_client_hello_sni` / :func:`http_host`) until the answer
-is no longer ``NEED_MORE``; the name goes into ``Flow.sni_or_host`` as
-:attr:`SniffResult.flow_name` says. Nothing here raises on any input: bad bytes are a
-``MALFORMED`` result with a ``detail``.
+The parsers here are the ones :class:`~engine.netstack.inspector.StreamInspector` applies to
+every request and ClientHello of a stream (the gateway keeps one per flow for its life);
+:func:`sniff` (or :func:`tls_client_hello_sni` / :func:`http_host`) reads the first one of a
+buffer, answering ``NEED_MORE`` until it can tell. :attr:`SniffResult.flow_name` says what goes
+into ``Flow.sni_or_host``. Nothing here raises on any input: bad bytes are a ``MALFORMED``
+result with a ``detail``.
 
 TLS: a ClientHello is reassembled from consecutive handshake records (so a hello split over
 several records, e.g. a large post-quantum key share, is read); the ``server_name`` extension

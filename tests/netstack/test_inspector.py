@@ -5,6 +5,8 @@ import ssl
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.netstack.inspector import StreamInspector
 from engine.netstack.sniff import HELLO_RETRY_RANDOM, SniffResult, SniffStatus
@@ -200,3 +202,28 @@ def test_tls_without_sni_and_odd_handshakes() -> None:
     assert both(hello + record(22, b"\x10\x00\x00\x01\x00")) == [(FOUND, "ok.test"), (BAD, None)]
     assert both(b"\x16\x07\x00\x00\x05abcde") == [(NOT, None)]
     assert both(hello + record(99, b"x")) == [(FOUND, "ok.test"), (BAD, None)]
+
+
+# -- never raises, whatever the bytes and however they are split ---------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=800), st.binary(max_size=200), st.integers(1, 64))
+def test_random_streams_never_raise(prefix: bytes, server: bytes, step: int) -> None:
+    for start in (b"", req("ok.test"), req("ok.test", b"Transfer-Encoding: chunked\r\n"), real_hello_cached()):
+        inspector = StreamInspector()
+        data = start + prefix
+        for i in range(0, len(data), step):
+            for result in inspector.feed(data[i:i + step]):
+                assert (result.name is not None) == (result.status is FOUND)
+            inspector.feed_server(server[:step])
+        inspector.finish()
+
+
+_HELLO: list[bytes] = []
+
+
+def real_hello_cached() -> bytes:
+    if not _HELLO:
+        _HELLO.append(real_hello("ok.test"))
+    return _HELLO[0]
