@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import http.server
 import socket
+import ssl
+import struct
 import socketserver
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 import pytest
 
 import engine
+from engine.netstack.sniff import HELLO_RETRY_RANDOM
 from tests.waiting import collect
 
 pytestmark = pytest.mark.guest
@@ -27,7 +30,9 @@ pytestmark = pytest.mark.guest
 class Servers:
     http_port: int = 0
     banner_port: int = 0
+    retry_port: int = 0
     hosts_seen: list[str] = field(default_factory=list)
+    retry_received: list[bytes] = field(default_factory=list)
 
 
 class _Vhosts(http.server.BaseHTTPRequestHandler):
@@ -61,6 +66,48 @@ def _serve_banner(server: socket.socket) -> None:
                 pass
 
 
+def _record(kind: int, payload: bytes) -> bytes:
+    return struct.pack("!BHH", kind, 0x0303, len(payload)) + payload
+
+
+def _hello_retry() -> bytes:
+    """A TLS 1.3 HelloRetryRequest (a ServerHello with the special random) and a ChangeCipherSpec."""
+    body = b"\x03\x03" + HELLO_RETRY_RANDOM + b"\x00\x13\x01\x00\x00\x06\x00\x2b\x00\x02\x03\x04"
+    return _record(22, b"\x02" + len(body).to_bytes(3, "big") + body) + _record(20, b"\x01")
+
+
+def _serve_retry(server: socket.socket, received: list[bytes]) -> None:
+    """A fake TLS server: answers every connection's first bytes with a HelloRetryRequest and
+    keeps what the client sends."""
+    while True:
+        try:
+            conn, _ = server.accept()
+        except OSError:
+            return
+        with conn:
+            data = b""
+            try:
+                while chunk := conn.recv(65536):
+                    if not data:
+                        conn.sendall(_hello_retry())
+                    data += chunk
+            except OSError:
+                pass
+            received.append(data)
+
+
+def client_hello(name: str) -> bytes:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    tls = context.wrap_bio(ssl.MemoryBIO(), outgoing := ssl.MemoryBIO(), server_hostname=name)
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+def octal(data: bytes) -> str:
+    return "".join(f"\\{byte:03o}" for byte in data)
+
+
 @pytest.fixture(scope="module")
 def servers() -> Iterator[Servers]:
     found = Servers()
@@ -72,10 +119,14 @@ def servers() -> Iterator[Servers]:
     banner = socket.create_server(("127.0.0.1", 0))
     found.banner_port = banner.getsockname()[1]
     threading.Thread(target=_serve_banner, args=(banner,), daemon=True).start()
+    retry = socket.create_server(("127.0.0.1", 0))
+    found.retry_port = retry.getsockname()[1]
+    threading.Thread(target=_serve_retry, args=(retry, found.retry_received), daemon=True).start()
     yield found
     httpd.shutdown()
     httpd.server_close()
     banner.close()
+    retry.close()
 
 
 def policy(require_names: bool = True) -> engine.NetworkPolicy:
@@ -108,6 +159,7 @@ async def net(netvm: NetVm, servers: Servers) -> NetVm:
     netvm.vm.set_policy(policy())
     netvm.events.clear()
     servers.hosts_seen.clear()
+    servers.retry_received.clear()
     return netvm
 
 
@@ -156,4 +208,19 @@ async def test_a_connection_that_sends_nothing_is_allowed_without_require_names(
     result = await sh(net, f"sleep 4 | timeout 20 nc ok.test {servers.banner_port}")
     assert "BANNER from the host" in result.output, result.output
     assert not tcp_denies(net), net.events
-    await asyncio.sleep(0)
+
+
+async def test_second_client_hello_after_a_retry_naming_another_host_is_cut(net: NetVm, servers: Servers) -> None:
+    first = octal(client_hello("ok.test"))
+    second = octal(_record(20, b"\x01") + client_hello("other.test"))
+    await sh(net, f"(printf '{first}'; sleep 3; printf '{second}'; sleep 2) | "
+                  f"timeout 20 nc ok.test {servers.retry_port} >/dev/null")
+    for _ in range(50):
+        if servers.retry_received:
+            break
+        await asyncio.sleep(0.1)
+    assert len(servers.retry_received) == 1
+    assert b"ok.test" in servers.retry_received[0]  # the first hello went through
+    assert b"other.test" not in servers.retry_received[0], "the retried hello reached the server"
+    denied = tcp_denies(net)
+    assert denied and denied[-1].domain == "other.test", net.events
