@@ -1,9 +1,13 @@
 """The gateway with raw frames: every name on a connection is decided, not just the first."""
 from __future__ import annotations
 
+import asyncio
+
+import pytest
+
 from engine.netstack.tcp.segment import ACK, PSH, RST
 from tests.netstack.gateway_harness import (
-    GUEST_IP, WEB_STAND_IN, Guest, Peers, ask, handshake, is_tcp, make_config, peers, running, tcp_frame, tcp_of)
+    GUEST_IP, WEB_STAND_IN, Guest, Peers, ask, handshake, is_tcp, main_policy, make_config, peers, running, tcp_frame, tcp_of)
 
 __all__ = ["peers"]  # the fixture, imported for pytest
 
@@ -43,3 +47,24 @@ async def test_a_malformed_request_line_is_refused(peers: Peers) -> None:
         assert peers.http_requests == []
         denied = events.of("deny", "tcp")
         assert len(denied) == 1 and "by name only" in denied[0].rule
+
+
+@pytest.mark.parametrize("required", [True, False])
+async def test_a_flow_that_sends_nothing_follows_require_names(peers: Peers, required: bool) -> None:
+    async with running(make_config(peers, main_policy().with_require_names(required))) as (gw, guest, events):
+        await ask(guest, "web.test", 403)
+        sport, isn = 40103, 7000
+        await handshake(guest, sport, WEB_STAND_IN, peers.web_port, isn)
+        key = (GUEST_IP, sport, WEB_STAND_IN, peers.web_port)
+        if required:
+            await _until_rst(guest, sport, peers.web_port)  # after the first-bytes wait
+            assert key not in gw.tcp.flows
+            assert "by name only" in events.of("deny", "tcp")[-1].rule
+        else:
+            for _ in range(100):
+                flow = gw.tcp.flows.get(key)
+                if flow is not None and flow.host is not None:
+                    break
+                await asyncio.sleep(0.05)
+            assert flow is not None and flow.host is not None  # connected on DNS evidence
+            assert not events.of("deny", "tcp")
