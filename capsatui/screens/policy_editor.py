@@ -5,7 +5,9 @@ YAML through ``engine.save_profile`` (the user's comments survive; a bundled pro
 user copy) and "apply" hands it to the running pool (``hub.set_policy``), whose VMs decide new
 flows by it at once. The "what happens to X?" box asks the same ``evaluate`` /
 ``evaluate_name`` the gateway does, so it cannot disagree with it; the warnings under the rules
-are ``NetworkPolicy.lint``'s, redrawn on every edit.
+are ``NetworkPolicy.lint``'s, redrawn on every edit. The "require names" box is the policy's
+``require_names``: ticked, a connection that presents no name (SSH, TLS without SNI) gets no
+domain allow.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen, Screen
-from textual.widgets import Button, DataTable, Footer, Input, Label, OptionList, Select, Static
+from textual.widgets import Button, Checkbox, DataTable, Footer, Input, Label, OptionList, Select, Static
 
 import engine
 from capsatui.hub.base import Hub
@@ -122,6 +124,7 @@ class PolicyEditorScreen(Screen[None]):
     PolicyEditorScreen #policy-top { height: 3; }
     PolicyEditorScreen #policy-top Label { padding: 1 1 0 1; }
     PolicyEditorScreen #policy-default { width: 16; }
+    PolicyEditorScreen #policy-require-names { border: none; height: 3; padding: 1 1 0 1; }
     PolicyEditorScreen #policy-top Button { margin: 0 0 0 1; }
     PolicyEditorScreen #policy-rules { height: 1fr; }
     PolicyEditorScreen #policy-lint { height: auto; padding: 0 1; color: $warning; display: none; }
@@ -136,6 +139,8 @@ class PolicyEditorScreen(Screen[None]):
         Binding("ctrl+up,u", "move(-1)", "Up", tooltip="Move the selected rule up (it is tried earlier)"),
         Binding("ctrl+down,n", "move(1)", "Down", tooltip="Move the selected rule down"),
         Binding("t", "toggle_default", "Default", tooltip="Switch the default action (allow / deny)"),
+        Binding("r", "toggle_require_names", "Names", show=False,
+                tooltip="Require a name: a connection presenting none (SSH, TLS without SNI) gets no domain allow"),
         Binding("s,ctrl+s", "save", "Save", tooltip="Save into the profile's YAML (comments kept)"),
         Binding("p", "apply", "Apply to pool", tooltip="Apply to the running pool: new flows follow these rules"),
         Binding("slash,w", "whatif", "What if?", tooltip="What happens to a domain, IP or port? (which rule, why)"),
@@ -162,6 +167,7 @@ class PolicyEditorScreen(Screen[None]):
         with Horizontal(id="policy-top"):
             yield Label("default:")
             yield Select([("deny", "deny"), ("allow", "allow")], value="deny", allow_blank=False, id="policy-default")
+            yield Checkbox("require names", value=True, id="policy-require-names")
             yield Button("Add", id="policy-add")
             yield Button("Save", variant="primary", id="policy-save")
             yield Button("Apply to pool", id="policy-apply")
@@ -247,6 +253,9 @@ class PolicyEditorScreen(Screen[None]):
         default = self.query_one("#policy-default", Select)
         if default.value != self.policy.default.value:
             default.value = self.policy.default.value
+        names = self.query_one("#policy-require-names", Checkbox)
+        if names.value != self.policy.require_names:
+            names.value = self.policy.require_names
         where = ""
         if self.profile is not None and self.profile.path is not None:
             where = f" — {self.profile.path} ({self.profile.source})"
@@ -316,6 +325,13 @@ class PolicyEditorScreen(Screen[None]):
     def action_toggle_default(self) -> None:
         other = engine.PolicyAction.ALLOW if self.policy.default is engine.PolicyAction.DENY else engine.PolicyAction.DENY
         self.set_policy(self.policy.with_default(other))
+
+    def action_toggle_require_names(self) -> None:
+        self.set_policy(self.policy.with_require_names(not self.policy.require_names))
+
+    def on_checkbox_changed(self, event: Checkbox.Changed) -> None:
+        if event.checkbox.id == "policy-require-names" and event.value != self.policy.require_names:
+            self.set_policy(self.policy.with_require_names(event.value))
 
     def on_select_changed(self, event: Select.Changed) -> None:
         # A stale event (the Select's own start-up value, arriving after load() set the

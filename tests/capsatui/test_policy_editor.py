@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from textual.app import App
-from textual.widgets import Button, DataTable, Input, Static
+from textual.widgets import Button, Checkbox, DataTable, Input, Static
 
 import engine
 from capsatui.screens.policy_editor import PolicyEditorScreen, explain
@@ -332,3 +332,19 @@ async def test_lint_warns_of_a_shadowed_rule_as_you_edit(profile_file: Path) -> 
         await pilot.pause()
         assert not editor.query_one(lint, Static).display
         assert "never reached" not in shown(app)
+
+
+async def test_require_names_box_toggles_and_saves(profile_file: Path) -> None:
+    async with _guarded_editor() as (app, editor, pilot, table):
+        assert editor.policy.require_names
+        await pilot.press("r")
+        await pilot.pause()
+        assert not editor.policy.require_names
+        assert editor.query_one("#policy-require-names", Checkbox).value is False
+        await pilot.press("s")
+        await pilot.pause()
+    reloaded = engine.load_profile(profile_file)
+    assert isinstance(reloaded.network, engine.UserNatConfig)
+    assert reloaded.network.policy.require_names is False
+    text = profile_file.read_text(encoding="utf-8")
+    assert "require_names: false" in text and "# A guarded pool" in text, text

@@ -2,6 +2,7 @@
 DNS question decisions, the domain tracker, editing and the plain-data (YAML) form."""
 from __future__ import annotations
 
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
@@ -497,3 +498,30 @@ def test_lint_finds_a_domain_allow_whose_name_dns_refuses() -> None:
     # Where DNS answers the name (allow_dns, or the allow itself lets the name resolve), no warning.
     assert lint(NetworkPolicy.deny_all().allow_dns().allow_domain("api.example.com")) == []
     assert lint(NetworkPolicy.deny_all().allow_domain("*.github.com")) == []
+
+
+def test_require_names_field_builder_data_and_describe() -> None:
+    policy = NetworkPolicy.deny_all().allow_domain("ok.test")
+    assert policy.require_names is True
+    off = policy.with_require_names(False)
+    assert off.require_names is False and off.with_default(PolicyAction.ALLOW).require_names is False
+    assert off.to_dict()["require_names"] is False and "require_names" not in policy.to_dict()
+    assert NetworkPolicy.from_dict(off.to_dict()) == off
+    assert "require_names: false" in off.describe() and "require_names" not in policy.describe()
+    with pytest.raises(PolicyError):
+        NetworkPolicy.from_dict({"require_names": "yes"})
+    with pytest.raises(PolicyError):
+        NetworkPolicy(require_names=1)  # type: ignore[arg-type]  # the check under test
+
+
+def test_require_names_refuses_a_nameless_stream_only_by_domain() -> None:
+    policy = NetworkPolicy.deny_all().allow_domain("ok.test").allow_ip("203.0.113.9")
+    base = Flow(Protocol.TCP, "203.0.113.5", 22, domains=frozenset({"ok.test"}))
+    nameless = replace(base, sni_or_host=policy.presented_name(None))
+    decision = policy.evaluate(nameless)
+    assert not decision.allowed and "allows by name only" in decision.rule_text
+    off = policy.with_require_names(False)
+    assert off.evaluate(replace(base, sni_or_host=off.presented_name(None))).allowed
+    # An ip rule does not care for names: a nameless stream to its address goes through.
+    assert policy.evaluate(replace(nameless, dst_ip=IPv4Address("203.0.113.9"))).allowed
+    assert policy.evaluate(replace(base, sni_or_host="ok.test")).allowed

@@ -199,12 +199,18 @@ def test_http_every_truncation_needs_more() -> None:
     (b"GET / HTTP/1.1\r\nHost: a.example:http\r\n\r\n", BAD, None),
     (b"GET / HTTP/1.1\r\nHost: b\xc3\xbccher.example\r\n\r\n", BAD, None),
     (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", BAD, None),
-    (b"GET / HTTP/3.0\r\n\r\n", NOT, None),
-    (b"GET /\r\n", NOT, None),
+    (b"GET / HTTP/3.0\r\n\r\n", BAD, None),  # was NOT_PROTOCOL: looks like HTTP, so strict
+    (b"GET /\r\n", BAD, None),  # was NOT_PROTOCOL
     (b"SSH-2.0-OpenSSH_9.2\r\n", NOT, None),
     (b"\x00\x01\x02", NOT, None),
-    (b"get / http/1.1\r\n", NOT, None),
-    (b"GET  / HTTP/1.1\r\n", NOT, None),
+    (b"get / http/1.1\r\n", BAD, None),  # was NOT_PROTOCOL
+    (b"GET  / HTTP/1.1\r\n", BAD, None),  # was NOT_PROTOCOL
+    (b"GET\t/ HTTP/1.1\r\n", BAD, None),
+    (b"GET / HTTP/1.10\r\n", BAD, None),
+    (b"\r\n\r\nGET / HTTP/1.1\r\nHost: a.example\r\n\r\n", FOUND, "a.example"),
+    (b"GET / HTTP/1.1\r\nUser-Agent: x\r\n\r\n", BAD, None),
+    (b"FOO / HTTP/1.1\r\nHost: a.example\r\n\r\n", FOUND, "a.example"),
+    (b"GET / HTTP/1.1\r\nHost: a.example\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", BAD, None),
 ])
 def test_http_verdicts(data: bytes, status: SniffStatus, name: str | None) -> None:
     result = http_host(data)

@@ -305,7 +305,7 @@ def test_every_bad_rule_is_reported_and_the_rest_of_the_policy_too() -> None:
         "web.yaml:10: network.policy.rules[2]: the rule has no criteria (write 'any: true' to match all traffic)",
         "web.yaml:11: network.policy.rules[3].protcol: unknown criterion 'protcol'; did you mean 'protocol'?",
         "web.yaml:13: network.policy.rules[4].ip_range: '10.0.0.1/8' has host bits set; did you mean 10.0.0.0/8?",
-        "web.yaml:14: network.policy.colour: unknown key 'colour' (a policy has 'default' and 'rules')",
+        "web.yaml:14: network.policy.colour: unknown key 'colour' (a policy has 'default', 'rules' and 'require_names')",
     ]
 
 
@@ -500,3 +500,20 @@ def test_saving_the_bundled_web_policy_writes_a_user_copy_with_its_comments(user
     text = (user_dir / "web.yaml").read_text()
     assert "# any port of Debian's hosts" in text and "# VMs on a closed network" in text
     assert '      - {action: deny, domain: "*.evil.test"}\n' in text or "      - {action: deny, domain: '*.evil.test'}\n" in text
+
+
+def test_require_names_in_yaml_round_trip_and_errors(tmp_path: Path) -> None:
+    on = _parse(_network("mode: user_nat\npolicy: {default: deny, rules: [{action: allow, domain: a.test}]}\n"))
+    assert isinstance(on.network, engine.UserNatConfig) and on.network.policy.require_names is True
+    off = _parse(_network("mode: user_nat\npolicy:\n  default: deny\n  require_names: false\n"))
+    assert isinstance(off.network, engine.UserNatConfig) and off.network.policy.require_names is False
+    assert _issues(_network("mode: user_nat\npolicy:\n  default: deny\n  require_names: maybe\n")) == [
+        "web.yaml:7: network.policy.require_names: expected true or false, found 'maybe'"]
+    path = tmp_path / "p.yaml"
+    path.write_text(COMMENTED, encoding="utf-8")
+    saved = _save_policy(path, _policy_of(engine.load_profile(path)).with_require_names(False))
+    assert _policy_of(saved).require_names is False
+    text = path.read_text(encoding="utf-8")
+    assert "require_names: false" in text and "# mirrors" in text, text
+    assert _policy_of(_save_policy(path, _policy_of(saved).with_require_names(True))).require_names is True
+    assert "require_names" not in path.read_text(encoding="utf-8")

@@ -6,6 +6,13 @@ HTTP Host, up to ``SNIFF_LIMIT`` bytes or ``SNIFF_WAIT_S``), decides again with 
 only then connects the host socket; otherwise it connects the host socket first, so a refused
 connection reaches the guest as a refused connection (RST to its SYN).
 
+Names hold for the whole connection: a flow that was read this way keeps its
+:class:`~engine.netstack.inspector.StreamInspector` for its life; every new name it presents
+(a keep-alive or pipelined request's Host, a retried ClientHello's SNI) is decided again before
+the bytes that carry it go to the host, and a deny cuts the flow (RST to the guest, host socket
+closed, a deny event). A stream that presents no name is decided as
+:meth:`NetworkPolicy.presented_name` says (``require_names``).
+
 Inbound (port forwards): a host listener accepts a connection and the gateway opens a TCP
 connection to the guest from its own address (``TcpConnection.connect``).
 
@@ -28,7 +35,8 @@ from engine.netstack.errors import PacketError
 from engine.netstack.gateway.seam import FlowKey, TcpRelayHost
 from engine.netstack.ipv4 import PROTO_TCP, Ipv4Packet
 from engine.netstack.policy.policy import Protocol
-from engine.netstack.sniff import SniffStatus, sniff
+from engine.netstack.inspector import StreamInspector
+from engine.netstack.sniff import SniffResult, SniffStatus
 from engine.netstack.tcp.segment import TcpSegment, tcp_from_ipv4
 from engine.netstack.tcp.connection import (Closed, Connected, DataReceived, PeerClosed, TcpConfig, TcpConnection,
                                       TcpState, Writable, reset_for)
@@ -70,6 +78,8 @@ class TcpFlow:
     connect_task: asyncio.Task[None] | None = None
     domain: str | None = None
     closed: bool = False
+    inspector: StreamInspector | None = None  # reads every name the guest presents (None: done)
+    names: set[str | None] = field(default_factory=set)  # names already decided on this flow
 
 
 class TcpRelay:
@@ -126,6 +136,7 @@ class TcpRelay:
         self.flows[key] = flow
         if gw.policy.has_domain_rules:
             flow.conn = self._accept(flow)
+            flow.inspector = StreamInspector(SNIFF_LIMIT)
             flow.sniff_timer = gw.loop.call_later(SNIFF_WAIT_S, self._sniff_done, flow)
             self.pump(flow)
         else:
@@ -144,21 +155,68 @@ class TcpRelay:
         return TcpConnection.accept(flow.syn, far_ip, far_port, guest_ip, guest_port,
                                     self.gw.now(), self.gw.rng.getrandbits(32), mss=mss, config=TCP_CONFIG)
 
-    # ----- sniffing the first bytes ----------------------------------------------------------
+    # ----- reading names: the first bytes, then every request and hello ---------------------
 
-    def _early_data(self, flow: TcpFlow, data: bytes) -> None:
+    def _guest_data(self, flow: TcpFlow, data: bytes) -> None:
+        """Guest bytes of an outbound flow: judge the names they present, then pass them on."""
+        inspector = flow.inspector
+        if inspector is not None:
+            for result in inspector.feed(data):
+                self._judge(flow, result)
+                if flow.closed or (flow.conn is not None and flow.conn.state is TcpState.CLOSED):
+                    return  # cut: these bytes never reach the host
+            if inspector.done:
+                flow.inspector = None
+        if flow.host is not None:
+            self._to_host(flow, data)
+            return
         flow.early += data
-        result = sniff(bytes(flow.early), SNIFF_LIMIT)
-        if result.status is not SniffStatus.NEED_MORE or len(flow.early) >= SNIFF_LIMIT:
-            self._decide_sniffed(flow, result.flow_name)
+        if not self._decided(flow) and len(flow.early) >= SNIFF_LIMIT:
+            self._decide_sniffed(flow, "")
+
+    def _decided(self, flow: TcpFlow) -> bool:
+        return flow.connect_task is not None or flow.host is not None
+
+    def _name_of(self, result: SniffResult | None) -> str | None:
+        """The ``sni_or_host`` a verdict is decided with (MALFORMED: "", allows nothing by domain)."""
+        if result is None or result.status in (SniffStatus.ABSENT, SniffStatus.NOT_PROTOCOL):
+            return self.gw.policy.presented_name(None)
+        return result.name if result.status is SniffStatus.FOUND else ""
+
+    def _judge(self, flow: TcpFlow, result: SniffResult) -> None:
+        name = self._name_of(result)
+        if result.status is SniffStatus.NOT_PROTOCOL and self._decided(flow):
+            return  # a tunnel's opaque bytes: allowed on the name of the request that opened it
+        if not self._decided(flow):
+            self._decide_sniffed(flow, name)
+            return
+        if name in flow.names:
+            return
+        flow.names.add(name)
+        flow.domain = name
+        guest_ip, guest_port, far_ip, far_port = flow.key
+        if not self.gw.decide(Protocol.TCP, guest_ip, guest_port, far_ip, far_port, name).allowed:
+            self._cut(flow)
+
+    def _cut(self, flow: TcpFlow) -> None:
+        """A name the policy denies on a live flow: RST to the guest, the host socket closed."""
+        self.gw.counters["tcp_name_denied"] += 1
+        flow.inspector = None
+        flow.outgoing.clear()
+        flow.early.clear()
+        if flow.host is not None:
+            flow.host.abort()
+            flow.host = None
+        assert flow.conn is not None
+        flow.conn.abort(self.gw.now())
+        self.pump(flow)
 
     def _sniff_done(self, flow: TcpFlow) -> None:
         flow.sniff_timer = None
-        if flow.closed or flow.host is not None or flow.connect_task is not None:
+        if flow.closed or self._decided(flow):
             return
-        # Nothing at all: a server-speaks-first protocol, no name claimed. A partial hello: "".
-        name = sniff(bytes(flow.early), SNIFF_LIMIT).flow_name if flow.early else None
-        self._decide_sniffed(flow, name)
+        # Nothing at all (a server-speaks-first protocol): no name. A partial head or hello: "".
+        self._decide_sniffed(flow, self._name_of(flow.inspector.finish() if flow.inspector else None))
 
     def _decide_sniffed(self, flow: TcpFlow, name: str | None) -> None:
         if flow.connect_task is not None or flow.closed:
@@ -168,9 +226,11 @@ class TcpRelay:
             flow.sniff_timer = None
         guest_ip, guest_port, far_ip, far_port = flow.key
         flow.domain = name
+        flow.names.add(name)
         decision = self.gw.decide(Protocol.TCP, guest_ip, guest_port, far_ip, far_port, name)
         if not decision.allowed:
             assert flow.conn is not None
+            flow.inspector = None
             flow.conn.abort(self.gw.now())
             self.pump(flow)
             return
@@ -221,6 +281,10 @@ class TcpRelay:
     def from_host(self, flow: TcpFlow, data: bytes) -> None:
         if flow.conn is None or flow.closed:
             return
+        if flow.inspector is not None:
+            flow.inspector.feed_server(data)  # up to the TLS ServerHello; nothing for HTTP
+            if flow.inspector.done:
+                flow.inspector = None
         self.bytes_down += len(data)
         flow.bytes_down += len(data)
         if flow.backlog:
@@ -344,10 +408,10 @@ class TcpRelay:
         if isinstance(event, DataReceived):
             if flow.local_dns:
                 self._dns_bytes(flow, event.data)
+            elif not flow.inbound:
+                self._guest_data(flow, event.data)
             elif flow.host is not None:
                 self._to_host(flow, event.data)
-            elif not flow.inbound:
-                self._early_data(flow, event.data)
         elif isinstance(event, PeerClosed):
             flow.guest_eof = True
             if flow.local_dns and not flow.dns_pending:
@@ -358,7 +422,7 @@ class TcpRelay:
                 self._flush(flow)
                 flow.host.write_eof()
             elif flow.host is None and flow.connect_task is None and not flow.inbound:
-                self._decide_sniffed(flow, sniff(bytes(flow.early), SNIFF_LIMIT).flow_name if flow.early else None)
+                self._decide_sniffed(flow, self._name_of(flow.inspector.finish() if flow.inspector else None))
         elif isinstance(event, Writable):
             if flow.backlog:
                 taken = conn.send(bytes(flow.backlog), self.gw.now())

@@ -30,6 +30,19 @@ that is no wider than every off-limits block holding it (``10.0.0.0/8`` names ``
 ``0.0.0.0/0`` names nothing), or a domain rule on a static host. Any other matching ALLOW
 rule is passed over (evaluation goes on), and the default ALLOW becomes DENY.
 
+Names on the wire, for a connection's whole life: the gateway reads every name a TCP stream
+presents (each HTTP request's Host, each TLS ClientHello's SNI:
+:mod:`engine.netstack.inspector`) and decides each new one again; a deny cuts the connection.
+A stream that presents *no* name (SSH, a database protocol, TLS without SNI, a server that
+speaks first, a guest that sends nothing) is decided by ``require_names``:
+
+* ``True`` (the default): such a stream is decided with ``sni_or_host=""``, so no domain ALLOW
+  rule can match it; it goes through only if a rule that is not about names (an ``ip``, a
+  port) or the default allows it. A domain allow means "this name", and an address shared with
+  other names (a CDN, shared hosting) is not that name.
+* ``False``: it is decided with ``sni_or_host=None``: DNS evidence alone (the address is one an
+  allowed name resolved to) lets it through, as before this switch existed.
+
 DNS questions (:meth:`NetworkPolicy.evaluate_name`): see that method.
 """
 from __future__ import annotations
@@ -192,10 +205,13 @@ class NetworkPolicy:
 
     default: PolicyAction = PolicyAction.DENY
     rules: tuple[Rule, ...] = field(default=())
+    require_names: bool = True  # streams that present no name get no domain allow (module doc)
 
     def __post_init__(self) -> None:
         if self.default not in (PolicyAction.ALLOW, PolicyAction.DENY):
             raise PolicyError(f"the default must be allow or deny, not {self.default!r}", ("default",))
+        if not isinstance(self.require_names, bool):
+            raise PolicyError(f"require_names must be true or false, not {self.require_names!r}", ("require_names",))
         rules = tuple(self.rules)
         for i, rule in enumerate(rules):
             if not isinstance(rule, Rule):
@@ -268,7 +284,12 @@ class NetworkPolicy:
 
     # -- editing (the TUI's rule editor) ----------------------------------------------------
     def with_default(self, action: PolicyAction) -> NetworkPolicy:
-        return NetworkPolicy(action, self.rules)
+        return replace(self, default=action)
+
+    def with_require_names(self, required: bool = True) -> NetworkPolicy:
+        """A copy where a stream that presents no name gets no domain allow (True), or is
+        decided on DNS evidence alone (False). See the module docstring."""
+        return replace(self, require_names=required)
 
     def with_rule(self, rule: Rule, index: int | None = None) -> NetworkPolicy:
         """A copy with ``rule`` inserted before ``index`` (appended when None)."""
@@ -307,6 +328,11 @@ class NetworkPolicy:
         """Whether any rule looks at names (only then is reading SNI/Host worth it)."""
         return any(r.criteria.has_domain() for r in self.rules)
 
+    def presented_name(self, name: str | None) -> str | None:
+        """``Flow.sni_or_host`` for a stream whose reader is done: ``name`` as read, except that
+        a stream that presented none (None) becomes ``""`` under ``require_names``."""
+        return "" if name is None and self.require_names else name
+
     def evaluate(self, flow: Flow, protected: Iterable[IPv4Network] = ()) -> Decision:
         """Decide a new flow: first ALLOW/DENY rule that matches, else the default.
 
@@ -335,7 +361,19 @@ class NetworkPolicy:
                   else f"rule {passed_over + 1} ({self.rules[passed_over].describe()})")
             text = f"deny {flow.dst_ip}: {reason}; {by} does not name it"
             return Decision(PolicyAction.DENY, None, tuple(logged), text, reason)
+        if self.default is PolicyAction.DENY and flow.sni_or_host == "":
+            text = self._nameless_text(flow) or text
         return Decision(self.default, None, tuple(logged), text, reason)
+
+    def _nameless_text(self, flow: Flow) -> str | None:
+        """Why a stream with no readable name is denied, when a domain allow would take it by
+        DNS evidence alone (for the flow log), else None."""
+        bare = replace(flow, sni_or_host=None)
+        for i, rule in enumerate(self.rules):
+            if rule.action is PolicyAction.ALLOW and rule.criteria.has_domain() and rule.matches(bare):
+                return (f"deny: no name read on the connection (or an unreadable one); rule {i + 1} "
+                        f"({rule.describe()}) allows by name only")
+        return None
 
     def evaluate_name(self, name: str, protocol: Protocol = Protocol.UDP, port: int = 53) -> Decision:
         """Decide whether the gateway may resolve ``name`` for the guest (DENY: NXDOMAIN, no upstream).
@@ -385,6 +423,8 @@ class NetworkPolicy:
     def describe(self) -> str:
         """Numbered rules (from 1) and the default, one per line."""
         lines = [f"{i + 1}. {rule.describe()}" for i, rule in enumerate(self.rules)]
+        if not self.require_names:
+            lines.append("unnamed connections: allowed on DNS evidence (require_names: false)")
         return "\n".join([*lines, f"default: {self.default.value}"])
 
     def lint(self) -> list[PolicyWarning]:
@@ -419,8 +459,12 @@ class NetworkPolicy:
         return warnings
 
     def to_dict(self) -> dict[str, object]:
-        """Plain data for YAML: ``{"default": "deny", "rules": [{"action": "allow", ...}, ...]}``."""
-        return {"default": self.default.value, "rules": [rule.to_dict() for rule in self.rules]}
+        """Plain data for YAML: ``{"default": "deny", "rules": [{"action": "allow", ...}, ...]}``,
+        plus ``"require_names": False`` when it is off (left out at its default, True)."""
+        data: dict[str, object] = {"default": self.default.value, "rules": [rule.to_dict() for rule in self.rules]}
+        if not self.require_names:
+            data["require_names"] = False
+        return data
 
     @classmethod
     def from_dict(cls, data: object) -> NetworkPolicy:
@@ -428,14 +472,18 @@ class NetworkPolicy:
         if not hasattr(data, "items"):
             raise PolicyError(f"a policy is a mapping with 'default' and 'rules', found {data!r}")
         items = dict(data.items())
-        unknown = sorted(set(items) - {"default", "rules"}, key=str)
+        unknown = sorted(set(items) - {"default", "rules", "require_names"}, key=str)
         if unknown:
-            raise PolicyError(f"unknown key {unknown[0]!r} (a policy has 'default' and 'rules')", (str(unknown[0]),))
+            raise PolicyError(f"unknown key {unknown[0]!r} (a policy has 'default', 'rules' and 'require_names')",
+                              (str(unknown[0]),))
+        require_names = items.get("require_names", True)
+        if not isinstance(require_names, bool):
+            raise PolicyError(f"expected true or false, found {require_names!r}", ("require_names",))
         default = _parse_action(items.get("default", "deny"), ("default",), default=True)
         raw_rules = items.get("rules", [])
         if raw_rules is None:
             raw_rules = []
         if isinstance(raw_rules, (str, bytes)) or not isinstance(raw_rules, Iterable) or hasattr(raw_rules, "items"):
             raise PolicyError(f"expected a list of rules, found {raw_rules!r}", ("rules",))
-        return cls(default, tuple(Rule.from_dict(r, ("rules", i)) for i, r in enumerate(raw_rules)))
+        return cls(default, tuple(Rule.from_dict(r, ("rules", i)) for i, r in enumerate(raw_rules)), require_names)
 
