@@ -204,9 +204,7 @@ def builder(boot: engine.LinuxDirectBoot) -> engine.VmBuilder:
 def ours_builder(boot: engine.LinuxDirectBoot, mtu: int) -> engine.VmBuilder:
     # Loopback stays closed unless a rule names it: a domain rule on a static host does. No DNS
     # leaves the gateway (the upstream is the discard port; only bench.test is ever asked).
-    # The raw nc uploads and connection loops present no name: require_names off lets them
-    # through on DNS evidence, as before the switch (the default would refuse them).
-    policy = engine.NetworkPolicy.deny_all().allow_dns().allow_domain(HOST_NAME).with_require_names(False)
+    policy = engine.NetworkPolicy.deny_all().allow_dns().allow_domain(HOST_NAME)
     net = (
         engine.NetworkMode.user_nat()
         .host(HOST_NAME, "127.0.0.1")

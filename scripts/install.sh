@@ -10,7 +10,7 @@ SUDO=
 # lz4 unpacks Debian's kernel into the vmlinux we boot through PVH (the faster boot);
 # busybox-static and the kernel package are downloaded, never installed, by the image builder.
 # binutils: the tests assemble the guest's capsa-agent again and compare it with the shipped bytes.
-PACKAGES=(qemu-system-x86 busybox-static lz4 python3-venv tmux binutils)
+PACKAGES=(qemu-system-x86 busybox-static lz4 python3-venv tmux binutils iproute2)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -1,9 +1,11 @@
 """Real-guest attacks on domain allows: a name must hold for the whole connection.
 
-Policy ``deny_all().allow_dns().allow_domain("ok.test")``; ``ok.test`` and ``other.test`` are
-static hosts on the same loopback address (one HTTP server with virtual hosts, and one server
-that speaks first). From the guest, busybox ``printf | nc`` sends what an attacker would.
-Every server is on the host's loopback, started here.
+Policy ``deny_all().allow_dns().allow_domain("ok.test").allow_domain("cdn-a.test")``. ``ok.test``
+and ``other.test`` are static hosts on the same loopback address (one HTTP server with virtual
+hosts, and one server that speaks first). ``cdn-a.test`` and ``cdn-b.test`` are public names that
+the test's stub resolver (on loopback) answers with one shared address, a "CDN" in a network
+namespace (tests/remote_host.py) running the same two servers. From the guest, busybox
+``printf | nc`` sends what an attacker would. Nothing leaves the machine.
 """
 from __future__ import annotations
 
@@ -17,10 +19,14 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
+import dns.message
+import dns.rcode
+import dns.rrset
 import pytest
 
 import engine
 from engine.netstack.sniff import HELLO_RETRY_RANDOM
+from tests.remote_host import RemoteHost, remote_host
 from tests.waiting import collect
 
 pytestmark = pytest.mark.guest
@@ -31,8 +37,10 @@ class Servers:
     http_port: int = 0
     banner_port: int = 0
     retry_port: int = 0
+    dns_port: int = 0
     hosts_seen: list[str] = field(default_factory=list)
     retry_received: list[bytes] = field(default_factory=list)
+    remote: RemoteHost | None = None
 
 
 class _Vhosts(http.server.BaseHTTPRequestHandler):
@@ -96,6 +104,26 @@ def _serve_retry(server: socket.socket, received: list[bytes]) -> None:
             received.append(data)
 
 
+CDN_NAMES = ("cdn-a.test.", "cdn-b.test.")
+
+
+def _serve_dns(sock: socket.socket, address: str) -> None:
+    """The stub upstream: both CDN names resolve to the one shared address, others NXDOMAIN."""
+    while True:
+        try:
+            data, client = sock.recvfrom(4096)
+        except OSError:
+            return
+        query = dns.message.from_wire(data)
+        reply = dns.message.make_response(query)
+        name = query.question[0].name.to_text()
+        if name in CDN_NAMES and query.question[0].rdtype == 1:
+            reply.answer.append(dns.rrset.from_text(name, 60, "IN", "A", address))
+        elif name not in CDN_NAMES:
+            reply.set_rcode(dns.rcode.NXDOMAIN)
+        sock.sendto(reply.to_wire(), client)
+
+
 def client_hello(name: str) -> bytes:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     tls = context.wrap_bio(ssl.MemoryBIO(), outgoing := ssl.MemoryBIO(), server_hostname=name)
@@ -122,15 +150,23 @@ def servers() -> Iterator[Servers]:
     retry = socket.create_server(("127.0.0.1", 0))
     found.retry_port = retry.getsockname()[1]
     threading.Thread(target=_serve_retry, args=(retry, found.retry_received), daemon=True).start()
-    yield found
-    httpd.shutdown()
-    httpd.server_close()
-    banner.close()
-    retry.close()
+    resolver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    resolver.bind(("127.0.0.1", 0))
+    found.dns_port = resolver.getsockname()[1]
+    with remote_host() as remote:
+        found.remote = remote
+        threading.Thread(target=_serve_dns, args=(resolver, remote.ip), daemon=True).start()
+        try:
+            yield found
+        finally:
+            httpd.shutdown()
+            httpd.server_close()
+            for sock in (banner, retry, resolver):
+                sock.close()
 
 
 def policy(require_names: bool = True) -> engine.NetworkPolicy:
-    return (engine.NetworkPolicy.deny_all().allow_dns().allow_domain("ok.test")
+    return (engine.NetworkPolicy.deny_all().allow_dns().allow_domain("ok.test").allow_domain("cdn-a.test")
             .with_require_names(require_names))
 
 
@@ -143,7 +179,8 @@ class NetVm:
 
 @pytest.fixture(scope="module")
 async def netvm(boot: engine.LinuxDirectBoot, servers: Servers) -> AsyncIterator[NetVm]:
-    nat = engine.NetworkMode.user_nat().host("ok.test", "127.0.0.1").host("other.test", "127.0.0.1")
+    nat = (engine.NetworkMode.user_nat().host("ok.test", "127.0.0.1").host("other.test", "127.0.0.1")
+           .dns_upstream(f"127.0.0.1:{servers.dns_port}"))
     vm = await engine.vm(boot).cpus(1).memory_mb(256).network(nat.policy(policy()).build()).console_enabled().build()
     events, collector = collect(vm.network_events())
     try:
@@ -160,6 +197,8 @@ async def net(netvm: NetVm, servers: Servers) -> NetVm:
     netvm.events.clear()
     servers.hosts_seen.clear()
     servers.retry_received.clear()
+    assert servers.remote is not None
+    servers.remote.hosts_seen.clear()
     return netvm
 
 
@@ -196,8 +235,28 @@ async def test_malformed_request_line_is_refused(net: NetVm, servers: Servers) -
     assert tcp_denies(net), net.events
 
 
+def remote(servers: Servers) -> RemoteHost:
+    assert servers.remote is not None
+    return servers.remote
+
+
+async def test_a_second_request_for_another_name_of_a_shared_address_is_cut(net: NetVm, servers: Servers) -> None:
+    """The CDN case: cdn-b.test shares cdn-a.test's address; a keep-alive request for it is cut."""
+    cdn = remote(servers)
+    first = r"GET / HTTP/1.1\r\nHost: cdn-a.test\r\n\r\n"
+    second = r"GET / HTTP/1.1\r\nHost: cdn-b.test\r\n\r\n"
+    result = await sh(net, f"(printf '{first}'; sleep 3; printf '{second}'; sleep 2) | "
+                           f"timeout 20 nc cdn-a.test {cdn.http_port}")
+    assert "vhost cdn-a.test" in result.output, result.output
+    assert "vhost cdn-b.test" not in result.output
+    assert cdn.hosts_seen == ["cdn-a.test"], "the second request reached the CDN"
+    denied = tcp_denies(net)
+    assert denied and denied[-1].domain == "cdn-b.test", net.events
+
+
 async def test_a_connection_that_sends_nothing_is_refused(net: NetVm, servers: Servers) -> None:
-    result = await sh(net, f"sleep 4 | timeout 20 nc ok.test {servers.banner_port}")
+    """Server speaks first (like SSH) to an address allowed only through cdn-a.test's DNS answer."""
+    result = await sh(net, f"sleep 4 | timeout 20 nc cdn-a.test {remote(servers).banner_port}")
     assert "BANNER" not in result.output, result.output
     denied = tcp_denies(net)
     assert denied and "by name only" in denied[-1].rule, denied
@@ -205,6 +264,13 @@ async def test_a_connection_that_sends_nothing_is_refused(net: NetVm, servers: S
 
 async def test_a_connection_that_sends_nothing_is_allowed_without_require_names(net: NetVm, servers: Servers) -> None:
     net.vm.set_policy(policy(require_names=False))
+    result = await sh(net, f"sleep 4 | timeout 20 nc cdn-a.test {remote(servers).banner_port}")
+    assert "BANNER from the remote host" in result.output, result.output
+    assert not tcp_denies(net), net.events
+
+
+async def test_a_nameless_connection_to_a_static_host_is_allowed(net: NetVm, servers: Servers) -> None:
+    """A static host's stand-in address stands for that entry alone: DNS evidence is exact there."""
     result = await sh(net, f"sleep 4 | timeout 20 nc ok.test {servers.banner_port}")
     assert "BANNER from the host" in result.output, result.output
     assert not tcp_denies(net), net.events

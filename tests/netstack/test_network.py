@@ -286,9 +286,6 @@ async def test_20_mib_upload_arrives_intact(net: NetVm, servers: Servers) -> Non
     made = await sh(net, "dd if=/dev/urandom of=/tmp/up bs=1M count=20 2>/dev/null && sha256sum /tmp/up")
     guest_sum = made.output.split()[0]
     servers.sink_received.clear()
-    # Raw bytes name no host: sink.test is allowed only by a domain rule, so the upload needs
-    # the DNS-evidence choice (require_names false); by default such a stream is refused.
-    net.vm.set_policy(base_policy().with_require_names(False))
     sent = await sh(net, f"timeout 240 nc sink.test {servers.sink_port} < /tmp/up; rm /tmp/up", 300)
     assert sent.exit_code == 0, sent.output
     for _ in range(100):

@@ -335,6 +335,10 @@ class Gateway:
         """Where on the host side a guest's destination is (stand-ins become loopback)."""
         return self.stand_ins.get(dst, dst)
 
+    def is_static_address(self, dst: IPv4Address) -> bool:
+        """Whether the guest's ``dst`` is the address of a static host entry of the profile."""
+        return any(ip == dst for _, ip in self.guest_hosts)
+
     def decide(self, protocol: Protocol, src: IPv4Address, src_port: int, dst: IPv4Address, dst_port: int,
                sni_or_host: str | None = None, *, emit: bool = True) -> Decision:
         """The policy's decision on a new flow (to its host-side address), logged to the flow log."""

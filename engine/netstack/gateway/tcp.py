@@ -11,7 +11,8 @@ Names hold for the whole connection: a flow that was read this way keeps its
 (a keep-alive or pipelined request's Host, a retried ClientHello's SNI) is decided again before
 the bytes that carry it go to the host, and a deny cuts the flow (RST to the guest, host socket
 closed, a deny event). A stream that presents no name is decided as
-:meth:`NetworkPolicy.presented_name` says (``require_names``).
+:meth:`NetworkPolicy.presented_name` says (``require_names``), except to a static host's own
+address, which stands for the profile's entry alone (decided on DNS evidence).
 
 Inbound (port forwards): a host listener accepts a connection and the gateway opens a TCP
 connection to the guest from its own address (``TcpConnection.connect``).
@@ -177,14 +178,20 @@ class TcpRelay:
     def _decided(self, flow: TcpFlow) -> bool:
         return flow.connect_task is not None or flow.host is not None
 
-    def _name_of(self, result: SniffResult | None) -> str | None:
-        """The ``sni_or_host`` a verdict is decided with (MALFORMED: "", allows nothing by domain)."""
+    def _name_of(self, result: SniffResult | None, flow: TcpFlow) -> str | None:
+        """The ``sni_or_host`` a verdict is decided with (MALFORMED: "", allows nothing by domain).
+
+        A stream that presents no name to a static host's address is decided on DNS evidence
+        whatever ``require_names`` says: that address stands for the profile's own entry, never
+        for names an upstream shares it with, which is what ``require_names`` guards against."""
         if result is None or result.status in (SniffStatus.ABSENT, SniffStatus.NOT_PROTOCOL):
+            if self.gw.is_static_address(flow.key[2]):
+                return None
             return self.gw.policy.presented_name(None)
         return result.name if result.status is SniffStatus.FOUND else ""
 
     def _judge(self, flow: TcpFlow, result: SniffResult) -> None:
-        name = self._name_of(result)
+        name = self._name_of(result, flow)
         if result.status is SniffStatus.NOT_PROTOCOL and self._decided(flow):
             return  # a tunnel's opaque bytes: allowed on the name of the request that opened it
         if not self._decided(flow):
@@ -216,7 +223,7 @@ class TcpRelay:
         if flow.closed or self._decided(flow):
             return
         # Nothing at all (a server-speaks-first protocol): no name. A partial head or hello: "".
-        self._decide_sniffed(flow, self._name_of(flow.inspector.finish() if flow.inspector else None))
+        self._decide_sniffed(flow, self._name_of(flow.inspector.finish() if flow.inspector else None, flow))
 
     def _decide_sniffed(self, flow: TcpFlow, name: str | None) -> None:
         if flow.connect_task is not None or flow.closed:
@@ -422,7 +429,7 @@ class TcpRelay:
                 self._flush(flow)
                 flow.host.write_eof()
             elif flow.host is None and flow.connect_task is None and not flow.inbound:
-                self._decide_sniffed(flow, self._name_of(flow.inspector.finish() if flow.inspector else None))
+                self._decide_sniffed(flow, self._name_of(flow.inspector.finish() if flow.inspector else None, flow))
         elif isinstance(event, Writable):
             if flow.backlog:
                 taken = conn.send(bytes(flow.backlog), self.gw.now())
