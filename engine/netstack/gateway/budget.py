@@ -14,13 +14,17 @@ The choices, each the one a security-minded user expects:
   ``FIXED_RESERVE_MIN``) for the process itself (the service, consoles, logs, a new VM's start)
   plus ``PER_VM_RESERVE`` per live gateway (its QEMU stream socket, QMP, console, DNS socket,
   forward listeners). What is left is the flows' *capacity*.
-- **Each VM's share** is the capacity divided by the live VMs; it shrinks as VMs are added and
-  grows as they leave. Flows already open are never killed when it shrinks.
+- **Each VM's share** is what it is sure to get: the capacity divided as if one more VM were
+  live (so a VM that starts next gets its share at once, with nothing to take back). It shrinks
+  as VMs are added and grows as they leave; flows already open are never killed when it shrinks.
 - **A VM under its share always gets a socket** while the process has any capacity left.
 - **A VM at or over its share may borrow** idle capacity, but never what the others have not
   used of their shares, nor the share a newly started VM would get. So when the process nears
   its limit, the VMs over their share (the one holding the most flows first: it is always over
   its share when any VM is) are refused new flows, and no other VM, nor a new one, is hurt.
+  The room kept is for one newcomer at a time: a second VM started before the over-share VMs
+  gave sockets back gets what is left, and what they give back goes to the VMs under their
+  share first (the over-share ones stay refused until they are under theirs).
 - **A refusal is counted and explained** (:class:`Refusal`'s reason goes to the VM's flow log as
   a deny event); the relays answer it as they answer a failed connect.
 - Sockets a host client opens (port-forward accepts) are not the guest's doing and are not
@@ -138,15 +142,15 @@ class FdBudget:
 
     @property
     def share(self) -> int:
-        """What each live VM is sure to get."""
-        return self.capacity // max(1, len(self.accounts))
+        """What each live VM is sure to get, with the same kept for one VM more."""
+        vms = len(self.accounts) + 1
+        return self.capacity_for(vms) // vms
 
     def kept_for_others(self, account: FlowAccount) -> int:
         """What ``account`` may not borrow: the others' unused shares and a newcomer's share."""
         share = self.share
         unused = sum(max(0, share - other.held) for other in self.accounts if other is not account)
-        vms = len(self.accounts) + 1
-        return unused + self.capacity_for(vms) // vms
+        return unused + share
 
     def _check(self, account: FlowAccount) -> Refusal | None:
         capacity = self.capacity
