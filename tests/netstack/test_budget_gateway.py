@@ -26,6 +26,7 @@ from tests.netstack.gateway_harness import (
     WEB_STAND_IN,
     Guest,
     Peers,
+    ask,
     handshake,
     ipv4_of,
     is_icmp,
@@ -224,4 +225,30 @@ async def test_a_refused_udp_flow_is_a_deny_event_and_admin_prohibited(peers: Pe
         assert gw.counters["udp_budget_refused"] == 1 and len(gw.udp.flows) == 1
         denied = events.of("deny", "udp")
         assert len(denied) == 1 and "over its share" in denied[0].rule and denied[0].detail == "host socket budget"
+    assert budget.held == 0
+
+
+async def test_flows_awaiting_their_name_queue_for_a_connect_slot_holding_no_socket(
+        peers: Peers, monkeypatch: pytest.MonkeyPatch) -> None:
+    budget = FdBudget(limit=4096)
+    monkeypatch.setattr(gateway_tcp, "CONNECT_TIMEOUT_S", 0.5)
+    async with black_hole() as hole:
+        async with running(make_config(peers), budget) as (gw, guest, _events):  # domain rules: names sniffed
+            assert gw.policy.has_domain_rules
+            await ask(guest, "web.test", 801)
+            request = b"GET / HTTP/1.1\r\nHost: web.test\r\n\r\n"
+            for sport in range(23000, 23020):
+                srv = await handshake(guest, sport, WEB_STAND_IN, hole, 500)
+                await guest.send(tcp_frame(sport, WEB_STAND_IN, hole, 501, srv, ACK, request))
+            await guest.barrier()
+            await until(lambda: gw.tcp._connecting + len(gw.tcp._waiting) + gw.host_sockets.held > 0, "connects")
+            await asyncio.sleep(0.1)
+            # One connect landed in the listener's queue; 16 hang; the other 3 wait, socketless.
+            assert gw.tcp._connecting == 16 and len(gw.tcp._waiting) == 3
+            assert gw.host_sockets.held == 17
+            assert all(f.connect_queued and f.connect_task is None for f in gw.tcp._waiting)
+            # As the hanging connects time out, the queued ones get their turn.
+            await until(lambda: not gw.tcp._waiting and gw.tcp._connecting == 0, "the queue to drain")
+            assert gw.counters["tcp_connect_failed"] == 19
+            assert gw.host_sockets.held == 1
     assert budget.held == 0
