@@ -12,7 +12,7 @@ from engine.netstack.gateway.budget import FdBudget, FlowAccount, Lease, Refusal
 
 def take(account: FlowAccount, count: int) -> list[Lease]:
     """``count`` leases, failing the test on a refusal."""
-    leases = []
+    leases: list[Lease] = []
     for _ in range(count):
         lease = account.acquire("tcp")
         assert isinstance(lease, Lease), lease
@@ -22,7 +22,7 @@ def take(account: FlowAccount, count: int) -> list[Lease]:
 
 def take_all(account: FlowAccount) -> tuple[list[Lease], Refusal]:
     """Leases until the first refusal."""
-    leases = []
+    leases: list[Lease] = []
     while True:
         lease = account.acquire("tcp")
         if isinstance(lease, Refusal):

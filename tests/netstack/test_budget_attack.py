@@ -14,7 +14,7 @@ import asyncio
 import resource
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -117,11 +117,11 @@ async def hostile(boot: engine.LinuxDirectBoot, sink: Sink) -> AsyncIterator[Hos
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-async def wait_for(check: object, what: str, timeout: float) -> None:
+async def wait_for(check: Callable[[], bool], what: str, timeout: float) -> None:
     """Poll ``check()`` until true; a deadline, not an assertion on how long it took."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while not check():  # type: ignore[operator]  # a zero-argument callable
+    while not check():
         assert loop.time() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.2)
 

@@ -11,7 +11,9 @@ import contextlib
 import os
 import socket
 from collections.abc import AsyncIterator, Callable
+from ipaddress import IPv4Address
 
+import dns.message
 import pytest
 
 from engine.netstack.gateway import tcp as gateway_tcp
@@ -49,8 +51,8 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def syn(sport: int, dport: int, dst: object = WEB_STAND_IN) -> bytes:
-    return tcp_frame(sport, dst, dport, 1000, 0, SYN, options=build_options(mss=1460))  # type: ignore[arg-type]  # an IPv4Address, typed loosely for the callers' sake
+def syn(sport: int, dport: int, dst: IPv4Address = WEB_STAND_IN) -> bytes:
+    return tcp_frame(sport, dst, dport, 1000, 0, SYN, options=build_options(mss=1460))
 
 
 async def until(check: Callable[[], bool], what: str) -> None:
@@ -252,3 +254,17 @@ async def test_flows_awaiting_their_name_queue_for_a_connect_slot_holding_no_soc
             assert gw.counters["tcp_connect_failed"] == 19
             assert gw.host_sockets.held == 1
     assert budget.held == 0
+
+
+async def test_dns_over_tcp_upstream_takes_and_gives_back_a_socket(peers: Peers) -> None:
+    wire = dns.message.make_query("upstream.test", "A", id=9).to_wire()
+    budget = FdBudget(limit=4096)
+    async with running(make_config(peers), budget) as (gw, _guest, _events):
+        await gw.dns._ask_over_tcp(wire, ("127.0.0.1", free_port()))  # nobody listens: refused
+        assert gw.counters["dns_tcp_upstream_failed"] == 1
+        assert gw.host_sockets.held == 0 and gw.host_sockets.refused == 0
+    full = FdBudget(limit=1, fixed_reserve=1, per_vm_reserve=0)  # no capacity at all
+    async with running(make_config(peers), full) as (gw, _guest, _events):
+        await gw.dns._ask_over_tcp(wire, ("127.0.0.1", free_port()))
+        assert gw.counters["dns_tcp_budget_refused"] == 1
+        assert gw.counters["dns_tcp_upstream_failed"] == 0  # refused before any socket was made
