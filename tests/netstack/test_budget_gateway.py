@@ -248,7 +248,7 @@ async def test_flows_awaiting_their_name_queue_for_a_connect_slot_holding_no_soc
             # One connect landed in the listener's queue; 16 hang; the other 3 wait, socketless.
             assert gw.tcp._connecting == 16 and len(gw.tcp._waiting) == 3
             assert gw.host_sockets.held == 17
-            assert all(f.connect_queued and f.connect_task is None for f in gw.tcp._waiting)
+            assert all(f.connect_queued and f.connect_task is None and not accept for f, accept in gw.tcp._waiting)
             # As the hanging connects time out, the queued ones get their turn.
             await until(lambda: not gw.tcp._waiting and gw.tcp._connecting == 0, "the queue to drain")
             assert gw.counters["tcp_connect_failed"] == 19

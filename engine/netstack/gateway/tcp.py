@@ -97,7 +97,7 @@ class TcpRelay:
         self._dirty: list[TcpFlow] = []
         self._ports = itertools.cycle(range(49152, 65536))
         self._connecting = 0
-        self._waiting: collections.deque[TcpFlow] = collections.deque()
+        self._waiting: collections.deque[tuple[TcpFlow, bool]] = collections.deque()  # (flow, accept)
 
     # ----- from the guest --------------------------------------------------------------------
 
@@ -201,7 +201,7 @@ class TcpRelay:
         (a flow whose handshake is done) or refuse it."""
         if self._connecting >= MAX_CONNECTING:
             flow.connect_queued = True
-            self._waiting.append(flow)
+            self._waiting.append((flow, accept))
             return
         guest_ip, _guest_port, far_ip, far_port = flow.key
         lease = self.gw.host_sockets.acquire("tcp")
@@ -216,10 +216,10 @@ class TcpRelay:
 
     def _next_waiting(self) -> None:
         while self._waiting and self._connecting < MAX_CONNECTING:
-            flow = self._waiting.popleft()
+            flow, accept = self._waiting.popleft()
             flow.connect_queued = False
             if not flow.closed:
-                self._start_connect(flow, accept=False)
+                self._start_connect(flow, accept)
 
     def _connect_failed(self, flow: TcpFlow) -> None:
         if flow.conn is None:
