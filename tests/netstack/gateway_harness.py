@@ -25,6 +25,7 @@ from engine.netstack.ethernet import (BROADCAST_MAC, ETHERTYPE_IPV4, build_ether
                                       parse_mac)
 from engine.netstack.flowlog import FlowEvent
 from engine.netstack.frames import StreamDeframer, frame
+from engine.netstack.gateway.budget import FdBudget
 from engine.netstack.gateway.gateway import Gateway
 from engine.netstack.icmp import (TYPE_ECHO_REQUEST, build_echo)
 from engine.netstack.ipv4 import PROTO_ICMP, PROTO_TCP, PROTO_UDP, Ipv4Packet, build_ipv4, parse_ipv4
@@ -222,11 +223,12 @@ class Events:
 
 
 @contextlib.asynccontextmanager
-async def running(config: UserNatConfig) -> AsyncIterator[tuple[Gateway, Guest, Events]]:
+async def running(config: UserNatConfig, budget: FdBudget | None = None,
+                  name: str = "test-vm") -> AsyncIterator[tuple[Gateway, Guest, Events]]:
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     a.setblocking(False)
     b.setblocking(False)
-    gw = Gateway(config, "test-vm")
+    gw = Gateway(config, name, budget=budget)
     events = Events(gw)
     await events.started()
     await gw.start(a)

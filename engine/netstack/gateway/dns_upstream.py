@@ -13,6 +13,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 from engine.netstack.dns import DnsCore, Forward, NameVerdict, Reply
+from engine.netstack.gateway.budget import Refusal
 from engine.netstack.gateway.seam import DnsHost
 from engine.netstack.ipv4 import PROTO_UDP
 from engine.netstack.udp import build_udp
@@ -112,7 +113,12 @@ class DnsAdapter:
         self._schedule()
 
     async def _ask_over_tcp(self, wire: bytes, server: tuple[str, int]) -> None:
-        """One question over TCP (truncated UDP answers, TCP guests); the core times out failures."""
+        """One question over TCP (truncated UDP answers, TCP guests); the core times out failures.
+        Its socket is leased from the VM's host-socket budget: a refused question times out too."""
+        lease = self.gateway.host_sockets.acquire("dns-tcp")
+        if isinstance(lease, Refusal):
+            self.gateway.counters["dns_tcp_budget_refused"] += 1
+            return
         writer = None
         try:
             async with asyncio.timeout(_TCP_UPSTREAM_TIMEOUT_S):
@@ -127,6 +133,7 @@ class DnsAdapter:
         finally:
             if writer is not None:
                 writer.close()
+            lease.release()
         self._apply(self.core.handle_upstream(answer, self.gateway.now()))
 
     def _schedule(self) -> None:

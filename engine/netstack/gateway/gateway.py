@@ -28,6 +28,7 @@ from engine.netstack.arp import ArpResponder
 from engine.netstack.cluster import CLUSTERS, ClusterPort, ClusterRegistry, MemberNames
 from engine.netstack.config import GATEWAY_MAC, PortForward, UserNatConfig
 from engine.netstack.dhcp import DhcpConfig, DhcpServer
+from engine.netstack.gateway.budget import FdBudget, process_budget
 from engine.netstack.gateway.dns_upstream import DnsAdapter
 from engine.errors import ConfigError
 from engine.netstack.domains import DomainTracker
@@ -55,8 +56,9 @@ STAND_IN_BASE = IPv4Address("198.18.0.0")
 class Gateway:
     """One VM's network: owns the QEMU socket, every host socket of its flows, and the flow log."""
 
-    def __init__(self, config: UserNatConfig, name: str = "vm", *, hostname: str | None = None,
-                 clusters: ClusterRegistry = CLUSTERS) -> None:
+    def __init__(self, config: UserNatConfig, name: str = "vm", budget: FdBudget | None = None, *,
+                 hostname: str | None = None, clusters: ClusterRegistry = CLUSTERS) -> None:
+        """``budget``: the host-socket budget to share (default: the process's, see ``gateway.budget``)."""
         config.validate()
         self.hostname = hostname  # the guest's host name: what cluster members call it
         self._clusters = clusters
@@ -97,6 +99,8 @@ class Gateway:
         self._closed = asyncio.Event()
         self._closing = False
         self.loop = asyncio.get_running_loop()
+        # Last: a constructor that raised above has joined nothing it would have to leave.
+        self.host_sockets = (budget if budget is not None else process_budget()).join(name)
 
     # ----- lifecycle -------------------------------------------------------------------------
 
@@ -129,6 +133,7 @@ class Gateway:
         await self.tcp.close()
         await self.udp.close()
         self.dns.close()
+        self.host_sockets.close()
         if self._transport is not None:
             self._transport.abort()
         self.flow_log.close()
@@ -386,6 +391,7 @@ class Gateway:
             "counters": dict(self.counters) | (self.cluster.counters if self.cluster is not None else {}),
             "tcp_flows": len(self.tcp.flows),
             "udp_flows": len(self.udp.flows),
+            "host_sockets": self.host_sockets.held,
             "bytes_to_host": self.tcp.bytes_up + self.udp.bytes_up,
             "bytes_to_guest": self.tcp.bytes_down + self.udp.bytes_down,
             "events": self.flow_log.count,

@@ -15,6 +15,7 @@ from typing import Protocol
 
 from engine.netstack.config import PortForward, UserNatConfig
 from engine.netstack.domains import DomainTracker
+from engine.netstack.gateway.budget import FlowAccount
 from engine.netstack.policy.flow import Protocol as Transport
 from engine.netstack.flowlog import FlowLog
 from engine.netstack.policy.policy import Decision, NetworkPolicy
@@ -58,10 +59,13 @@ class RelayHost(Protocol):
 
 class FlowRelayHost(RelayHost, Protocol):
     """What the TCP and UDP relays add: the policy's decision on new flows, the host side of a
-    guest destination, the guest's address and the list of bound port forwards."""
+    guest destination, the guest's address, the list of bound port forwards and the VM's account
+    in the process's host-socket budget."""
 
     @property
     def guest_ip(self) -> IPv4Address | None: ...
+    @property
+    def host_sockets(self) -> FlowAccount: ...
     @property
     def forwarded_ports(self) -> list[tuple[PortForward, int]]: ...
 
@@ -91,7 +95,8 @@ class TcpRelayHost(FlowRelayHost, Protocol):
 
 class DnsHost(RelayHost, Protocol):
     """What the DNS adapter adds: the static hosts, the domain tracker its answers feed, the
-    policy that decides names and the TCP relay (answers to questions asked over TCP)."""
+    policy that decides names, the TCP relay (answers to questions asked over TCP) and the VM's
+    host-socket account (questions asked upstream over TCP)."""
 
     @property
     def guest_hosts(self) -> list[tuple[str, IPv4Address]]: ...
@@ -101,3 +106,5 @@ class DnsHost(RelayHost, Protocol):
     def policy(self) -> NetworkPolicy: ...
     @property
     def tcp(self) -> DnsReplySink: ...
+    @property
+    def host_sockets(self) -> FlowAccount: ...

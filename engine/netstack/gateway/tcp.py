@@ -17,6 +17,15 @@ address, which stands for the profile's entry alone (decided on DNS evidence).
 Inbound (port forwards): a host listener accepts a connection and the gateway opens a TCP
 connection to the guest from its own address (``TcpConnection.connect``).
 
+Host sockets come from the process's budget (``gateway.budget``): each outbound connect takes a
+lease first (refused: the guest gets a RST, and the flow log a deny event saying why) and gives
+it back when its socket closes. At most ``MAX_CONNECTING`` connects are in progress per VM, so
+half-open flows hold a bounded few sockets: a SYN beyond that, when no name is awaited, is
+dropped and not answered (the guest retransmits it, and a later copy is served once a connect
+finishes; a RST would fail a legitimate burst at once, and an answered SYN would hold a socket).
+A flow waiting for its name already has its handshake done here, so past the bound it waits in
+a queue, holding no socket, until a connect finishes.
+
 Flow control both ways: host bytes the guest's window cannot take yet wait in a per-flow
 backlog while the host socket stops being read; guest bytes count as consumed (opening the
 guest's window again) only once the host socket's write buffer drains.
@@ -24,6 +33,7 @@ guest's window again) only once the host socket's write buffer drains.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import itertools
@@ -33,6 +43,7 @@ from ipaddress import IPv4Address
 
 from engine.netstack.config import PortForward, forward_error
 from engine.netstack.errors import PacketError
+from engine.netstack.gateway.budget import Lease, Refusal
 from engine.netstack.gateway.seam import FlowKey, TcpRelayHost
 from engine.netstack.ipv4 import PROTO_TCP, Ipv4Packet
 from engine.netstack.policy.policy import Protocol
@@ -46,6 +57,7 @@ from engine.netstack.tcp.connection import (Closed, Connected, DataReceived, Pee
 log = logging.getLogger(__name__)
 
 MAX_TCP_FLOWS = 1024
+MAX_CONNECTING = 16  # host connects in progress per VM: the half-open flows that hold a socket
 SNIFF_LIMIT = 16384
 SNIFF_WAIT_S = 1.0
 CONNECT_TIMEOUT_S = 10.0
@@ -77,6 +89,7 @@ class TcpFlow:
     timer: asyncio.TimerHandle | None = None
     sniff_timer: asyncio.TimerHandle | None = None
     connect_task: asyncio.Task[None] | None = None
+    connect_queued: bool = False  # waiting for a connect slot (MAX_CONNECTING), holding no socket
     domain: str | None = None
     closed: bool = False
     inspector: StreamInspector | None = None  # reads every name the guest presents (None: done)
@@ -94,6 +107,8 @@ class TcpRelay:
         self._servers: list[asyncio.AbstractServer] = []
         self._dirty: list[TcpFlow] = []
         self._ports = itertools.cycle(range(49152, 65536))
+        self._connecting = 0
+        self._waiting: collections.deque[tuple[TcpFlow, bool]] = collections.deque()  # (flow, accept)
 
     # ----- from the guest --------------------------------------------------------------------
 
@@ -129,6 +144,9 @@ class TcpRelay:
             gw.counters["tcp_table_full"] += 1
             self._reset(seg, ip.dst, ip.src)
             return
+        if self._connecting >= MAX_CONNECTING and not gw.policy.has_domain_rules:
+            gw.counters["tcp_syn_deferred"] += 1  # dropped unanswered: the guest sends it again
+            return
         decision = gw.decide(Protocol.TCP, ip.src, seg.src_port, ip.dst, seg.dst_port)
         if not decision.allowed:
             self._reset(seg, ip.dst, ip.src)
@@ -141,7 +159,7 @@ class TcpRelay:
             flow.sniff_timer = gw.loop.call_later(SNIFF_WAIT_S, self._sniff_done, flow)
             self.pump(flow)
         else:
-            flow.connect_task = gw.loop.create_task(self._connect_host(flow, accept=True))
+            self._start_connect(flow, accept=True)
 
     def _reset(self, seg: TcpSegment | None, far_ip: IPv4Address, guest_ip: IPv4Address) -> None:
         """Answer the guest's ``seg`` with the RST that refuses it (none for a RST)."""
@@ -226,7 +244,7 @@ class TcpRelay:
         self._decide_sniffed(flow, self._name_of(flow.inspector.finish() if flow.inspector else None, flow))
 
     def _decide_sniffed(self, flow: TcpFlow, name: str | None) -> None:
-        if flow.connect_task is not None or flow.closed:
+        if flow.connect_task is not None or flow.connect_queued or flow.closed:
             return
         if flow.sniff_timer is not None:
             flow.sniff_timer.cancel()
@@ -241,27 +259,63 @@ class TcpRelay:
             flow.conn.abort(self.gw.now())
             self.pump(flow)
             return
-        flow.connect_task = self.gw.loop.create_task(self._connect_host(flow, accept=False))
+        self._start_connect(flow, accept=False)
 
     # ----- host side -------------------------------------------------------------------------
 
-    async def _connect_host(self, flow: TcpFlow, accept: bool) -> None:
+    def _start_connect(self, flow: TcpFlow, accept: bool) -> None:
+        """Connect the flow's host socket if a connect slot and the budget allow; else queue it
+        (a flow whose handshake is done) or refuse it."""
+        if self._connecting >= MAX_CONNECTING:
+            flow.connect_queued = True
+            self._waiting.append((flow, accept))
+            return
+        guest_ip, _guest_port, far_ip, far_port = flow.key
+        lease = self.gw.host_sockets.acquire("tcp")
+        if isinstance(lease, Refusal):
+            self.gw.counters["tcp_budget_refused"] += 1
+            self.gw.flow_log.emit("tcp", str(guest_ip), str(self.gw.host_address(far_ip)), far_port, flow.domain,
+                                  lease.reason, "deny", "host socket budget")
+            self._connect_failed(flow)
+            return
+        self._connecting += 1
+        flow.connect_task = self.gw.loop.create_task(self._connect_host(flow, accept, lease))
+
+    def _next_waiting(self) -> None:
+        while self._waiting and self._connecting < MAX_CONNECTING:
+            flow, accept = self._waiting.popleft()
+            flow.connect_queued = False
+            if not flow.closed:
+                self._start_connect(flow, accept)
+
+    def _connect_failed(self, flow: TcpFlow) -> None:
+        if flow.conn is None:
+            self._reset(flow.syn, flow.key[2], flow.key[0])
+            self._drop(flow)
+        else:
+            flow.conn.abort(self.gw.now())
+            self.pump(flow)
+
+    async def _connect_host(self, flow: TcpFlow, accept: bool, lease: Lease) -> None:
         _guest_ip, _guest_port, far_ip, far_port = flow.key
+        protocol = _HostTcp(self, flow, lease)
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
                 await self.gw.loop.create_connection(
-                    lambda: _HostTcp(self, flow), str(self.gw.host_address(far_ip)), far_port
+                    protocol.made_by_asyncio, str(self.gw.host_address(far_ip)), far_port
                 )
         except (OSError, TimeoutError) as err:
             self.gw.counters["tcp_connect_failed"] += 1
             log.debug("%s: connect to %s:%s failed: %s", self.gw.name, far_ip, far_port, err)
-            if flow.conn is None:
-                self._reset(flow.syn, far_ip, flow.key[0])
-                self._drop(flow)
-            else:
-                flow.conn.abort(self.gw.now())
-                self.pump(flow)
+            self._connect_failed(flow)
             return
+        finally:
+            # A transport, once made, calls connection_lost (which releases); before that, the
+            # socket died inside create_connection and the lease is ours to give back.
+            if not protocol.has_transport:
+                lease.release()
+            self._connecting -= 1
+            self._next_waiting()
         if flow.closed:
             if flow.host is not None:
                 flow.host.abort()
@@ -532,9 +586,17 @@ class TcpRelay:
 class _HostTcp(asyncio.Protocol):
     """The host socket of an outbound flow."""
 
-    def __init__(self, relay: TcpRelay, flow: TcpFlow) -> None:
+    def __init__(self, relay: TcpRelay, flow: TcpFlow, lease: Lease | None = None) -> None:
         self.relay = relay
         self.flow = flow
+        self.lease = lease
+        self.has_transport = False
+
+    def made_by_asyncio(self) -> _HostTcp:
+        """The protocol factory for ``create_connection``: asyncio calls it once the socket is
+        connected, right before it wraps the socket in a transport."""
+        self.has_transport = True
+        return self
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.relay.host_connected(self.flow, transport)  # type: ignore[arg-type]  # asyncio hands a stream protocol a Transport; its signature says BaseTransport
@@ -550,6 +612,8 @@ class _HostTcp(asyncio.Protocol):
         self.relay.host_drained(self.flow)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.lease is not None:
+            self.lease.release()
         self.relay.host_lost(self.flow, exc)
 
 
@@ -559,6 +623,7 @@ class _ForwardTcp(_HostTcp):
     def __init__(self, relay: TcpRelay, fwd: PortForward) -> None:
         self.relay = relay
         self.fwd = fwd
+        self.lease = None  # a host client's socket: not the guest's doing, not in the budget
         self.flow = None  # type: ignore[assignment]  # no flow until the relay accepts; methods check
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

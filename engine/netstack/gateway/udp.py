@@ -2,7 +2,10 @@
 
 A guest flow is (guest port, destination address, destination port). Its first datagram is
 decided by the policy; allowed flows get a host datagram socket connected to the destination,
-so only that peer's answers come back. Idle flows are closed after ``UDP_IDLE_S``.
+so only that peer's answers come back. Idle flows are closed after ``UDP_IDLE_S``. Each flow's
+socket is leased from the process's host-socket budget (``gateway.budget``) when its first
+datagram is allowed, and given back when the socket closes; a refused flow is a deny event, and
+the guest gets the same ICMP "administratively prohibited" as for a flow the policy denies.
 
 Forwards: a host socket bound to the forward's address receives datagrams from host clients;
 each client gets a port of the gateway's own address, from which the datagram reaches the
@@ -18,6 +21,7 @@ from ipaddress import IPv4Address
 from typing import Any
 
 from engine.netstack.config import PortForward, forward_error
+from engine.netstack.gateway.budget import Lease, Refusal
 from engine.netstack.gateway.seam import FlowRelayHost
 from engine.netstack.icmp import UNREACH_ADMIN_PROHIBITED, dest_unreachable, may_send_error
 from engine.netstack.ipv4 import PROTO_ICMP, PROTO_UDP, Ipv4Packet, build_ipv4
@@ -41,6 +45,7 @@ class UdpFlow:
     pending: list[bytes] = field(default_factory=list)
     last_active: float = 0.0
     closed: bool = False
+    lease: Lease | None = None  # its place in the host-socket budget
     bytes_up: int = 0  # guest -> host
     bytes_down: int = 0  # host -> guest
 
@@ -73,7 +78,14 @@ class UdpRelay:
             if not decision.allowed:
                 self._unreachable(ip)
                 return
-            flow = UdpFlow(key)
+            lease = gw.host_sockets.acquire("udp")
+            if isinstance(lease, Refusal):
+                gw.counters["udp_budget_refused"] += 1
+                gw.flow_log.emit("udp", str(ip.src), str(gw.host_address(ip.dst)), udp.dst_port, None,
+                                 lease.reason, "deny", "host socket budget")
+                self._unreachable(ip)
+                return
+            flow = UdpFlow(key, lease=lease)
             self.flows[key] = flow
             gw.loop.create_task(self._open(flow))
             self._arm_sweeper()
@@ -98,7 +110,12 @@ class UdpRelay:
             transport, _ = await self.gw.loop.create_datagram_endpoint(
                 lambda: _HostUdp(self, flow), remote_addr=(str(self.gw.host_address(far_ip)), far_port)
             )
-        except OSError:
+        except BaseException as err:
+            # No transport: no connection_lost will release the lease, so this path does.
+            if flow.lease is not None:
+                flow.lease.release()
+            if not isinstance(err, OSError):
+                raise
             self.gw.counters["udp_open_failed"] += 1
             self._drop(flow)
             return
@@ -205,6 +222,10 @@ class _HostUdp(asyncio.DatagramProtocol):
 
     def error_received(self, exc: Exception) -> None:
         self.relay.gw.counters["udp_host_error"] += 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.flow.lease is not None:
+            self.flow.lease.release()
 
 
 class _ForwardUdp(asyncio.DatagramProtocol):
