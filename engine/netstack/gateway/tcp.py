@@ -38,13 +38,13 @@ import contextlib
 import functools
 import itertools
 import logging
-from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
 from engine.netstack.config import PortForward, forward_error
 from engine.netstack.errors import PacketError
 from engine.netstack.gateway.budget import Lease, Refusal
 from engine.netstack.gateway.seam import FlowKey, TcpRelayHost
+from engine.netstack.gateway.tcp_socket import HOST_WRITE_HIGH, ForwardTcp, HostTcp, TcpFlow
 from engine.netstack.ipv4 import PROTO_TCP, Ipv4Packet
 from engine.netstack.policy.policy import Protocol
 from engine.netstack.inspector import StreamInspector
@@ -61,39 +61,9 @@ MAX_CONNECTING = 16  # host connects in progress per VM: the half-open flows tha
 SNIFF_LIMIT = 16384
 SNIFF_WAIT_S = 1.0
 CONNECT_TIMEOUT_S = 10.0
-_HOST_WRITE_HIGH = 256 * 1024
 # 1 MiB in flight keeps a guest that ACKs merged segments busy (256 KiB left it idle half the
 # time on host -> guest transfers; 2 MiB measured worse again).
 TCP_CONFIG = TcpConfig(send_buffer=1 << 20, recv_buffer=1 << 20)
-
-
-@dataclass(eq=False)
-class TcpFlow:
-    """One relayed connection: the core's state, the host transport and what waits between."""
-
-    key: FlowKey
-    conn: TcpConnection | None = None
-    host: asyncio.Transport | None = None
-    inbound: bool = False
-    local_dns: bool = False  # DNS over TCP to the gateway's resolver: answered here, no host socket
-    dns_pending: int = 0
-    outgoing: list[bytes] = field(default_factory=list)  # guest bytes for the host, this loop turn
-    bytes_up: int = 0  # guest -> host
-    bytes_down: int = 0  # host -> guest
-    syn: TcpSegment | None = None
-    early: bytearray = field(default_factory=bytearray)  # guest bytes read before the host socket
-    guest_eof: bool = False
-    backlog: bytearray = field(default_factory=bytearray)  # host bytes the guest window can't take
-    host_eof: bool = False
-    unconsumed: int = 0
-    timer: asyncio.TimerHandle | None = None
-    sniff_timer: asyncio.TimerHandle | None = None
-    connect_task: asyncio.Task[None] | None = None
-    connect_queued: bool = False  # waiting for a connect slot (MAX_CONNECTING), holding no socket
-    domain: str | None = None
-    closed: bool = False
-    inspector: StreamInspector | None = None  # reads every name the guest presents (None: done)
-    names: set[str | None] = field(default_factory=set)  # names already decided on this flow
 
 
 class TcpRelay:
@@ -298,7 +268,7 @@ class TcpRelay:
 
     async def _connect_host(self, flow: TcpFlow, accept: bool, lease: Lease) -> None:
         _guest_ip, _guest_port, far_ip, far_port = flow.key
-        protocol = _HostTcp(self, flow, lease)
+        protocol = HostTcp(self, flow, lease)
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
                 await self.gw.loop.create_connection(
@@ -326,7 +296,7 @@ class TcpRelay:
 
     def host_connected(self, flow: TcpFlow, transport: asyncio.Transport) -> None:
         flow.host = transport
-        transport.set_write_buffer_limits(high=_HOST_WRITE_HIGH)
+        transport.set_write_buffer_limits(high=HOST_WRITE_HIGH)
         if self.gw.guest_paused:
             transport.pause_reading()
         # What the guest sent while its first bytes were sniffed goes first, before any
@@ -405,7 +375,7 @@ class TcpRelay:
         flow.host.write(data)
         self.bytes_up += len(data)
         flow.bytes_up += len(data)
-        if flow.host.get_write_buffer_size() < _HOST_WRITE_HIGH:
+        if flow.host.get_write_buffer_size() < HOST_WRITE_HIGH:
             flow.conn.consumed(len(data) + flow.unconsumed)
             flow.unconsumed = 0
         else:
@@ -548,7 +518,7 @@ class TcpRelay:
                 continue
             try:
                 server = await self.gw.loop.create_server(
-                    functools.partial(_ForwardTcp, self, fwd), fwd.host_addr, fwd.host_port, reuse_address=True
+                    functools.partial(ForwardTcp, self, fwd), fwd.host_addr, fwd.host_port, reuse_address=True
                 )
             except OSError as err:
                 raise forward_error(fwd, err) from None
@@ -581,70 +551,3 @@ class TcpRelay:
         for server in self._servers:
             with contextlib.suppress(Exception):
                 await server.wait_closed()
-
-
-class _HostTcp(asyncio.Protocol):
-    """The host socket of an outbound flow."""
-
-    def __init__(self, relay: TcpRelay, flow: TcpFlow, lease: Lease | None = None) -> None:
-        self.relay = relay
-        self.flow = flow
-        self.lease = lease
-        self.has_transport = False
-
-    def made_by_asyncio(self) -> _HostTcp:
-        """The protocol factory for ``create_connection``: asyncio calls it once the socket is
-        connected, right before it wraps the socket in a transport."""
-        self.has_transport = True
-        return self
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.relay.host_connected(self.flow, transport)  # type: ignore[arg-type]  # asyncio hands a stream protocol a Transport; its signature says BaseTransport
-
-    def data_received(self, data: bytes) -> None:
-        self.relay.from_host(self.flow, data)
-
-    def eof_received(self) -> bool:
-        self.relay.host_eof(self.flow)
-        return True  # keep our write half open: the guest may still send (half close)
-
-    def resume_writing(self) -> None:
-        self.relay.host_drained(self.flow)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.lease is not None:
-            self.lease.release()
-        self.relay.host_lost(self.flow, exc)
-
-
-class _ForwardTcp(_HostTcp):
-    """A host client of a port forward."""
-
-    def __init__(self, relay: TcpRelay, fwd: PortForward) -> None:
-        self.relay = relay
-        self.fwd = fwd
-        self.lease = None  # a host client's socket: not the guest's doing, not in the budget
-        self.flow = None  # type: ignore[assignment]  # no flow until the relay accepts; methods check
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        flow = self.relay.forward_accepted(self.fwd, transport)  # type: ignore[arg-type]  # asyncio hands a stream protocol a Transport; its signature says BaseTransport
-        if flow is not None:
-            self.flow = flow
-            transport.set_write_buffer_limits(high=_HOST_WRITE_HIGH)  # type: ignore[attr-defined]  # asyncio hands a stream protocol a Transport; its signature says BaseTransport
-
-    def data_received(self, data: bytes) -> None:
-        if self.flow is not None:
-            super().data_received(data)
-
-    def eof_received(self) -> bool:
-        if self.flow is not None:
-            return super().eof_received()
-        return False
-
-    def resume_writing(self) -> None:
-        if self.flow is not None:
-            super().resume_writing()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.flow is not None:
-            super().connection_lost(exc)
