@@ -89,7 +89,8 @@ class TcpRelayHost(FlowRelayHost, Protocol):
 
 class DnsHost(RelayHost, Protocol):
     """What the DNS adapter adds: the static hosts, the domain tracker its answers feed, the
-    policy that decides names and the TCP relay (answers to questions asked over TCP)."""
+    policy that decides names, the TCP relay (answers to questions asked over TCP) and which
+    addresses an upstream answer may not point at."""
 
     @property
     def guest_hosts(self) -> list[tuple[str, IPv4Address]]: ...
@@ -99,3 +100,5 @@ class DnsHost(RelayHost, Protocol):
     def policy(self) -> NetworkPolicy: ...
     @property
     def tcp(self) -> DnsReplySink: ...
+
+    def off_limits(self, ip: IPv4Address) -> str | None: ...

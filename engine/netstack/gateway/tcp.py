@@ -54,7 +54,7 @@ class TcpFlow:
     conn: TcpConnection | None = None
     host: asyncio.Transport | None = None
     inbound: bool = False
-    local_dns: bool = False  # DNS over TCP to the gateway's resolver: answered here, no host socket
+    local_dns: bool = False  # DNS over TCP to port 53 of any address: our resolver answers, no host socket
     dns_pending: int = 0
     outgoing: list[bytes] = field(default_factory=list)  # guest bytes for the host, this loop turn
     bytes_up: int = 0  # guest -> host
@@ -105,7 +105,8 @@ class TcpRelay:
                 return
         elif flow is not None:
             return  # a retransmitted SYN while the host socket connects
-        if new_syn and ip.dst == gw.dns_ip and seg.dst_port == 53 and len(self.flows) < MAX_TCP_FLOWS:
+        if new_syn and seg.dst_port == 53 and ip.dst != gw.gateway_ip and len(self.flows) < MAX_TCP_FLOWS:
+            # Port 53 anywhere is our resolver, answering as the address asked: never relayed.
             flow = TcpFlow(key, syn=seg, local_dns=True)
             self.flows[key] = flow
             flow.conn = self._accept(flow)
