@@ -9,6 +9,21 @@ answer by id and question, keeps only the CNAME chain of the question and its A 
 (we are IPv4-only: AAAA answers are stripped), refuses a chain through a denied name, caps the
 TTL, records name -> addresses in the domain tracker and replies to the guest.
 :meth:`DnsCore.tick` retries and finally SERVFAILs queries the resolver never answered.
+
+Names: the policy decides each question before anything else (``NetworkPolicy.evaluate_name``:
+a name no rule could allow a connection to is refused), for every qtype and over UDP and TCP
+alike, so a refused name is answered NXDOMAIN here and never reaches upstream; each refusal is
+a "deny" event.
+
+Off-limits answers (DNS rebinding, and names pointing at the host): an upstream A record whose
+address the ``address_filter`` calls off-limits (the built-in ranges, the guest subnet, the
+host's own addresses, the stand-ins of static hosts) is **withheld**: stripped from the answer,
+never recorded in the domain tracker, and reported as one "deny" event per answer naming the
+withheld addresses. When every A record of an answer was withheld, the guest gets NXDOMAIN
+(nothing of the upstream answer, not even its CNAME chain): the name is unusable to it, and
+NXDOMAIN ends the lookup at once where an empty NOERROR makes resolvers try other types or
+search domains. The profile's static hosts are answered locally and are exempt: they are the
+one way to name an off-limits address on purpose.
 """
 from __future__ import annotations
 
@@ -17,7 +32,7 @@ import struct
 from collections import deque
 from dataclasses import dataclass
 from ipaddress import IPv4Address
-from typing import Any, Iterable, Mapping, Protocol, Union
+from typing import Any, Callable, Iterable, Mapping, Protocol, Union
 
 import dns.exception
 import dns.flags
@@ -88,7 +103,8 @@ DnsAction = Union[Reply, Forward]
 
 @dataclass(frozen=True)
 class DnsEvent:
-    """One decision about a name, for the flow log: action is "deny", "allow" or "static"."""
+    """One decision about a name, for the flow log: action is "deny", "allow", "static" or
+    "withheld" (an upstream answer pointed at an off-limits address)."""
 
     time: float
     client: Client
@@ -132,10 +148,12 @@ class DnsCore:
                  ttl_static: int = 60, *, ttl_cap: int = 300, record_min_ttl: int = 60,
                  upstream_timeout: float = 2.0, upstream_retries: int = 1,
                  max_pending: int = 1024, max_events: int = 4096,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 address_filter: Callable[[IPv4Address], str | None] | None = None) -> None:
         if not 1 <= max_pending <= 32768:
             raise ConfigError(f"max_pending {max_pending} must be 1..32768 (16-bit query ids)")
         self.name_filter = name_filter
+        self.address_filter = address_filter        # why an answer's address is off-limits, or None
         self.recorder = recorder
         self.ttl_static = ttl_static
         self.ttl_cap = ttl_cap                      # guests re-ask often, the tracker stays fresh
@@ -318,9 +336,12 @@ class DnsCore:
         ips: list[IPv4Address] = []
         a_rrset = _find(msg.answer, current, _A) if pending.qtype == _A else None
         if a_rrset is not None:
-            ips = [IPv4Address(rd.address) for rd in a_rrset]
+            kept = self._withhold(pending, qname, a_rrset, now)
+            if not kept:
+                return self._respond(pending.query, pending.client, pending.max_size, dns.rcode.NXDOMAIN)
+            ips = [IPv4Address(rd.address) for rd in kept]
             ttl = min(ttl, a_rrset.ttl)
-            answer.append(dns.rrset.from_rdata_list(current, 0, list(a_rrset)))
+            answer.append(dns.rrset.from_rdata_list(current, 0, kept))
         ttl = max(0, ttl)
         response = self._response(pending.query, rcode)
         for rrset in answer:
@@ -338,6 +359,25 @@ class DnsCore:
             for name in names:
                 self._record(_text(name), ips, ttl, now)
         return self._render(response, pending.client, pending.max_size)
+
+    def _withhold(self, pending: _Pending, qname: dns.name.Name, a_rrset: dns.rrset.RRset,
+                  now: float) -> list[Any]:
+        """The A records of ``a_rrset`` the guest may see; the others make one deny event."""
+        if self.address_filter is None:
+            return list(a_rrset)
+        kept: list[Any] = []
+        withheld: list[str] = []
+        for rd in a_rrset:
+            why = self.address_filter(IPv4Address(rd.address))
+            if why is None:
+                kept.append(rd)
+            else:
+                withheld.append(f"{rd.address}: {why}")
+        if withheld:
+            self._count("answers_withheld")
+            self._event(now, pending.client, _text(qname), dns.rdatatype.to_text(pending.query.question[0].rdtype),
+                        "withheld", "answer withheld, off-limits address " + "; ".join(withheld))
+        return kept
 
     # -- timers -------------------------------------------------------------------------------
     def tick(self, now: float) -> list[DnsAction]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import random
 import struct
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from typing import Iterable
 
 import dns.flags
@@ -11,6 +11,7 @@ import dns.message
 import dns.rcode
 import dns.rdatatype
 import dns.rrset
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from engine.netstack.dns import DnsCore, Forward, NameVerdict, Reply
@@ -357,3 +358,72 @@ def test_mutated_messages_never_raise(pos: int, junk: bytes, upstream: bool) -> 
         if isinstance(action, Reply):
             dns.message.from_wire(action.wire)
     assert c.counters.get("internal_error", 0) == 0
+
+
+# -- off-limits answers are withheld ----------------------------------------------------------
+def _off_limits(ip: IPv4Address) -> str | None:
+    """A stand-in for Gateway.off_limits: the built-in ranges plus one host address."""
+    from engine.netstack.policy.policy import is_restricted  # noqa: PLC0415 - test helper only
+    return is_restricted(ip, [IPv4Network("192.0.2.2/32"), IPv4Network("10.0.2.0/24")])
+
+
+def withholding_core(*denied: str) -> tuple[DnsCore, Recorder]:
+    rec = Recorder()
+    return DnsCore(STATIC, Filter(*denied), rec, rng=random.Random(7), address_filter=_off_limits), rec
+
+
+@pytest.mark.parametrize("address", ["192.0.2.2", "127.0.0.1", "169.254.169.254", "10.0.2.15", "10.9.9.9"])
+def test_an_answer_pointing_off_limits_is_withheld_as_nxdomain(address: str) -> None:
+    c, rec = withholding_core()
+    fwd = forward_of(c.handle_query(query("host.example.com"), CLIENT, 0.0))
+    c.poll_events()
+    msg = reply_of(c.handle_upstream(upstream_answer(fwd, [
+        ("host.example.com.", "CNAME", 60, "alias.example.net."),
+        ("alias.example.net.", "A", 60, address)]), 0.1))
+    assert msg.rcode() == dns.rcode.NXDOMAIN and msg.answer == []   # not even the CNAME chain
+    assert rec.records == []                                        # the tracker never learns it
+    events = c.poll_events()
+    assert [(e.action, e.name) for e in events] == [("withheld", "host.example.com")]
+    assert address in events[0].reason and c.counters["answers_withheld"] == 1
+
+
+def test_off_limits_records_are_stripped_and_the_rest_kept() -> None:
+    c, rec = withholding_core()
+    fwd = forward_of(c.handle_query(query("mixed.example.com"), CLIENT, 0.0))
+    msg = reply_of(c.handle_upstream(upstream_answer(fwd, [
+        ("mixed.example.com.", "A", 60, "198.51.100.1"), ("mixed.example.com.", "A", 60, "192.0.2.2"),
+        ("mixed.example.com.", "A", 60, "127.0.0.2")]), 0.1))
+    assert msg.rcode() == dns.rcode.NOERROR and a_addresses(msg) == ["198.51.100.1"]
+    assert rec.records == [("mixed.example.com", [IPv4Address("198.51.100.1")], 60, 0.1)]
+    withheld = [e for e in c.poll_events() if e.action == "withheld"]
+    assert len(withheld) == 1 and "192.0.2.2" in withheld[0].reason and "127.0.0.2" in withheld[0].reason
+
+
+def test_public_answers_pass_and_static_hosts_are_exempt() -> None:
+    c, rec = withholding_core()
+    fwd = forward_of(c.handle_query(query("www.example.com"), CLIENT, 0.0))
+    msg = reply_of(c.handle_upstream(upstream_answer(fwd, [("www.example.com.", "A", 60, "198.51.100.7")]), 0.1))
+    assert a_addresses(msg) == ["198.51.100.7"] and c.counters.get("answers_withheld", 0) == 0
+    # STATIC maps api.example.test to 10.0.2.100, inside the protected subnet: answered anyway
+    assert a_addresses(reply_of(c.handle_query(query("api.example.test"), CLIENT, 0.2))) == ["10.0.2.100"]
+
+
+# -- names no rule could reach are refused locally, for every qtype -----------------------------
+@pytest.mark.parametrize("rdtype", ["A", "AAAA", "ANY", "CNAME", "TXT", "MX", "HTTPS", "NULL", "PTR"])
+@pytest.mark.parametrize("tcp", [False, True])
+def test_a_name_the_policy_cannot_reach_never_goes_upstream(rdtype: str, tcp: bool) -> None:
+    from engine.netstack.policy.policy import NetworkPolicy  # noqa: PLC0415 - the real filter
+    policy = NetworkPolicy.deny_all().allow_dns().allow_domain("ok.test")
+
+    def by_policy(name: str) -> NameVerdict:
+        decision = policy.evaluate_name(name)
+        return NameVerdict(decision.allowed, decision.rule_text)
+
+    c = DnsCore({}, by_policy, None, rng=random.Random(1))
+    msg = reply_of(c.handle_query(query("secret123.exfil.test", rdtype), CLIENT, 0.0, tcp=tcp))
+    assert msg.rcode() == dns.rcode.NXDOMAIN and c.pending_count() == 0
+    assert [(e.action, e.name) for e in c.poll_events()] == [("deny", "secret123.exfil.test")]
+    # The allowed name still works (so the refusal above was the name, not the type).
+    allowed = c.handle_query(query("ok.test", rdtype), CLIENT, 0.0, tcp=tcp)
+    forwarded = rdtype in ("A", "AAAA", "ANY", "CNAME")
+    assert len(allowed) == 1 and isinstance(allowed[0], Forward) is forwarded

@@ -233,7 +233,8 @@ def test_restricted_decision_texts() -> None:
     (NetworkPolicy.deny_all().allow_domain("a.com"), "A.COM.", ALLOW, 0),
     (NetworkPolicy.deny_all().allow_domain("a.com"), "b.com", DENY, None),
     (NetworkPolicy.deny_all().allow_domain("*.a.com"), "a.com", DENY, None),
-    (NetworkPolicy.deny_all().allow_dns(), "anything.example", ALLOW, 0),
+    # allow_dns alone reaches nothing by name, so nothing resolves (was: ALLOW 0, a leak)
+    (NetworkPolicy.deny_all().allow_dns(), "anything.example", DENY, None),
     (POLICY, "x.evil.com", DENY, 7),                    # allow_dns first does not hide deny_domain
     (POLICY, "evil.com", ALLOW, 0),
     (POLICY, "api.github.com", ALLOW, 6),
@@ -248,7 +249,7 @@ def test_restricted_decision_texts() -> None:
     (NetworkPolicy.allow_all().deny_port(53).allow_domain("a.com"), "a.com", DENY, 0),
     (NetworkPolicy.allow_all().allow_domain("a.com").deny_port(53), "a.com", ALLOW, 0),
     (NetworkPolicy.allow_all().allow_domain("a.com").deny_port(53), "b.com", DENY, 1),
-    (NetworkPolicy.deny_all().allow_dns().deny(M.any()), "b.com", ALLOW, 0),
+    (NetworkPolicy.deny_all().allow_dns().deny(M.any()), "b.com", DENY, None),   # was: ALLOW 0
     (NetworkPolicy.allow_all().deny(M.protocol(UDP)), "b.com", DENY, 0),
     (NetworkPolicy.allow_all().deny(M.protocol(TCP)), "b.com", ALLOW, None),
     (NetworkPolicy.deny_all().allow_port_range(1, 100), "b.com", ALLOW, 0),
@@ -261,9 +262,52 @@ def test_evaluate_name(policy: NetworkPolicy, name: str, action: PolicyAction, i
     assert (decision.action, decision.rule_index) == (action, index)
 
 
+# A name resolves (and goes upstream) only if some rule could allow a connection to it.
+@pytest.mark.parametrize("policy, name, action, index", [
+    (NetworkPolicy.deny_all().allow_dns().allow_domain("x.test"), "a.x.test", DENY, None),
+    (NetworkPolicy.deny_all().allow_dns().allow_domain("x.test"), "x.test", ALLOW, 1),
+    (NetworkPolicy.deny_all().allow_dns().allow_domain("*.x.test"), "a.x.test", ALLOW, 1),
+    (NetworkPolicy.deny_all().allow_dns().allow_domain("ok.test"), "secret123.exfil.test", DENY, None),
+    (NetworkPolicy.deny_all().allow_dns().allow_https(), "anything.example", ALLOW, 0),
+    (NetworkPolicy.deny_all().allow_https().allow_dns(), "anything.example", ALLOW, 1),
+    (NetworkPolicy.deny_all().allow_dns().allow_https().deny_domain("*.evil.com"), "a.evil.com", DENY, 2),
+    (NetworkPolicy.deny_all().deny_domain("*.evil.com").allow_dns().allow(M.any()), "a.evil.com", DENY, 0),
+    (NetworkPolicy.deny_all().allow_dns().allow_udp_port(123), "pool.ntp.org", ALLOW, 0),
+    (NetworkPolicy.deny_all().allow_dns().allow(M.protocol(TCP)), "a.com", ALLOW, 0),
+    # rules pinned to addresses open no name: which names point there is the upstream's secret
+    (NetworkPolicy.deny_all().allow_dns().allow_ip("203.0.113.5"), "a.com", DENY, None),
+    (NetworkPolicy.deny_all().allow_dns().allow_ip_range("203.0.113.0", 24), "a.com", DENY, None),
+    (NetworkPolicy.deny_all().allow_dns().allow(M.all(M.ip_range("203.0.113.0", 24), M.port(443))), "a.com", DENY, None),
+    (NetworkPolicy.deny_all().allow_dns().allow_ip_range("0.0.0.0", 0), "a.com", ALLOW, 0),
+    # port 53 anywhere is the gateway's resolver, never a connection
+    (NetworkPolicy.deny_all().allow_dns().allow_tcp_port(53), "a.com", DENY, None),
+    (NetworkPolicy.deny_all().allow_port(53), "a.com", DENY, None),
+    (NetworkPolicy.deny_all().allow(M.all(M.port_range(53, 53), M.protocol(UDP))), "a.com", DENY, None),
+    (NetworkPolicy.deny_all().allow_port_range(53, 54), "a.com", ALLOW, 0),
+    # no DNS service, no names but the allowed ones, however open the rest
+    (NetworkPolicy.deny_all().allow_https(), "a.com", DENY, None),
+    (NetworkPolicy.deny_all().allow_https().allow_domain("x.test"), "x.test", ALLOW, 1),
+    # allow-all: everything not denied; a DENY of DNS still switches it off
+    (NetworkPolicy.allow_all(), "secret123.exfil.test", ALLOW, None),
+    (NetworkPolicy.allow_all().allow_dns(), "a.com", ALLOW, 0),
+    (NetworkPolicy.allow_all().deny_port(53), "a.com", DENY, 0),
+    (NetworkPolicy.allow_all().deny_domain("exfil.test"), "exfil.test", DENY, 0),
+    # a LOG rule opens nothing
+    (NetworkPolicy.deny_all().allow_dns().log(M.any()), "a.com", DENY, None),
+])
+def test_evaluate_name_resolves_only_reachable_names(policy: NetworkPolicy, name: str, action: PolicyAction,
+                                                     index: int | None) -> None:
+    decision = policy.evaluate_name(name)
+    assert (decision.action, decision.rule_index) == (action, index), decision
+    if action is DENY and index is None and policy.default is DENY and policy.rules:
+        assert decision.rule_text in ("default deny", f"deny name {name}: no rule allows a connection to it, "
+                                                      "so it is not resolved")
+
+
 def test_evaluate_name_over_tcp_and_logging() -> None:
     assert not NetworkPolicy.deny_all().allow_dns().evaluate_name("a.com", protocol=TCP).allowed
-    assert NetworkPolicy.deny_all().allow_port(53).evaluate_name("a.com", protocol=TCP).allowed
+    assert NetworkPolicy.deny_all().allow_port(53).allow_https().evaluate_name("a.com", protocol=TCP).allowed
+    assert not NetworkPolicy.deny_all().allow_port(53).evaluate_name("a.com", protocol=TCP).allowed  # was: allowed
     policy = NetworkPolicy.deny_all().log(M.domain("*.github.com")).log(M.any()).log(M.port(80)).allow_dns()
     assert policy.evaluate_name("api.github.com").logged == (0, 1)
     assert policy.evaluate_name("example.com").logged == (1,)
@@ -496,6 +540,8 @@ def test_lint_finds_a_domain_allow_whose_name_dns_refuses() -> None:
     assert lint(refused) == ["rule 2 (allow domain api.example.com) is never matched: "
                              "the gateway refuses DNS for api.example.com (rule 1)"]
     # Where DNS answers the name (allow_dns, or the allow itself lets the name resolve), no warning.
+    assert lint(NetworkPolicy.deny_all().allow_dns().allow_https()) == []
+    assert lint(NetworkPolicy.allow_all().allow_dns()) == []
     assert lint(NetworkPolicy.deny_all().allow_dns().allow_domain("api.example.com")) == []
     assert lint(NetworkPolicy.deny_all().allow_domain("*.github.com")) == []
 
@@ -525,3 +571,10 @@ def test_require_names_refuses_a_nameless_stream_only_by_domain() -> None:
     # An ip rule does not care for names: a nameless stream to its address goes through.
     assert policy.evaluate(replace(nameless, dst_ip=IPv4Address("203.0.113.9"))).allowed
     assert policy.evaluate(replace(base, sni_or_host="ok.test")).allowed
+
+
+def test_lint_finds_an_allow_dns_that_resolves_no_name() -> None:
+    assert lint(NetworkPolicy.deny_all().allow_dns()) == [
+        "rule 1 (allow protocol udp and port 53) is resolving no name: no rule allows a connection to a "
+        "name's address (add an allow-domain rule, or a rule open to any address)"]
+    assert lint(NetworkPolicy.deny_all().allow_dns().allow_ip("203.0.113.5"))[0].startswith("rule 1 (allow protocol udp")

@@ -3,6 +3,10 @@
 The decisions live in ``dns.DnsCore`` (sans-IO); this adapter owns one UDP socket toward the
 upstream resolvers, the timer of the core's pending table, and the translation of the core's
 events into flow-log events. Answers are accepted only from the configured resolvers.
+
+A guest's question may be addressed to any address on port 53 (the gateway intercepts them
+all, see ``gateway.gateway``); the answer goes back from the address the guest asked, so its
+resolver accepts it, and the flow-log event names that address.
 """
 from __future__ import annotations
 
@@ -43,7 +47,7 @@ class DnsAdapter:
         hosts: dict[str, list[IPv4Address]] = {}
         for name, ip in gateway.guest_hosts:
             hosts.setdefault(name, []).append(ip)
-        self.core = DnsCore(hosts, self._allowed, gateway.tracker)
+        self.core = DnsCore(hosts, self._allowed, gateway.tracker, address_filter=gateway.off_limits)
         configured = gateway.config.dns_upstream
         self.upstreams = list(configured) if configured is not None else host_resolvers()
         self._transport: asyncio.DatagramTransport | None = None
@@ -70,11 +74,17 @@ class DnsAdapter:
         if self._transport is not None:
             self._transport.close()
 
-    def query(self, src: IPv4Address, src_port: int, payload: bytes) -> None:
-        self._apply(self.core.handle_query(payload, (src, src_port), self.gateway.now()))
+    def query(self, src: IPv4Address, src_port: int, payload: bytes, server: IPv4Address | None = None) -> None:
+        """A question over UDP to ``server`` (default: the gateway's DNS address), answered from there."""
+        asked = self.gateway.dns_ip if server is None else server
+        if asked != self.gateway.dns_ip:
+            self.gateway.counters["dns_intercepted"] += 1
+        self._apply(self.core.handle_query(payload, (src, src_port, asked), self.gateway.now()))
 
     def query_tcp(self, flow_key: tuple[object, ...], payload: bytes) -> None:
         """A question the guest asked over TCP; the answer goes back on that connection."""
+        if flow_key[2] != self.gateway.dns_ip:
+            self.gateway.counters["dns_intercepted"] += 1
         self._apply(self.core.handle_query(payload, ("tcp", flow_key), self.gateway.now(), tcp=True))
 
     def upstream_answer(self, data: bytes, addr: tuple[str, int]) -> None:
@@ -94,8 +104,8 @@ class DnsAdapter:
                 if action.client[0] == "tcp":
                     gw.tcp.dns_reply(action.client[1], action.wire)
                     continue
-                ip, port = action.client
-                gw.send_ip(gw.dns_ip, ip, PROTO_UDP, build_udp(gw.dns_ip, ip, 53, port, action.wire))
+                ip, port, asked = action.client
+                gw.send_ip(asked, ip, PROTO_UDP, build_udp(asked, ip, 53, port, action.wire))
             elif not self.upstreams:
                 gw.counters["dns_no_upstream"] += 1
             elif action.tcp:
@@ -107,8 +117,9 @@ class DnsAdapter:
                 server = self.upstreams[action.attempt % len(self.upstreams)]
                 self._transport.sendto(action.wire, server)
         for event in self.core.poll_events():
-            verdict = "deny" if event.action == "deny" else "allow"
-            gw.flow_log.emit("dns", str(event.client[0]), str(gw.dns_ip), 53, event.name,
+            verdict = "deny" if event.action in ("deny", "withheld") else "allow"
+            guest, asked = _ends(event.client)
+            gw.flow_log.emit("dns", str(guest), str(asked), 53, event.name,
                              event.reason or event.action, verdict, f"{event.qtype} {event.action}")
         self._schedule()
 
@@ -145,6 +156,15 @@ class DnsAdapter:
             self._timer = None
         if deadline is not None:
             self._timer = self.gateway.loop.call_at(deadline, self._tick)
+
+
+def _ends(client: tuple[object, ...]) -> tuple[object, object]:
+    """The guest's address and the address it asked, from a core client (UDP or TCP)."""
+    if client[0] == "tcp":
+        key = client[1]
+        assert isinstance(key, tuple)
+        return key[0], key[2]
+    return client[0], client[2]
 
 
 class _UpstreamProtocol(asyncio.DatagramProtocol):

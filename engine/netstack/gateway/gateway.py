@@ -8,10 +8,18 @@ one turn of the event loop produces goes out in one write.
 
 The gateway answers only at its own two addresses (gateway .2 and DNS .3); every other
 destination is a flow that the policy decides, and off-limits addresses (loopback, link-local,
-private ranges, the guest subnet) stay closed unless a rule names them. A gateway whose config
+private ranges, the guest subnet, every address of every host interface: see
+``engine.netstack.host_addresses``) stay closed unless a rule names them. A gateway whose config
 names a cluster also joins that cluster's switch (``engine.netstack.cluster``) for its lifetime:
 it answers ARP for the other members, hands them packets from its guest's own address and
 passes on what they send.
+
+Port 53 anywhere is the gateway's own resolver: a DNS question over UDP or TCP to any address
+but the gateway's own is answered by :class:`DnsAdapter` under this VM's policy, from the
+address the guest asked (``nslookup x 8.8.8.8`` gets our answer, as if 8.8.8.8 had given it).
+It is never relayed, whatever the policy says, so port 53 is no tunnel and asking another
+resolver is no way around ``deny_domain``. Answering rather than refusing keeps guests with a
+hard-coded resolver working, under the same rules as everyone else.
 """
 from __future__ import annotations
 
@@ -21,9 +29,10 @@ import logging
 import random
 import socket
 from collections import Counter
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
+from engine.netstack import host_addresses
 from engine.netstack.arp import ArpResponder
 from engine.netstack.cluster import CLUSTERS, ClusterPort, ClusterRegistry, MemberNames
 from engine.netstack.config import GATEWAY_MAC, PortForward, UserNatConfig
@@ -101,6 +110,7 @@ class Gateway:
         self.loop = asyncio.get_running_loop()
         # Last: a constructor that raised above has joined nothing it would have to leave.
         self.host_sockets = (budget if budget is not None else process_budget()).join(name)
+        self.host_addresses = host_addresses.acquire()  # shared by the process; released in close()
 
     # ----- lifecycle -------------------------------------------------------------------------
 
@@ -134,6 +144,7 @@ class Gateway:
         await self.udp.close()
         self.dns.close()
         self.host_sockets.close()
+        self.host_addresses.release()
         if self._transport is not None:
             self._transport.abort()
         self.flow_log.close()
@@ -202,7 +213,11 @@ class Gateway:
         elif ip.protocol == PROTO_TCP:
             self.tcp.segment(ip)
         elif ip.protocol == PROTO_UDP:
-            self.udp.datagram(ip, parse_udp(ip))
+            udp = parse_udp(ip)
+            if udp.dst_port == 53:
+                self.dns.query(ip.src, udp.src_port, udp.payload, server=ip.dst)  # never relayed
+            else:
+                self.udp.datagram(ip, udp)
         else:
             self.counters["protocol_dropped"] += 1  # ICMP beyond the gateway is not relayed
 
@@ -343,6 +358,15 @@ class Gateway:
     def is_static_address(self, dst: IPv4Address) -> bool:
         """Whether the guest's ``dst`` is the address of a static host entry of the profile."""
         return any(ip == dst for _, ip in self.guest_hosts)
+    def protected(self) -> list[IPv4Network]:
+        """Off-limits networks besides the built-in ones: the guest subnet and the host's own."""
+        return [self.config.subnet, *self.host_addresses.networks()]
+
+    def off_limits(self, ip: IPv4Address) -> str | None:
+        """Why a DNS answer pointing at ``ip`` is withheld from the guest, or None."""
+        if ip in self.stand_ins:
+            return f"stand-in of a static host ({ip})"
+        return is_restricted(ip, self.protected())
 
     def decide(self, protocol: Protocol, src: IPv4Address, src_port: int, dst: IPv4Address, dst_port: int,
                sni_or_host: str | None = None, *, emit: bool = True) -> Decision:
@@ -350,14 +374,15 @@ class Gateway:
         domains = self.tracker.domains_for(dst, self.now())
         real = self.host_address(dst)
         static_names = frozenset(name for name, ip in self.guest_hosts if ip == dst)
-        if dst in self.stand_ins or (static_names and is_restricted(real, [self.config.subnet])):
+        protected = self.protected()
+        if dst in self.stand_ins or (static_names and is_restricted(real, protected)):
             # An off-limits address stands only for its static entries: another name that maps
             # to it came from an upstream answer (DNS rebinding) and must not open it.
             domains = domains & static_names
         static = bool(domains & static_names)
         flow = Flow(protocol, real, dst_port, src, src_port, domains, sni_or_host, static_host=static)
         dst = real
-        decision = self.policy.evaluate(flow, protected=[self.config.subnet])
+        decision = self.policy.evaluate(flow, protected=protected)
         if emit:
             proto = protocol.value if hasattr(protocol, "value") else str(protocol)
             domain = sni_or_host or (sorted(domains)[0] if domains else None)

@@ -95,8 +95,9 @@ class TcpRelayHost(FlowRelayHost, Protocol):
 
 class DnsHost(RelayHost, Protocol):
     """What the DNS adapter adds: the static hosts, the domain tracker its answers feed, the
-    policy that decides names, the TCP relay (answers to questions asked over TCP) and the VM's
-    host-socket account (questions asked upstream over TCP)."""
+    policy that decides names, the TCP relay (answers to questions asked over TCP), the VM's
+    host-socket account (questions asked upstream over TCP) and which addresses an upstream
+    answer may not point at."""
 
     @property
     def guest_hosts(self) -> list[tuple[str, IPv4Address]]: ...
@@ -108,3 +109,5 @@ class DnsHost(RelayHost, Protocol):
     def tcp(self) -> DnsReplySink: ...
     @property
     def host_sockets(self) -> FlowAccount: ...
+
+    def off_limits(self, ip: IPv4Address) -> str | None: ...

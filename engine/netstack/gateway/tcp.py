@@ -101,7 +101,8 @@ class TcpRelay:
                 return
         elif flow is not None:
             return  # a retransmitted SYN while the host socket connects
-        if new_syn and ip.dst == gw.dns_ip and seg.dst_port == 53 and len(self.flows) < MAX_TCP_FLOWS:
+        if new_syn and seg.dst_port == 53 and ip.dst != gw.gateway_ip and len(self.flows) < MAX_TCP_FLOWS:
+            # Port 53 anywhere is our resolver, answering as the address asked: never relayed.
             flow = TcpFlow(key, syn=seg, local_dns=True)
             self.flows[key] = flow
             flow.conn = self._accept(flow)

@@ -29,7 +29,7 @@ class TcpFlow:
     conn: TcpConnection | None = None
     host: asyncio.Transport | None = None
     inbound: bool = False
-    local_dns: bool = False  # DNS over TCP to the gateway's resolver: answered here, no host socket
+    local_dns: bool = False  # DNS over TCP to port 53 of any address: our resolver answers, no host socket
     dns_pending: int = 0
     outgoing: list[bytes] = field(default_factory=list)  # guest bytes for the host, this loop turn
     bytes_up: int = 0  # guest -> host

@@ -68,6 +68,11 @@ class UdpRelay:
 
     def datagram(self, ip: Ipv4Packet, udp: UdpDatagram) -> None:
         gw = self.gw
+        if udp.dst_port == 53:
+            # Port 53 is the gateway's resolver wherever the guest sends it (gateway._dispatch):
+            # relaying it would make DNS a tunnel, so it never gets a host socket, whatever the policy.
+            gw.counters["udp_dns_not_relayed"] += 1
+            return
         key = (ip.src, udp.src_port, ip.dst, udp.dst_port)
         flow = self.flows.get(key)
         if flow is None:

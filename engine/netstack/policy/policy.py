@@ -156,6 +156,28 @@ class PolicyWarning:
         return f"rule {self.rule + 1} ({self.rule_text}) is {self.note}"
 
 
+_DNS_PORT = MatchCriteria.port(53)
+
+
+def _opens_names(rule: Rule) -> bool:
+    """Whether ``rule`` could allow a connection to any address a name resolves to (see
+    :meth:`NetworkPolicy.evaluate_name`): an ALLOW that names no domain, pins no destination
+    and reaches more than port 53 (which is never a connection: the gateway answers it)."""
+    if rule.action is not PolicyAction.ALLOW or rule.criteria.has_domain():
+        return False
+    if covers(_DNS_PORT, rule.criteria):
+        return False
+    return not _pins_destination(rule.criteria)
+
+
+def _pins_destination(criteria: MatchCriteria) -> bool:
+    if isinstance(criteria, IpMatch):
+        return True
+    if isinstance(criteria, IpRangeMatch):
+        return criteria.network.prefixlen > 0
+    return isinstance(criteria, AllMatch) and any(_pins_destination(part) for part in criteria.criteria)
+
+
 def _shadows(earlier: Rule, later: Rule) -> bool:
     """Whether ``earlier`` decides every flow ``later`` would match (see NetworkPolicy.lint)."""
     if earlier.action is PolicyAction.LOG or not covers(earlier.criteria, later.criteria):
@@ -378,6 +400,10 @@ class NetworkPolicy:
     def evaluate_name(self, name: str, protocol: Protocol = Protocol.UDP, port: int = 53) -> Decision:
         """Decide whether the gateway may resolve ``name`` for the guest (DENY: NXDOMAIN, no upstream).
 
+        The principle: a name is resolved (and only then forwarded upstream) when some rule of
+        the policy could allow a connection to it. Anything else would let a guest that may
+        reach nothing still leak data through the names it asks about (``secret123.exfil.test``).
+
         Rules split in two kinds. *Name rules* have a domain criterion; such a rule matches the
         name when its domain criteria match it and — for DENY only — it has no other criterion
         but ``any`` (a rule that denies a name only on port 25 must not hide the name; an ALLOW
@@ -391,10 +417,23 @@ class NetworkPolicy:
         * the first matching transport rule, if DENY, decides (DNS itself is refused before any
           name rule spoke); if ALLOW it is remembered and the walk goes on, so ``allow_dns()``
           first does not hide a later ``deny_domain``;
-        * at the end, the remembered transport ALLOW decides, else the default.
+        * at the end, with DNS as a service allowed (a remembered transport ALLOW, or the
+          default ALLOW), the name resolves only if the policy could allow a connection to
+          whatever address it has: the default is ALLOW, or some ALLOW rule without a domain
+          criterion is *open*, i.e. its criteria do not pin the destination to an ``ip`` or
+          ``ip_range`` (``0.0.0.0/0`` pins nothing) and it does not match port 53 only (port 53
+          anywhere is the gateway's own resolver, never a connection). Otherwise DENY.
 
-        So with ``deny_all()`` and no ``allow_dns()`` only names that some allow-domain rule
-        covers resolve, and with ``allow_dns()`` every name resolves except the denied ones.
+        So: ``deny_all().allow_dns().allow_domain("x.test")`` resolves only names under
+        ``x.test`` (the allow-domain rule), ``deny_all().allow_dns().allow_https()`` resolves
+        names (any address on 443 may be reached by name), ``deny_all().allow_dns()`` alone
+        resolves nothing, and an allow-all resolves everything not denied; ``deny_domain``
+        wins wherever it stands. A rule that allows only addresses (``allow_ip``,
+        ``allow_ip_range``) makes no name resolve: which names point into the range is known
+        only after asking upstream, which is the leak. Name such services with a static host
+        or an allow-domain rule. Without ``allow_dns()`` under a default DENY, only names an
+        allow-domain rule covers resolve (and the profile's static hosts, which never go upstream,
+        are decided by this method like any name).
         """
         qname = canonical_name(name)
         logged: list[int] = []
@@ -415,9 +454,14 @@ class NetworkPolicy:
                 if rule.action is PolicyAction.DENY:
                     return Decision(PolicyAction.DENY, i, tuple(logged), rule.describe())
                 transport = i
-        if transport is not None:
-            return Decision(PolicyAction.ALLOW, transport, tuple(logged), self.rules[transport].describe())
-        return Decision(self.default, None, tuple(logged), f"default {self.default.value}")
+        if transport is None and self.default is PolicyAction.DENY:
+            return Decision(PolicyAction.DENY, None, tuple(logged), "default deny")
+        if self.default is PolicyAction.ALLOW or any(_opens_names(rule) for rule in self.rules):
+            if transport is not None:
+                return Decision(PolicyAction.ALLOW, transport, tuple(logged), self.rules[transport].describe())
+            return Decision(PolicyAction.ALLOW, None, tuple(logged), "default allow")
+        return Decision(PolicyAction.DENY, None, tuple(logged),
+                        f"deny name {qname}: no rule allows a connection to it, so it is not resolved")
 
     # -- presentation and plain data ------------------------------------------------------
     def describe(self) -> str:
@@ -435,9 +479,15 @@ class NetworkPolicy:
           (that one is passed over for off-limits addresses it does not name), nor when only the
           later rule has a domain criterion (it still decides DNS questions: :meth:`evaluate_name`);
         * an ALLOW of a domain the gateway's resolver refuses: the gateway knows a name's
-          addresses only from the answers it serves, so no flow can ever carry that name.
+          addresses only from the answers it serves, so no flow can ever carry that name;
+        * an ALLOW of port 53 only (``allow_dns()``) in a policy where no name can resolve: no
+          allow-domain rule, no rule open to any address and a default DENY, so
+          :meth:`evaluate_name` refuses every name and the rule does nothing.
         """
         warnings: list[PolicyWarning] = []
+        resolves_nothing = self.default is PolicyAction.DENY and not any(
+            _opens_names(rule) or (rule.action is PolicyAction.ALLOW and rule.criteria.has_domain())
+            for rule in self.rules)
         for j, later in enumerate(self.rules):
             shadow = next((i for i in range(j) if _shadows(self.rules[i], later)), None)
             if shadow is not None:
@@ -447,6 +497,11 @@ class NetworkPolicy:
                 warnings.append(PolicyWarning(j, f"never reached: rule {shadow + 1} {why}", later.describe()))
                 continue
             if later.action is not PolicyAction.ALLOW:
+                continue
+            if resolves_nothing and covers(_DNS_PORT, later.criteria):
+                warnings.append(PolicyWarning(
+                    j, "resolving no name: no rule allows a connection to a name's address "
+                       "(add an allow-domain rule, or a rule open to any address)", later.describe()))
                 continue
             for pattern in domain_patterns(later.criteria):
                 name = pattern.name if pattern.kind == "exact" else f"any.{pattern.name}"
