@@ -307,8 +307,16 @@ class TcpRelay:
             flow.early.clear()
             self._to_host(flow, early)
         if flow.guest_eof and transport.can_write_eof():
-            self._flush(flow)
+            self._half_close(flow, transport)
+
+    def _half_close(self, flow: TcpFlow, transport: asyncio.Transport) -> None:
+        """Pass the guest's FIN on. A peer that is gone already makes ``shutdown`` fail
+        (ENOTCONN): that is the end of the host side, not a bug of this frame."""
+        self._flush(flow)
+        try:
             transport.write_eof()
+        except OSError:
+            transport.abort()  # connection_lost follows, and host_lost resets the guest
 
     def from_host(self, flow: TcpFlow, data: bytes) -> None:
         if flow.conn is None or flow.closed:
@@ -451,8 +459,7 @@ class TcpRelay:
             elif flow.local_dns:
                 pass  # the FIN follows the last answer
             elif flow.host is not None and flow.host.can_write_eof():
-                self._flush(flow)
-                flow.host.write_eof()
+                self._half_close(flow, flow.host)
             elif flow.host is None and flow.connect_task is None and not flow.inbound:
                 self._decide_sniffed(flow, self._name_of(flow.inspector.finish() if flow.inspector else None, flow))
         elif isinstance(event, Writable):
