@@ -26,8 +26,9 @@ class Flow:
 
     ``domains``: names the gateway's DNS answers mapped to ``dst_ip`` (not expired).
     ``sni_or_host``: the TLS SNI or HTTP Host the guest sent; None when none was sent or the
-    gateway did not look; ``""`` when it looked and could not parse what it read (allows
-    nothing by domain). ``static_host``: ``dst_ip`` comes from a static host entry of the
+    gateway did not look (or, with ``require_names`` off, the stream presented none); ``""`` when
+    it looked and could not parse what it read, or the stream presented no name under
+    ``require_names`` (either way it allows nothing by domain). ``static_host``: ``dst_ip`` comes from a static host entry of the
     profile whose name is in ``domains``. ``dst_port`` is 0 for ICMP (port criteria never match
     it). Strings are accepted for addresses; names are canonicalised.
     """
