@@ -71,9 +71,22 @@ def explain(policy: engine.NetworkPolicy, query: str, protected: tuple[IPv4Netwo
         lines.append(f"DNS {name}: {_decided_by(policy, policy.evaluate_name(name))}")
         ip, domains = IPv4Address(PLACEHOLDER_IP), frozenset({name})
         assumed += f" ({PLACEHOLDER_IP} stands for the address {name} resolves to)"
-    flow = engine.Flow(engine.Protocol(proto), ip, port, domains=domains)
+    if port == 53:
+        # The gateway answers port 53 at every address itself (engine.netstack.gateway): no flow.
+        return [*lines, f"{proto} {host}:53: answered by the gateway's own resolver, never relayed "
+                        "(each name as its DNS line says)"]
+    # A client that names its host (TLS SNI, HTTP Host) is what the box shows first.
+    sni = next(iter(domains)) if domains and proto == "tcp" else None
+    flow = engine.Flow(engine.Protocol(proto), ip, port, domains=domains, sni_or_host=sni)
     decision = policy.evaluate(flow, protected=protected)
     lines.append(f"{proto} {host}:{port}: {_decided_by(policy, decision)}{assumed}")
+    if sni is not None:
+        nameless = policy.evaluate(engine.Flow(engine.Protocol(proto), ip, port, domains=domains,
+                                               sni_or_host=policy.presented_name(None)), protected=protected)
+        if nameless.action is not decision.action:
+            switch = "on" if policy.require_names else "off"
+            lines.append(f"  presenting no name (SSH, TLS without SNI; require names {switch}): "
+                         f"{_decided_by(policy, nameless)}")
     if decision.restricted:
         lines.append(f"off-limits address: {decision.restricted} (allowed only by a rule naming it)")
     return lines

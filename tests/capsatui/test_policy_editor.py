@@ -162,13 +162,24 @@ async def test_what_happens_to_a_denied_name(profile_file: Path) -> None:
 def test_explain_addresses_ports_and_restricted() -> None:
     policy = engine.NetworkPolicy.allow_all().log(engine.MatchCriteria.port(22)).deny_port(22)
     lines = explain(policy, "udp 8.8.8.8:53")
-    assert lines == ["udp 8.8.8.8:53: ALLOW by the default (default allow)"]
+    assert lines == ["udp 8.8.8.8:53: answered by the gateway's own resolver, never relayed "
+                     "(each name as its DNS line says)"]
     lines = explain(policy, "1.2.3.4:22")
     assert lines == ["tcp 1.2.3.4:22: DENY by rule 2: deny port 22; logged by rule 1"]
     lines = explain(policy, "10.1.2.3:80")
     assert lines[0].startswith("tcp 10.1.2.3:80: DENY: deny 10.1.2.3: private (10.0.0.0/8)")
     assert lines[1].startswith("off-limits address: private")
     assert "not a domain" in explain(policy, "bad_name!")[0] or "type a domain" in explain(policy, "bad_name!")[0]
+
+
+def test_explain_shows_what_require_names_does_to_a_nameless_connection() -> None:
+    policy = engine.NetworkPolicy.deny_all().allow_dns().allow_domain("ok.test")
+    lines = explain(policy, "ok.test:22")
+    assert lines[0] == "DNS ok.test: ALLOW by rule 2: allow domain ok.test"
+    assert lines[1].startswith("tcp ok.test:22: ALLOW by rule 2: allow domain ok.test")
+    assert lines[2].startswith("  presenting no name (SSH, TLS without SNI; require names on): DENY")
+    assert "allows by name only" in lines[2]
+    assert len(explain(policy.with_require_names(False), "ok.test:22")) == 2  # both ways allowed
 
 
 async def test_rule_form_shows_errors_as_you_type_and_disables_ok(profile_file: Path) -> None:

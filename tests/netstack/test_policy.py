@@ -578,3 +578,11 @@ def test_lint_finds_an_allow_dns_that_resolves_no_name() -> None:
         "rule 1 (allow protocol udp and port 53) is resolving no name: no rule allows a connection to a "
         "name's address (add an allow-domain rule, or a rule open to any address)"]
     assert lint(NetworkPolicy.deny_all().allow_dns().allow_ip("203.0.113.5"))[0].startswith("rule 1 (allow protocol udp")
+
+
+def test_an_open_rule_that_an_earlier_deny_shadows_opens_no_name() -> None:
+    """deny_port(443) before allow_https(): no connection can pass, so no name may go upstream."""
+    shadowed = NetworkPolicy.deny_all().allow_dns().deny_port(443).allow_https()
+    assert shadowed.evaluate_name("secret.exfil.test").action is PolicyAction.DENY
+    assert NetworkPolicy.deny_all().allow_dns().allow_https().evaluate_name("x.test").allowed
+    assert NetworkPolicy.deny_all().allow_dns().deny_port(22).allow_https().evaluate_name("x.test").allowed

@@ -456,12 +456,19 @@ class NetworkPolicy:
                 transport = i
         if transport is None and self.default is PolicyAction.DENY:
             return Decision(PolicyAction.DENY, None, tuple(logged), "default deny")
-        if self.default is PolicyAction.ALLOW or any(_opens_names(rule) for rule in self.rules):
+        if self.default is PolicyAction.ALLOW or self._has_open_rule():
             if transport is not None:
                 return Decision(PolicyAction.ALLOW, transport, tuple(logged), self.rules[transport].describe())
             return Decision(PolicyAction.ALLOW, None, tuple(logged), "default allow")
         return Decision(PolicyAction.DENY, None, tuple(logged),
                         f"deny name {qname}: no rule allows a connection to it, so it is not resolved")
+
+    def _has_open_rule(self) -> bool:
+        """Whether an ALLOW rule open to any address (:func:`_opens_names`) is ever reached: one
+        that an earlier ALLOW or DENY decides every flow of (``deny_port(443)`` before
+        ``allow_https()``) lets no connection through, so it opens no name either."""
+        return any(_opens_names(rule) and not any(_shadows(self.rules[i], rule) for i in range(j))
+                   for j, rule in enumerate(self.rules))
 
     # -- presentation and plain data ------------------------------------------------------
     def describe(self) -> str:
@@ -485,9 +492,8 @@ class NetworkPolicy:
           :meth:`evaluate_name` refuses every name and the rule does nothing.
         """
         warnings: list[PolicyWarning] = []
-        resolves_nothing = self.default is PolicyAction.DENY and not any(
-            _opens_names(rule) or (rule.action is PolicyAction.ALLOW and rule.criteria.has_domain())
-            for rule in self.rules)
+        allows_a_domain = any(rule.action is PolicyAction.ALLOW and rule.criteria.has_domain() for rule in self.rules)
+        resolves_nothing = self.default is PolicyAction.DENY and not allows_a_domain and not self._has_open_rule()
         for j, later in enumerate(self.rules):
             shadow = next((i for i in range(j) if _shadows(self.rules[i], later)), None)
             if shadow is not None:
