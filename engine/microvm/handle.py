@@ -124,7 +124,7 @@ class VmHandle:
                 assert sock is not None
                 await gateway.start(sock)
                 if lease is not None:
-                    gateway.adopt_lease(lease)  # a cluster member refuses a foreign address
+                    gateway.adopt_lease(lease)  # a cluster member's is its own: see guest_ip
             except BaseException:
                 if gateway is not None:
                     await gateway.close()  # leaves its cluster now, not when the link drops

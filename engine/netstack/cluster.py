@@ -22,7 +22,8 @@ The choices, for a demanding user:
   cannot deny another member: put VMs that must not talk in different clusters.
 - **Names.** Each member's host name resolves, in every member's DNS, to its cluster address,
   whatever the policy says of names (a member's name is no way out of the cluster). Members
-  that share a host name (cold-booted VMs of one pool) share the name: it answers all of their
+  that share a host name share the name (a pool names each VM by its member id, so this is two
+  VMs built with one explicit host name): it answers all of their
   addresses. A static host of a member's own config with the same name wins over the cluster's.
 - **Agreement.** Every member must use the same subnet and DHCP range; a VM that names a
   cluster with another layout is refused with a ConfigError, as is one that finds it full.

@@ -12,7 +12,7 @@ import re
 import secrets
 import time
 from dataclasses import replace
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 
 from engine.errors import EngineError, SnapshotError
@@ -75,6 +75,9 @@ class WaitingClone:
         The machine is killed if anything fails (MachineError, SnapshotError, ConsoleError).
         """
         spec = spec or self.spec
+        if hostname is not None:
+            # The spec says who the VM is (its gateway names it to cluster members by it).
+            spec = replace(spec, hostname=clone_hostname(hostname))
         snapshot = self.snapshot
         mac = _random_mac()
         if isinstance(spec.network, UserNatConfig):
@@ -98,17 +101,29 @@ class WaitingClone:
             if fixing:
                 awaiting = snapshot.info.extra.get("identity") == "awaiting"
                 host = clone_hostname(hostname or spec.hostname)
-                await _fix_identity(vm, host, mac if vm.has_network else None, awaiting=awaiting)
+                await _fix_identity(vm, host, mac if vm.has_network else None, awaiting=awaiting,
+                                    address=_new_address(spec, lease, vm.guest_ip))
         except BaseException:
             await vm.kill()
             raise
         return vm
 
 
-async def _fix_identity(vm: VmHandle, hostname: str, mac: str | None, *, awaiting: bool) -> None:
+def _new_address(spec: VmSpec, saved: str | None, granted: IPv4Address | None) -> tuple[IPv4Interface, IPv4Address] | None:
+    """The address and route the clone must take, when its gateway granted another than the
+    saved one (a cluster member: the switch gives each its own), else None."""
+    net = spec.network
+    if not isinstance(net, UserNatConfig) or saved is None or granted is None or granted == IPv4Address(saved):
+        return None
+    return IPv4Interface(f"{granted}/{net.subnet.prefixlen}"), net.gateway
+
+
+async def _fix_identity(vm: VmHandle, hostname: str, mac: str | None, *, awaiting: bool,
+                        address: tuple[IPv4Interface, IPv4Address] | None = None) -> None:
     stream = vm.console_stream
     begin = stream.end_offset
-    await stream.write(fixup_line(os.urandom(32), int(time.time()), hostname, mac, awaiting=awaiting))
+    await stream.write(fixup_line(os.urandom(32), int(time.time()), hostname, mac, awaiting=awaiting,
+                                  address=address))
     try:
         await vm.wait_ready(FIXUP_TIMEOUT_S)
     except EngineError as err:

@@ -11,7 +11,10 @@ the function forks only three small programs).
   :mod:`engine.reseed_elf`) rekeys the kernel's generator at once.
 - ``date -s`` sets the host's time; the hostname and ``/etc/hosts`` take the new name.
 - ``ip link`` gives the NIC its new MAC; the address stays, since every VM has a gateway and a
-  link of its own, which grants each clone the lease its template held.
+  link of its own, which grants each clone the lease its template held. Except in a cluster
+  network, where members share one subnet and the switch gives each its own address: there
+  the line also carries that address and the route, and the guest's ``ip`` takes them (three
+  small forks, paid by cluster clones only).
 - Last, the guest's ready marker: the host hands the clone out once it has seen it.
 
 A template is saved one step further: its shell already sits in ``read`` (:data:`AWAIT_LINE`),
@@ -23,6 +26,7 @@ Failures print ``capsa-clone-failed: ...`` before the marker; the engine refuses
 from __future__ import annotations
 
 import re
+from ipaddress import IPv4Address, IPv4Interface
 
 from engine.errors import ConfigError
 from engine.names import HOSTNAME_RE
@@ -39,15 +43,22 @@ FIXUP_TIMEOUT_S = 20.0
 AWAIT_LINE = b"read -r capsa_args; capsa_clone $capsa_args; unset capsa_args\n"
 
 
-def fixup_line(seed: bytes, epoch: int, hostname: str, mac: str | None, *, awaiting: bool = False) -> bytes:
+def fixup_line(seed: bytes, epoch: int, hostname: str, mac: str | None, *, awaiting: bool = False,
+               address: tuple[IPv4Interface, IPv4Address] | None = None) -> bytes:
     """The line (with its newline) to type at the clone's prompt, or (``awaiting``: a clone of
-    a template saved after :data:`AWAIT_LINE`) into its waiting ``read``."""
+    a template saved after :data:`AWAIT_LINE`) into its waiting ``read``. ``address``: the
+    address (with its prefix) and default route the clone must take instead of its template's
+    (a cluster member's own; needs ``mac``)."""
     if len(seed) < 16:
         raise ConfigError("a clone's seed must hold at least 16 bytes of entropy")
     if not HOSTNAME_RE.match(hostname):
         raise ConfigError(f"hostname {hostname!r} is not a valid host name")
     if mac is not None and not _MAC.match(mac):
         raise ConfigError(f"MAC address {mac!r} is not six lower-case hex pairs")
+    if address is not None and mac is None:
+        raise ConfigError("a clone is re-addressed only with its new MAC")
     words = [] if awaiting else ["capsa_clone"]
     words += [seed.hex(), str(int(epoch)), hostname] + ([mac] if mac else [])
+    if address is not None:
+        words += [str(address[0]), str(address[1])]
     return (" ".join(words) + "\n").encode()

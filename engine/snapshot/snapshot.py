@@ -27,9 +27,6 @@ def snapshot_unsupported(spec: VmSpec) -> str | None:
         return "a login profile has no shell on its console for the clone's identity fix-up"
     if spec.cmdline_override is not None:
         return "a replaced kernel command line may drop what the guest's init needs to be cloned"
-    if isinstance(spec.network, UserNatConfig) and spec.network.cluster is not None:
-        # A clone wakes up holding its template's address; cluster members need one each.
-        return "cluster members boot: a clone would keep its template's address, and each member needs its own"
     return None
 
 

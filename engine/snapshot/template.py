@@ -88,6 +88,10 @@ async def build_template(spec: VmSpec, *, boot_timeout: float = 60) -> Snapshot:
     if reason is not None:
         raise SnapshotError(reason)
     spec.check()
+    if isinstance(spec.network, UserNatConfig) and spec.network.cluster is not None:
+        # The template is no member: it would hold a cluster address while it boots and saves.
+        # Its clones join (and are re-addressed) when they restore.
+        spec = replace(spec, network=replace(spec.network, cluster=None))
     accel = choose_accelerator(spec.accel)
     shape = template_shape(spec, accel)
     key = shape.key()

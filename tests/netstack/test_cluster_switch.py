@@ -271,12 +271,13 @@ async def test_members_of_different_subnets_are_refused_at_start() -> None:
         assert len(registry.members("a")) == 1
 
 
-async def test_a_restored_lease_that_is_not_the_members_address_is_refused() -> None:
+async def test_a_restored_lease_becomes_the_members_own_address() -> None:
+    """A clone wakes up with its template's address: the member keeps the switch's, which the
+    caller gives the guest (the clone's identity fix-up)."""
     registry = ClusterRegistry()
     async with member(registry, deny_all(), "one") as (gw1, _guest1):
-        gw1.adopt_lease(A1)
-        with pytest.raises(ConfigError, match="boot cluster members instead of cloning"):
-            gw1.adopt_lease(A2)
+        assert gw1.adopt_lease(A1) == A1
+        assert gw1.adopt_lease(A2) == A1 and gw1.guest_ip == A1
 
 
 async def ask_from(guest: Guest, src: IPv4Address, name: str, qid: int) -> dns.message.Message:

@@ -39,7 +39,6 @@ from engine.netstack.config import GATEWAY_MAC, PortForward, UserNatConfig
 from engine.netstack.dhcp import DhcpConfig, DhcpServer
 from engine.netstack.gateway.budget import FdBudget, process_budget
 from engine.netstack.gateway.dns_upstream import DnsAdapter
-from engine.errors import ConfigError
 from engine.netstack.domains import DomainTracker
 from engine.netstack.errors import PacketError
 from engine.netstack.ethernet import ETHERTYPE_ARP, ETHERTYPE_IPV4, build_ethernet, parse_ethernet, parse_mac
@@ -296,14 +295,17 @@ class Gateway:
         elif not self._closing:
             self.send_frame(build_ethernet(self.guest_mac, self.gateway_mac, ETHERTYPE_IPV4, packet))
 
-    def adopt_lease(self, ip: IPv4Address) -> None:
-        """Treat ``ip`` as leased to the guest already (it was restored from a snapshot holding
-        that address, and keeps it): no DHCP exchange is needed before its traffic flows."""
-        if self.cluster is not None and ip != self.cluster.address:
-            raise ConfigError(f"a VM restored with address {ip} cannot join cluster {self.config.cluster!r}, "
-                              f"which gave it {self.cluster.address}: boot cluster members instead of cloning")
+    def adopt_lease(self, ip: IPv4Address) -> IPv4Address:
+        """Treat the guest, restored from a snapshot that held ``ip``, as leased already: no DHCP
+        exchange is needed before its traffic flows. Returns the address the guest must hold:
+        ``ip``, except in a cluster, where the switch gave this member its own (a clone wakes up
+        with its template's address, which another member may hold): the caller re-addresses
+        the guest (the clone's identity fix-up does)."""
+        if self.cluster is not None:
+            ip = self.cluster.address
         self._dhcp.grant(self.guest_mac, ip, self.now())
         self.guest_ip = ip
+        return ip
 
     def _dhcp_request(self, payload: bytes) -> None:
         reply = self._dhcp.handle(payload, self.now())
