@@ -2,8 +2,9 @@
 
 One VM for the file. Every server is the test's own: a stub upstream resolver on loopback that
 records every question, a TCP service and a UDP "resolver" on the host's own non-loopback
-address, and a UDP "other resolver" on loopback named to the guest by a static host. Nothing
-leaves the machine: the far addresses the guest tries are the host's own or stand-ins.
+address (the host's end of a veth pair the test makes, so every machine has one), and a UDP
+"other resolver" on loopback named to the guest by a static host. Nothing leaves the machine:
+the far addresses the guest tries are the host's own or stand-ins.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from ipaddress import IPv4Address
 
 import dns.message
 import dns.rcode
@@ -20,6 +22,7 @@ import pytest
 
 import engine
 from engine.netstack import host_addresses
+from tests.remote_host import HOST_SIDE_IP, remote_host
 from tests.waiting import collect
 
 pytestmark = pytest.mark.guest
@@ -27,19 +30,6 @@ pytestmark = pytest.mark.guest
 OTHER_DNS_NAME = "other-dns.test"   # static host -> a loopback UDP listener on port 53
 OTHER_DNS_STAND_IN = "198.18.0.1"   # how the guest sees hosts[0]
 OTHER_DNS_ADDR = "127.0.0.77"
-
-
-def _host_address() -> str:
-    watcher = host_addresses.acquire()
-    try:
-        found = sorted(n.network_address for n in watcher.networks()
-                       if n.prefixlen == 32 and not n.network_address.is_loopback
-                       and not str(n.network_address).endswith(".255"))
-    finally:
-        watcher.release()
-    if not found:
-        pytest.skip("this host has no address besides loopback")
-    return str(found[0])
 
 
 @dataclass
@@ -94,7 +84,19 @@ def _serve_datagrams(sock: socket.socket, seen: list[bytes]) -> None:
 
 @pytest.fixture(scope="module")
 def peers() -> Iterator[Peers]:
-    found = Peers(_host_address())
+    # A host address every machine has once the test makes it: the host's end of a veth pair
+    # (tests/remote_host.py), a real interface address like eth0's, outside every private range.
+    with remote_host():
+        yield from _peers(HOST_SIDE_IP)
+
+
+def _peers(host_ip: str) -> Iterator[Peers]:
+    watcher = host_addresses.acquire()
+    try:  # the gateway must see it as the host's, as it sees eth0's
+        assert IPv4Address(host_ip) in {n.network_address for n in watcher.networks()}, watcher.networks()
+    finally:
+        watcher.release()
+    found = Peers(host_ip)
     upstream = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     upstream.bind(("127.0.0.1", 0))
     found.upstream_port = upstream.getsockname()[1]
