@@ -23,7 +23,7 @@ import pytest
 import engine
 from engine.netstack import host_addresses
 from tests.remote_host import HOST_SIDE_IP, remote_host
-from tests.waiting import collect
+from tests.netstack.guest_net import NetVm, running_net_vm
 
 pytestmark = pytest.mark.guest
 
@@ -117,32 +117,19 @@ def _peers(host_ip: str) -> Iterator[Peers]:
         sock.close()
 
 
-@dataclass
-class Vm:
-    vm: engine.VmHandle
-    console: engine.Console
-    events: list[engine.FlowEvent]
-
-
 @pytest.fixture(scope="module")
-async def guest(boot: engine.LinuxDirectBoot, peers: Peers) -> AsyncIterator[Vm]:
+async def guest(boot: engine.LinuxDirectBoot, peers: Peers) -> AsyncIterator[NetVm]:
     net = (engine.NetworkMode.user_nat().host(OTHER_DNS_NAME, OTHER_DNS_ADDR)
            .dns_upstream(f"127.0.0.1:{peers.upstream_port}").policy(engine.NetworkPolicy.allow_all()).build())
-    vm = await engine.vm(boot).memory_mb(192).network(net).console_enabled().build()
-    events, collector = collect(vm.network_events())
-    try:
-        await vm.wait_ready(90)
-        yield Vm(vm, await vm.console(), events)
-    finally:
-        collector.cancel()
-        await vm.kill()
+    async with running_net_vm(engine.vm(boot).memory_mb(192).network(net)) as running:
+        yield running
 
 
-async def sh(vm: Vm, command: str, timeout: float = 60) -> engine.CommandResult:
-    return await vm.console.run(command, timeout=timeout)
+async def sh(vm: NetVm, command: str, timeout: float = 60) -> engine.CommandResult:
+    return await vm.sh(command, timeout)
 
 
-async def test_the_hosts_own_address_is_refused_by_address_and_by_name(guest: Vm, peers: Peers) -> None:
+async def test_the_hosts_own_address_is_refused_by_address_and_by_name(guest: NetVm, peers: Peers) -> None:
     guest.vm.set_policy(engine.NetworkPolicy.allow_all())
     guest.events.clear()
     by_ip = await sh(guest, f"timeout 10 nc {peers.host_ip} {peers.tcp_port} </dev/null; "
@@ -162,7 +149,7 @@ async def test_the_hosts_own_address_is_refused_by_address_and_by_name(guest: Vm
 @pytest.mark.parametrize("policy", [engine.NetworkPolicy.deny_all().allow_dns().allow_https(),
                                     engine.NetworkPolicy.allow_all()], ids=["allow_dns", "allow_all"])
 async def test_port_53_elsewhere_is_answered_by_our_resolver_never_relayed(
-        guest: Vm, peers: Peers, policy: engine.NetworkPolicy) -> None:
+        guest: NetVm, peers: Peers, policy: engine.NetworkPolicy) -> None:
     guest.vm.set_policy(policy)
     peers.udp_seen.clear()
     asked = len(peers.questions)
@@ -177,7 +164,7 @@ async def test_port_53_elsewhere_is_answered_by_our_resolver_never_relayed(
     assert peers.udp_seen == [], "a datagram to port 53 reached a host socket"
 
 
-async def test_exfiltration_names_never_reach_upstream(guest: Vm, peers: Peers) -> None:
+async def test_exfiltration_names_never_reach_upstream(guest: NetVm, peers: Peers) -> None:
     guest.vm.set_policy(engine.NetworkPolicy.deny_all().allow_dns().allow_domain("ok.test"))
     guest.events.clear()
     udp = await sh(guest, "nslookup secret123.exfil.test 2>&1")

@@ -27,7 +27,7 @@ import pytest
 import engine
 from engine.netstack.sniff import HELLO_RETRY_RANDOM
 from tests.remote_host import RemoteHost, remote_host
-from tests.waiting import collect
+from tests.netstack.guest_net import NetVm, running_net_vm
 
 pytestmark = pytest.mark.guest
 
@@ -170,25 +170,12 @@ def policy(require_names: bool = True) -> engine.NetworkPolicy:
             .with_require_names(require_names))
 
 
-@dataclass
-class NetVm:
-    vm: engine.VmHandle
-    console: engine.Console
-    events: list[engine.FlowEvent]
-
-
 @pytest.fixture(scope="module")
 async def netvm(boot: engine.LinuxDirectBoot, servers: Servers) -> AsyncIterator[NetVm]:
     nat = (engine.NetworkMode.user_nat().host("ok.test", "127.0.0.1").host("other.test", "127.0.0.1")
            .dns_upstream(f"127.0.0.1:{servers.dns_port}"))
-    vm = await engine.vm(boot).cpus(1).memory_mb(256).network(nat.policy(policy()).build()).console_enabled().build()
-    events, collector = collect(vm.network_events())
-    try:
-        await vm.wait_ready(90)
-        yield NetVm(vm, await vm.console(), events)
-    finally:
-        collector.cancel()
-        await vm.kill()
+    async with running_net_vm(engine.vm(boot).cpus(1).memory_mb(256).network(nat.policy(policy()).build())) as running:
+        yield running
 
 
 @pytest.fixture
@@ -203,7 +190,7 @@ async def net(netvm: NetVm, servers: Servers) -> NetVm:
 
 
 async def sh(net: NetVm, command: str, timeout: float = 90) -> engine.CommandResult:
-    return await net.console.run(command, timeout=timeout)
+    return await net.sh(command, timeout)
 
 
 def tcp_denies(net: NetVm) -> list[engine.FlowEvent]:

@@ -23,6 +23,7 @@ import dns.rrset
 import pytest
 
 import engine
+from tests.netstack.guest_net import NetVm, running_net_vm
 from tests.waiting import collect, free_port
 
 pytestmark = pytest.mark.guest
@@ -195,27 +196,14 @@ def base_policy() -> engine.NetworkPolicy:
     )
 
 
-@dataclass
-class NetVm:
-    vm: engine.VmHandle
-    console: engine.Console
-    events: list[engine.FlowEvent]
-
-
 @pytest.fixture(scope="module")
 async def netvm(boot: engine.LinuxDirectBoot, servers: Servers) -> AsyncIterator[NetVm]:
     nat = engine.NetworkMode.user_nat().forward_tcp(servers.forward_port, 80).forward_tcp(0, 80)
     for name in NAMES:
         nat = nat.host(name, "127.0.0.1")
     net = nat.dns_upstream(f"127.0.0.1:{servers.dns_port}").policy(base_policy()).build()
-    vm = await engine.vm(boot).cpus(2).memory_mb(384).network(net).console_enabled().build()
-    events, collector = collect(vm.network_events())
-    try:
-        await vm.wait_ready(60)
-        yield NetVm(vm, await vm.console(), events)
-    finally:
-        collector.cancel()
-        await vm.kill()
+    async with running_net_vm(engine.vm(boot).cpus(2).memory_mb(384).network(net), 60) as running:
+        yield running
 
 
 @pytest.fixture
@@ -226,7 +214,7 @@ async def net(netvm: NetVm) -> NetVm:
 
 
 async def sh(net: NetVm, command: str, timeout: float = 60) -> engine.CommandResult:
-    return await net.console.run(command, timeout=timeout)
+    return await net.sh(command, timeout)
 
 
 async def test_dhcp_gives_address_route_and_dns(net: NetVm) -> None:
