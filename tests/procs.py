@@ -1,9 +1,11 @@
 """Read the host's process table from /proc (tests use it to prove nothing is left running)."""
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -44,3 +46,17 @@ def alive(pid: int) -> bool:
 def qemu_children(parent: int) -> set[int]:
     """Pids of qemu processes whose parent is ``parent``."""
     return {p.pid for p in processes() if p.ppid == parent and p.comm.startswith("qemu-system")}
+
+
+def stop_child(proc: subprocess.Popen[Any], timeout: float = 10) -> None:
+    """End a helper child that exits when its stdin closes (a test's server): close its stdin,
+    wait, kill it if it does not go, and close its stdout."""
+    if proc.stdin is not None:
+        proc.stdin.close()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()

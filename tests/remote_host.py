@@ -24,6 +24,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from tests.procs import stop_child
+
 REMOTE_IP = "198.51.100.2"
 HOST_SIDE_IP = "198.51.100.1"
 HTTP_PORT = 8080
@@ -118,14 +120,6 @@ def remote_host() -> Iterator[RemoteHost]:
         yield found
     finally:
         if child is not None:
-            assert child.stdin is not None
-            child.stdin.close()
-            try:
-                child.wait(10)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
-            if child.stdout is not None:
-                child.stdout.close()
+            stop_child(child)
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         subprocess.run(["ip", "link", "del", veth], capture_output=True)  # gone with the ns, normally

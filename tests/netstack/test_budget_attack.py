@@ -14,7 +14,7 @@ import asyncio
 import resource
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -23,7 +23,9 @@ import engine
 from engine.netstack.gateway.budget import FdBudget, install_process_budget
 from tests.netstack.gateway_harness import Peers, make_config, running
 from tests.netstack.test_budget_gateway import fetch_hello, loopback_policy, open_fds
-from tests.waiting import collect, free_port
+from tests.procs import stop_child
+from tests.netstack.guest_net import NetVm, running_net_vm
+from tests.waiting import free_port, until
 
 pytestmark = pytest.mark.guest
 
@@ -73,21 +75,12 @@ def sink() -> Iterator[Sink]:
         assert proc.stdout is not None
         yield Sink(int(proc.stdout.readline()))
     finally:
-        assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.close()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
+        stop_child(proc)
 
 
 @dataclass
 class Hostile:
-    vm: engine.VmHandle
-    console: engine.Console
-    events: list[engine.FlowEvent]
+    net: NetVm
     budget: FdBudget
 
 
@@ -104,44 +97,29 @@ async def hostile(boot: engine.LinuxDirectBoot, sink: Sink) -> AsyncIterator[Hos
         net = (engine.NetworkMode.user_nat().host("sink.test", "127.0.0.1")
                .dns_upstream(f"127.0.0.1:{free_port()}")  # a dead loopback port: nothing leaves
                .policy(loopback_policy()).build())
-        vm = await engine.vm(boot).cpus(2).memory_mb(384).network(net).console_enabled().build()
-        events, collector = collect(vm.network_events())
-        try:
-            await vm.wait_ready(90)
-            yield Hostile(vm, await vm.console(), events, budget)
-        finally:
-            collector.cancel()
-            await vm.kill()
+        async with running_net_vm(engine.vm(boot).cpus(2).memory_mb(384).network(net)) as running_vm:
+            yield Hostile(running_vm, budget)
     finally:
         install_process_budget(previous)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-async def wait_for(check: Callable[[], bool], what: str, timeout: float) -> None:
-    """Poll ``check()`` until true; a deadline, not an assertion on how long it took."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.2)
-
-
 async def test_a_guest_opening_connections_in_a_loop_starves_no_other_gateway(
         hostile: Hostile, sink: Sink, peers: Peers) -> None:
-    vm, budget = hostile.vm, hostile.budget
+    vm, budget = hostile.net.vm, hostile.budget
     fds_before = open_fds()
     flood = (f"mkfifo /tmp/hold; sh -c 'exec 3<>/tmp/hold; i=0; while [ $i -lt {HOSTILE_CONNECTIONS} ]; do "
              f"nc {SINK_STAND_IN} {sink.port} <&3 >/dev/null 2>&1 & i=$((i+1)); done; wait' >/dev/null 2>&1 &")
-    assert (await hostile.console.run(flood, timeout=60)).exit_code == 0
+    assert (await hostile.net.console.run(flood, timeout=60)).exit_code == 0
 
     def refused() -> bool:
         return vm.network_stats()["counters"].get("tcp_budget_refused", 0) > 0
 
-    await wait_for(refused, "the budget to refuse the hostile guest", 300)
+    await until(refused, 300, "the budget to refuse the hostile guest")
     stats = vm.network_stats()
     # The hostile VM holds at most what leaves the others' shares and a newcomer's share.
     assert 0 < stats["host_sockets"] <= budget.capacity - budget.share, (stats, budget.capacity, budget.share)
-    denies = [e for e in hostile.events if e.action == "deny" and "over its share" in e.rule]
+    denies = [e for e in hostile.net.events if e.action == "deny" and "over its share" in e.rule]
     assert denies and denies[0].detail == "host socket budget" and denies[0].port == sink.port
 
     # Another VM's gateway in this process still connects and fetches, and so does a new one.
@@ -152,8 +130,8 @@ async def test_a_guest_opening_connections_in_a_loop_starves_no_other_gateway(
             assert gw.counters["tcp_budget_refused"] == gw2.counters["tcp_budget_refused"] == 0
 
     # The hostile guest stops: every host socket it held is given back and closed.
-    assert (await hostile.console.run("killall nc; sleep 1; killall nc; true", timeout=60)).exit_code == 0
-    await wait_for(lambda: vm.network_stats()["host_sockets"] == 0, "the hostile flows to close", 120)
+    assert (await hostile.net.console.run("killall nc; sleep 1; killall nc; true", timeout=60)).exit_code == 0
+    await until(lambda: vm.network_stats()["host_sockets"] == 0, 120, "the hostile flows to close")
     await asyncio.sleep(0.1)
     assert open_fds() == fds_before
     assert budget.held == 0

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import os
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from ipaddress import IPv4Address
 
 import dns.message
@@ -39,7 +39,7 @@ from tests.netstack.gateway_harness import (
     tcp_of,
     udp_frame,
 )
-from tests.waiting import free_port
+from tests.waiting import free_port, until
 
 
 def loopback_policy() -> NetworkPolicy:
@@ -53,14 +53,6 @@ def open_fds() -> int:
 
 def syn(sport: int, dport: int, dst: IPv4Address = WEB_STAND_IN) -> bytes:
     return tcp_frame(sport, dst, dport, 1000, 0, SYN, options=build_options(mss=1460))
-
-
-async def until(check: Callable[[], bool], what: str) -> None:
-    for _ in range(int(TIMEOUT / 0.01)):
-        if check():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @contextlib.asynccontextmanager
@@ -115,7 +107,7 @@ async def flood_until_refused(gw: Gateway, guest: Guest, port: int, first_port: 
         await guest.send(*(syn(p, port) for p in range(sport, sport + gateway_tcp.MAX_CONNECTING)))
         sport += gateway_tcp.MAX_CONNECTING
         await guest.barrier()
-        await until(lambda: gw.tcp._connecting == 0, "the batch's connects")
+        await until(lambda: gw.tcp._connecting == 0, TIMEOUT, "the batch's connects")
     return sport - first_port
 
 
@@ -182,14 +174,14 @@ async def test_connect_errors_and_timeouts_give_their_socket_back(peers: Peers,
             seg = tcp_of(await guest.expect(is_tcp(WEB_STAND_IN, closed_port, 21000)))
             assert seg.flags & RST
             await guest.send(*(syn(p, hole) for p in range(21001, 21004)))  # one queued, two time out
-            await until(lambda: gw.counters["tcp_connect_failed"] >= 3, "the connect timeouts")
-            await until(lambda: gw.host_sockets.held == 1, "the leases of the failed connects")
+            await until(lambda: gw.counters["tcp_connect_failed"] >= 3, TIMEOUT, "the connect timeouts")
+            await until(lambda: gw.host_sockets.held == 1, TIMEOUT, "the leases of the failed connects")
             await guest.send(tcp_frame(21010, WEB_STAND_IN, hole, 1, 0, SYN))
-            await until(lambda: gw.tcp._connecting == 1, "a connect in progress")
+            await until(lambda: gw.tcp._connecting == 1, TIMEOUT, "a connect in progress")
             # The guest gives up while its connect hangs: the cancelled connect gives its fd back.
             await guest.send(tcp_frame(21010, WEB_STAND_IN, hole, 2, 0, RST))
             await guest.barrier()
-            await until(lambda: gw.tcp._connecting == 0, "the cancelled connect")
+            await until(lambda: gw.tcp._connecting == 0, TIMEOUT, "the cancelled connect")
             assert gw.host_sockets.held == 1
     assert budget.held == 0 and budget.accounts == []
 
@@ -200,16 +192,16 @@ async def test_gateway_close_releases_connected_and_connecting_sockets(peers: Pe
     async with black_hole() as hole, holding_sink() as (port, _held):
         async with running(make_config(peers, loopback_policy()), budget) as (gw, guest, _events):
             await guest.send(*(syn(p, port) for p in range(22000, 22010)))
-            await until(lambda: gw.host_sockets.held == 10 and gw.tcp._connecting == 0, "ten connects")
+            await until(lambda: gw.host_sockets.held == 10 and gw.tcp._connecting == 0, TIMEOUT, "ten connects")
             await guest.send(*(syn(p, hole) for p in range(22100, 22110)))
             await guest.send(udp_frame(41001, ECHO_STAND_IN, peers.echo_port, b"x"))
             await guest.barrier()
             await until(lambda: len(gw.udp.flows) == 1 and gw.udp.flows[next(iter(gw.udp.flows))].transport
-                        is not None, "the UDP socket")
+                        is not None, TIMEOUT, "the UDP socket")
             assert gw.host_sockets.held == 21
             account = gw.host_sockets
         assert account.closed and budget.held == 0
-        await until(lambda: account.held == 0, "every socket's release")
+        await until(lambda: account.held == 0, TIMEOUT, "every socket's release")
     await asyncio.sleep(0.05)
     assert open_fds() == before
 
@@ -243,14 +235,14 @@ async def test_flows_awaiting_their_name_queue_for_a_connect_slot_holding_no_soc
                 srv = await handshake(guest, sport, WEB_STAND_IN, hole, 500)
                 await guest.send(tcp_frame(sport, WEB_STAND_IN, hole, 501, srv, ACK, request))
             await guest.barrier()
-            await until(lambda: gw.tcp._connecting + len(gw.tcp._waiting) + gw.host_sockets.held > 0, "connects")
+            await until(lambda: gw.tcp._connecting + len(gw.tcp._waiting) + gw.host_sockets.held > 0, TIMEOUT, "connects")
             await asyncio.sleep(0.1)
             # One connect landed in the listener's queue; 16 hang; the other 3 wait, socketless.
             assert gw.tcp._connecting == 16 and len(gw.tcp._waiting) == 3
             assert gw.host_sockets.held == 17
             assert all(f.connect_queued and f.connect_task is None and not accept for f, accept in gw.tcp._waiting)
             # As the hanging connects time out, the queued ones get their turn.
-            await until(lambda: not gw.tcp._waiting and gw.tcp._connecting == 0, "the queue to drain")
+            await until(lambda: not gw.tcp._waiting and gw.tcp._connecting == 0, TIMEOUT, "the queue to drain")
             assert gw.counters["tcp_connect_failed"] == 19
             assert gw.host_sockets.held == 1
     assert budget.held == 0

@@ -203,16 +203,21 @@ async def test_wget_of_the_allowed_name_still_works(net: NetVm, servers: Servers
     assert result.output == "vhost ok.test\n"
 
 
-async def test_second_keep_alive_request_for_another_host_is_cut(net: NetVm, servers: Servers) -> None:
-    first = r"GET / HTTP/1.1\r\nHost: ok.test\r\n\r\n"
-    second = r"GET / HTTP/1.1\r\nHost: other.test\r\n\r\n"
-    result = await sh(net, f"(printf '{first}'; sleep 3; printf '{second}'; sleep 2) | "
-                           f"timeout 20 nc ok.test {servers.http_port}")
-    assert "vhost ok.test" in result.output, result.output  # the first request was served
-    assert "vhost other.test" not in result.output
-    assert servers.hosts_seen == ["ok.test"], "the second request reached the server"
+async def keep_alive_for_another_name(net: NetVm, allowed: str, other: str, port: int, seen: list[str]) -> None:
+    """Two requests on one connection to ``allowed``'s address, the second for ``other``: the
+    first is served, the second is cut before the server (whose Hosts are ``seen``) reads it."""
+    first = rf"GET / HTTP/1.1\r\nHost: {allowed}\r\n\r\n"
+    second = rf"GET / HTTP/1.1\r\nHost: {other}\r\n\r\n"
+    result = await sh(net, f"(printf '{first}'; sleep 3; printf '{second}'; sleep 2) | timeout 20 nc {allowed} {port}")
+    assert f"vhost {allowed}" in result.output, result.output  # the first request was served
+    assert f"vhost {other}" not in result.output
+    assert seen == [allowed], "the second request reached the server"
     denied = tcp_denies(net)
-    assert denied and denied[-1].domain == "other.test", net.events
+    assert denied and denied[-1].domain == other, net.events
+
+
+async def test_second_keep_alive_request_for_another_host_is_cut(net: NetVm, servers: Servers) -> None:
+    await keep_alive_for_another_name(net, "ok.test", "other.test", servers.http_port, servers.hosts_seen)
 
 
 async def test_malformed_request_line_is_refused(net: NetVm, servers: Servers) -> None:
@@ -230,15 +235,7 @@ def remote(servers: Servers) -> RemoteHost:
 async def test_a_second_request_for_another_name_of_a_shared_address_is_cut(net: NetVm, servers: Servers) -> None:
     """The CDN case: cdn-b.test shares cdn-a.test's address; a keep-alive request for it is cut."""
     cdn = remote(servers)
-    first = r"GET / HTTP/1.1\r\nHost: cdn-a.test\r\n\r\n"
-    second = r"GET / HTTP/1.1\r\nHost: cdn-b.test\r\n\r\n"
-    result = await sh(net, f"(printf '{first}'; sleep 3; printf '{second}'; sleep 2) | "
-                           f"timeout 20 nc cdn-a.test {cdn.http_port}")
-    assert "vhost cdn-a.test" in result.output, result.output
-    assert "vhost cdn-b.test" not in result.output
-    assert cdn.hosts_seen == ["cdn-a.test"], "the second request reached the CDN"
-    denied = tcp_denies(net)
-    assert denied and denied[-1].domain == "cdn-b.test", net.events
+    await keep_alive_for_another_name(net, "cdn-a.test", "cdn-b.test", cdn.http_port, cdn.hosts_seen)
 
 
 async def test_a_connection_that_sends_nothing_is_refused(net: NetVm, servers: Servers) -> None:
