@@ -248,6 +248,29 @@ async def test_flows_awaiting_their_name_queue_for_a_connect_slot_holding_no_soc
     assert budget.held == 0
 
 
+async def test_a_queued_flow_still_has_every_new_name_decided(peers: Peers, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flow decided on its first request but waiting for a connect slot: a pipelined request
+    for another name is decided too (and cut), not kept to be sent once the slot frees."""
+    monkeypatch.setattr(gateway_tcp, "CONNECT_TIMEOUT_S", 3.0)  # the slots stay taken meanwhile
+    async with black_hole() as hole:
+        async with running(make_config(peers), FdBudget(limit=4096)) as (gw, guest, events):
+            await ask(guest, "web.test", 802)
+            request = b"GET / HTTP/1.1\r\nHost: web.test\r\n\r\n"
+            for sport in range(23100, 23118):  # one in the listener's queue, 16 hanging, one waiting
+                srv = await handshake(guest, sport, WEB_STAND_IN, hole, 500)
+                await guest.send(tcp_frame(sport, WEB_STAND_IN, hole, 501, srv, ACK, request))
+            await guest.barrier()
+            await until(lambda: len(gw.tcp._waiting) == 1, TIMEOUT, "a flow waiting for a slot")
+            queued, _accept = gw.tcp._waiting[0]
+            sport = queued.key[1]
+            assert sport == 23117  # the last one, whose handshake's numbers srv holds
+            other = b"GET / HTTP/1.1\r\nHost: elsewhere.example\r\n\r\n"
+            await guest.send(tcp_frame(sport, WEB_STAND_IN, hole, 501 + len(request), srv, ACK, other))
+            await until(lambda: queued.closed, TIMEOUT, "the queued flow to be cut")
+            assert gw.counters["tcp_name_denied"] == 1 and gw.counters["tcp_connect_failed"] == 0
+            assert [e.domain for e in events.of("deny", "tcp")] == ["elsewhere.example"]
+
+
 async def test_dns_over_tcp_upstream_takes_and_gives_back_a_socket(peers: Peers) -> None:
     wire = dns.message.make_query("upstream.test", "A", id=9).to_wire()
     budget = FdBudget(limit=4096)

@@ -165,7 +165,9 @@ class TcpRelay:
             self._decide_sniffed(flow, "")
 
     def _decided(self, flow: TcpFlow) -> bool:
-        return flow.connect_task is not None or flow.host is not None
+        """Whether the flow's first name was decided (it connects, waits for a slot, or is
+        connected): every name from now on is judged as a new name on a live flow."""
+        return flow.connect_task is not None or flow.connect_queued or flow.host is not None
 
     def _name_of(self, result: SniffResult | None, flow: TcpFlow) -> str | None:
         """The ``sni_or_host`` a verdict is decided with (MALFORMED: "", allows nothing by domain).
@@ -215,7 +217,7 @@ class TcpRelay:
         self._decide_sniffed(flow, self._name_of(flow.inspector.finish() if flow.inspector else None, flow))
 
     def _decide_sniffed(self, flow: TcpFlow, name: str | None) -> None:
-        if flow.connect_task is not None or flow.connect_queued or flow.closed:
+        if self._decided(flow) or flow.closed:
             return
         if flow.sniff_timer is not None:
             flow.sniff_timer.cancel()
@@ -460,7 +462,7 @@ class TcpRelay:
                 pass  # the FIN follows the last answer
             elif flow.host is not None and flow.host.can_write_eof():
                 self._half_close(flow, flow.host)
-            elif flow.host is None and flow.connect_task is None and not flow.inbound:
+            elif not flow.inbound and not self._decided(flow):
                 self._decide_sniffed(flow, self._name_of(flow.inspector.finish() if flow.inspector else None, flow))
         elif isinstance(event, Writable):
             if flow.backlog:
