@@ -4,7 +4,7 @@ Each VM keeps its own gateway and its own link; a :class:`ClusterSwitch` joins t
 one cluster. A member joins when its gateway starts and leaves when it closes; the switch
 allocates each member a distinct address from the cluster's DHCP range (the member's DHCP server
 grants exactly that one), and the switch is dropped with its last member. This module knows no
-gateways, machines or sockets: a member is an address, a MAC, a host name and two callbacks
+gateways, machines or sockets: a member is an address, a host name and two callbacks
 (deliver a packet to its guest; the membership changed), so it is tested with frames alone.
 
 The choices, for a demanding user:
@@ -47,7 +47,6 @@ class ClusterPort:
 
     switch: ClusterSwitch
     address: IPv4Address
-    mac: bytes
     hostname: str | None
     deliver: Deliver
     changed: Changed
@@ -113,8 +112,8 @@ class ClusterSwitch:
         raise ConfigError(f"cluster {self.name!r} is full: all {int(last) - int(first) + 1} addresses "
                           f"of its range {first}-{last} are taken (widen the subnet or the DHCP range)")
 
-    def add(self, mac: bytes, hostname: str | None, deliver: Deliver, changed: Changed) -> ClusterPort:
-        port = ClusterPort(self, self._free_address(), bytes(mac), hostname, deliver, changed)
+    def add(self, hostname: str | None, deliver: Deliver, changed: Changed) -> ClusterPort:
+        port = ClusterPort(self, self._free_address(), hostname, deliver, changed)
         self.members[port.address] = port
         self._announce()
         return port
@@ -145,7 +144,7 @@ class ClusterRegistry:
         self.switches: dict[str, ClusterSwitch] = {}
 
     def join(self, name: str, subnet: IPv4Network, dhcp_range: tuple[IPv4Address, IPv4Address], *,
-             mac: bytes, hostname: str | None, deliver: Deliver, changed: Changed) -> ClusterPort:
+             hostname: str | None, deliver: Deliver, changed: Changed) -> ClusterPort:
         """Join (or found) cluster ``name``; ConfigError if it has another layout or is full."""
         switch = self.switches.get(name)
         if switch is None:
@@ -155,7 +154,7 @@ class ClusterRegistry:
             raise ConfigError(
                 f"cluster {name!r}: every member must use the same subnet and DHCP range; its members use "
                 f"{switch.subnet} ({first}-{last}), this VM {subnet} ({dhcp_range[0]}-{dhcp_range[1]})")
-        return switch.add(mac, hostname, deliver, changed)
+        return switch.add(hostname, deliver, changed)
 
     def drop(self, switch: ClusterSwitch) -> None:
         if self.switches.get(switch.name) is switch:

@@ -46,7 +46,7 @@ class Sink:
 
 def join(registry: ClusterRegistry, name: str, sink: Sink, hostname: str | None = None,
          subnet: IPv4Network = SUBNET, dhcp_range: tuple[IPv4Address, IPv4Address] = RANGE) -> ClusterPort:
-    return registry.join(name, subnet, dhcp_range, mac=G_MAC, hostname=hostname,
+    return registry.join(name, subnet, dhcp_range, hostname=hostname,
                          deliver=sink.deliver, changed=sink.changed)
 
 

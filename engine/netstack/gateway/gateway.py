@@ -252,7 +252,7 @@ class Gateway:
     # ----- cluster ---------------------------------------------------------------------------
 
     def _join_cluster(self, cluster: str) -> None:
-        port = self._clusters.join(cluster, self.config.subnet, self.config.dhcp_range, mac=self.guest_mac,
+        port = self._clusters.join(cluster, self.config.subnet, self.config.dhcp_range,
                                    hostname=self.hostname, deliver=self._from_cluster,
                                    changed=self._cluster_changed)
         self.cluster = port
