@@ -57,6 +57,15 @@ _STOP = 1 << 62  # a stream position past any chunk's end
 _TLS_RECORD_TYPES = (TLS_CHANGE_CIPHER_SPEC, TLS_ALERT, TLS_HANDSHAKE, TLS_APPLICATION_DATA, TLS_HEARTBEAT)
 
 
+
+def _fill(buf: bytearray, size: int, data: memoryview, pos: int) -> int:
+    """Move bytes of ``data`` from ``pos`` into ``buf`` until it holds ``size`` (or ``data``
+    ends); returns the new position in ``data``."""
+    take = max(0, min(size - len(buf), len(data) - pos))
+    buf += data[pos:pos + take]
+    return pos + take
+
+
 class _Mode(Enum):
     DETECT = "detect"      # a stream's (or tunnel's) first bytes: TLS, HTTP or opaque?
     HEAD = "head"          # an HTTP request head
@@ -242,9 +251,7 @@ class StreamInspector:
         self._body_done()
 
     def _chunk_end(self, data: memoryview, pos: int, out: list[SniffResult]) -> int:
-        need = 2 - len(self._buf)
-        self._buf += data[pos:pos + need]
-        pos += min(need, len(data) - pos)
+        pos = _fill(self._buf, 2, data, pos)
         if len(self._buf) < 2:
             return pos
         if self._buf != b"\r\n":
@@ -286,9 +293,7 @@ class StreamInspector:
     # -- TLS, client side -----------------------------------------------------------------
     def _tls(self, data: memoryview, pos: int, out: list[SniffResult]) -> int:
         if self._record_left == 0:
-            need = 5 - len(self._buf)
-            self._buf += data[pos:pos + need]
-            pos += min(need, len(data) - pos)
+            pos = _fill(self._buf, 5, data, pos)
             if len(self._buf) < 5:
                 return pos
             header = bytes(self._buf)
@@ -357,9 +362,7 @@ class StreamInspector:
             self._server_skip -= take
             return pos + take
         if self._server_record_left == 0:
-            need = 5 - len(self._server_buf)
-            self._server_buf += data[pos:pos + need]
-            pos += min(need, len(data) - pos)
+            pos = _fill(self._server_buf, 5, data, pos)
             if len(self._server_buf) < 5:
                 return pos
             header = bytes(self._server_buf)
@@ -385,9 +388,7 @@ class StreamInspector:
                 self._server_message_left -= take
                 pos += take
                 continue
-            need = SERVER_HELLO_PREFIX - len(self._server_message)
-            self._server_message += chunk[pos:pos + need]
-            pos += min(need, len(chunk) - pos)
+            pos = _fill(self._server_message, SERVER_HELLO_PREFIX, chunk, pos)
             msg = self._server_message
             if len(msg) >= 1 and msg[0] != HANDSHAKE_SERVER_HELLO:
                 self._server_done = True
