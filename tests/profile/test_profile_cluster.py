@@ -6,16 +6,7 @@ import textwrap
 import pytest
 
 import engine
-
-
-def _parse(text: str) -> engine.Profile:
-    return engine.parse_profile(textwrap.dedent(text), "web.yaml")
-
-
-def _issues(text: str) -> list[str]:
-    with pytest.raises(engine.ProfileError) as caught:
-        _parse(text)
-    return [str(issue) for issue in caught.value.errors]
+from tests.profile.test_profile_network import _issues, _parse
 
 
 def _network(lines: str) -> str:
