@@ -17,12 +17,11 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import dns.message
-import dns.rcode
 import pytest
 
 import engine
 from engine.netstack.cluster import CLUSTERS
+from tests.netstack.guest_net import serve_stub_resolver
 
 pytestmark = pytest.mark.guest
 
@@ -41,17 +40,6 @@ class _Http(http.server.BaseHTTPRequestHandler):
         self.wfile.write(HOST_PAGE)
 
 
-def _serve_nxdomain(sock: socket.socket) -> None:
-    while True:
-        try:
-            data, addr = sock.recvfrom(4096)
-        except OSError:
-            return
-        reply = dns.message.make_response(dns.message.from_wire(data))
-        reply.set_rcode(dns.rcode.NXDOMAIN)
-        sock.sendto(reply.to_wire(), addr)
-
-
 @dataclass
 class Host:
     http_port: int
@@ -65,7 +53,7 @@ def host() -> Iterator[Host]:
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     resolver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     resolver.bind(("127.0.0.1", 0))
-    threading.Thread(target=_serve_nxdomain, args=(resolver,), daemon=True).start()
+    serve_stub_resolver(resolver, lambda name: None)  # every name NXDOMAIN
     try:
         yield Host(httpd.server_address[1], resolver.getsockname()[1])
     finally:

@@ -17,13 +17,12 @@ from ipaddress import IPv4Address
 
 import dns.message
 import dns.rcode
-import dns.rrset
 import pytest
 
 import engine
 from engine.netstack import host_addresses
 from tests.remote_host import HOST_SIDE_IP, remote_host
-from tests.netstack.guest_net import NetVm, running_net_vm
+from tests.netstack.guest_net import NetVm, running_net_vm, serve_stub_resolver
 
 pytestmark = pytest.mark.guest
 
@@ -45,22 +44,6 @@ class Peers:
 
 def _daemon(target: object) -> None:
     threading.Thread(target=target, daemon=True).start()  # type: ignore[arg-type]
-
-
-def _serve_upstream(sock: socket.socket, peers: Peers) -> None:
-    while True:
-        try:
-            data, addr = sock.recvfrom(4096)
-        except OSError:
-            return
-        query = dns.message.from_wire(data)
-        name = query.question[0].name.to_text(omit_final_dot=True)
-        peers.questions.append(name)
-        reply = dns.message.make_response(query)
-        if query.question[0].rdtype == 1:
-            address = peers.host_ip if name == "hostsvc.test" else "203.0.113.7"
-            reply.answer.append(dns.rrset.from_text(name + ".", 60, "IN", "A", address))
-        sock.sendto(reply.to_wire(), addr)
 
 
 def _serve_accepts(server: socket.socket, seen: list[object]) -> None:
@@ -108,7 +91,9 @@ def _peers(host_ip: str) -> Iterator[Peers]:
         sock.bind((addr, 53))
         resolvers.append(sock)
     found.socks = [upstream, service, *resolvers]
-    _daemon(lambda: _serve_upstream(upstream, found))
+    # Every name resolves (a public-looking TEST-NET-3 address), hostsvc.test to the host itself.
+    serve_stub_resolver(upstream, lambda name: found.host_ip if name == "hostsvc.test" else "203.0.113.7",
+                        found.questions)
     _daemon(lambda: _serve_accepts(service, found.tcp_accepted))
     for sock in resolvers:
         _daemon(lambda sock=sock: _serve_datagrams(sock, found.udp_seen))  # type: ignore[misc]

@@ -19,15 +19,12 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
-import dns.message
-import dns.rcode
-import dns.rrset
 import pytest
 
 import engine
 from engine.netstack.sniff import HELLO_RETRY_RANDOM
 from tests.remote_host import RemoteHost, remote_host
-from tests.netstack.guest_net import NetVm, running_net_vm
+from tests.netstack.guest_net import NetVm, running_net_vm, serve_stub_resolver
 
 pytestmark = pytest.mark.guest
 
@@ -104,24 +101,7 @@ def _serve_retry(server: socket.socket, received: list[bytes]) -> None:
             received.append(data)
 
 
-CDN_NAMES = ("cdn-a.test.", "cdn-b.test.")
-
-
-def _serve_dns(sock: socket.socket, address: str) -> None:
-    """The stub upstream: both CDN names resolve to the one shared address, others NXDOMAIN."""
-    while True:
-        try:
-            data, client = sock.recvfrom(4096)
-        except OSError:
-            return
-        query = dns.message.from_wire(data)
-        reply = dns.message.make_response(query)
-        name = query.question[0].name.to_text()
-        if name in CDN_NAMES and query.question[0].rdtype == 1:
-            reply.answer.append(dns.rrset.from_text(name, 60, "IN", "A", address))
-        elif name not in CDN_NAMES:
-            reply.set_rcode(dns.rcode.NXDOMAIN)
-        sock.sendto(reply.to_wire(), client)
+CDN_NAMES = ("cdn-a.test", "cdn-b.test")  # the stub upstream's names, both at the CDN's address
 
 
 def client_hello(name: str) -> bytes:
@@ -155,7 +135,7 @@ def servers() -> Iterator[Servers]:
     found.dns_port = resolver.getsockname()[1]
     with remote_host() as remote:
         found.remote = remote
-        threading.Thread(target=_serve_dns, args=(resolver, remote.ip), daemon=True).start()
+        serve_stub_resolver(resolver, lambda name: remote.ip if name in CDN_NAMES else None)
         try:
             yield found
         finally:

@@ -23,7 +23,7 @@ import dns.rrset
 import pytest
 
 import engine
-from tests.netstack.guest_net import NetVm, running_net_vm
+from tests.netstack.guest_net import NetVm, running_net_vm, serve_stub_resolver
 from tests.waiting import collect, free_port
 
 pytestmark = pytest.mark.guest
@@ -117,22 +117,6 @@ def _serve_sink(server: socket.socket, received: list[Received]) -> None:
             received.append(Received(head, size, digest.hexdigest()))
 
 
-def _serve_dns(sock: socket.socket) -> None:
-    while True:
-        try:
-            data, addr = sock.recvfrom(4096)
-        except OSError:
-            return
-        query = dns.message.from_wire(data)
-        reply = dns.message.make_response(query)
-        question = query.question[0]
-        if question.name.to_text() == "upstream.test." and question.rdtype == 1:
-            reply.answer.append(dns.rrset.from_text("upstream.test.", 60, "IN", "A", "203.0.113.7"))
-        elif question.name.to_text() != "upstream.test.":
-            reply.set_rcode(dns.rcode.NXDOMAIN)
-        sock.sendto(reply.to_wire(), addr)
-
-
 def _serve_dns_tcp(server: socket.socket) -> None:
     """The stub resolver over TCP: the same answers, length-prefixed."""
     while True:
@@ -171,7 +155,7 @@ def servers() -> Iterator[Servers]:
     resolver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     resolver.bind(("127.0.0.1", 0))
     found.dns_port = resolver.getsockname()[1]
-    _thread(lambda: _serve_dns(resolver))
+    serve_stub_resolver(resolver, lambda name: "203.0.113.7" if name == "upstream.test" else None)
     resolver_tcp = socket.create_server(("127.0.0.1", found.dns_port))
     _thread(lambda: _serve_dns_tcp(resolver_tcp))
     found.forward_port = free_port()
