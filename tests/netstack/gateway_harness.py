@@ -306,9 +306,12 @@ def tcp_of(raw: bytes) -> TcpSegment:
     return parse_tcp(ip.src, ip.dst, ip.payload)
 
 
-async def ask(guest: Guest, name: str, qid: int, sport: int = 5353) -> dns.message.Message:
-    await guest.send(dns_query_frame(name, qid, sport))
-    raw = await guest.expect(is_udp(DNS_IP, 53, sport))
+async def ask(guest: Guest, name: str, qid: int, sport: int = 5353, *, server: IPv4Address = DNS_IP,
+              rdtype: str = "A") -> dns.message.Message:
+    """The guest's DNS question to ``server`` (the gateway's DNS address by default) and its answer."""
+    wire = dns.message.make_query(name, rdtype, id=qid).to_wire()
+    await guest.send(udp_frame(sport, server, 53, wire))
+    raw = await guest.expect(is_udp(server, 53, sport))
     ip = ipv4_of(raw)
     assert ip is not None and ip.dst == GUEST_IP
     answer = dns.message.from_wire(parse_udp(ip).payload)

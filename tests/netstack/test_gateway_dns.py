@@ -16,10 +16,9 @@ import dns.rcode
 from engine.netstack import host_addresses
 from engine.netstack.policy.policy import Flow, NetworkPolicy, Protocol
 from engine.netstack.tcp.segment import ACK, PSH, RST, SYN, build_options
-from engine.netstack.udp import parse_udp
 from tests.netstack.gateway_harness import (
-    DENIED_IP, GUEST_IP, UPSTREAM_ANSWER, WEB_STAND_IN, Guest, Peers, a_records, ask, handshake, ipv4_of, is_tcp,
-    is_udp, make_config, running, tcp_frame, tcp_of, udp_frame)
+    DENIED_IP, GUEST_IP, UPSTREAM_ANSWER, WEB_STAND_IN, Guest, Peers, a_records, ask, handshake, is_tcp,
+    make_config, running, tcp_frame, tcp_of, udp_frame)
 
 OTHER_RESOLVER = IPv4Address("203.0.113.53")   # TEST-NET-3: "8.8.8.8" for the guest, never contacted
 
@@ -43,13 +42,7 @@ def _query(name: str, qid: int, rdtype: str = "A") -> bytes:
 
 async def ask_at(guest: Guest, server: IPv4Address, name: str, qid: int, sport: int = 5454,
                  rdtype: str = "A") -> dns.message.Message:
-    await guest.send(udp_frame(sport, server, 53, _query(name, qid, rdtype)))
-    raw = await guest.expect(is_udp(server, 53, sport))
-    ip = ipv4_of(raw)
-    assert ip is not None and ip.dst == GUEST_IP
-    answer = dns.message.from_wire(parse_udp(ip).payload)
-    assert answer.id == qid
-    return answer
+    return await ask(guest, name, qid, sport, server=server, rdtype=rdtype)
 
 
 async def ask_tcp_at(guest: Guest, server: IPv4Address, name: str, qid: int, sport: int) -> dns.message.Message:
