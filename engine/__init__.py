@@ -21,12 +21,21 @@ if TYPE_CHECKING:
     from engine.console.console import CommandResult, Console, ConsoleReader, ConsoleWriter
     from engine.console.like import ConsoleLike, ConsoleReaderLike, ConsoleWriterLike
     from engine.errors import (
+        AgentDied,
+        AgentError,
+        AgentProtocolError,
+        AgentUnavailable,
         BootTimeout,
         ConfigError,
         ConsoleClosed,
         ConsoleError,
         ConsoleTimeout,
         EngineError,
+        ExecTimeout,
+        GuestFileError,
+        GuestFileNotFound,
+        GuestPathError,
+        GuestPermissionError,
         ImageError,
         MachineError,
         PoolBootError,
@@ -36,6 +45,7 @@ if TYPE_CHECKING:
         PoolTimeout,
         QemuNotFound,
         SnapshotError,
+        TransferTooLarge,
         VmNotRunning,
     )
     from engine.image.build import GuestImage, build_image, default_image, image_info
@@ -74,6 +84,7 @@ if TYPE_CHECKING:
     from engine.microvm.status import Created, Failed, Running, Starting, Stopped, Stopping, VmStatus
     from engine.microvm.handle import VmHandle, live_vms
     from engine.microvm.spec import LoginSpec, VmSpec
+    from engine.microvm.disk import DiskImage
     from engine.microvm.builder import VmBuilder, vm
 else:
     # Hidden from type checkers: a module __getattr__ would make every misspelt name type-check.

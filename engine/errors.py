@@ -80,3 +80,54 @@ class PoolBootError(PoolError):
 
 class SnapshotError(EngineError):
     """A snapshot or template cannot be made, found, or restored; the message says why."""
+
+
+class AgentError(EngineError):
+    """Base class of the errors the guest agent (a sandbox's RPC service) raises."""
+
+
+class AgentUnavailable(AgentError):
+    """The VM has no agent, or its agent did not answer in time (the message says which)."""
+
+
+class AgentDied(AgentError):
+    """The agent went away (it died in the guest, or the VM stopped) while a call waited."""
+
+
+class AgentProtocolError(AgentError):
+    """The guest sent bytes that are not our protocol; the VM that sent them is failed."""
+
+
+class ExecTimeout(AgentError, TimeoutError):
+    """A command ran past its timeout; its whole process group was killed. ``stdout`` and
+    ``stderr`` hold what it wrote before."""
+
+    def __init__(self, message: str, stdout: bytes = b"", stderr: bytes = b"") -> None:
+        super().__init__(message)
+        self.stdout = stdout
+        self.stderr = stderr
+
+
+class TransferTooLarge(AgentError):
+    """A read or an output went past the cap the caller set (never silently cut)."""
+
+
+class GuestFileError(AgentError):
+    """A file operation failed in the guest; ``path`` names it, ``errno`` says why (or 0)."""
+
+    def __init__(self, message: str, path: str, errno: int = 0) -> None:
+        super().__init__(message)
+        self.path = path
+        self.errno = errno
+
+
+class GuestFileNotFound(GuestFileError):
+    """The guest path (or a folder on the way to it) does not exist."""
+
+
+class GuestPermissionError(GuestFileError):
+    """The guest refused access to the path."""
+
+
+class GuestPathError(GuestFileError):
+    """The path is not an absolute, normalised guest path (relative, or with ``..``)."""

@@ -8,6 +8,7 @@ from pathlib import Path
 from engine.errors import ConfigError
 from engine.console.match import READY_MARKER
 from engine.image.build import default_image
+from engine.microvm.disk import DiskImage
 
 
 @dataclass(frozen=True)
@@ -17,13 +18,17 @@ class LinuxDirectBoot:
     ``ready_marker`` is the byte string the guest prints each time a shell starts and is ready
     for input; the default guest prints one, so ``exec`` right after ``build()`` waits for the shell instead
     of typing into a guest that is still booting. ``capsa_guest`` says the initramfs is ours and
-    understands the ``capsa.*`` kernel arguments (hostname, login, network).
+    understands the ``capsa.*`` kernel arguments (hostname, login, network). ``root_disk`` is the
+    guest's root filesystem (a sandbox's read-only image), ``has_agent`` says the guest runs the
+    capsa agent on its agent port (a sandbox).
     """
 
     kernel: Path
     initrd: Path | None = None
     ready_marker: bytes | None = None
     capsa_guest: bool = False
+    root_disk: DiskImage | None = None
+    has_agent: bool = False
 
     def __init__(
         self,
@@ -32,11 +37,22 @@ class LinuxDirectBoot:
         *,
         ready_marker: bytes | None = None,
         capsa_guest: bool = False,
+        root_disk: DiskImage | None = None,
+        has_agent: bool = False,
     ) -> None:
         object.__setattr__(self, "kernel", Path(kernel).expanduser())
         object.__setattr__(self, "initrd", Path(initrd).expanduser() if initrd is not None else None)
         object.__setattr__(self, "ready_marker", ready_marker)
         object.__setattr__(self, "capsa_guest", capsa_guest)
+        object.__setattr__(self, "root_disk", root_disk)
+        object.__setattr__(self, "has_agent", has_agent)
+
+    def with_root_disk(self, disk: DiskImage) -> LinuxDirectBoot:
+        """This boot with ``disk`` as the root disk (capsa's ``with_root_disk``)."""
+        return LinuxDirectBoot(
+            self.kernel, self.initrd, ready_marker=self.ready_marker, capsa_guest=self.capsa_guest,
+            root_disk=disk, has_agent=self.has_agent,
+        )
 
     def check(self) -> None:
         """Raise ConfigError naming the first path that is missing or unreadable."""
@@ -47,6 +63,8 @@ class LinuxDirectBoot:
                 raise ConfigError(f"{label} not found: {path}")
             if not path.is_file():
                 raise ConfigError(f"{label} is not a file: {path}")
+        if self.root_disk is not None:
+            self.root_disk.check()
 
 
 def default_boot() -> LinuxDirectBoot:

@@ -36,6 +36,10 @@ class VmSpec:
     scrollback_bytes: int = DEFAULT_SCROLLBACK
     extra_qemu_args: tuple[str, ...] = ()
     network: NetworkConfig = NoNetwork()
+    # A sandbox's writes go to tmpfs (None) or to a per-VM scratch disk of this many MiB.
+    scratch_disk_mb: int | None = None
+    # capsa's operation timeout: the default wait, in seconds, for readiness and agent calls.
+    timeout_s: float | None = None
 
     def check(self) -> None:
         """ConfigError unless QEMU can be started for this spec: the
@@ -55,6 +59,12 @@ class VmSpec:
             raise ConfigError(f"memory_mb must be between 32 and 1048576, got {self.memory_mb}")
         if not HOSTNAME_RE.match(self.hostname):
             raise ConfigError(f"hostname {self.hostname!r} is not a valid host name")
+        if self.scratch_disk_mb is not None and not 16 <= self.scratch_disk_mb <= 1 << 22:
+            raise ConfigError(f"scratch_disk_mb must be between 16 and 4194304, got {self.scratch_disk_mb}")
+        if self.scratch_disk_mb is not None and self.boot.root_disk is None:
+            raise ConfigError("scratch_disk_mb needs a sandbox (a boot with a root disk): its overlay lives there")
+        if self.timeout_s is not None and not self.timeout_s > 0:
+            raise ConfigError(f"timeout must be a positive number of seconds, got {self.timeout_s}")
         if self.scrollback_bytes < 4096:
             raise ConfigError(f"scrollback_bytes must be at least 4096, got {self.scrollback_bytes}")
         if self.login is not None:
