@@ -131,3 +131,12 @@ class GuestPermissionError(GuestFileError):
 
 class GuestPathError(GuestFileError):
     """The path is not an absolute, normalised guest path (relative, or with ``..``)."""
+
+
+class IdentityError(AgentError):
+    """A snapshot clone's identity fix-up failed or was refused; ``failed`` maps each step
+    (reseed, clock, mac, address, hostname, hosts, or an argument) to why."""
+
+    def __init__(self, message: str, failed: dict[str, str]) -> None:
+        super().__init__(message)
+        self.failed = failed

@@ -16,7 +16,7 @@ AGENT_COMMAND: tuple[str, ...] = (
 )
 
 # Modules of engine/agent/ that the guest needs beside its own program.
-_SHARED_MODULES = ("wire.py",)
+_SHARED_MODULES = ("wire.py", "paths.py")
 
 
 def guest_agent_files() -> dict[str, bytes]:

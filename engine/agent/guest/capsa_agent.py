@@ -1,18 +1,64 @@
-"""capsa-agent, the sandbox's RPC service (placeholder: the agent part replaces this file).
+"""capsa-agent, the sandbox's RPC service: exec, processes, files and identity over one port.
 
-It finds its virtio-serial port by name in sysfs, opens it and holds it open, so the host sees
-the port open (QMP VSERPORT_CHANGE) and the boot path can be tested before the protocol lands.
+It runs as root, a child of the guest's busybox init (which respawns it), finds its
+virtio-serial port by name in sysfs and serves the frames of ``wire`` on it: one selectors
+loop, every request a task, so a slow command never blocks a ping. Output and file data flow
+on byte credits (the host acknowledges what it consumed), so a flooding workload stalls on its
+own pipe instead of filling our memory. Standard library only, and little imported at start
+(python3 starts slowly under emulation): subprocess, tarfile and the ioctls load on first use.
+
+Tests run this same program on the host with ``--fd N`` (one end of a socketpair); only
+``--port-name`` (the real guest) powers the machine off on ``shutdown``.
 """
 from __future__ import annotations
 
+import errno
 import os
+import selectors
+import signal
 import sys
 import time
+
+if __package__:  # imported as engine.agent.guest.capsa_agent (mypy, the host)
+    from engine.agent import paths, wire
+else:  # the guest: a script beside its sibling modules
+    import paths  # type: ignore[import-not-found,no-redef]  # the same module, beside this file in the guest
+    import wire  # type: ignore[import-not-found,no-redef]  # likewise
+
+AGENT_VERSION = "1.0"
+WINDOW = 4 << 20  # bytes of output we send ahead of the host's acknowledgements, per task
+OUT_LIMIT = 8 << 20  # bytes queued for the port before producers pause
+PORT_WRITE = 32 << 10  # the virtio-serial driver takes at most this much per write()
+EXIT_GRACE_S = 0.2  # after the main process exits, how long a forked-away holder may keep its pipes
+BUSYBOX = "/usr/lib/capsa/busybox"
+RNDRESEEDCRNG = 0x5207
+SIOCSIFHWADDR = 0x8924
+
+
+class RequestError(Exception):
+    """A request failed in a way the host turns into a typed error."""
+
+    def __init__(self, kind: str, message: str, path: str = "", err: int = 0) -> None:
+        super().__init__(message)
+        self.kind, self.path, self.err = kind, path, err
+
+
+def os_error(err: OSError, path: str, what: str) -> RequestError:
+    kind = {errno.ENOENT: "not_found", errno.ENOTDIR: "not_found", errno.EACCES: "permission",
+            errno.EPERM: "permission"}.get(err.errno or 0, "file")
+    return RequestError(kind, f"{what} {path}: {err.strerror}", path, err.errno or 0)
+
+
+def guest_path(value: object) -> str:
+    try:
+        return paths.check_guest_path(value)
+    except paths.UnsafePath as err:
+        raise RequestError("path", str(err), err.path) from None
 
 
 def find_port(name: str) -> str:
     root = "/sys/class/virtio-ports"
-    for _ in range(200):
+    for _ in range(400):
         if os.path.isdir(root):
             for port in sorted(os.listdir(root)):
                 try:
@@ -25,11 +71,776 @@ def find_port(name: str) -> str:
     raise SystemExit(f"capsa-agent: no virtio-serial port named {name}")
 
 
-def main(argv: list[str]) -> int:
-    name = argv[argv.index("--port-name") + 1] if "--port-name" in argv else "capsa.agent"
-    fd = os.open(find_port(name), os.O_RDWR)
-    while os.read(fd, 65536):
+class _Child:
+    """A forked helper (tar in or out) with Popen's poll/returncode, reaped by pid."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                self.returncode = -1
+                return self.returncode
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+
+class Task:
+    """One request in progress (a process, a file transfer)."""
+
+    def __init__(self, agent: Agent, rid: int) -> None:
+        self.agent, self.id = agent, rid
+        self.credit = WINDOW
+
+    def on_in(self, data: bytes) -> None:
+        raise RequestError("bad_request", f"request {self.id} takes no data")
+
+    def on_control(self, kind: str, msg: dict[str, object]) -> None:
+        if kind == "ack":
+            n = msg.get("n")
+            if isinstance(n, int) and n > 0:
+                self.credit = min(WINDOW, self.credit + n)
+        elif kind == "cancel":
+            self.abort()
+
+    def pump(self) -> bool:
+        """Make progress without a file descriptor event; True when more is ready at once."""
+        return False
+
+    def deadline(self) -> float | None:
+        return None
+
+    def on_time(self, now: float) -> None:
         pass
+
+    def abort(self) -> None:
+        """Drop the task (a new host session, a cancel): kill and close what it holds."""
+
+
+class ProcTask(Task):
+    """A running process: its pipes (or pty), stdin queue, output credit, timeout."""
+
+    def __init__(self, agent: Agent, rid: int, proc: object, outs: dict[int, str], stdin_fd: int | None,
+                 *, stream: bool, max_output: int, timeout: float | None, tty_fd: int | None = None) -> None:
+        super().__init__(agent, rid)
+        self.proc = proc
+        self.pid: int = getattr(proc, "pid")
+        self.outs = dict(outs)  # fd -> stream name, while open
+        self.stdin_fd = stdin_fd
+        self.tty_fd = tty_fd
+        self.pending_in = bytearray()
+        self.in_eof = False
+        self.stream = stream
+        self.max_output = max_output
+        self.sent = {"stdout": 0, "stderr": 0}
+        self.truncated = False
+        self.started = time.monotonic()
+        self.timeout_at = self.started + timeout if timeout else None
+        self.exit_at: float | None = None
+        self.timed_out = False
+        self.done = False
+        for fd in self.outs:
+            os.set_blocking(fd, False)
+        if stdin_fd is not None:
+            os.set_blocking(stdin_fd, False)
+        self.refresh()
+
+    def refresh(self) -> None:
+        want = self.credit > 0 and len(self.agent.out) < OUT_LIMIT
+        for fd in self.outs:
+            self.agent.watch(fd, self.read if want else None, None)
+        if self.stdin_fd is not None and self.stdin_fd not in self.outs:
+            self.agent.watch(self.stdin_fd, None, self.write if self.pending_in else None)
+        elif self.stdin_fd is not None:  # a pty: one fd both ways
+            self.agent.watch(self.stdin_fd, self.read if want else None, self.write if self.pending_in else None)
+
+    def read(self, fd: int) -> None:
+        name = self.outs.get(fd)
+        if name is None:
+            return
+        try:
+            data = os.read(fd, min(wire.CHUNK, max(self.credit, 1)))
+        except BlockingIOError:
+            return
+        except OSError:  # EIO: a pty whose last slave holder closed
+            data = b""
+        if not data:
+            self.close_out(fd)
+            return
+        if not self.stream:
+            room = self.max_output - self.sent["stdout"] - self.sent["stderr"]
+            if len(data) > room:
+                self.truncated = True
+                data = data[:max(room, 0)]  # the rest is read and dropped: never buffered
+        if data:
+            self.sent[name] += len(data)
+            self.credit -= len(data)
+            self.agent.send({"t": "out", "id": self.id, "s": name}, data)
+        self.refresh()
+
+    def close_out(self, fd: int) -> None:
+        self.agent.watch(fd, None, None)
+        self.outs.pop(fd, None)
+        if fd != self.stdin_fd:
+            os.close(fd)
+        self.check_done()
+
+    def write(self, fd: int) -> None:
+        if self.stdin_fd is None:
+            return
+        try:
+            n = os.write(self.stdin_fd, self.pending_in[:65536])
+        except BlockingIOError:
+            return
+        except OSError:  # EPIPE: the process closed its stdin; what is left is dropped
+            n = len(self.pending_in)
+        del self.pending_in[:n]
+        self.agent.send({"t": "in_ack", "id": self.id, "n": n})
+        if not self.pending_in and self.in_eof:
+            self.close_stdin()
+        self.refresh()
+
+    def on_in(self, data: bytes) -> None:
+        if self.stdin_fd is None or self.in_eof:
+            self.agent.send({"t": "in_ack", "id": self.id, "n": len(data)})
+            return
+        self.pending_in += data
+        self.refresh()
+
+    def close_stdin(self) -> None:
+        fd = self.stdin_fd
+        if fd is None:
+            return
+        if self.tty_fd is not None:
+            try:
+                os.write(fd, b"\x04")  # a tty's end of input is ^D, the fd stays for output
+            except OSError:
+                pass
+            return
+        self.agent.watch(fd, None, None)
+        os.close(fd)
+        self.stdin_fd = None
+
+    def on_control(self, kind: str, msg: dict[str, object]) -> None:
+        if kind == "eof":
+            self.in_eof = True
+            if not self.pending_in:
+                self.close_stdin()
+        elif kind == "signal":
+            sig = msg.get("sig")
+            if isinstance(sig, int):
+                try:
+                    os.killpg(self.pid, sig)
+                except OSError:
+                    pass
+        elif kind == "resize" and self.tty_fd is not None:
+            set_winsize(self.tty_fd, msg.get("cols"), msg.get("rows"))
+        else:
+            super().on_control(kind, msg)
+        self.refresh()
+
+    def on_child(self) -> None:
+        if getattr(self.proc, "poll")() is not None and self.exit_at is None:
+            self.exit_at = time.monotonic() + EXIT_GRACE_S
+            self.check_done()
+
+    def deadline(self) -> float | None:
+        if self.exit_at is not None:
+            return self.exit_at
+        return self.timeout_at
+
+    def on_time(self, now: float) -> None:
+        if self.exit_at is not None and now >= self.exit_at:
+            for fd in list(self.outs):  # a forked-away process still holds the pipe: stop waiting
+                self.close_out(fd)
+        elif self.timeout_at is not None and now >= self.timeout_at and not self.timed_out:
+            self.timed_out = True
+            self.kill()
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+    def check_done(self) -> None:
+        if self.done or self.outs or getattr(self.proc, "returncode") is None:
+            return
+        self.done = True
+        if self.stdin_fd is not None:
+            self.agent.watch(self.stdin_fd, None, None)
+            os.close(self.stdin_fd)
+            self.stdin_fd = None
+        if self.timed_out:
+            self.kill()
+        code: int = getattr(self.proc, "returncode")
+        self.agent.finish(self.id, {
+            "ok": True, "exit_code": code if code >= 0 else None, "signal": -code if code < 0 else None,
+            "truncated": self.truncated, "timed_out": self.timed_out,
+            "duration_s": time.monotonic() - self.started,
+        })
+
+    def abort(self) -> None:
+        self.kill()
+        self.timed_out = True
+
+
+class ReadTask(Task):
+    """A file streamed to the host in chunks, within the host's credit."""
+
+    def __init__(self, agent: Agent, rid: int, fd: int, path: str, max_bytes: int) -> None:
+        super().__init__(agent, rid)
+        self.fd, self.path, self.max_bytes, self.sent = fd, path, max_bytes, 0
+
+    def pump(self) -> bool:
+        if self.credit <= 0 or len(self.agent.out) >= OUT_LIMIT:
+            return False
+        try:
+            data = os.read(self.fd, min(wire.CHUNK, self.credit, self.max_bytes + 1 - self.sent))
+        except OSError as err:
+            self.close()
+            self.agent.fail(self.id, os_error(err, self.path, "cannot read"))
+            return False
+        if self.sent + len(data) > self.max_bytes:
+            self.close()
+            self.agent.fail(self.id, RequestError("too_large", f"{self.path} grew past the {self.max_bytes} byte cap", self.path))
+            return False
+        if not data:
+            self.close()
+            self.agent.finish(self.id, {"ok": True, "size": self.sent})
+            return False
+        self.sent += len(data)
+        self.credit -= len(data)
+        self.agent.send({"t": "out", "id": self.id, "s": "data"}, data)
+        return True
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        self.agent.tasks.pop(self.id, None)
+
+    def abort(self) -> None:
+        self.close()
+
+
+class WriteTask(Task):
+    """A file received in chunks into a temp file beside it, renamed over it at the end."""
+
+    def __init__(self, agent: Agent, rid: int, path: str, mode: int, sync: bool) -> None:
+        super().__init__(agent, rid)
+        self.path, self.mode, self.sync = path, mode, sync
+        folder, name = os.path.split(path)
+        self.tmp = os.path.join(folder, f".{name}.capsa-{os.getpid()}-{rid}")
+        try:
+            self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except OSError as err:
+            raise os_error(err, path if err.errno != errno.ENOENT else folder, "cannot write") from None
+
+    def on_in(self, data: bytes) -> None:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.fd, view):]
+        except OSError as err:
+            self.abort()
+            self.agent.fail(self.id, os_error(err, self.path, "cannot write"))
+            return
+        self.agent.send({"t": "in_ack", "id": self.id, "n": len(data)})
+
+    def on_control(self, kind: str, msg: dict[str, object]) -> None:
+        if kind != "eof":
+            super().on_control(kind, msg)
+            return
+        try:
+            os.fchmod(self.fd, self.mode)
+            if self.sync:
+                os.fsync(self.fd)
+            size = os.fstat(self.fd).st_size
+            os.close(self.fd)
+            self.fd = -1
+            os.rename(self.tmp, self.path)
+        except OSError as err:
+            self.abort()
+            self.agent.fail(self.id, os_error(err, self.path, "cannot write"))
+            return
+        self.agent.finish(self.id, {"ok": True, "size": size})
+
+    def abort(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        try:
+            os.unlink(self.tmp)
+        except OSError:
+            pass
+        self.agent.tasks.pop(self.id, None)
+
+
+def set_winsize(fd: int, cols: object, rows: object) -> None:
+    import fcntl
+    import struct
+    import termios
+    if isinstance(cols, int) and isinstance(rows, int) and 0 < cols < 65536 and 0 < rows < 65536:
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def _tar_out_child(root: str, wfd: int) -> None:
+    import tarfile
+    with os.fdopen(wfd, "wb") as out, tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        tar.add(root, arcname=".")
+
+
+def _tar_in_child(root: str, rfd: int, efd: int) -> None:
+    import tarfile
+    try:
+        with os.fdopen(rfd, "rb") as src, tarfile.open(fileobj=src, mode="r|") as tar:
+            paths.safe_extract(tar, root)
+    except paths.UnsafePath as err:
+        os.write(efd, f"path\0{err.path}\0{err}".encode())
+        os._exit(3)
+    except (OSError, tarfile.TarError) as err:
+        os.write(efd, f"file\0{root}\0{err}".encode())
+        os._exit(4)
+
+
+class Agent:
+    """The agent's loop: the port, the tasks, the children."""
+
+    def __init__(self, fd: int, *, poweroff: bool) -> None:
+        self.fd, self.poweroff = fd, poweroff
+        self.sel = selectors.DefaultSelector()
+        self.handlers: dict[int, list[object]] = {}
+        self.decoder = wire.Decoder(want_nonce=b"")
+        self.out = bytearray()
+        self.tasks: dict[int, Task] = {}
+        self.closing = False
+        self.stop = False
+        os.set_blocking(fd, False)
+        self.wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        self.watch_port()
+        self.watch(self.wake_r, self.on_wake, None)
+
+    # -- the reactor
+    def watch(self, fd: int, on_read: object, on_write: object) -> None:
+        events = (selectors.EVENT_READ if on_read else 0) | (selectors.EVENT_WRITE if on_write else 0)
+        old = self.handlers.get(fd)
+        if not events:
+            if old is not None:
+                self.sel.unregister(fd)
+                del self.handlers[fd]
+            return
+        self.handlers[fd] = [on_read, on_write]
+        if old is None:
+            self.sel.register(fd, events)
+        else:
+            self.sel.modify(fd, events)
+
+    def watch_port(self) -> None:
+        self.watch(self.fd, self.on_port, self.flush if self.out else None)
+
+    def run(self) -> None:
+        while not self.stop:
+            ready = False
+            for task in list(self.tasks.values()):
+                ready = task.pump() or ready
+            now = time.monotonic()
+            deadlines = [d for t in self.tasks.values() if (d := t.deadline()) is not None]
+            timeout = 0.0 if ready else (max(0.0, min(deadlines) - now) if deadlines else None)
+            for key, mask in self.sel.select(timeout):
+                handler = self.handlers.get(key.fd)
+                if handler is None:
+                    continue
+                if mask & selectors.EVENT_READ and callable(handler[0]):
+                    handler[0](key.fd)
+                handler = self.handlers.get(key.fd)
+                if handler is not None and mask & selectors.EVENT_WRITE and callable(handler[1]):
+                    handler[1](key.fd)
+            now = time.monotonic()
+            for task in list(self.tasks.values()):
+                d = task.deadline()
+                if d is not None and now >= d:
+                    task.on_time(now)
+            self.refresh_all()
+            if self.closing and not self.out:
+                self.stop = True
+
+    def refresh_all(self) -> None:
+        for task in list(self.tasks.values()):
+            if isinstance(task, ProcTask) and not task.done:
+                task.refresh()
+
+    def flush(self, fd: int) -> None:
+        while self.out:
+            try:
+                n = os.write(self.fd, self.out[:PORT_WRITE])
+            except BlockingIOError:
+                return
+            except OSError:
+                self.out.clear()
+                self.stop = True
+                return
+            del self.out[:n]
+        self.watch_port()
+
+    def send(self, msg: dict[str, object], body: bytes = b"") -> None:
+        self.out += wire.encode(msg, body)
+        self.watch_port()
+
+    def finish(self, rid: int, reply: dict[str, object]) -> None:
+        self.tasks.pop(rid, None)
+        self.send({"t": "reply", "id": rid, **reply})
+
+    def fail(self, rid: int, err: RequestError) -> None:
+        self.tasks.pop(rid, None)
+        self.send({"t": "reply", "id": rid, "ok": False, "error": err.kind, "message": str(err),
+                   "path": err.path, "errno": err.err})
+
+    def on_wake(self, fd: int) -> None:
+        try:
+            while os.read(fd, 512):
+                pass
+        except BlockingIOError:
+            pass
+        for task in list(self.tasks.values()):
+            if isinstance(task, ProcTask):
+                task.on_child()
+
+    # -- frames in
+    def on_port(self, fd: int) -> None:
+        try:
+            data = os.read(self.fd, 1 << 20)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            if self.poweroff:  # the host side closed: wait for the next session on the port
+                time.sleep(0.05)
+                return
+            self.stop = True
+            return
+        try:
+            frames = self.decoder.feed(data)
+        except wire.WireError:
+            # Not our protocol (a dead session's tail, or noise): wait for the next hello.
+            self.decoder = wire.Decoder(want_nonce=b"")
+            return
+        for frame in frames:
+            self.on_frame(frame)
+
+    def reset(self) -> None:
+        for task in list(self.tasks.values()):
+            task.abort()
+        self.tasks.clear()
+        self.out.clear()
+
+    def on_frame(self, frame: wire.Frame) -> None:
+        kind, rid, msg = frame.type, frame.id, frame.msg
+        if kind == "hello":
+            self.reset()
+            self.out += wire.SYNC + self.decoder.nonce
+            self.send({"t": "hello", "id": 0, "version": wire.VERSION, "agent_version": AGENT_VERSION,
+                       "pid": os.getpid()})
+            return
+        task = self.tasks.get(rid)
+        if kind == "in":
+            if task is not None:
+                try:
+                    task.on_in(frame.body)
+                except RequestError as err:
+                    task.abort()
+                    self.fail(rid, err)
+            return
+        if kind in ("ack", "eof", "signal", "resize", "cancel"):
+            if task is not None:
+                task.on_control(kind, msg)
+            return
+        if rid in self.tasks or rid <= 0:
+            return
+        try:
+            handler = getattr(self, f"do_{kind}", None)
+            if handler is None:
+                raise RequestError("bad_request", f"unknown request {kind!r}")
+            reply = handler(rid, msg)
+        except RequestError as err:
+            self.fail(rid, err)
+            return
+        except OSError as err:
+            self.fail(rid, os_error(err, str(msg.get("path", "")), kind))
+            return
+        except (TypeError, ValueError, KeyError) as err:
+            self.fail(rid, RequestError("bad_request", f"bad {kind} request: {err}"))
+            return
+        if reply is not None:
+            self.finish(rid, reply)
+
+    # -- requests
+    def do_ping(self, rid: int, msg: dict[str, object]) -> dict[str, object]:
+        return {"ok": True}
+
+    def do_exec(self, rid: int, msg: dict[str, object]) -> None:
+        import subprocess
+        cmd = msg["cmd"]
+        argv = ["/bin/sh", "-c", cmd] if isinstance(cmd, str) else [str(a) for a in cmd]  # type: ignore[attr-defined]
+        if not argv:
+            raise RequestError("bad_request", "exec of an empty command")
+        env = msg.get("env")
+        full_env = dict(os.environ)
+        full_env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        if isinstance(env, dict):
+            full_env.update({str(k): str(v) for k, v in env.items()})
+        cwd = msg.get("cwd")
+        if cwd is not None:
+            cwd = guest_path(cwd)
+            if not os.path.isdir(cwd):
+                raise RequestError("not_found", f"working folder {cwd} does not exist", cwd, errno.ENOENT)
+        tty = bool(msg.get("tty"))
+        stream = bool(msg.get("stream"))
+        max_output = int(msg.get("max_output") or (16 << 20))  # type: ignore[call-overload]
+        timeout = msg.get("timeout")
+        master = slave = -1
+        try:
+            if tty:
+                master, slave = os.openpty()
+                size = msg.get("size") or (80, 24)
+                set_winsize(slave, size[0], size[1])  # type: ignore[index]
+
+                def become_tty() -> None:
+                    import fcntl
+                    import termios
+                    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+                proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, cwd=cwd, env=full_env,
+                                        start_new_session=True, preexec_fn=become_tty, close_fds=True)
+                os.close(slave)
+                slave = -1
+                task = ProcTask(self, rid, proc, {master: "stdout"}, master, stream=stream, max_output=max_output,
+                                timeout=float(timeout) if timeout else None, tty_fd=master)  # type: ignore[arg-type]
+            else:
+                proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        cwd=cwd, env=full_env, start_new_session=True, close_fds=True)
+                assert proc.stdin and proc.stdout and proc.stderr
+                fds = {os.dup(proc.stdout.fileno()): "stdout", os.dup(proc.stderr.fileno()): "stderr"}
+                stdin_fd = os.dup(proc.stdin.fileno())
+                for pipe in (proc.stdin, proc.stdout, proc.stderr):
+                    pipe.close()
+                task = ProcTask(self, rid, proc, fds, stdin_fd, stream=stream, max_output=max_output,
+                                timeout=float(timeout) if timeout else None)  # type: ignore[arg-type]
+        except FileNotFoundError as err:
+            for fd in (master, slave):
+                if fd >= 0:
+                    os.close(fd)
+            raise RequestError("not_found", f"no such program: {argv[0]}", argv[0], err.errno or errno.ENOENT) from None
+        except PermissionError as err:
+            for fd in (master, slave):
+                if fd >= 0:
+                    os.close(fd)
+            raise RequestError("permission", f"cannot run {argv[0]}: {err.strerror}", argv[0], err.errno or 0) from None
+        self.tasks[rid] = task
+        task.on_child()
+
+    def do_write(self, rid: int, msg: dict[str, object]) -> None:
+        path = guest_path(msg["path"])
+        mode = msg.get("mode", 0o644)
+        if not isinstance(mode, int) or not 0 <= mode <= 0o7777:
+            raise RequestError("bad_request", f"file mode {mode!r} is not a permission number")
+        self.tasks[rid] = WriteTask(self, rid, path, mode, bool(msg.get("sync")))
+
+    def do_read(self, rid: int, msg: dict[str, object]) -> None:
+        path = guest_path(msg["path"])
+        max_bytes = msg.get("max_bytes")
+        if not isinstance(max_bytes, int) or max_bytes < 0:
+            raise RequestError("bad_request", f"max_bytes {max_bytes!r} is not a byte count")
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as err:
+            raise os_error(err, path, "cannot read") from None
+        size = os.fstat(fd).st_size
+        if size > max_bytes:
+            os.close(fd)
+            raise RequestError("too_large", f"{path} has {size} bytes, over the {max_bytes} byte cap", path)
+        self.tasks[rid] = ReadTask(self, rid, fd, path, max_bytes)
+
+    def do_exists(self, rid: int, msg: dict[str, object]) -> dict[str, object]:
+        return {"ok": True, "exists": os.path.lexists(guest_path(msg["path"]))}
+
+    def _stat(self, path: str, st: os.stat_result, name: str | None = None) -> dict[str, object]:
+        import stat
+        kind = ("dir" if stat.S_ISDIR(st.st_mode) else "file" if stat.S_ISREG(st.st_mode)
+                else "symlink" if stat.S_ISLNK(st.st_mode) else "other")
+        out: dict[str, object] = {"path": path, "kind": kind, "size": st.st_size, "mode": stat.S_IMODE(st.st_mode),
+                                  "mtime": st.st_mtime, "uid": st.st_uid, "gid": st.st_gid}
+        if name is not None:
+            out["name"] = name
+        return out
+
+    def do_stat(self, rid: int, msg: dict[str, object]) -> dict[str, object]:
+        path = guest_path(msg["path"])
+        try:
+            st = os.stat(path) if msg.get("follow", True) else os.lstat(path)
+        except OSError as err:
+            raise os_error(err, path, "cannot stat") from None
+        return {"ok": True, "stat": self._stat(path, st)}
+
+    def do_list(self, rid: int, msg: dict[str, object]) -> dict[str, object]:
+        path = guest_path(msg["path"])
+        entries = []
+        try:
+            with os.scandir(path) as it:
+                for entry in it:
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    full = path.rstrip("/") + "/" + entry.name
+                    entries.append(self._stat(full, st, entry.name))
+        except OSError as err:
+            raise os_error(err, path, "cannot list") from None
+        entries.sort(key=lambda e: str(e["name"]))
+        return {"ok": True, "entries": entries}
+
+    def do_info(self, rid: int, msg: dict[str, object]) -> dict[str, object]:
+        meminfo: dict[str, int] = {}
+        try:
+            with open("/proc/meminfo") as handle:
+                for line in handle:
+                    key, _, rest = line.partition(":")
+                    if key in ("MemTotal", "MemAvailable"):
+                        meminfo[key] = int(rest.split()[0]) * 1024
+            with open("/proc/uptime") as handle:
+                uptime = float(handle.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            uptime = 0.0
+        uname = os.uname()
+        return {"ok": True, "hostname": uname.nodename, "kernel": uname.release, "arch": uname.machine,
+                "memory_total": meminfo.get("MemTotal", 0), "memory_available": meminfo.get("MemAvailable", 0),
+                "cpus": os.cpu_count() or 1, "uptime_s": uptime, "agent_version": AGENT_VERSION,
+                "python_version": sys.version.split()[0], "pid": os.getpid()}
+
+    def do_tar_out(self, rid: int, msg: dict[str, object]) -> None:
+        root = guest_path(msg["path"])
+        if not os.path.isdir(root):
+            raise RequestError("not_found", f"no folder {root}", root, errno.ENOENT)
+        r, w = os.pipe2(os.O_CLOEXEC)
+        e_r, e_w = os.pipe2(os.O_CLOEXEC)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(r)
+                _tar_out_child(root, w)
+                os._exit(0)
+            except BaseException as err:
+                os.write(e_w, str(err).encode())
+                os._exit(4)
+        os.close(w)
+        os.close(e_w)
+        self.tasks[rid] = task = ProcTask(self, rid, _Child(pid), {r: "stdout", e_r: "stderr"}, None, stream=True,
+                                          max_output=1 << 62, timeout=None)
+        task.on_child()
+
+    def do_tar_in(self, rid: int, msg: dict[str, object]) -> None:
+        root = guest_path(msg["path"])
+        os.makedirs(root, exist_ok=True)
+        r, w = os.pipe2(os.O_CLOEXEC)
+        e_r, e_w = os.pipe2(os.O_CLOEXEC)
+        pid = os.fork()
+        if pid == 0:
+            os.close(w)
+            os.close(e_r)
+            try:
+                _tar_in_child(root, r, e_w)
+            except BaseException:
+                os._exit(5)
+            os._exit(0)
+        os.close(r)
+        os.close(e_w)
+        self.tasks[rid] = task = ProcTask(self, rid, _Child(pid), {e_r: "stderr"}, w, stream=True,
+                                          max_output=1 << 20, timeout=None)
+        task.on_child()
+
+    def do_identity(self, rid: int, msg: dict[str, object]) -> dict[str, object]:
+        return {"ok": True, "failed": set_identity(msg)}
+
+    def do_shutdown(self, rid: int, msg: dict[str, object]) -> dict[str, object]:
+        os.sync()
+        self.closing = True
+        if self.poweroff:
+            if os.path.exists(BUSYBOX):
+                os.spawnv(os.P_NOWAIT, BUSYBOX, [BUSYBOX, "poweroff"])
+            else:
+                os.kill(1, signal.SIGUSR2)
+        return {"ok": True}
+
+
+def set_identity(msg: dict[str, object]) -> dict[str, str]:
+    """A snapshot clone's fix-up; returns {step: why} for each step that failed."""
+    import fcntl
+    import socket
+    import struct
+    failed: dict[str, str] = {}
+    seed = bytes.fromhex(str(msg.get("seed", "")))
+    try:
+        with open("/dev/urandom", "wb") as rnd:
+            rnd.write(seed)
+            rnd.flush()
+            fcntl.ioctl(rnd.fileno(), RNDRESEEDCRNG)
+    except OSError as err:
+        failed["reseed"] = err.strerror or str(err)
+    epoch = msg.get("epoch")
+    try:
+        time.clock_settime(time.CLOCK_REALTIME, float(epoch))  # type: ignore[arg-type]
+    except (OSError, TypeError, ValueError) as err:
+        failed["clock"] = getattr(err, "strerror", None) or str(err)
+    mac = msg.get("mac")
+    if isinstance(mac, str):
+        try:
+            raw = bytes(int(part, 16) for part in mac.split(":"))
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                fcntl.ioctl(sock.fileno(), SIOCSIFHWADDR, struct.pack("16sH6s8x", b"eth0", 1, raw))
+        except (OSError, ValueError) as err:
+            failed["mac"] = getattr(err, "strerror", None) or str(err)
+    address, router = msg.get("address"), msg.get("router")
+    if isinstance(address, str) and isinstance(router, str):
+        for args in (["ip", "-4", "addr", "flush", "dev", "eth0"], ["ip", "addr", "add", address, "dev", "eth0"],
+                     ["ip", "route", "add", "default", "via", router]):
+            try:
+                code = os.spawnv(os.P_WAIT, BUSYBOX, [BUSYBOX, *args])
+            except OSError as err:
+                code, failed["address"] = -1, f"{BUSYBOX}: {err.strerror}"
+                break
+            if code != 0:
+                failed["address"] = f"{' '.join(args)} exited {code}"
+                break
+    hostname = str(msg.get("hostname", ""))
+    try:
+        socket.sethostname(hostname)
+    except OSError as err:
+        failed["hostname"] = err.strerror or str(err)
+    try:
+        with open("/etc/hosts", "w") as hosts:
+            hosts.write(f"127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{hostname}\n")
+    except OSError as err:
+        failed["hosts"] = err.strerror or str(err)
+    return failed
+
+
+def main(argv: list[str]) -> int:
+    if "--fd" in argv:
+        fd = int(argv[argv.index("--fd") + 1])
+        Agent(fd, poweroff=False).run()
+        return 0
+    name = argv[argv.index("--port-name") + 1] if "--port-name" in argv else "capsa.agent"
+    fd = os.open(find_port(name), os.O_RDWR | os.O_CLOEXEC)
+    Agent(fd, poweroff=True).run()
     return 0
 
 

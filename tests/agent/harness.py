@@ -1,0 +1,70 @@
+"""The real guest agent program, run on the host over a socketpair, and a client on it.
+
+The files are the ones the image installs (``guest_agent_files()``), copied into a temp folder
+and run as a top-level script with the host's Python, exactly as the guest starts them but
+with ``--fd`` instead of ``--port-name``.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from engine.agent.bundle import guest_agent_files
+from engine.agent.client import Agent
+
+
+@dataclass
+class LocalAgent:
+    """A running agent process and the host's end of its stream."""
+
+    proc: subprocess.Popen[bytes]
+    sock: socket.socket
+    folder: str
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+
+
+@asynccontextmanager
+async def local_agent(**popen: Any) -> AsyncIterator[LocalAgent]:
+    """Start the agent program; kill it and remove its folder afterwards."""
+    folder = tempfile.mkdtemp(prefix="capsa-agent-")
+    for name, data in guest_agent_files().items():
+        with open(os.path.join(folder, name), "wb") as handle:
+            handle.write(data)
+    os.chmod(folder, 0o755)
+    host, guest = socket.socketpair()
+    proc = subprocess.Popen([sys.executable, "-E", "-s", os.path.join(folder, "capsa_agent.py"), "--fd", str(guest.fileno())],
+                            pass_fds=[guest.fileno()], cwd=folder, **popen)
+    guest.close()
+    try:
+        reader, writer = await asyncio.open_connection(sock=host)
+        try:
+            yield LocalAgent(proc, host, folder, reader, writer)
+        finally:
+            writer.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        host.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@asynccontextmanager
+async def connected(**popen: Any) -> AsyncIterator[tuple[Agent, LocalAgent]]:
+    """A local agent and a client session on it."""
+    async with local_agent(**popen) as local:
+        agent = await Agent.connect(local.reader, local.writer, timeout=60)
+        try:
+            yield agent, local
+        finally:
+            agent.close()
