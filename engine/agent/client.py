@@ -213,11 +213,11 @@ class Agent:
         offset = 0
         while not call.reply.done():
             if view is not None:
-                chunk = bytes(view[offset:offset + wire.CHUNK])
+                chunk = bytes(view[offset:offset + wire.IN_CHUNK])
                 offset += len(chunk)
             else:
                 assert not isinstance(source, bytes)
-                chunk = source.read(wire.CHUNK)
+                chunk = source.read(wire.IN_CHUNK)
             if not chunk:
                 self.write(self.session.control(call.id, "eof"))
                 return

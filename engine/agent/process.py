@@ -6,6 +6,7 @@ import signal as signals
 from collections.abc import AsyncIterator
 from typing import Any
 
+from engine.agent import wire
 from engine.agent.calls import Call, Channel, reply_error
 from engine.agent.results import ExecResult
 from engine.errors import AgentError
@@ -61,8 +62,8 @@ class AgentProcess:
         """Send ``data`` to the process's stdin (waits while the guest's window is full)."""
         call = self._require()
         view = memoryview(data)
-        for offset in range(0, len(data), 256 << 10):
-            chunk = bytes(view[offset:offset + (256 << 10)])
+        for offset in range(0, len(data), wire.IN_CHUNK):
+            chunk = bytes(view[offset:offset + wire.IN_CHUNK])
             while self._agent.session.window_left(call.id) < len(chunk) and not call.reply.done():
                 call.window.clear()
                 await call.window.wait()

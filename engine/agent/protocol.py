@@ -77,8 +77,8 @@ class Session:
         self._decoder = wire.Decoder(want_nonce=self.nonce)
 
     def hello(self) -> bytes:
-        """The bytes that open the session (marker, nonce, hello frame)."""
-        return wire.encode_hello(self.nonce, {"t": "hello", "id": 0, "version": wire.VERSION})
+        """The bytes that open the session (preamble, marker, nonce, hello frame)."""
+        return wire.PREAMBLE + wire.encode_hello(self.nonce, {"t": "hello", "id": 0, "version": wire.VERSION})
 
     def request(self, msg: dict[str, Any], body: bytes = b"") -> tuple[int, bytes]:
         """Give ``msg`` a fresh id; returns the id and the frame's bytes."""

@@ -28,7 +28,11 @@ NONCE_LEN = 16
 HEADER = struct.Struct(">2sBBII")
 MAX_JSON = 64 << 10
 MAX_BODY = 1 << 20
-CHUNK = 256 << 10  # file and stdin chunks: eight 32 KiB virtio-serial writes per frame
+CHUNK = 256 << 10  # the agent's output and file chunks: eight 32 KiB virtio-serial writes per frame
+IN_CHUNK = 64 << 10  # the host's data chunks, and the most the agent takes in one frame's body
+# What a new host session sends before its hello: more than any frame body the agent accepts,
+# so a frame a dead session left half-sent is completed (with zeros) and then left behind.
+PREAMBLE = bytes(IN_CHUNK + HEADER.size)
 
 
 class WireError(Exception):
@@ -81,6 +85,7 @@ class Decoder:
     """
 
     want_nonce: bytes | None = None
+    max_body: int = MAX_BODY
     buffer: bytearray = field(default_factory=bytearray)
     synced: bool = False
     nonce: bytes = b""
@@ -146,10 +151,13 @@ class Decoder:
             raise WireError(f"frame version {version}, this side speaks {VERSION}")
         if flags != 0:
             raise WireError(f"frame flags {flags:#x} are not defined")
-        if json_len > MAX_JSON or body_len > MAX_BODY:
-            raise WireError(f"frame of {json_len}+{body_len} bytes is over the limits ({MAX_JSON}+{MAX_BODY})")
+        if json_len > MAX_JSON or body_len > self.max_body:
+            raise WireError(f"frame of {json_len}+{body_len} bytes is over the limits ({MAX_JSON}+{self.max_body})")
         end = HEADER.size + json_len + body_len
         if len(buf) < end:
+            # JSON is ASCII: a 0xff there is a new session's SYNC cutting into a dead one's frame.
+            if b"\xff" in buf[HEADER.size:HEADER.size + json_len]:
+                raise WireError("a frame's message was cut off by a new session")
             return None
         try:
             msg = json.loads(bytes(buf[HEADER.size:HEADER.size + json_len]))

@@ -21,6 +21,9 @@ from typing import Any
 from engine.agent.bundle import guest_agent_files
 from engine.agent.client import Agent
 
+# Debian's own python3 where there is one: the guest's interpreter, and one any user may run.
+PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+
 
 @dataclass
 class LocalAgent:
@@ -34,15 +37,16 @@ class LocalAgent:
 
 
 @asynccontextmanager
-async def local_agent(**popen: Any) -> AsyncIterator[LocalAgent]:
-    """Start the agent program; kill it and remove its folder afterwards."""
-    folder = tempfile.mkdtemp(prefix="capsa-agent-")
+async def local_agent(*, parent: str | None = None, **popen: Any) -> AsyncIterator[LocalAgent]:
+    """Start the agent program (in a new folder under ``parent``); kill it and remove its
+    folder afterwards."""
+    folder = tempfile.mkdtemp(prefix="capsa-agent-", dir=parent)
     for name, data in guest_agent_files().items():
         with open(os.path.join(folder, name), "wb") as handle:
             handle.write(data)
     os.chmod(folder, 0o755)
     host, guest = socket.socketpair()
-    proc = subprocess.Popen([sys.executable, "-E", "-s", os.path.join(folder, "capsa_agent.py"), "--fd", str(guest.fileno())],
+    proc = subprocess.Popen([PYTHON, "-E", "-s", os.path.join(folder, "capsa_agent.py"), "--fd", str(guest.fileno())],
                             pass_fds=[guest.fileno()], cwd=folder, **popen)
     guest.close()
     try:
@@ -60,9 +64,9 @@ async def local_agent(**popen: Any) -> AsyncIterator[LocalAgent]:
 
 
 @asynccontextmanager
-async def connected(**popen: Any) -> AsyncIterator[tuple[Agent, LocalAgent]]:
+async def connected(*, parent: str | None = None, **popen: Any) -> AsyncIterator[tuple[Agent, LocalAgent]]:
     """A local agent and a client session on it."""
-    async with local_agent(**popen) as local:
+    async with local_agent(parent=parent, **popen) as local:
         agent = await Agent.connect(local.reader, local.writer, timeout=60)
         try:
             yield agent, local

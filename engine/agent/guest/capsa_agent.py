@@ -286,8 +286,16 @@ class ProcTask(Task):
         })
 
     def abort(self) -> None:
+        # Its session is gone: kill the group, stop reading, and leave the reaping to the loop.
         self.kill()
-        self.timed_out = True
+        self.done = True
+        for fd in list(self.outs):
+            self.close_out(fd)
+        if self.stdin_fd is not None:
+            self.agent.watch(self.stdin_fd, None, None)
+            os.close(self.stdin_fd)
+            self.stdin_fd = None
+        self.agent.orphans.append(self.proc)
 
 
 class ReadTask(Task):
@@ -416,9 +424,10 @@ class Agent:
         self.fd, self.poweroff = fd, poweroff
         self.sel = selectors.DefaultSelector()
         self.handlers: dict[int, list[object]] = {}
-        self.decoder = wire.Decoder(want_nonce=b"")
+        self.decoder = wire.Decoder(want_nonce=b"", max_body=wire.IN_CHUNK)
         self.out = bytearray()
         self.tasks: dict[int, Task] = {}
+        self.orphans: list[object] = []  # children of aborted tasks, still to be reaped
         self.closing = False
         self.stop = False
         os.set_blocking(fd, False)
@@ -513,6 +522,7 @@ class Agent:
         for task in list(self.tasks.values()):
             if isinstance(task, ProcTask):
                 task.on_child()
+        self.orphans = [proc for proc in self.orphans if getattr(proc, "poll")() is None]
 
     # -- frames in
     def on_port(self, fd: int) -> None:
@@ -528,14 +538,19 @@ class Agent:
                 return
             self.stop = True
             return
-        try:
-            frames = self.decoder.feed(data)
-        except wire.WireError:
-            # Not our protocol (a dead session's tail, or noise): wait for the next hello.
-            self.decoder = wire.Decoder(want_nonce=b"")
+        while True:
+            try:
+                frames = self.decoder.feed(data)
+            except wire.WireError:
+                # Not our protocol (a dead session's tail, or noise): look for the next hello
+                # from the byte after the bad one on.
+                rest = bytes(self.decoder.buffer[1:])
+                self.decoder = wire.Decoder(want_nonce=b"", max_body=wire.IN_CHUNK)
+                data = rest
+                continue
+            for frame in frames:
+                self.on_frame(frame)
             return
-        for frame in frames:
-            self.on_frame(frame)
 
     def reset(self) -> None:
         for task in list(self.tasks.values()):
