@@ -18,6 +18,9 @@ from engine.lazy import lazy_package
 
 if TYPE_CHECKING:
     from engine.microvm.boot import LinuxDirectBoot, default_boot
+    from engine.agent.client import Agent
+    from engine.agent.process import AgentProcess
+    from engine.agent.results import AgentInfo, DirEntry, ExecResult, FileStat
     from engine.console.console import CommandResult, Console, ConsoleReader, ConsoleWriter
     from engine.console.like import ConsoleLike, ConsoleReaderLike, ConsoleWriterLike
     from engine.errors import (
@@ -36,6 +39,7 @@ if TYPE_CHECKING:
         GuestFileNotFound,
         GuestPathError,
         GuestPermissionError,
+        IdentityError,
         ImageError,
         MachineError,
         PoolBootError,
