@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 import posixpath
-import tarfile
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs the guest's start time
 
-
-_HAS_FILTERS = hasattr(tarfile, "fully_trusted_filter")
+if TYPE_CHECKING:  # tarfile costs the guest's start time; only copy_in/copy_out need it
+    import tarfile
 
 
 class UnsafePath(ValueError):
@@ -64,6 +64,8 @@ def safe_extract(archive: tarfile.TarFile, root: str) -> int:
     Members are written one by one as they arrive. Besides the name checks, every member's
     parent folder is resolved on disk, so an earlier symlink cannot redirect a later write.
     """
+    import tarfile
+    has_filters = hasattr(tarfile, "fully_trusted_filter")
     real_root = os.path.realpath(root)
     count = 0
     for member in archive:
@@ -75,7 +77,7 @@ def safe_extract(archive: tarfile.TarFile, root: str) -> int:
         if os.path.islink(target) and not member.isdir():
             os.unlink(target)
         member.mode &= 0o7777
-        if _HAS_FILTERS:  # our checks above replace the filters (3.11.4+); say so to silence theirs
+        if has_filters:  # our checks above replace the filters (3.11.4+); say so to silence theirs
             archive.extract(member, real_root, set_attrs=not member.issym(), numeric_owner=True, filter="fully_trusted")
         else:
             archive.extract(member, real_root, set_attrs=not member.issym(), numeric_owner=True)

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass, field
-from typing import Any
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs the guest's start time
+if TYPE_CHECKING:
+    from typing import Any
 
 VERSION = 1
 MAGIC = b"CF"
@@ -39,12 +40,22 @@ class WireError(Exception):
     """The bytes on the channel are not our frame format (the message says where)."""
 
 
-@dataclass
 class Frame:
-    """One decoded frame: its JSON message and its binary body."""
+    """One decoded frame: its JSON message and its binary body.
 
-    msg: dict[str, Any]
-    body: bytes = b""
+    A plain class, not a dataclass: importing dataclasses costs the guest's start time.
+    """
+
+    __slots__ = ("msg", "body")
+
+    def __init__(self, msg: dict[str, Any], body: bytes = b"") -> None:
+        self.msg, self.body = msg, body
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Frame) and (self.msg, self.body) == (other.msg, other.body)
+
+    def __repr__(self) -> str:
+        return f"Frame({self.msg!r}, {self.body[:32]!r}{'...' if len(self.body) > 32 else ''})"
 
     @property
     def type(self) -> str:
@@ -73,7 +84,6 @@ def encode_hello(nonce: bytes, msg: dict[str, Any]) -> bytes:
     return SYNC + nonce + encode(msg)
 
 
-@dataclass
 class Decoder:
     """Bytes in any split in, frames out.
 
@@ -84,15 +94,12 @@ class Decoder:
     resets its state on each ``hello``). ``nonce`` is the nonce of the last sync seen.
     """
 
-    want_nonce: bytes | None = None
-    max_body: int = MAX_BODY
-    buffer: bytearray = field(default_factory=bytearray)
-    synced: bool = False
-    nonce: bytes = b""
-    skipped: int = 0
-
-    def __post_init__(self) -> None:
-        self.synced = self.want_nonce is None
+    def __init__(self, want_nonce: bytes | None = None, max_body: int = MAX_BODY) -> None:
+        self.want_nonce, self.max_body = want_nonce, max_body
+        self.buffer = bytearray()
+        self.synced = want_nonce is None
+        self.nonce = b""
+        self.skipped = 0
 
     def feed(self, data: bytes) -> list[Frame]:
         """Frames completed by ``data`` (raises WireError on a malformed header)."""
