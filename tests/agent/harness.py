@@ -56,10 +56,12 @@ async def local_agent(*, parent: str | None = None, **popen: Any) -> AsyncIterat
         finally:
             writer.close()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
         host.close()
+        try:  # our end closed: the agent kills what it started and exits by itself
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
         shutil.rmtree(folder, ignore_errors=True)
 
 

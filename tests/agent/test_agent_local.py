@@ -306,17 +306,24 @@ async def test_copy_out_refuses_a_guest_symlink_that_escapes(agent: Agent, scrat
     assert not (scratch / "out" / "evil").exists()
 
 
-async def test_the_agent_killed_mid_call_fails_every_call() -> None:
+async def test_the_agent_killed_mid_call_fails_every_call(scratch: Path) -> None:
+    pidfile = scratch / "pid"
     async with connected() as (agent, local):
-        pending = asyncio.ensure_future(agent.exec(["sleep", "300"]))
-        reading = asyncio.ensure_future(agent.read_file("/dev/zero", max_bytes=1 << 40))
-        await asyncio.sleep(0.3)
+        pending = asyncio.ensure_future(agent.exec(["sh", "-c", f"echo $$ > {pidfile}; exec sleep 300"]))
+        reading = asyncio.ensure_future(agent.read_file("/dev/zero", max_bytes=1 << 40))  # mid-transfer
+        for _ in range(200):
+            if pidfile.exists() and pidfile.read_text().strip():
+                break
+            await asyncio.sleep(0.05)
         local.proc.kill()
-        for call in (pending, reading):
+        try:
+            for call in (pending, reading):
+                with pytest.raises(AgentDied):
+                    await asyncio.wait_for(call, 30)
             with pytest.raises(AgentDied):
-                await asyncio.wait_for(call, 30)
-        with pytest.raises(AgentDied):
-            await agent.ping()
+                await agent.ping()
+        finally:
+            os.killpg(int(pidfile.read_text()), signal.SIGKILL)  # a killed agent cannot clean up
 
 
 async def test_fail_wakes_every_waiting_call() -> None:

@@ -557,6 +557,7 @@ class Agent:
             task.abort()
         self.tasks.clear()
         self.out.clear()
+        self.orphans = [proc for proc in self.orphans if getattr(proc, "poll")() is None]
 
     def on_frame(self, frame: wire.Frame) -> None:
         kind, rid, msg = frame.type, frame.id, frame.msg
@@ -851,7 +852,9 @@ def set_identity(msg: dict[str, object]) -> dict[str, str]:
 def main(argv: list[str]) -> int:
     if "--fd" in argv:
         fd = int(argv[argv.index("--fd") + 1])
-        Agent(fd, poweroff=False).run()
+        agent = Agent(fd, poweroff=False)
+        agent.run()
+        agent.reset()  # the host went away: nothing it started keeps running
         return 0
     name = argv[argv.index("--port-name") + 1] if "--port-name" in argv else "capsa.agent"
     fd = os.open(find_port(name), os.O_RDWR | os.O_CLOEXEC)
