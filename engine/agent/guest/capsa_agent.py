@@ -494,8 +494,10 @@ class Agent:
             except BlockingIOError:
                 return
             except OSError:
+                # The host end is gone. Over a socket that ends us; the guest's port stays ours
+                # and the next session's hello resets the rest.
                 self.out.clear()
-                self.stop = True
+                self.stop = not self.poweroff
                 return
             del self.out[:n]
         self.watch_port()
