@@ -78,6 +78,12 @@ fi
 [ "$rng" = 1 ] && load "/etc/capsa/modules.rng$transport"
 [ "$agent" = 1 ] && load "/etc/capsa/modules.console$transport"
 
+if [ "$acpid" = 1 ]; then
+	load /etc/capsa/modules.acpi
+	# A sandbox starts its own acpid from its inittab: this initramfs is gone after switch_root.
+	[ -z "$root" ] && acpid -l /dev/null
+fi
+
 # A sandbox: the image on $root read-only, writes to an overlay on tmpfs or the scratch disk,
 # then Debian's tree becomes / and busybox init (its inittab is in the image) runs as PID 1.
 if [ -n "$root" ]; then
@@ -102,10 +108,6 @@ if [ -n "$root" ]; then
 	done
 	trap - USR1 USR2 TERM INT
 	exec switch_root /sysroot /usr/lib/capsa/busybox init
-fi
-if [ "$acpid" = 1 ]; then
-	load /etc/capsa/modules.acpi
-	acpid -l /dev/null
 fi
 
 # The identity helper of snapshot clones (see agent.S in the engine): resident from the start,
