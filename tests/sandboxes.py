@@ -1,8 +1,8 @@
 """Shared helpers for tests that boot sandboxes: the test sandbox image (python3 only), built
 once per run, and a context manager that boots a sandbox VM and kills it after.
 
-Use the ``sandbox_boot_config`` fixture (registered in tests/conftest.py) or call
-``test_sandbox_boot()`` directly; a sandbox image that cannot be built fails the test with the
+Use the session fixture ``sandbox_boot_config`` (registered in tests/conftest.py) or call
+``sandbox_boot_for_tests()``; a sandbox image that cannot be built fails the test with the
 builder's message (a guest test must never skip).
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ def _built() -> LinuxDirectBoot:
     return sandbox_boot("debian", ())
 
 
-def test_sandbox_boot() -> LinuxDirectBoot:
+def sandbox_boot_for_tests() -> LinuxDirectBoot:
     """The python3-only sandbox boot, built on first use in this test run."""
     try:
         return _built()
@@ -33,7 +33,10 @@ def test_sandbox_boot() -> LinuxDirectBoot:
         pytest.fail(f"the test sandbox image cannot be built: {err}; run ./scripts/install.sh first")
 
 
-test_sandbox_boot.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test, despite its name
+@pytest.fixture(scope="session")
+def sandbox_boot_config() -> LinuxDirectBoot:
+    """The python3-only sandbox boot (session-scoped: built or checked once per run)."""
+    return sandbox_boot_for_tests()
 
 
 @asynccontextmanager
@@ -43,7 +46,7 @@ async def running_sandbox(
     """A booted sandbox VM (1 CPU, 512 MiB, console on; ``fields`` override VmSpec fields),
     Running when the block starts and killed when it ends."""
     settings: dict[str, Any] = {"cpus": 1, "memory_mb": 512, "console": True, **fields}
-    spec = VmSpec(boot=boot or test_sandbox_boot(), **settings)
+    spec = VmSpec(boot=boot or sandbox_boot_for_tests(), **settings)
     vm = await VmHandle.start(spec)
     try:
         await vm.wait_ready(ready_timeout)
