@@ -16,6 +16,7 @@ import pytest
 
 import engine
 from tests.procs import qemu_children
+from tests.sandboxes import sandbox_boot_config  # noqa: F401  (a session fixture for every test folder)
 
 REQUIRE_GUESTS_ENV = "CAPSA_REQUIRE_GUESTS"
 
@@ -47,7 +48,8 @@ def _qemu_children() -> set[int]:
 
 
 def _socket_dirs() -> set[str]:
-    return {p.name for p in Path(tempfile.gettempdir()).glob("capsa-vm-*")}
+    tmp = Path(tempfile.gettempdir())
+    return {p.name for pattern in ("capsa-vm-*", "capsa-scratch-*") for p in tmp.glob(pattern)}
 
 
 @pytest.fixture(autouse=True)

@@ -51,6 +51,11 @@ MODULE_LISTS: dict[str, tuple[str, ...]] = {
     "rng": ("virtio_mmio", "virtio_rng"),
     "rng-pci": ("virtio_pci", "virtio_rng"),
     "acpi": ("button", "evdev"),
+    # The agent's virtio-serial port, and a sandbox's root image + overlay (ext4 is built in).
+    "console": ("virtio_mmio", "virtio_console"),
+    "console-pci": ("virtio_pci", "virtio_console"),
+    "sandbox": ("virtio_mmio", "virtio_blk", "erofs", "overlay"),
+    "sandbox-pci": ("virtio_pci", "virtio_blk", "erofs", "overlay"),
 }
 
 # Guest files that come from package data (engine/image/guest/), by their path in the initramfs.

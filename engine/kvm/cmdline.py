@@ -5,12 +5,23 @@ before the guest runs, so no console byte is lost and nothing polls for socket f
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.errors import ConfigError
 
 MACHINE_TYPES = ("microvm", "pc", "q35")
+DRIVE_FORMATS = ("raw", "qcow2")
+
+
+@dataclass(frozen=True)
+class Drive:
+    """A virtio block device backed by a host file (the guest's vda, vdb, ... in order)."""
+
+    path: Path
+    read_only: bool = False
+    format: str = "raw"
 
 
 @dataclass(frozen=True)
@@ -37,6 +48,9 @@ class MachineSpec:
     ram_shared: bool = False
     # "defer": start without running the guest and wait for ``migrate-incoming`` over QMP.
     incoming: str | None = None
+    # Block devices in guest order, and the name of the agent's virtio-serial port (None: none).
+    drives: tuple[Drive, ...] = ()
+    agent_port: str | None = None
 
     def validate(self) -> None:
         if self.machine not in MACHINE_TYPES:
@@ -49,6 +63,11 @@ class MachineSpec:
             raise ConfigError(f"accel must be 'kvm' or 'tcg', got {self.accel!r}")
         if self.ram_backend not in (None, "ram", "file") or (self.ram_backend == "file") != (self.ram_file is not None):
             raise ConfigError(f"ram_backend {self.ram_backend!r} with ram_file {self.ram_file} is not a valid memory setting")
+        for drive in self.drives:
+            if drive.format not in DRIVE_FORMATS:
+                raise ConfigError(f"drive {drive.path}: format {drive.format!r} is not one of {', '.join(DRIVE_FORMATS)}")
+        if self.agent_port is not None and not self.agent_port.replace(".", "").replace("-", "").isalnum():
+            raise ConfigError(f"agent port name {self.agent_port!r} must be letters, digits, '.' and '-'")
 
 
 @dataclass(frozen=True)
@@ -58,6 +77,7 @@ class MachineSockets:
     qmp: Path
     serial: Path
     net: Path | None = None
+    agent: Path | None = None
 
 
 def kernel_flags(machine: str, tsc_khz: int | None) -> list[str]:
@@ -109,6 +129,10 @@ def qemu_argv(binary: str, spec: MachineSpec, sockets: MachineSockets) -> list[s
         argv += ["-initrd", str(spec.initrd)]
     if spec.nic_mac is not None and sockets.net is not None:
         argv += nic_args(spec, sockets.net)
+    for index, drive in enumerate(spec.drives):
+        argv += drive_args(spec.machine, index, drive)
+    if spec.agent_port is not None and sockets.agent is not None:
+        argv += agent_port_args(spec.machine, spec.agent_port, sockets.agent)
     if spec.ram_backend == "file":
         share = "on" if spec.ram_shared else "off"
         argv += ["-object", f"memory-backend-file,id=ram0,size={spec.memory_mb}M,mem-path={spec.ram_file},share={share}"]
@@ -130,4 +154,39 @@ def nic_args(spec: MachineSpec, path: Path) -> list[str]:
     return [
         "-netdev", f"stream,id=net0,server=off,addr.type=unix,addr.path={path}",
         "-device", options,
+    ]
+
+
+AGENT_DEVICE_ID = "agent0"  # the id QMP's VSERPORT_CHANGE events carry for the agent port
+
+
+def drive_args(machine: str, index: int, drive: Drive) -> list[str]:
+    """A virtio-blk device for ``drive``; -blockdev takes JSON, so no path needs comma-escaping.
+
+    The host page cache stays on (``cache.direct`` off): a read-only image shared by many VMs is
+    read from the host's cache once for all of them, and a scratch disk is deleted with its VM,
+    so nothing needs O_DIRECT's durability.
+    """
+    node = f"disk{index}"
+    read_only = drive.read_only
+    blockdev = {
+        "driver": drive.format,
+        "node-name": node,
+        "read-only": read_only,
+        "file": {"driver": "file", "filename": str(drive.path), "read-only": read_only, "aio": "threads"},
+    }
+    device = "virtio-blk-device" if machine == "microvm" else "virtio-blk-pci"
+    return [
+        "-blockdev", json.dumps(blockdev, separators=(",", ":")),
+        "-device", f"{device},drive={node},id=vd{index}",
+    ]
+
+
+def agent_port_args(machine: str, name: str, path: Path) -> list[str]:
+    """A virtio-serial bus with one port named ``name``; QEMU connects it to our socket at ``path``."""
+    bus = "virtio-serial-device" if machine == "microvm" else "virtio-serial-pci"
+    return [
+        "-chardev", f"socket,id=agentchr,path={path},server=off",
+        "-device", f"{bus},id=vser0,max_ports=2",
+        "-device", f"virtserialport,bus=vser0.0,chardev=agentchr,name={name},id={AGENT_DEVICE_ID}",
     ]

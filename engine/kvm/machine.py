@@ -1,6 +1,7 @@
 """One running machine: a QEMU process, its QMP session and its serial connection.
 
-The engine listens on Unix sockets (QMP, serial, and the network card's when it has one) in a private temporary folder and QEMU connects to them
+The engine listens on Unix sockets (QMP, serial, and the network card's and the agent port's when
+it has them) in a private temporary folder and QEMU connects to them
 while it starts, before the guest runs a single instruction. Once both are connected the folder
 is removed, so a running machine leaves nothing on disk. Lifecycle comes from two sources: QMP
 events (why the guest stopped) and the process exit status (that it stopped).
@@ -55,6 +56,8 @@ class _Connections:
     net: asyncio.Future[tuple[socket.socket, Any]] | None = None
     net_listener: socket.socket | None = None
     server: asyncio.AbstractServer | None = None
+    agent: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]] | None = None
+    agent_server: asyncio.AbstractServer | None = None
     extra: list[asyncio.Task[Any]] = field(default_factory=list)
 
 
@@ -69,8 +72,12 @@ class Machine:
         stderr: StderrTail,
         stderr_task: asyncio.Task[None],
         net_socket: socket.socket | None = None,
+        agent: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None,
     ) -> None:
         self.process = process
+        # The agent port's stream: QEMU keeps it connected for the machine's whole life, whether
+        # or not the guest has the port open (VSERPORT_CHANGE says that).
+        self.agent_streams = agent
         self.spec: MachineSpec | None = None  # what it was launched with (set by launch)
         self._net_socket = net_socket
         self.qmp = qmp
@@ -104,6 +111,7 @@ class Machine:
             qmp=workdir / "qmp.sock",
             serial=workdir / "serial.sock",
             net=workdir / "net.sock" if spec.nic_mac else None,
+            agent=workdir / "agent.sock" if spec.agent_port else None,
         )
         loop = asyncio.get_running_loop()
         conns = _Connections(serial=loop.create_future())
@@ -115,6 +123,12 @@ class Machine:
                 lambda r, w: _take_first(conns.serial, r, w), path=str(sockets.serial)
             )
             await qmp.start_server(str(sockets.qmp))
+            if sockets.agent is not None:
+                agent_future: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = loop.create_future()
+                conns.agent = agent_future
+                conns.agent_server = await asyncio.start_unix_server(
+                    lambda r, w: _take_first(agent_future, r, w), path=str(sockets.agent)
+                )
             if sockets.net is not None:
                 conns.net_listener = _listen_unix(sockets.net)
                 conns.net = asyncio.ensure_future(loop.sock_accept(conns.net_listener))
@@ -123,7 +137,8 @@ class Machine:
             stderr_task = asyncio.create_task(stderr.collect(process.stderr))
             serial = await _connect_or_fail(qmp, conns, process, stderr, stderr_task, timeout)
             net_socket = conns.net.result()[0] if conns.net is not None else None
-            machine = cls(process, qmp, serial, stderr, stderr_task, net_socket)
+            agent = conns.agent.result() if conns.agent is not None else None
+            machine = cls(process, qmp, serial, stderr, stderr_task, net_socket, agent)
             machine.spec = spec
             return machine
         except BaseException as err:
@@ -139,6 +154,8 @@ class Machine:
                 conns.server.close()
             if conns.net_listener is not None:
                 conns.net_listener.close()
+            if conns.agent_server is not None:
+                conns.agent_server.close()
             shutil.rmtree(workdir, ignore_errors=True)
 
     # ----- state -----------------------------------------------------------------------------
@@ -232,6 +249,8 @@ class Machine:
         with contextlib.suppress(Exception):
             await self.qmp.disconnect()
         self.serial_writer.close()
+        if self.agent_streams is not None:
+            self.agent_streams[1].close()
         if self._net_socket is not None:  # nobody took it: still ours to close
             self._net_socket.close()
         return MachineExit(returncode, self._shutdown_reason, self._panicked, self._requested)
@@ -258,8 +277,10 @@ async def _connect_or_fail(
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     accept = asyncio.create_task(qmp.accept())
     exited = asyncio.create_task(process.wait())
-    ready = asyncio.gather(accept, conns.serial, *([conns.net] if conns.net is not None else []))
-    done, _ = await asyncio.wait({ready, exited}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    extra: list[asyncio.Future[Any]] = [f for f in (conns.net, conns.agent) if f is not None]
+    ready: asyncio.Future[Any] = asyncio.gather(accept, conns.serial, *extra)
+    waiters: set[asyncio.Future[Any]] = {ready, exited}
+    done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     if ready in done and ready.exception() is None:
         exited.cancel()
         return conns.serial.result()
@@ -278,7 +299,7 @@ async def _connect_or_fail(
         raise MachineError(f"QEMU exited during start-up with status {process.returncode}", stderr.text())
     if ready in done:
         raise MachineError(f"QEMU's control connection failed: {ready.exception()}", stderr.text())
-    raise MachineError(f"QEMU did not connect its control and serial sockets within {timeout:.0f}s", stderr.text())
+    raise MachineError(f"QEMU did not connect its control, serial and device sockets within {timeout:.0f}s", stderr.text())
 
 
 async def _abandon(qmp: QMPClient, conns: _Connections) -> None:
@@ -288,6 +309,11 @@ async def _abandon(qmp: QMPClient, conns: _Connections) -> None:
         conns.serial.result()[1].close()
     elif not conns.serial.done():
         conns.serial.cancel()
+    if conns.agent is not None:
+        if conns.agent.done() and not conns.agent.cancelled() and conns.agent.exception() is None:
+            conns.agent.result()[1].close()
+        elif not conns.agent.done():
+            conns.agent.cancel()
     if conns.net is not None:
         if conns.net.done() and not conns.net.cancelled() and conns.net.exception() is None:
             conns.net.result()[0].close()

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import ConfigError
 from engine.console.match import READY_MARKER
-from engine.image.build import default_image
+from engine.image.build import ProgressCallback, default_image
+from engine.image.sandbox import sandbox_image
 from engine.microvm.disk import DiskImage
 
 
@@ -74,4 +76,21 @@ def default_boot() -> LinuxDirectBoot:
     ours = not os.environ.get("CAPSA_INITRD")
     return LinuxDirectBoot(
         image.kernel, image.initrd, ready_marker=READY_MARKER if ours else None, capsa_guest=ours
+    )
+
+
+def sandbox_boot(
+    base: str = "debian",
+    packages: Sequence[str] = (),
+    *,
+    build: bool = True,
+    progress: ProgressCallback | None = None,
+) -> LinuxDirectBoot:
+    """A sandbox: the default kernel and initramfs, switching into the Debian image ``base`` with
+    ``packages`` (read-only, shared by every sandbox of it; writes go to an overlay) and running
+    the capsa agent. The console is a root shell that prints the ready marker."""
+    image = sandbox_image(base, packages, build=build, progress=progress)
+    return LinuxDirectBoot(
+        image.kernel, image.initrd, ready_marker=READY_MARKER, capsa_guest=True,
+        root_disk=DiskImage(image.rootfs, read_only=True), has_agent=True,
     )

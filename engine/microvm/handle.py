@@ -19,7 +19,7 @@ from typing import Any
 from engine.broadcast import Broadcast
 from engine.console.console import Console, ConsoleStream
 from engine.console.match import PatternMatcher
-from engine.errors import BootTimeout, ConfigError, ConsoleError, EngineError, MachineError, VmNotRunning
+from engine.errors import AgentUnavailable, BootTimeout, ConfigError, ConsoleError, EngineError, MachineError, VmNotRunning
 from engine.kvm.accel import AccelChoice, choose_accelerator
 from engine.kvm.machine import Machine, MachineExit
 from engine.kvm.process import process_running
@@ -27,7 +27,10 @@ from engine.netstack.config import PortForward, UserNatConfig
 from engine.netstack.flowlog import FlowEvent
 from engine.netstack.gateway.gateway import Gateway
 from engine.netstack.policy.policy import NetworkPolicy
+from engine.kvm.cmdline import AGENT_DEVICE_ID
+from engine.microvm.agent_port import AgentPort
 from engine.microvm.machine_spec import machine_spec_for
+from engine.microvm.scratch import ScratchDisk
 from engine.microvm.spec import VmSpec
 from engine.microvm.status import Failed, Running, Starting, Stopped, Stopping, VmStatus
 from engine.snapshot.save import save_snapshot
@@ -79,6 +82,9 @@ class VmHandle:
         self._console: Console | None = None
         self._logged_in = False
         self._exit: MachineExit | None = None
+        self._fail_message: str | None = None
+        streams = machine.agent_streams
+        self._agent_port = AgentPort(*streams) if streams is not None else None
         # Without a marker the engine cannot tell more than "the machine runs"; a login guest
         # prints its marker only after someone logs in.
         watch_marker = spec.boot.ready_marker is not None and spec.login is None and not running
@@ -95,7 +101,12 @@ class VmHandle:
     async def start(cls, spec: VmSpec) -> VmHandle:
         spec.check()
         accel = choose_accelerator(spec.accel)
-        machine = await Machine.launch(machine_spec_for(spec, accel))
+        scratch = await asyncio.to_thread(ScratchDisk, spec.scratch_disk_mb) if spec.scratch_disk_mb is not None else None
+        try:
+            machine = await Machine.launch(machine_spec_for(spec, accel, scratch.path if scratch else None))
+        finally:
+            if scratch is not None:
+                scratch.remove()  # QEMU holds it open now (or failed): see engine/microvm/scratch.py
         return await cls.attach(spec, accel, machine)
 
     @classmethod
@@ -164,6 +175,21 @@ class VmHandle:
     def guest_ip(self) -> IPv4Address | None:
         """The address the gateway leased the guest (None without a network or before DHCP)."""
         return self._gateway.guest_ip if self._gateway is not None else None
+
+    def agent_port(self) -> AgentPort:
+        """The host end of the guest agent's port; AgentUnavailable for a VM without an agent."""
+        if self._agent_port is None:
+            raise AgentUnavailable("this VM has no agent port: only a sandbox (a boot with has_agent) runs the agent")
+        return self._agent_port
+
+    def fail(self, message: str) -> None:
+        """Kill the machine because its guest broke the engine's rules; the final status is
+        ``Failed(message)`` (e.g. an agent that breaks the protocol)."""
+        if self._fail_message is None and not self._status.is_terminal:
+            self._fail_message = message
+        if not self._machine.exited:
+            self._set_status(Stopping())
+            self._machine.kill()
 
     async def snapshot(self, dest_dir: str | Path) -> Path:
         """Save this VM (RAM and devices) into ``dest_dir``, which must be empty or absent;
@@ -321,6 +347,8 @@ class VmHandle:
     # ----- background ------------------------------------------------------------------------
 
     def _on_machine_event(self, name: str, data: dict[str, Any]) -> None:
+        if name == "VSERPORT_CHANGE" and self._agent_port is not None and data.get("id") == AGENT_DEVICE_ID:
+            self._agent_port.set_open(bool(data.get("open")))
         if name in ("SHUTDOWN", "POWERDOWN") and not self._status.is_terminal:
             self._set_status(Stopping())
 
@@ -339,6 +367,8 @@ class VmHandle:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._drain_console(), 2)
         self._ready_task.cancel()
+        if self._agent_port is not None:
+            self._agent_port.end()
         if self._gateway is not None:
             await self._gateway.close()
         self._status = self._final_status(outcome)
@@ -351,6 +381,8 @@ class VmHandle:
             pass
 
     def _final_status(self, outcome: MachineExit) -> VmStatus:
+        if self._fail_message is not None:
+            return Failed(self._fail_message)
         if self._panic.seen or outcome.guest_panicked:
             return Failed(f"guest kernel panic; last console lines:\n{self.console_tail(_PANIC_TAIL_LINES)}")
         if outcome.requested:

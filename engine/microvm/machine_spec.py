@@ -6,8 +6,11 @@ their QEMU from here, so a saved shape and a restored one agree.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
+from engine.agent.bundle import PORT_NAME
 from engine.kvm.accel import AccelChoice
-from engine.kvm.cmdline import MachineSpec, kernel_flags
+from engine.kvm.cmdline import Drive, MachineSpec, kernel_flags
 from engine.kvm.host import host_tsc_khz
 from engine.microvm.spec import VmSpec
 from engine.netstack.config import UserNatConfig
@@ -25,6 +28,7 @@ def kernel_cmdline(spec: VmSpec) -> str:
         parts.append("capsa.acpid=1")
         if isinstance(spec.network, UserNatConfig):
             parts.append("capsa.net=1")
+        parts += sandbox_args(spec)
         if spec.login is not None:
             parts += ["capsa.login=1", f"capsa.user={spec.login.user}"]
             if spec.login.password:
@@ -36,9 +40,39 @@ def kernel_cmdline(spec: VmSpec) -> str:
     return " ".join(parts)
 
 
-def machine_spec_for(spec: VmSpec, accel: AccelChoice) -> MachineSpec:
-    """The machine that runs ``spec`` under ``accel`` (what QEMU is started with)."""
+# The guest's file system type of a root image, by the image file's extension.
+ROOT_FS_TYPES = {".erofs": "erofs", ".ext4": "ext4", ".img": "ext4", ".squashfs": "squashfs"}
+
+
+def sandbox_args(spec: VmSpec) -> list[str]:
+    """The initramfs's sandbox arguments: the root image (vda), where writes go, the agent port."""
+    parts: list[str] = []
+    disk = spec.boot.root_disk
+    if disk is not None:
+        parts += ["capsa.root=/dev/vda", f"capsa.rootfstype={ROOT_FS_TYPES.get(disk.path.suffix, 'ext4')}"]
+        # The scratch disk is the second drive (vdb): see machine_spec_for.
+        parts.append("capsa.overlay=/dev/vdb" if spec.scratch_disk_mb is not None else "capsa.overlay=tmpfs")
+    if spec.boot.has_agent:
+        parts.append("capsa.agent=1")
+    return parts
+
+
+def machine_spec_for(spec: VmSpec, accel: AccelChoice, scratch_disk: Path | None = None) -> MachineSpec:
+    """The machine that runs ``spec`` under ``accel`` (what QEMU is started with).
+
+    ``scratch_disk`` is the per-VM file behind a spec's ``scratch_disk_mb`` (the caller makes and
+    deletes it: see engine/microvm/scratch.py); a spec that wants one but gets none gets vdb
+    nowhere, so it is an error.
+    """
     nat = spec.network if isinstance(spec.network, UserNatConfig) else None
+    drives: list[Drive] = []
+    if spec.boot.root_disk is not None:
+        disk = spec.boot.root_disk
+        drives.append(Drive(disk.path, read_only=disk.read_only, format=disk.format))
+        if spec.scratch_disk_mb is not None:
+            if scratch_disk is None:
+                raise ValueError("a spec with scratch_disk_mb needs its scratch disk file")
+            drives.append(Drive(scratch_disk, read_only=False, format="raw"))
     return MachineSpec(
         kernel=spec.boot.kernel,
         initrd=spec.boot.initrd,
@@ -50,4 +84,6 @@ def machine_spec_for(spec: VmSpec, accel: AccelChoice) -> MachineSpec:
         nic_mac=nat.guest_mac if nat else None,
         nic_mtu=nat.mtu if nat else 1500,
         extra_args=spec.extra_qemu_args,
+        drives=tuple(drives),
+        agent_port=PORT_NAME if spec.boot.has_agent else None,
     )

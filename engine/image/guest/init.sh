@@ -4,7 +4,9 @@
 # Boot speed matters more than generality: every external command costs a fork+exec under
 # software emulation, so only what the kernel command line asks for is done before the shell.
 # Knobs (all optional): capsa.hostname=NAME capsa.net=1 capsa.pci=1 capsa.rng=1 capsa.acpid=1
-# capsa.login=1 capsa.user=NAME capsa.pass=HEX. PID 1 must never exit: the kernel would panic.
+# capsa.login=1 capsa.user=NAME capsa.pass=HEX capsa.agent=1 (load the agent port's driver), and
+# for a sandbox capsa.root=DEV capsa.rootfstype=FS capsa.overlay=tmpfs|DEV (switch_root into the
+# read-only image on DEV under a writable overlay). PID 1 must never exit: the kernel would panic.
 
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 export HOME=/root USER=root LOGNAME=root
@@ -25,7 +27,7 @@ mount -t tmpfs -o nosuid,nodev,mode=755 tmpfs /run
 # An image built on a host that could not run busybox has no applet links yet.
 [ -e /bin/ls ] || /bin/busybox --install -s
 
-hostname=capsa net=0 pci=0 rng=0 acpid=0 login=0 user= pass= quiet=0
+hostname=capsa net=0 pci=0 rng=0 acpid=0 login=0 user= pass= quiet=0 agent=0 root= rootfstype=ext4 overlay=tmpfs
 set -f  # the command line is split on spaces below and must not be globbed
 read -r cmdline < /proc/cmdline
 for arg in $cmdline; do
@@ -38,6 +40,10 @@ for arg in $cmdline; do
 	capsa.login=*) login=${arg#*=} ;;
 	capsa.user=*) user=${arg#*=} ;;
 	capsa.pass=*) pass=${arg#*=} ;;
+	capsa.agent=*) agent=${arg#*=} ;;
+	capsa.root=?*) root=${arg#*=} ;;
+	capsa.rootfstype=?*) rootfstype=${arg#*=} ;;
+	capsa.overlay=?*) overlay=${arg#*=} ;;
 	quiet) quiet=1 ;;
 	esac
 done
@@ -70,9 +76,38 @@ if [ "$net" = 1 ]; then
 	ip link set eth0 up && udhcpc -i eth0 -s /etc/udhcpc/default.script -q -t 3 -T 1 -n >/dev/null 2>&1
 fi
 [ "$rng" = 1 ] && load "/etc/capsa/modules.rng$transport"
+[ "$agent" = 1 ] && load "/etc/capsa/modules.console$transport"
+
 if [ "$acpid" = 1 ]; then
 	load /etc/capsa/modules.acpi
-	acpid -l /dev/null
+	# A sandbox starts its own acpid from its inittab: this initramfs is gone after switch_root.
+	[ -z "$root" ] && acpid -l /dev/null
+fi
+
+# A sandbox: the image on $root read-only, writes to an overlay on tmpfs or the scratch disk,
+# then Debian's tree becomes / and busybox init (its inittab is in the image) runs as PID 1.
+if [ -n "$root" ]; then
+	load "/etc/capsa/modules.sandbox$transport"
+	mkdir -p /sysroot /media/image /media/rw
+	fail() { echo "capsa sandbox: $*" > /dev/console; exec /bin/sh; }
+	mount -t "$rootfstype" -o ro "$root" /media/image || fail "cannot mount $root ($rootfstype)"
+	if [ "$overlay" = tmpfs ]; then
+		mount -t tmpfs -o mode=755 tmpfs /media/rw
+	else
+		mount -t ext4 -o noatime "$overlay" /media/rw || fail "cannot mount the scratch disk $overlay"
+	fi
+	mkdir -p /media/rw/upper /media/rw/work
+	mount -t overlay -o lowerdir=/media/image,upperdir=/media/rw/upper,workdir=/media/rw/work overlay /sysroot \
+		|| fail "cannot mount the overlay"
+	echo "$hostname" > /sysroot/etc/hostname
+	echo "127.0.0.1	localhost
+127.0.1.1	$hostname" > /sysroot/etc/hosts
+	[ -s /etc/resolv.conf ] && cat /etc/resolv.conf > /sysroot/etc/resolv.conf
+	for dir in dev proc sys run tmp; do
+		mount --move "/$dir" "/sysroot/$dir" 2>/dev/null || mount -t tmpfs tmpfs "/sysroot/$dir"
+	done
+	trap - USR1 USR2 TERM INT
+	exec switch_root /sysroot /usr/lib/capsa/busybox init
 fi
 
 # The identity helper of snapshot clones (see agent.S in the engine): resident from the start,
