@@ -49,8 +49,11 @@ class Agent:
     """A session with one guest agent over a reader/writer pair (any byte stream)."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, timeout: float,
-                 on_protocol_error: Callable[[str], object] | None) -> None:
+                 on_protocol_error: Callable[[str], object] | None, owns_stream: bool = True) -> None:
         self._reader, self._writer = reader, writer
+        # A VM's agent port outlives any one session (a respawned agent gets a new one on the
+        # same stream): such a session must leave the stream open when it ends.
+        self._owns_stream = owns_stream
         self.timeout = timeout
         self._on_protocol_error = on_protocol_error
         self.session = protocol.Session()
@@ -61,10 +64,11 @@ class Agent:
 
     @classmethod
     async def connect(cls, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, timeout: float = 60.0,
-                      on_protocol_error: Callable[[str], object] | None = None) -> Agent:
+                      on_protocol_error: Callable[[str], object] | None = None, owns_stream: bool = True) -> Agent:
         """Open a session: send a hello with a fresh nonce and wait for the agent's answer
-        (bytes before it, a dead session's leftovers, are skipped)."""
-        agent = cls(reader, writer, timeout=timeout, on_protocol_error=on_protocol_error)
+        (bytes before it, a dead session's leftovers, are skipped). ``owns_stream``: the session
+        closes the stream when it ends (False for a stream that a later session reuses)."""
+        agent = cls(reader, writer, timeout=timeout, on_protocol_error=on_protocol_error, owns_stream=owns_stream)
         writer.write(agent.session.hello())
         try:
             await asyncio.wait_for(asyncio.shield(agent._hello), timeout)
@@ -148,7 +152,8 @@ class Agent:
                 call.queue.put_nowait(None)
             call.window.set()
         self._calls.clear()
-        self._writer.close()
+        if self._owns_stream:
+            self._writer.close()
 
     def fail(self, reason: str) -> None:
         """The agent is gone (its port closed, the VM exited): every waiting call raises

@@ -16,6 +16,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
+from engine.agent.client import Agent
 from engine.broadcast import Broadcast
 from engine.console.console import Console, ConsoleStream
 from engine.console.match import PatternMatcher
@@ -85,6 +86,10 @@ class VmHandle:
         self._fail_message: str | None = None
         streams = machine.agent_streams
         self._agent_port = AgentPort(*streams) if streams is not None else None
+        self._agent: Agent | None = None
+        self._agent_lock = asyncio.Lock()
+        if self._agent_port is not None:
+            self._agent_port.add_close_callback(self._agent_port_closed)
         # Without a marker the engine cannot tell more than "the machine runs"; a login guest
         # prints its marker only after someone logs in.
         watch_marker = spec.boot.ready_marker is not None and spec.login is None and not running
@@ -181,6 +186,42 @@ class VmHandle:
         if self._agent_port is None:
             raise AgentUnavailable("this VM has no agent port: only a sandbox (a boot with has_agent) runs the agent")
         return self._agent_port
+
+    async def agent(self, timeout: float | None = None) -> Agent:
+        """The guest agent of this sandbox, connected on first use and again after it restarted.
+
+        Waits up to ``timeout`` (default: the spec's ``timeout_s``, else 60 s) for the agent to
+        hold its port open (it starts with the guest; after it died, busybox init respawns
+        it). Calls waiting when the agent dies or the VM stops raise AgentDied; a guest whose
+        agent breaks the protocol is failed (status ``Failed``), never trusted further.
+        """
+        port = self.agent_port()
+        current = self._agent
+        if current is not None and current.failed is None:
+            return current
+        wait = timeout if timeout is not None else (self.spec.timeout_s or 60.0)
+        async with self._agent_lock:
+            current = self._agent
+            if current is not None and current.failed is None:
+                return current
+            if self._status.is_terminal or port.ended:
+                raise VmNotRunning(f"the VM has ended, so has its agent: {self._status}")
+            await port.wait_open(wait)
+            self._agent = await Agent.connect(
+                port.reader, port.writer, timeout=wait, on_protocol_error=self._agent_broke, owns_stream=False
+            )
+            return self._agent
+
+    def _agent_port_closed(self) -> None:
+        agent = self._agent
+        if agent is None:
+            return
+        port = self._agent_port
+        why = "the VM stopped" if port is not None and port.ended else "the agent closed its port in the guest (it died or restarted)"
+        agent.fail(why)
+
+    def _agent_broke(self, problem: str) -> None:
+        self.fail(f"the guest agent broke the protocol: {problem}")
 
     def fail(self, message: str) -> None:
         """Kill the machine because its guest broke the engine's rules; the final status is
