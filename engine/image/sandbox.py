@@ -345,8 +345,11 @@ def _tree(archive: Archive, names: tuple[str, ...], key: str, report: ProgressCa
         archive.suite, str(partial), f"deb {archive.mirror} {archive.suite} main",
     ]
     report(f"Installing {', '.join(names)} from {archive.mirror} ({archive.suite})", 0.05)
-    _run_mmdebstrap(argv, archive, names, mode, report)
-    os.replace(partial, target)
+    try:
+        _run_mmdebstrap(argv, archive, names, mode, report)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)  # a failed run's half-written tar
     return target
 
 
