@@ -41,6 +41,10 @@ class ShapeBuilder:
         """capsa's operation timeout: the default wait for readiness and agent calls."""
         return self._with(timeout_s=seconds_of(duration))
 
+    def scratch_disk(self, mb: int) -> Self:
+        """Send a sandbox's writes to a per-VM scratch disk of ``mb`` MiB instead of tmpfs."""
+        return self._with(scratch_disk_mb=int(mb))
+
     def console_enabled(self, enabled: bool = True) -> Self:
         return self._with(console=enabled)
 

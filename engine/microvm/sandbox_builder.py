@@ -49,11 +49,6 @@ class SandboxBuilder(ShapeBuilder):
         self._packages = tuple(packages)
         return self
 
-    def scratch_disk(self, mb: int) -> SandboxBuilder:
-        """Send the sandbox's writes to a per-VM scratch disk of ``mb`` MiB instead of tmpfs."""
-        self._with(scratch_disk_mb=int(mb))
-        return self
-
     def progress(self, callback: ProgressCallback | None) -> SandboxBuilder:
         """Called with (stage, fraction) while the image builds (only when it is not cached)."""
         self._progress = callback
