@@ -14,6 +14,7 @@ from engine.console.console import Console
 from engine.console.stream import ConsoleStream
 from engine.kvm.accel import AccelChoice
 from engine.microvm.handle import VmHandle
+from engine.microvm.resources import GuestOs, ResourceConfig
 from engine.microvm.spec import VmSpec
 from engine.microvm.status import VmStatus
 from engine.netstack.config import PortForward
@@ -72,8 +73,11 @@ class PooledVm:
     def machine_alive(self) -> bool:
         return self.handle.machine_alive()
 
-    def resources(self) -> dict[str, Any]:
+    def resources(self) -> ResourceConfig:
         return self.handle.resources()
+
+    def guest_os(self) -> GuestOs:
+        return self.handle.guest_os()
 
     async def wait_ready(self, timeout: float | None = 60) -> None:
         await self.handle.wait_ready(timeout)
