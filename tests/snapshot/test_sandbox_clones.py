@@ -131,7 +131,7 @@ async def test_cluster_sandbox_clones_take_their_own_addresses(template: Snapsho
         for vm in members:
             assert vm.guest_ip is not None
             agent = await vm.agent()
-            r = await agent.exec(["ip", "-4", "-o", "addr", "show", "dev", "eth0"], timeout=60)
+            r = await agent.exec(["/usr/lib/capsa/busybox", "ip", "-4", "-o", "addr", "show", "dev", "eth0"], timeout=60)
             assert r.exit_code == 0, r.stderr
             assert f" {vm.guest_ip}/" in r.stdout.decode(), r.stdout
             addresses.append(vm.guest_ip)
