@@ -139,12 +139,19 @@ async def build_template(spec: VmSpec, *, boot_timeout: float = 60) -> Snapshot:
 
 
 async def _connect_agent(vm: VmHandle, timeout: float) -> None:
-    """Save a sandbox with its agent holding the port and idle: a session answered a ping, so
-    each clone's guest agent is past its start-up (Python imports cost seconds under emulation)
-    and a clone's host only opens a new session on it."""
+    """Save a sandbox with its agent holding the port and idle, and warm: a session ran one
+    exec and one identity fix-up (the template's own hostname and MAC, so nothing changes), so
+    every clone inherits an agent whose lazy imports (subprocess, socket: most of a second each
+    under emulation) are done and whose code paths the guest has run; a clone's host only opens
+    a new session on it."""
+    nat = vm.spec.network if isinstance(vm.spec.network, UserNatConfig) else None
     try:
         agent = await vm.agent(timeout)
         await agent.ping()
+        result = await agent.exec(["true"], timeout=timeout)
+        if result.exit_code != 0:
+            raise SnapshotError(f"`true` exited {result.exit_code} in the template: {result.stderr!r}")
+        await agent.set_identity(os.urandom(32), time.time(), vm.spec.hostname, nat.guest_mac if nat else None)
         await agent.drain()
     except EngineError as err:
         raise SnapshotError(f"the template's agent did not answer before it was saved: {err}") from err
