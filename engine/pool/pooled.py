@@ -14,6 +14,7 @@ from engine.agent.client import Agent
 from engine.console.console import Console
 from engine.console.stream import ConsoleStream
 from engine.kvm.accel import AccelChoice
+from engine.microvm.agent_port import AgentPort
 from engine.microvm.handle import VmHandle
 from engine.microvm.spec import VmSpec
 from engine.microvm.status import VmStatus
@@ -103,6 +104,12 @@ class PooledVm:
     async def agent(self, timeout: float | None = None) -> Agent:
         """The sandbox's guest agent (a clone's is connected already: its identity went through it)."""
         return await self.handle.agent(timeout)
+
+    def agent_port(self) -> AgentPort:
+        return self.handle.agent_port()
+
+    def fail(self, message: str) -> None:
+        self.handle.fail(message)
 
     # -- console ------------------------------------------------------------------------------
 

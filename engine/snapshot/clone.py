@@ -100,11 +100,6 @@ class WaitingClone:
         )
         try:
             if by_agent:
-                if snapshot.info.extra.get("identity") == "agent":
-                    # Saved with its agent holding the port: the restored guest holds it still.
-                    # QEMU says so too (VSERPORT_CHANGE from its post-load timer, measured ~1 ms
-                    # after RESUME), but the hello need not wait for that event.
-                    vm.agent_port().set_open(True)
                 host = clone_hostname(hostname or spec.hostname)
                 await _agent_identity(vm, host, mac if vm.has_network else None,
                                       address=_new_address(spec, lease, vm.guest_ip))

@@ -80,14 +80,16 @@ class Snapshot:
 
     def boot(self) -> LinuxDirectBoot:
         guest, shape = self.info.guest, self.info.shape
-        root = DiskImage(shape.root_disk, read_only=True, format=shape.root_disk_format) if shape.root_disk else None
         return LinuxDirectBoot(
             shape.kernel,
             shape.initrd,
             ready_marker=bytes.fromhex(guest.ready_marker) if guest.ready_marker else None,
             capsa_guest=guest.capsa_guest,
-            root_disk=root,
-            has_agent=shape.agent_port is not None,
+            root_disk=(
+                DiskImage(guest.root_disk, read_only=guest.root_disk_read_only, format=guest.root_disk_format)
+                if guest.root_disk is not None else None
+            ),
+            has_agent=guest.has_agent,
         )
 
     def vm_spec(self, network: NetworkConfig | None = None) -> VmSpec:
