@@ -23,7 +23,7 @@ from engine.microvm.boot import LinuxDirectBoot
 from engine.microvm.disk import DiskImage
 from engine.microvm.spec import VmSpec
 from engine.snapshot.clone import WaitingClone
-from engine.snapshot.snapshot import Snapshot, snapshot_unsupported
+from engine.snapshot.snapshot import Snapshot
 from engine.snapshot.store import RAM_DIR_ENV, TEMPLATES_DIR_ENV
 from engine.snapshot.template import template_for
 from tests.waiting import free_port, pool_settled, until
@@ -74,12 +74,6 @@ async def _facts(vm: engine.VmHandle) -> tuple[str, str, str, float]:
     assert r.exit_code == 0, r.stderr
     rand, host, mac, clock = r.stdout.decode().split()
     return rand, host, mac, float(clock)
-
-
-def test_sandbox_templates_are_supported_but_not_with_a_scratch_disk(sandbox_boot_config: LinuxDirectBoot) -> None:
-    assert snapshot_unsupported(_spec(sandbox_boot_config)) is None
-    reason = snapshot_unsupported(_spec(sandbox_boot_config, scratch_disk_mb=64))
-    assert reason is not None and "scratch disk" in reason
 
 
 async def test_a_sandbox_template_records_its_root_disk_and_agent_port(template: Snapshot) -> None:
