@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -173,3 +174,18 @@ async def test_a_sandbox_pool_refills_from_clones_and_hands_out_a_working_agent(
         stats = pool.stats()
         assert (stats.snapshot, stats.fallbacks, stats.snapshot_error) == ("ready", 0, None), stats
         assert stats.created == 4, stats
+
+
+async def test_a_clone_whose_identity_step_fails_is_refused_naming_the_step(
+    template: Snapshot, sandbox_boot_config: LinuxDirectBoot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import engine.snapshot.clone as clone_module
+
+    # A clock the guest's kernel refuses (far past what clock_settime takes): the real agent's
+    # "clock" step fails in the guest, and the clone is killed instead of handed out.
+    monkeypatch.setattr(clone_module, "time", SimpleNamespace(time=lambda: 1e20))
+    spec = _spec(sandbox_boot_config)
+    waiting = await WaitingClone.launch(template, spec)
+    with pytest.raises(engine.SnapshotError, match="identity fix-up failed at clock"):
+        await waiting.restore(spec, hostname="sb-bad")
+    assert waiting.machine.exited
