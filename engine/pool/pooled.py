@@ -10,9 +10,11 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
+from engine.agent.client import Agent
 from engine.console.console import Console
 from engine.console.stream import ConsoleStream
 from engine.kvm.accel import AccelChoice
+from engine.microvm.agent_port import AgentPort
 from engine.microvm.handle import VmHandle
 from engine.microvm.resources import GuestOs, ResourceConfig
 from engine.microvm.spec import VmSpec
@@ -102,6 +104,16 @@ class PooledVm:
 
     async def snapshot(self, dest_dir: str | Path) -> Path:
         return await self.handle.snapshot(dest_dir)
+
+    async def agent(self, timeout: float | None = None) -> Agent:
+        """The sandbox's guest agent (a clone's is connected already: its identity went through it)."""
+        return await self.handle.agent(timeout)
+
+    def agent_port(self) -> AgentPort:
+        return self.handle.agent_port()
+
+    def fail(self, message: str) -> None:
+        self.handle.fail(message)
 
     # -- console ------------------------------------------------------------------------------
 

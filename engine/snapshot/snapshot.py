@@ -13,6 +13,7 @@ from engine.errors import SnapshotError
 from engine.kvm.accel import AccelChoice
 from engine.kvm.cmdline import MachineSpec
 from engine.microvm.boot import LinuxDirectBoot
+from engine.microvm.disk import DiskImage
 from engine.microvm.machine_spec import machine_spec_for
 from engine.microvm.spec import VmSpec
 from engine.netstack.config import NetworkConfig, NetworkMode, NoNetwork, UserNatConfig
@@ -27,6 +28,13 @@ def snapshot_unsupported(spec: VmSpec) -> str | None:
         return "a login profile has no shell on its console for the clone's identity fix-up"
     if spec.cmdline_override is not None:
         return "a replaced kernel command line may drop what the guest's init needs to be cloned"
+    if spec.scratch_disk_mb is not None:
+        # The scratch disk is the overlay's upper layer: a clone would need the template's disk
+        # as it was when saved, which templates do not keep (choose tmpfs writes to pool sandboxes).
+        return "a sandbox with a scratch disk cannot be cloned: its writable disk is not saved with the template"
+    disk = spec.boot.root_disk
+    if disk is not None and not disk.read_only:
+        return "only a read-only root image can be shared by clones"
     return None
 
 
@@ -71,12 +79,17 @@ class Snapshot:
         return "; ".join(differences) if differences else None
 
     def boot(self) -> LinuxDirectBoot:
-        guest = self.info.guest
+        guest, shape = self.info.guest, self.info.shape
         return LinuxDirectBoot(
-            self.info.shape.kernel,
-            self.info.shape.initrd,
+            shape.kernel,
+            shape.initrd,
             ready_marker=bytes.fromhex(guest.ready_marker) if guest.ready_marker else None,
             capsa_guest=guest.capsa_guest,
+            root_disk=(
+                DiskImage(guest.root_disk, read_only=guest.root_disk_read_only, format=guest.root_disk_format)
+                if guest.root_disk is not None else None
+            ),
+            has_agent=guest.has_agent,
         )
 
     def vm_spec(self, network: NetworkConfig | None = None) -> VmSpec:
