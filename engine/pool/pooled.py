@@ -6,6 +6,7 @@ callback (``Release``), so the pool depends on this module and never the other w
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,9 @@ class PooledVm:
         """Power the guest off (the pool sees it end: ``lost`` says so); ``release()`` is the
         usual way to give a VM back."""
         return await self.handle.stop(timeout)
+
+    async def stop_with_timeout(self, timeout: float | timedelta) -> VmStatus:
+        return await self.handle.stop_with_timeout(timeout)
 
     async def probe_console(self, timeout: float = 2.0) -> bool:
         return await self.handle.probe_console(timeout)
