@@ -89,6 +89,9 @@ if TYPE_CHECKING:
     from engine.microvm.handle import VmHandle, live_vms
     from engine.microvm.spec import LoginSpec, VmSpec
     from engine.microvm.disk import DiskImage
+    from engine.microvm.agent_port import AgentPort
+    from engine.microvm.boot import sandbox_boot
+    from engine.image.sandbox import SandboxImage, sandbox_image, sandbox_images
     from engine.microvm.builder import VmBuilder, vm
 else:
     # Hidden from type checkers: a module __getattr__ would make every misspelt name type-check.

@@ -10,7 +10,9 @@ SUDO=
 # lz4 unpacks Debian's kernel into the vmlinux we boot through PVH (the faster boot);
 # busybox-static and the kernel package are downloaded, never installed, by the image builder.
 # binutils: the tests assemble the guest's capsa-agent again and compare it with the shipped bytes.
-PACKAGES=(qemu-system-x86 busybox-static lz4 python3-venv tmux binutils iproute2)
+# mmdebstrap + erofs-utils build the sandbox image (a Debian tree in a read-only erofs file),
+# e2fsprogs formats a sandbox's scratch disk; uidmap lets a non-root mmdebstrap use --mode=unshare.
+PACKAGES=(qemu-system-x86 busybox-static lz4 python3-venv tmux binutils iproute2 mmdebstrap erofs-utils e2fsprogs uidmap)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -31,3 +33,6 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[test]'
 .venv/bin/capsa-tui image build
+# The bundled sandbox profile's image (python3 only): the tests' sandboxes and the first sandbox
+# start need it, and it takes about a minute the first time.
+.venv/bin/capsa-tui image build debian

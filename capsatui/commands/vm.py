@@ -10,12 +10,18 @@ from capsatui.attach import attach_terminal
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    image = sub.add_parser("image", help="build and inspect the default guest image, prune snapshot templates")
+    image = sub.add_parser("image", help="build and inspect the guest and sandbox images, prune snapshot templates")
     image_sub = image.add_subparsers(dest="image_command", metavar="ACTION", required=True)
-    build = image_sub.add_parser("build", help="download Debian's cloud kernel and busybox, build the initramfs")
-    build.add_argument("--force", action="store_true", help="rebuild even if a current image is cached")
-    build.set_defaults(handler=lambda args: _image_build(args.force))
-    info = image_sub.add_parser("info", help="show the cached image's paths, sizes and versions, and the accelerator")
+    build = image_sub.add_parser(
+        "build", help="build the default guest image (Debian's kernel + busybox); with BASE, also a sandbox image",
+    )
+    build.add_argument("base", nargs="?", choices=("debian",), metavar="BASE",
+                       help="also build the sandbox image of BASE (debian): python3 plus --package names")
+    build.add_argument("-p", "--package", action="append", default=[], metavar="NAME",
+                       help="a Debian package to add to the sandbox image (repeatable)")
+    build.add_argument("--force", action="store_true", help="rebuild the default image even if a current one is cached")
+    build.set_defaults(handler=lambda args: _image_build(args.force, args.base, args.package))
+    info = image_sub.add_parser("info", help="show the cached images' paths, sizes and versions, and the accelerator")
     info.set_defaults(handler=lambda args: _image_info())
     prune = image_sub.add_parser("prune", help="remove every snapshot template (and its RAM image) from the cache")
     prune.set_defaults(handler=lambda args: _image_prune())
@@ -47,9 +53,11 @@ def command_words(cmd: list[str]) -> str | None:
     return cmd[0] if len(cmd) == 1 else shlex.join(cmd)
 
 
-def _image_build(force: bool) -> int:
+def _image_build(force: bool, base: str | None = None, packages: list[str] | None = None) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    if packages and base is None:
+        raise engine.ConfigError("--package needs a sandbox base: capsa-tui image build debian -p NAME")
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), transient=False) as bar:
         task = bar.add_task("guest image", total=1.0)
 
@@ -57,7 +65,13 @@ def _image_build(force: bool) -> int:
             bar.update(task, description=step, completed=fraction)
 
         image = engine.build_image(force=force, progress=report)
+        sandbox = None
+        if base is not None:
+            task = bar.add_task("sandbox image", total=1.0)
+            sandbox = engine.sandbox_image(base, packages or (), progress=report)
     print(f"kernel {image.kernel}\ninitrd {image.initrd}")
+    if sandbox is not None:
+        print(f"sandbox {sandbox.rootfs} ({', '.join(sandbox.packages)})")
     return 0
 
 
@@ -68,6 +82,9 @@ def _image_info() -> int:
     table = Table(show_header=False, box=None)
     for key, value in engine.image_info().items():
         table.add_row(f"[bold]{key}[/]", value)
+    for sandbox in engine.sandbox_images():
+        table.add_row(f"[bold]sandbox {sandbox['base']}[/]",
+                      f"{sandbox['packages']}: {sandbox['rootfs']} ({sandbox['size']}, built {sandbox['built_at']})")
     table.add_row("[bold]accelerator[/]", engine.choose_accelerator().describe())
     Console().print(table)
     return 0
