@@ -321,7 +321,7 @@ async def measure(boot: engine.LinuxDirectBoot, runs: int, full: bool, rtt_sampl
         Row(f'exec(["/bin/true"]) / console exec("/bin/true") (n={rtt_samples})', latency(one.agent_exec),
             latency(one.console_bin_true), f"{one.agent_exec.q(0.5) / one.console_bin_true.q(0.5):.2f}× (p50)", "—",
             "info"),
-        Row(f"exec([busybox, \"true\"]) (static binary, n={rtt_samples})", latency(one.agent_busybox), "", "", "—",
+        Row(f"exec of busybox's true (a static binary, n={rtt_samples})", latency(one.agent_busybox), "", "", "—",
             "info"),
         Row(f"agent ping round trip (n={rtt_samples})", latency(one.ping), latency(one.console_exec),
             f"{one.ping.q(0.5) / one.console_exec.q(0.5):.2f}× (p50)", "—", "info"),
