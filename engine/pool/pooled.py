@@ -10,6 +10,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
+from engine.agent.client import Agent
 from engine.console.console import Console
 from engine.console.stream import ConsoleStream
 from engine.kvm.accel import AccelChoice
@@ -99,6 +100,10 @@ class PooledVm:
 
     async def snapshot(self, dest_dir: str | Path) -> Path:
         return await self.handle.snapshot(dest_dir)
+
+    async def agent(self, timeout: float | None = None) -> Agent:
+        """The sandbox's guest agent (a clone's is connected already: its identity went through it)."""
+        return await self.handle.agent(timeout)
 
     def agent_port(self) -> AgentPort:
         return self.handle.agent_port()
