@@ -14,7 +14,7 @@ PORT_NAME = "capsa.agent"  # the virtserialport's name= (the guest reads it from
 PYTHON = "/usr/bin/python3"
 # Through the launcher, so that the agent's modules load from bytecode (see run_capsa_agent.py).
 AGENT_COMMAND: tuple[str, ...] = (
-    PYTHON, "-E", "-s", f"{AGENT_DIR}/run_capsa_agent.py", "--port-name", PORT_NAME,
+    PYTHON, "-E", "-s", "-S", f"{AGENT_DIR}/run_capsa_agent.py", "--port-name", PORT_NAME,
 )
 # What the image builder runs inside the root tree (chroot) to compile the agent's modules with
 # the guest's own Python. checked-hash: a pyc serves only while its source is unchanged (the
