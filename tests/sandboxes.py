@@ -19,6 +19,10 @@ from engine.microvm.boot import LinuxDirectBoot, sandbox_boot
 from engine.microvm.handle import VmHandle
 from engine.microvm.spec import VmSpec
 
+# A console command printing the agent's pid: minbase has no procps and Debian's busybox no
+# pgrep; the bracket keeps grep from matching its own command line.
+FIND_AGENT = 'for p in /proc/[0-9]*; do grep -qs "[c]apsa_agent.py" "$p/cmdline" && echo "${p#/proc/}"; done'
+
 
 @functools.cache
 def _built() -> LinuxDirectBoot:

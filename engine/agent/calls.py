@@ -28,6 +28,10 @@ class Call:
     queue: asyncio.Queue[tuple[str, bytes] | None] | None = None
     sink: IO[bytes] | None = None
     window: asyncio.Event = field(default_factory=asyncio.Event)
+    # The host's own bound on the bytes this call may receive: the guest is not trusted to
+    # keep the caps it was asked to keep (None: bounded by its consumer, as a spawn's queue is).
+    limit: int | None = None
+    received: int = 0
 
 
 class Channel(Protocol):
@@ -51,7 +55,11 @@ def reply_error(msg: Mapping[str, Any]) -> AgentError:
     """The engine error for a failed reply (naming the guest path where there is one)."""
     kind = msg.get("error")
     text = str(msg.get("message", "the agent refused the request"))
-    path, err = str(msg.get("path", "")), int(msg.get("errno", 0) or 0)
+    path = str(msg.get("path", ""))
+    try:
+        err = int(msg.get("errno", 0) or 0)
+    except (TypeError, ValueError):
+        err = 0
     if kind == "not_found":
         return GuestFileNotFound(text, path, err)
     if kind == "permission":

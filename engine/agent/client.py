@@ -30,6 +30,7 @@ from engine.errors import (
     GuestFileNotFound,
     GuestPathError,
     IdentityError,
+    TransferTooLarge,
 )
 
 _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
@@ -114,6 +115,10 @@ class Agent:
         if call is None:
             return
         if isinstance(event, protocol.OutputEvent):
+            call.received += len(event.data)
+            if call.limit is not None and call.received > call.limit:
+                self._overflow(call)
+                return
             if call.sink is not None and event.stream != "stderr":
                 call.sink.write(event.data)
                 self.write(self.session.ack(call.id, len(event.data)))
@@ -131,6 +136,14 @@ class Agent:
                 call.queue.put_nowait(None)
             if not call.reply.done():
                 call.reply.set_result(event)
+
+    def _overflow(self, call: Call) -> None:
+        """The guest sent a call more bytes than it was allowed: the call fails, the rest is refused."""
+        self._abandon(call)
+        call.window.set()
+        if not call.reply.done():
+            call.reply.set_exception(TransferTooLarge(
+                f"the guest sent more than the {call.limit} bytes this request allows; the transfer was stopped"))
 
     def write(self, data: bytes) -> None:
         if self._failure is not None:
@@ -175,11 +188,12 @@ class Agent:
         """Wait until the stream's write buffer is low."""
         await self._writer.drain()
 
-    def start(self, msg: dict[str, Any], *, stream: bool = False, sink: IO[bytes] | None = None) -> Call:
+    def start(self, msg: dict[str, Any], *, stream: bool = False, sink: IO[bytes] | None = None,
+              limit: int | None = None) -> Call:
         if self._failure is not None:
             raise self._failure
         rid, data = self.session.request(msg)
-        call = Call(rid, asyncio.get_running_loop().create_future(), sink=sink)
+        call = Call(rid, asyncio.get_running_loop().create_future(), sink=sink, limit=limit)
         if stream:
             call.queue = asyncio.Queue()
         self._calls[rid] = call
@@ -262,7 +276,9 @@ class Agent:
         ``truncated`` and the rest was dropped in the guest.
         """
         timeout = timeout if timeout is not None else None
-        call = self.start(self._exec_msg(cmd, env, cwd, timeout, max_output, tty, False))
+        # The guest keeps max_output bytes of output; a frame in flight when it stops is slack.
+        call = self.start(self._exec_msg(cmd, env, cwd, timeout, max_output, tty, False),
+                          limit=max_output + 2 * wire.MAX_BODY)
         sender = asyncio.ensure_future(self._send_stream(call, stdin))
         try:
             guard = None if timeout is None else timeout + max(30.0, self.timeout)
@@ -295,7 +311,7 @@ class Agent:
     async def read_file(self, path: str, max_bytes: int = 64 << 20) -> bytes:
         """The guest file's bytes; TransferTooLarge when it holds more than ``max_bytes``."""
         _check_path(path)
-        call = self.start({"t": "read", "path": path, "max_bytes": max_bytes})
+        call = self.start({"t": "read", "path": path, "max_bytes": max_bytes}, limit=max_bytes)
         await self.wait(call, None)
         return b"".join(call.chunks["data"])
 
@@ -337,13 +353,15 @@ class Agent:
                 raise GuestPathError(f"the guest refused the archive: {text}", path)
             raise GuestFileError(f"unpacking into {guest_path} failed: {text or 'the unpacker died'}", guest_path)
 
-    async def copy_out(self, guest_path: str, local_path: str | os.PathLike[str]) -> None:
+    async def copy_out(self, guest_path: str, local_path: str | os.PathLike[str], *,
+                       max_bytes: int = 4 << 30) -> None:
         """Copy the guest folder ``guest_path`` into the local folder ``local_path`` (made if
-        missing). The guest is not trusted: members that would land outside are refused."""
+        missing). The guest is not trusted: members that would land outside are refused, and an
+        archive past ``max_bytes`` is stopped (TransferTooLarge) before it fills the host's disk."""
         _check_path(guest_path)
         local = Path(local_path)
         with tempfile.TemporaryFile() as spool:
-            call = self.start({"t": "tar_out", "path": guest_path}, sink=spool)
+            call = self.start({"t": "tar_out", "path": guest_path}, sink=spool, limit=max_bytes)
             event = await self.wait(call, None)
             if event.msg.get("exit_code") != 0:
                 raise GuestFileError(f"packing {guest_path} failed in the guest", guest_path)

@@ -70,6 +70,10 @@ class Session:
     next_id: int = 1
     open_ids: set[int] = field(default_factory=set)
     sent_unacked: dict[int, int] = field(default_factory=dict)
+    # Output bytes per request that we have not acknowledged yet: the agent may send no more
+    # than WINDOW ahead of our acks, so a guest that floods a reader that stopped reading is a
+    # protocol error, not host memory without bound.
+    recv_unacked: dict[int, int] = field(default_factory=dict)
     dead: str | None = None
     greeted: bool = False
 
@@ -86,6 +90,7 @@ class Session:
         self.next_id += 1
         self.open_ids.add(rid)
         self.sent_unacked[rid] = 0
+        self.recv_unacked[rid] = 0
         return rid, wire.encode({**msg, "id": rid}, body)
 
     def send_data(self, rid: int, chunk: bytes) -> bytes:
@@ -103,12 +108,15 @@ class Session:
 
     def ack(self, rid: int, n: int) -> bytes:
         """Tell the agent we consumed ``n`` bytes of ``rid``'s output (gives it credit)."""
+        if rid in self.recv_unacked:
+            self.recv_unacked[rid] = max(0, self.recv_unacked[rid] - n)
         return wire.encode({"t": "ack", "id": rid, "n": n})
 
     def forget(self, rid: int) -> None:
         """The caller gave up on ``rid``: late frames for it are dropped, not errors."""
         self.open_ids.discard(rid)
         self.sent_unacked.pop(rid, None)
+        self.recv_unacked.pop(rid, None)
 
     def feed(self, data: bytes) -> list[Event]:
         """Events for the bytes the agent sent."""
@@ -150,6 +158,10 @@ class Session:
             stream = msg.get("s")
             if stream not in ("stdout", "stderr", "data"):
                 return self._die(f"an output frame of unknown stream {stream!r}")
+            ahead = self.recv_unacked.get(rid, 0) + len(frame.body)
+            if ahead > WINDOW + wire.MAX_BODY:  # the agent may overshoot by the one chunk in hand
+                return self._die(f"request {rid}'s output ran {ahead} bytes ahead of our acknowledgements (window {WINDOW})")
+            self.recv_unacked[rid] = ahead
             return OutputEvent(rid, stream, frame.body)
         if kind == "in_ack":
             n = msg.get("n")

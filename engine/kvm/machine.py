@@ -78,6 +78,9 @@ class Machine:
         # The agent port's stream: QEMU keeps it connected for the machine's whole life, whether
         # or not the guest has the port open (VSERPORT_CHANGE says that).
         self.agent_streams = agent
+        # The last VSERPORT_CHANGE of each port, kept here because a restored guest replays its
+        # open ports as soon as it runs, which can be before anyone listens for events.
+        self.ports_open: dict[str, bool] = {}
         self.spec: MachineSpec | None = None  # what it was launched with (set by launch)
         self._net_socket = net_socket
         self.qmp = qmp
@@ -231,6 +234,8 @@ class Machine:
                     self._shutdown_reason = str(data.get("reason", ""))
                 elif name == "GUEST_PANICKED":
                     self._panicked = True
+                elif name == "VSERPORT_CHANGE":
+                    self.ports_open[str(data.get("id"))] = bool(data.get("open"))
                 for callback in list(self._callbacks):
                     try:
                         callback(name, data)

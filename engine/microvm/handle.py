@@ -90,6 +90,8 @@ class VmHandle:
         self._agent_lock = asyncio.Lock()
         if self._agent_port is not None:
             self._agent_port.add_close_callback(self._agent_port_closed)
+            if machine.ports_open.get(AGENT_DEVICE_ID):
+                self._agent_port.set_open(True)  # opened (or replayed by a restore) before this handle
         # Without a marker the engine cannot tell more than "the machine runs"; a login guest
         # prints its marker only after someone logs in.
         watch_marker = spec.boot.ready_marker is not None and spec.login is None and not running
@@ -235,6 +237,8 @@ class VmHandle:
     async def snapshot(self, dest_dir: str | Path) -> Path:
         """Save this VM (RAM and devices) into ``dest_dir``, which must be empty or absent;
         the VM runs on. Start clones of it with ``engine.vm_from_snapshot(path)``."""
+        if self.spec.scratch_disk_mb is not None:
+            raise ConfigError("a VM with a scratch disk cannot be snapshotted: the disk is its alone and ends with it")
         return await save_snapshot(self._machine, self.spec, self.guest_ip, dest_dir)
 
     def resources(self) -> dict[str, Any]:

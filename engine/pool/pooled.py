@@ -13,6 +13,7 @@ from typing import Any
 from engine.console.console import Console
 from engine.console.stream import ConsoleStream
 from engine.kvm.accel import AccelChoice
+from engine.microvm.agent_port import AgentPort
 from engine.microvm.handle import VmHandle
 from engine.microvm.spec import VmSpec
 from engine.microvm.status import VmStatus
@@ -98,6 +99,12 @@ class PooledVm:
 
     async def snapshot(self, dest_dir: str | Path) -> Path:
         return await self.handle.snapshot(dest_dir)
+
+    def agent_port(self) -> AgentPort:
+        return self.handle.agent_port()
+
+    def fail(self, message: str) -> None:
+        self.handle.fail(message)
 
     # -- console ------------------------------------------------------------------------------
 

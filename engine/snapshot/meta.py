@@ -75,6 +75,12 @@ class GuestFacts:
     hostname: str
     scrollback_bytes: int
     guest_ip: str | None  # the address the guest held when saved (its gateway re-grants it)
+    # A sandbox's root disk (read-only, shared by every clone) and agent port: the clone is
+    # launched with the same devices, or the saved device state does not load.
+    root_disk: str | None = None
+    root_disk_format: str = "raw"
+    root_disk_read_only: bool = True
+    has_agent: bool = False
 
 
 @dataclass(frozen=True)

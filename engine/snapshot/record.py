@@ -39,4 +39,8 @@ def guest_facts(spec: VmSpec, guest_ip: IPv4Address | None) -> GuestFacts:
         hostname=spec.hostname,
         scrollback_bytes=spec.scrollback_bytes,
         guest_ip=str(guest_ip) if guest_ip is not None else None,
+        root_disk=str(disk.path) if (disk := spec.boot.root_disk) is not None else None,
+        root_disk_format=disk.format if disk is not None else "raw",
+        root_disk_read_only=disk.read_only if disk is not None else True,
+        has_agent=spec.boot.has_agent,
     )

@@ -13,6 +13,7 @@ from engine.errors import SnapshotError
 from engine.kvm.accel import AccelChoice
 from engine.kvm.cmdline import MachineSpec
 from engine.microvm.boot import LinuxDirectBoot
+from engine.microvm.disk import DiskImage
 from engine.microvm.machine_spec import machine_spec_for
 from engine.microvm.spec import VmSpec
 from engine.netstack.config import NetworkConfig, NetworkMode, NoNetwork, UserNatConfig
@@ -77,6 +78,11 @@ class Snapshot:
             self.info.shape.initrd,
             ready_marker=bytes.fromhex(guest.ready_marker) if guest.ready_marker else None,
             capsa_guest=guest.capsa_guest,
+            root_disk=(
+                DiskImage(guest.root_disk, read_only=guest.root_disk_read_only, format=guest.root_disk_format)
+                if guest.root_disk is not None else None
+            ),
+            has_agent=guest.has_agent,
         )
 
     def vm_spec(self, network: NetworkConfig | None = None) -> VmSpec:

@@ -407,3 +407,51 @@ async def test_set_identity_unprivileged_reports_each_refused_step() -> None:
         with pytest.raises(GuestPermissionError) as perm:
             await agent.write_file("/root/capsa-agent-test", b"x")
         assert perm.value.path == "/root/capsa-agent-test"
+
+
+async def test_the_host_keeps_its_own_caps_when_the_guest_ignores_them() -> None:
+    """An impostor agent answers a read with more bytes than max_bytes and an exec with more
+    output than max_output: the host stops each transfer itself (TransferTooLarge), keeps no
+    more than the cap, and the session lives on."""
+    host, guest = socket.socketpair()
+    guest.setblocking(False)
+    try:
+        reader, writer = await asyncio.open_connection(sock=host)
+        connecting = asyncio.ensure_future(Agent.connect(reader, writer, timeout=30))
+        loop = asyncio.get_running_loop()
+        decoder = wire.Decoder(want_nonce=b"")
+        frames: list[wire.Frame] = []
+        while not frames:
+            frames += decoder.feed(await loop.sock_recv(guest, 65536))
+        await loop.sock_sendall(guest, wire.encode_hello(decoder.nonce, {"t": "hello", "id": 0, "version": wire.VERSION}))
+        agent = await connecting
+
+        async def next_request() -> wire.Frame:
+            while True:
+                for frame in decoder.feed(await loop.sock_recv(guest, 65536)):
+                    if frame.msg.get("t") not in ("ack", "cancel"):
+                        return frame
+
+        chunk = b"x" * (64 << 10)
+        reading = asyncio.ensure_future(agent.read_file("/etc/big", max_bytes=100_000))
+        request = await next_request()
+        for _ in range(3):  # 192 KiB against a 100 000-byte cap
+            await loop.sock_sendall(guest, wire.encode({"t": "out", "id": request.msg["id"], "s": "data"}, chunk))
+        with pytest.raises(TransferTooLarge, match="100000 bytes"):
+            await asyncio.wait_for(reading, 30)
+
+        running = asyncio.ensure_future(agent.exec(["cat"], max_output=1000))
+        request = await next_request()
+        for _ in range(40):  # 2.5 MiB of "stdout" against a 1000-byte cap (+ two frames of slack)
+            await loop.sock_sendall(guest, wire.encode({"t": "out", "id": request.msg["id"], "s": "stdout"}, chunk))
+        with pytest.raises(TransferTooLarge):
+            await asyncio.wait_for(running, 30)
+
+        pinging = asyncio.ensure_future(agent.ping())
+        request = await next_request()
+        await loop.sock_sendall(guest, wire.encode({"t": "reply", "id": request.msg["id"], "ok": True}))
+        await asyncio.wait_for(pinging, 30)
+        writer.close()
+    finally:
+        guest.close()
+        host.close()

@@ -63,3 +63,22 @@ def test_a_version_mismatch_is_a_protocol_error() -> None:
     session = protocol.Session()
     events = session.feed(wire.encode_hello(session.nonce, {"t": "hello", "id": 0, "version": 99}))
     assert isinstance(events[0], protocol.ProtocolErrorEvent) and "version 99" in events[0].reason
+
+
+def test_output_past_the_window_is_a_protocol_error_and_acks_give_credit() -> None:
+    session = protocol.Session()
+    session.feed(wire.encode_hello(session.nonce, {"t": "hello", "id": 0, "version": wire.VERSION}))
+    rid, _ = session.request({"t": "exec", "cmd": "cat"})
+    chunk = b"x" * wire.MAX_BODY
+    sent = 0
+    while sent + len(chunk) <= protocol.WINDOW:
+        (event,) = session.feed(wire.encode({"t": "out", "id": rid, "s": "stdout"}, chunk))
+        assert isinstance(event, protocol.OutputEvent)
+        sent += len(chunk)
+    session.ack(rid, sent)  # the reader consumed it all: a full window more is fine
+    for _ in range(protocol.WINDOW // len(chunk)):
+        assert isinstance(session.feed(wire.encode({"t": "out", "id": rid, "s": "stdout"}, chunk))[0], protocol.OutputEvent)
+    # Unacknowledged now: one chunk of overshoot is tolerated, the next is a flood.
+    assert isinstance(session.feed(wire.encode({"t": "out", "id": rid, "s": "stdout"}, chunk))[0], protocol.OutputEvent)
+    (event,) = session.feed(wire.encode({"t": "out", "id": rid, "s": "stdout"}, chunk))
+    assert isinstance(event, protocol.ProtocolErrorEvent) and "ahead of our acknowledgements" in event.reason

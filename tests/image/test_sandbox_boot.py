@@ -13,7 +13,7 @@ import pytest
 
 import engine
 from engine.microvm.boot import LinuxDirectBoot
-from tests.sandboxes import running_sandbox
+from tests.sandboxes import FIND_AGENT, running_sandbox
 from tests.waiting import until
 
 pytestmark = pytest.mark.guest
@@ -104,10 +104,6 @@ async def test_network_reaches_a_host_server_by_name(sandbox_boot_config: LinuxD
             assert out == "hello from the host\n"
 
 
-# minbase has no procps and Debian's busybox no pgrep; the bracket keeps grep from matching itself.
-_FIND_AGENT = 'for p in /proc/[0-9]*; do grep -qs "[c]apsa_agent.py" "$p/cmdline" && echo "${p#/proc/}"; done'
-
-
 async def test_agent_runs_as_root_and_is_respawned(sandbox_boot_config: LinuxDirectBoot) -> None:
     async with running_sandbox(sandbox_boot_config) as vm:
         port = vm.agent_port()
@@ -115,12 +111,12 @@ async def test_agent_runs_as_root_and_is_respawned(sandbox_boot_config: LinuxDir
         closes: list[bool] = []
         port.add_close_callback(lambda: closes.append(True))
         con = await vm.console()
-        pid = (await con.exec(_FIND_AGENT, timeout=60)).strip()
+        pid = (await con.exec(FIND_AGENT, timeout=60)).strip()
         assert pid.isdigit()
         assert (await con.exec(f"stat -c %u /proc/{pid}", timeout=60)).strip() == "0"
         assert (await con.run(f"kill -9 {pid}", timeout=60)).exit_code == 0
         await until(lambda: bool(closes), 60, "the port closing when the agent died")
         await until(lambda: port.is_open, 120, "busybox init respawning the agent")
-        new_pid = (await con.exec(_FIND_AGENT, timeout=60)).strip()
+        new_pid = (await con.exec(FIND_AGENT, timeout=60)).strip()
         assert new_pid.isdigit() and new_pid != pid
 
