@@ -87,6 +87,7 @@ class LocalHub(Hub):
             history_boot_s=list(self._hist_boot.get(name, ())),
             starting=run is not None and not run.ready,
             size=run.size if run else None,
+            has_agent=pool.spec.boot.has_agent if pool is not None else None,
         )
 
     def profile(self, name: str) -> engine.Profile | None:

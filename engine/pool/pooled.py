@@ -10,6 +10,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
+from engine.agent.client import Agent
 from engine.console.console import Console
 from engine.console.stream import ConsoleStream
 from engine.kvm.accel import AccelChoice
@@ -102,6 +103,13 @@ class PooledVm:
 
     def agent_port(self) -> AgentPort:
         return self.handle.agent_port()
+
+    @property
+    def has_agent(self) -> bool:
+        return self.handle.spec.boot.has_agent
+
+    async def agent(self, timeout: float | None = None) -> Agent:
+        return await self.handle.agent(timeout)
 
     def fail(self, message: str) -> None:
         self.handle.fail(message)
