@@ -39,10 +39,10 @@ ACTIONS: list[tuple[str, str, str, str]] = [
 ]
 
 COLUMNS = [
-    ("profile", "Profile"), ("state", "State"), ("idle", "Idle"), ("booting", "Booting"),
+    ("profile", "Profile"), ("state", "State"), ("agent", "Agent"), ("idle", "Idle"), ("booting", "Booting"),
     ("reserved", "Reserved"), ("max", "Max"), ("created", "Created"), ("evicted", "Evicted"),
     ("failed", "Failed"), ("misses", "Misses"), ("p50", "Boot p50"), ("p95", "Boot p95"),
-    ("accel", "Accel"), ("agent", "Agent"), ("error", "Error"),
+    ("accel", "Accel"), ("error", "Error"),
 ]  # fmt: skip
 RESERVED_COLUMNS = [("vm", "VM"), ("pool", "Pool"), ("pid", "PID"), ("status", "Status"), ("agent", "Agent")]
 
@@ -90,8 +90,8 @@ def row_cells(state: PoolState, accel: str, agent_gap: str | None = None) -> lis
     active = state.running or state.starting
     cluster = cluster_of(state)
     name: Any = state.name if cluster is None else Text.assemble(state.name, (f" [{cluster}]", "cyan"))
-    return [name, state_label(state), *[str(c) for c in counts], accel if active else "",
-            agent_cell(state.has_agent, agent_gap), error]
+    return [name, state_label(state), agent_cell(state.has_agent, agent_gap), *[str(c) for c in counts],
+            accel if active else "", error]
 
 
 def refill_text(stats: engine.PoolStats) -> Text:

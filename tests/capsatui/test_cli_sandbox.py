@@ -16,11 +16,13 @@ from capsatui.commands.agent_exec import TIMEOUT_STATUS, Outcome, emit, outcome_
 from capsatui.commands.sandbox import CP_GAP, CopyIn, parse_in, parse_out
 from capsatui.screens.dashboard import agent_cell
 
-CLI = str(Path(sys.executable).with_name("capsa-tui"))
+ROOT = Path(__file__).resolve().parents[2]
 
 
-def _run(*args: str, timeout: float = 300, cwd: Path | None = None) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([CLI, *args], capture_output=True, timeout=timeout, cwd=cwd)
+def _run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[bytes]:
+    # ``-m`` from the checkout (not the installed script): the code under test is this tree's.
+    return subprocess.run([sys.executable, "-m", "capsatui.cli", *args], capture_output=True, timeout=timeout,
+                          cwd=ROOT)
 
 
 # -- pure -----------------------------------------------------------------------------------------
