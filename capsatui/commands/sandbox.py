@@ -25,7 +25,7 @@ SANDBOX_MEMORY_MB = 512  # python3 and a workload want more than the busybox gue
 
 @dataclass(frozen=True)
 class CopyIn:
-    """``--in LOCAL:GUEST``: the local file or folder's contents go into the guest folder."""
+    """``--in LOCAL:GUEST``: a local folder's contents (or a file, by its name) go into the guest folder."""
 
     local: Path
     guest: str
@@ -67,7 +67,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "signal N, 124 after --timeout. --out copies run even when CMD failed.",
     )
     run.add_argument("--in", dest="copy_in", action="append", default=[], metavar="LOCAL:GUEST",
-                     help="copy the local file or folder's contents into guest folder GUEST first (repeatable)")
+                     help="first copy a local folder's contents (or a file, as GUEST/NAME) into guest folder GUEST, "
+                          "made if missing (repeatable)")
     run.add_argument("--out", dest="copy_out", action="append", default=[], metavar="GUEST:LOCAL",
                      help="copy guest folder GUEST's contents into local folder LOCAL after CMD (repeatable)")
     add_sandbox_shape(run)

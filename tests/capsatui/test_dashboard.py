@@ -116,11 +116,14 @@ async def test_pool_life_from_the_dashboard(boot: engine.LinuxDirectBoot, config
         assert cell(app, "default", "state") == "stopped"  # only the autostart profile starts
         await wait_for(pilot, lambda: cell(app, "t", "idle") == "1")
         assert cell(app, "t", "state") == "running" and cell(app, "t", "created") == "1"
+        # The busybox guest has no agent: its commands go through the console.
+        assert cell(app, "t", "agent") == "console" and cell(app, "default", "agent") == "-"
         pools(app).move_cursor(row=pools(app).get_row_index("t"))
         await pilot.press("r")
         await wait_for(pilot, lambda: len(app.hub.reserved()) == 1)
         reserved = app.dashboard.query_one("#reserved", DataTable)
         await wait_for(pilot, lambda: reserved.row_count == 1 and cell(app, "t", "reserved") == "1")
+        assert str(reserved.get_row_at(0)[-1]) == "console"
 
         # The console opens on the reserved VM: type a command, see its output rendered.
         await wait_for(pilot, lambda: isinstance(app.screen, ConsoleScreen), 30)
