@@ -99,7 +99,10 @@ def sandbox_builder(packages: Sequence[str], cpus: int, memory_mb: int) -> engin
     steps: list[str] = []
 
     def progress(step: str, fraction: float) -> None:
-        # Only a build reports progress: without a word here a first run looks hung for minutes.
+        # A build reports its steps: without a word here a first run looks hung for minutes. A
+        # cached image reports only that it is ready, which is not news.
+        if not steps and fraction >= 1.0:
+            return
         if not steps or steps[-1] != step:
             steps.append(step)
             _say(f"building the sandbox image: {step}")
