@@ -49,11 +49,11 @@ def timeout_outcome(err: engine.ExecTimeout, timeout: float) -> Outcome:
                    f"the command ran past its {timeout:g} s timeout; its process group was killed (status 124)")
 
 
-async def run_through_agent(agent: engine.Agent, command: str, timeout: float) -> Outcome:
+async def run_through_agent(agent: engine.Agent, command: str, timeout: float, stdin: bytes = b"") -> Outcome:
     """Run ``command`` (a shell line: the guest runs it through /bin/sh -c, as the console
-    would) and say what to print and exit with."""
+    would) with ``stdin`` and say what to print and exit with."""
     try:
-        result = await agent.exec(command, timeout=timeout)
+        result = await agent.exec(command, timeout=timeout, stdin=stdin)
     except engine.ExecTimeout as err:
         return timeout_outcome(err, timeout)
     return outcome_of(result)

@@ -257,16 +257,20 @@ async def _run_warm(args: argparse.Namespace, command: str) -> engine.CommandRes
 
 
 async def _run_cold(args: argparse.Namespace, command: str) -> engine.CommandResult | Outcome:
-    """The console's result, or the agent's outcome when the guest runs the agent."""
     profile = engine.find_profile(args.profile)
     async with await profile.vm_builder().console_enabled().build() as vm:
-        if vm.spec.boot.has_agent:
-            agent = await vm.agent(_READY_TIMEOUT)  # the agent is up before the console's marker
-            if args.verbose:
-                _say(f"a cold sandbox of profile {profile.name!r} on {vm.accel.describe()}, through its agent")
-            return await run_through_agent(agent, command, args.timeout)
         if args.verbose:
-            _say(f"a cold VM of profile {profile.name!r} on {vm.accel.describe()}")
-        await vm.wait_ready(_READY_TIMEOUT)
-        console = await vm.shell()
-        return await console.run(command, timeout=args.timeout)
+            path = "through its agent" if vm.spec.boot.has_agent else "through its console"
+            _say(f"a cold VM of profile {profile.name!r} on {vm.accel.describe()}, {path}")
+        return await run_on_vm(vm, command, args.timeout)
+
+
+async def run_on_vm(vm: engine.VmHandle, command: str, timeout: float) -> engine.CommandResult | Outcome:
+    """Run ``command`` the best way ``vm`` offers: the agent's outcome (streams apart) when the
+    guest runs the agent, else the console shell's result (streams mixed)."""
+    if vm.spec.boot.has_agent:
+        agent = await vm.agent(_READY_TIMEOUT)  # the agent is up before the console's marker
+        return await run_through_agent(agent, command, timeout)
+    await vm.wait_ready(_READY_TIMEOUT)
+    console = await vm.shell()
+    return await console.run(command, timeout=timeout)

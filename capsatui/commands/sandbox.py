@@ -73,6 +73,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="copy guest folder GUEST's contents into local folder LOCAL after CMD (repeatable)")
     add_sandbox_shape(run)
     run.add_argument("--timeout", type=float, default=300.0, help="seconds CMD may run (default 300)")
+    run.add_argument("-i", "--stdin", action="store_true",
+                     help="read this command's stdin to its end and give it to CMD as its stdin")
     run.add_argument("-v", "--verbose", action="store_true", help="say how long each step took")
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...", help="the command to run in the guest")
     run.set_defaults(handler=_sandbox_run)
@@ -124,6 +126,8 @@ async def _sandbox_run(args: argparse.Namespace) -> int:
         return 2
     copies_in = [parse_in(spec) for spec in args.copy_in]  # bad specs fail before any boot
     copies_out = [parse_out(spec) for spec in args.copy_out]
+    # Read before the boot: a producer on the pipe need not wait for the guest.
+    stdin = sys.stdin.buffer.read() if args.stdin else b""
     started = time.monotonic()
     async with await sandbox_builder(args.package, args.cpus, args.memory).build() as vm:
         agent = await vm.agent(_AGENT_TIMEOUT)
@@ -135,7 +139,7 @@ async def _sandbox_run(args: argparse.Namespace) -> int:
             if args.verbose:
                 _say(f"copied {copy.local} into {copy.guest} in {time.monotonic() - mark:.2f} s")
         mark = time.monotonic()
-        outcome = await run_through_agent(agent, command, args.timeout)
+        outcome = await run_through_agent(agent, command, args.timeout, stdin)
         if args.verbose:
             _say(f"the command ended with status {outcome.status} after {time.monotonic() - mark:.2f} s")
         failed_out = await _copy_out(agent, copies_out, args.verbose)

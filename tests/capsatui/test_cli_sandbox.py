@@ -13,16 +13,18 @@ import pytest
 
 import engine
 from capsatui.commands.agent_exec import TIMEOUT_STATUS, Outcome, emit, outcome_of, shell_status, timeout_outcome
+from capsatui.commands.pool import run_on_vm
 from capsatui.commands.sandbox import CP_GAP, CopyIn, parse_in, parse_out
 from capsatui.screens.dashboard import agent_cell
+from tests.sandboxes import running_sandbox
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[bytes]:
+def _run(*args: str, timeout: float = 300, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
     # ``-m`` from the checkout (not the installed script): the code under test is this tree's.
     return subprocess.run([sys.executable, "-m", "capsatui.cli", *args], capture_output=True, timeout=timeout,
-                          cwd=ROOT)
+                          cwd=ROOT, input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL)
 
 
 # -- pure -----------------------------------------------------------------------------------------
@@ -102,6 +104,7 @@ out.mkdir()
 (out / "result.bin").write_bytes(hashlib.sha256(data).digest() + data[::-1])
 (out / "nested").mkdir()
 (out / "nested" / "note.txt").write_text("from the guest")
+(out / "stdin.bin").write_bytes(sys.stdin.buffer.read())
 sys.stdout.buffer.write(b"stdout \\xff\\x00 bytes\\n")
 sys.stderr.buffer.write(b"stderr line\\n")
 sys.exit(5)
@@ -118,14 +121,16 @@ def test_sandbox_run_copies_a_folder_in_runs_python_and_copies_results_out(
     payload = bytes(range(256)) * 4096 + b"tail"  # 1 MiB and a bit, every byte value
     (src / "input.bin").write_bytes(payload)
     results = tmp_path / "results"
-    res = _run("sandbox", "run", "--in", f"{src}:/work", "--out", f"/work/out:{results}",
-               "--", "cd /work && python3 job.py")
+    piped = b"piped \x00\xff" * 1000
+    res = _run("sandbox", "run", "-i", "--in", f"{src}:/work", "--out", f"/work/out:{results}",
+               "--", "cd /work && python3 job.py", stdin=piped)
     assert res.returncode == 5, res.stderr  # the command's own status
     assert res.stdout == b"stdout \xff\x00 bytes\n"  # stdout alone, the bytes as written
     assert res.stderr.endswith(b"stderr line\n"), res.stderr  # stderr alone (after any build notes)
     got = (results / "result.bin").read_bytes()
     assert got == hashlib.sha256(payload).digest() + payload[::-1]
     assert (results / "nested" / "note.txt").read_text() == "from the guest"
+    assert (results / "stdin.bin").read_bytes() == piped  # -i: our stdin became the command's
 
 
 @pytest.mark.guest
@@ -141,3 +146,20 @@ def test_vm_run_sandbox_timeout_is_124_with_the_output_so_far(sandbox_boot_confi
     assert res.returncode == 124, res.stderr
     assert res.stdout == b"started\n"
     assert b"ran past its 3 s timeout" in res.stderr
+
+
+@pytest.mark.guest
+async def test_run_on_vm_takes_the_agent_when_the_guest_has_one(
+    sandbox_boot_config: engine.LinuxDirectBoot, boot: engine.LinuxDirectBoot,
+) -> None:
+    """``capsa-tui run``'s choice, on real VMs: a sandbox answers through its agent (streams
+    apart), the busybox guest through its console (streams mixed)."""
+    line = "echo to-out; echo to-err >&2; (exit 6)"  # a subshell: the console's own shell lives on
+    async with running_sandbox(sandbox_boot_config) as vm:
+        outcome = await run_on_vm(vm, line, 60)
+    assert isinstance(outcome, Outcome)
+    assert (outcome.stdout, outcome.stderr, outcome.status) == (b"to-out\n", b"to-err\n", 6)
+    async with await engine.vm(boot).memory_mb(192).console_enabled().build() as plain:
+        result = await run_on_vm(plain, line, 60)
+    assert isinstance(result, engine.CommandResult)
+    assert result.exit_code == 6 and result.output.splitlines() == ["to-out", "to-err"]
