@@ -49,13 +49,16 @@ def _print_table(profiles: list[engine.Profile]) -> None:
     from rich.table import Table
 
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("name", "source", "cpus", "memory", "pool", "boot", "description"):
+    for column in ("name", "kind", "source", "cpus", "memory", "pool", "boot", "description"):
         table.add_column(column, no_wrap=column != "description")
     for p in profiles:
-        boot = "default" if p.boot.kind == "default" else Path(str(p.boot.kernel)).name
+        if p.kind == "sandbox":
+            boot = p.describe_boot()
+        else:
+            boot = "default" if p.boot.kind == "default" else Path(str(p.boot.kernel)).name
         boot += f", login {p.login.user}" if p.login else ""
         pool = f"{p.size} (max {p.max_size})"
-        table.add_row(p.name, p.source, str(p.cpus), f"{p.memory_mb} MB", pool, boot, p.description)
+        table.add_row(p.name, p.kind, p.source, str(p.cpus), f"{p.memory_mb} MB", pool, boot, p.description)
     Console().print(table)
     for source, folder in engine.profile_dirs():
         print(f"{source} profiles: {folder}")  # plain print: a path must never be wrapped

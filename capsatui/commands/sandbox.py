@@ -96,7 +96,7 @@ def _say(text: str) -> None:
     print(f"capsa-tui: {text}", file=sys.stderr, flush=True)
 
 
-def sandbox_builder(packages: Sequence[str], cpus: int, memory_mb: int) -> engine.VmBuilder:
+def sandbox_builder(packages: Sequence[str], cpus: int, memory_mb: int) -> engine.SandboxBuilder:
     """A cold sandbox of the Debian image with ``packages`` (the image is built on first use)."""
     steps: list[str] = []
 
@@ -109,8 +109,7 @@ def sandbox_builder(packages: Sequence[str], cpus: int, memory_mb: int) -> engin
             steps.append(step)
             _say(f"building the sandbox image: {step}")
 
-    boot = engine.sandbox_boot("debian", tuple(packages), progress=progress)
-    return engine.vm(boot).cpus(cpus).memory_mb(memory_mb).console_enabled()
+    return engine.sandbox().image("debian", packages).cpus(cpus).memory_mb(memory_mb).progress(progress)
 
 
 def _words(args: argparse.Namespace, usage: str) -> str | None:

@@ -172,9 +172,11 @@ class ServiceHub(Hub):
         for name, raw in sorted(self._pools.items()):
             stats = engine.PoolStats(**{k: v for k, v in raw.items() if k in _stats_fields()})
             members = [_member(m) for m in raw.get("members", [])]
-            result.append(PoolState(name, self._profiles.get(name), stats.last_error, True, stats, members,
+            profile = self._profiles.get(name)
+            result.append(PoolState(name, profile, stats.last_error, True, stats, members,
                                     list(self._hist_idle.get(name, ())), list(self._hist_boot.get(name, ())),
-                                    size=stats.size))
+                                    size=stats.size,
+                                    has_agent=profile.kind == "sandbox" if profile is not None else None))
         if self._error is not None:
             result.append(PoolState(str(self.socket_path), None, self._error, False, None, [], [], []))
         return result

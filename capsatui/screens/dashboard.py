@@ -52,7 +52,8 @@ def agent_cell(has_agent: bool | None, gap: str | None) -> Text:
     if has_agent is None:
         return Text("-", style="dim")
     if has_agent:
-        return Text("agent", style="green")
+        # A served sandbox runs the agent, but this side reaches only its console.
+        return Text("agent, not over serve", style="yellow") if gap else Text("agent", style="green")
     return Text("console (serve)" if gap else "console", style="dim")
 
 
@@ -117,7 +118,7 @@ def detail_text(state: PoolState | None, accel: str) -> Text:
     profile = state.profile
     if profile is not None:
         text.append(f"  ({profile.source})  {profile.description}\n")
-        text.append(f"{profile.cpus} vCPU, {profile.memory_mb} MiB, {profile.boot.describe()}, ")
+        text.append(f"{profile.cpus} vCPU, {profile.memory_mb} MiB, {profile.describe_boot()}, ")
         text.append(f"pool size {state.size if state.size is not None else profile.size}, max {profile.max_size}\n")
         cluster = cluster_of(state)
         if cluster is not None:

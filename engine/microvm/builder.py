@@ -2,12 +2,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from typing import Any, Self
 
+from engine.errors import ConfigError
 from engine.microvm.boot import LinuxDirectBoot
 from engine.microvm.handle import VmHandle
 from engine.microvm.spec import LoginSpec, VmSpec
 from engine.netstack.config import NetworkConfig
+
+
+def seconds_of(value: float | timedelta, what: str = "timeout") -> float:
+    """A duration as seconds: a number or a ``datetime.timedelta`` (capsa's ``Duration``)."""
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{what} must be a number of seconds or a datetime.timedelta, got {value!r}")
+    return float(value)
 
 
 @dataclass
@@ -25,6 +36,14 @@ class ShapeBuilder:
 
     def memory_mb(self, mb: int) -> Self:
         return self._with(memory_mb=int(mb))
+
+    def timeout(self, duration: float | timedelta) -> Self:
+        """capsa's operation timeout: the default wait for readiness and agent calls."""
+        return self._with(timeout_s=seconds_of(duration))
+
+    def scratch_disk(self, mb: int) -> Self:
+        """Send a sandbox's writes to a per-VM scratch disk of ``mb`` MiB instead of tmpfs."""
+        return self._with(scratch_disk_mb=int(mb))
 
     def console_enabled(self, enabled: bool = True) -> Self:
         return self._with(console=enabled)

@@ -3,7 +3,9 @@
     profile = engine.find_profile("default")          # bundled or user folder, by name
     pool = await profile.pool_builder().build(profile.size)
 
-A profile names its boot (the default guest or a kernel/initrd of your own), the VM shape
+A profile is ``kind: vm`` (the default: a raw VM of the default guest or of a kernel/initrd of
+your own) or ``kind: sandbox`` (a Debian image with ``image: {base, packages}`` running the
+guest agent, resolved by ``engine.sandbox_boot``). It names its boot (the default guest or a kernel/initrd of your own), the VM shape
 (cpus, memory, console, hostname, kernel arguments, login), the pool's size and max_size, and
 the guest's network (none, or user-mode NAT with forwards, static hosts and a policy: parsed in
 ``engine.profile.network``).
@@ -23,26 +25,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from ruamel.yaml.comments import CommentedMap
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
-from engine.microvm.boot import LinuxDirectBoot, default_boot
+from engine.errors import ImageError
+from engine.image.sandbox import BASES, check_packages
+from engine.microvm.boot import LinuxDirectBoot, default_boot, sandbox_boot
 from engine.netstack.config import NetworkConfig, NoNetwork
 from engine.pool.builder import PoolBuilder, vm_pool
 from engine.pool.size import PROFILE_MAX_SIZE, PROFILE_SIZE, pool_sizes_fit
 from engine.profile.network import network_summary, parse_network
 # engine.names: the rules VmSpec.validate applies, checked here too so errors name file and line.
 from engine.names import HOSTNAME_RE, USER_RE
-from engine.profile.schema import NAME_RE, Fields, ProfileError, parse_document
+from engine.profile.schema import NAME_RE, Fields, ProfileError, describe, parse_document
 from engine.snapshot.snapshot import snapshot_unsupported
 from engine.microvm.builder import ShapeBuilder, VmBuilder, vm
 from engine.microvm.spec import LoginSpec
 
 B = TypeVar("B", bound=ShapeBuilder)
 Source = Literal["bundled", "user", "file"]
+Kind = Literal["vm", "sandbox"]
+KINDS: tuple[Kind, ...] = ("vm", "sandbox")
 TOP_KEYS = (
-    "name", "description", "boot", "cpus", "memory_mb", "console", "hostname",
-    "kernel_args", "login", "pool", "network",
+    "name", "description", "kind", "boot", "image", "cpus", "memory_mb", "console", "hostname",
+    "kernel_args", "login", "scratch_disk_mb", "timeout", "pool", "network",
 )  # fmt: skip
+IMAGE_KEYS = ("base", "packages")
+SCRATCH_DISK_MB = (16, 1 << 22)  # VmSpec.validate's range
+TIMEOUT_S = (0.1, 86400.0)
+SANDBOX_MEMORY_MB = 512  # python3 and a workload want more than a raw VM's 256
 BOOT_KEYS = ("kernel", "initrd", "cmdline")
 LOGIN_KEYS = ("user", "password")
 POOL_KEYS = ("size", "max_size", "snapshot")
@@ -71,6 +81,21 @@ class BootChoice:
 
 
 @dataclass(frozen=True)
+class ImageChoice:
+    """What a sandbox profile's VMs boot: the Debian image ``base`` with ``packages``."""
+
+    base: str = "debian"
+    packages: tuple[str, ...] = ()
+
+    def resolve(self, build: bool = True) -> LinuxDirectBoot:
+        """The sandbox boot of this image; built now (minutes) if ``build`` and not cached."""
+        return sandbox_boot(self.base, self.packages, build=build)
+
+    def describe(self) -> str:
+        return f"{self.base} image" + (f" + {', '.join(self.packages)}" if self.packages else "")
+
+
+@dataclass(frozen=True)
 class Profile:
     """One validated pool profile; ``vm_builder()`` / ``pool_builder()`` turn it into VMs."""
 
@@ -89,6 +114,19 @@ class Profile:
     snapshot: bool | None = None  # None: clones wherever the shape can be cloned
     network: NetworkConfig = field(default_factory=NoNetwork)  # NoNetwork or a built UserNatConfig
     source: Source = "file"
+    kind: Kind = "vm"
+    image: ImageChoice | None = None  # set for kind sandbox only
+    scratch_disk_mb: int | None = None  # a sandbox's writes: tmpfs (None) or a disk of this size
+    timeout_s: float | None = None  # capsa's operation timeout
+
+    def resolve_boot(self, build: bool = True) -> LinuxDirectBoot:
+        """The engine boot: the sandbox image (built if ``build``) or the profile's boot."""
+        if self.kind == "sandbox":
+            return (self.image or ImageChoice()).resolve(build)
+        return self.boot.resolve()
+
+    def describe_boot(self) -> str:
+        return (self.image or ImageChoice()).describe() if self.kind == "sandbox" else self.boot.describe()
 
     def _shape(self, builder: B) -> B:
         """Apply the VM shape to a VmBuilder or PoolBuilder (they share these methods)."""
@@ -100,15 +138,20 @@ class Profile:
             builder = builder.login_user(self.login.user, self.login.password)
         if self.boot.cmdline is not None:
             builder = builder.cmdline_override(self.boot.cmdline)
+        if self.scratch_disk_mb is not None:
+            builder = builder.scratch_disk(self.scratch_disk_mb)
+        if self.timeout_s is not None:
+            builder = builder.timeout(self.timeout_s)
         return builder
 
-    def vm_builder(self) -> VmBuilder:
-        """A builder for one VM of this shape (raises ImageError if the default guest is missing)."""
-        return self._shape(vm(self.boot.resolve()))
+    def vm_builder(self, build: bool = True) -> VmBuilder:
+        """A builder for one VM of this shape (raises ImageError if the default guest is missing;
+        a sandbox image is built if ``build``, else ImageError says how)."""
+        return self._shape(vm(self.resolve_boot(build)))
 
-    def pool_builder(self) -> PoolBuilder:
+    def pool_builder(self, build: bool = True) -> PoolBuilder:
         """A pool builder of this shape, max_size and name; pass ``size`` to ``build()``."""
-        builder = self._shape(vm_pool(self.boot.resolve())).max_size(self.max_size).name(self.name)
+        builder = self._shape(vm_pool(self.resolve_boot(build))).max_size(self.max_size).name(self.name)
         snapshot = self.snapshot
         if snapshot is None:
             snapshot = snapshot_unsupported(builder.spec()) is None
@@ -122,6 +165,7 @@ class Profile:
         return {
             "name": self.name,
             "description": self.description,
+            "kind": self.kind,
             "source": self.source,
             "path": str(self.path) if self.path else None,
             "boot": boot,
@@ -135,6 +179,9 @@ class Profile:
             "max_size": self.max_size,
             "snapshot": self.snapshot,
             "network": network_summary(self.network),
+            "image": {"base": self.image.base, "packages": list(self.image.packages)} if self.image else None,
+            "scratch_disk_mb": self.scratch_disk_mb,
+            "timeout": self.timeout_s,
         }
 
 
@@ -161,9 +208,22 @@ def parse_profile(
     name = None
     if f.require(document, "name", "", "a profile name, e.g. 'name: default'"):
         name = f.matching(document, "name", "", NAME_RE, "a name of lowercase letters, digits, '-' and '_' (at most 32)")
+    kind = parse_kind(f, document)
     boot = parse_boot(f, document, base_dir, is_file)
+    image = parse_image(f, document, kind)
+    if kind == "sandbox":
+        for key, why in (("boot", "it boots the image's kernel"), ("login", "its console is a root shell")):
+            if key in document:
+                f.error(document, key, key, f"expected no {key} in a kind: sandbox profile ({why})")
     login = parse_login(f, document, boot)
     size, max_size, snapshot = parse_pool(f, document, boot, login)
+    scratch = None
+    if "scratch_disk_mb" in document:
+        if kind != "sandbox":
+            f.error(document, "scratch_disk_mb", "scratch_disk_mb",
+                    "expected no scratch_disk_mb in a kind: vm profile (only a sandbox has an overlay to put on it)")
+        else:
+            scratch = f.integer(document, "scratch_disk_mb", "", *SCRATCH_DISK_MB, default=0) or None
     default_host = name if name and HOSTNAME_RE.match(name) else "capsa"
     profile = Profile(
         name=name or "",
@@ -171,7 +231,7 @@ def parse_profile(
         path=path,
         boot=boot or BootChoice(),
         cpus=f.integer(document, "cpus", "", *CPUS, default=1),
-        memory_mb=f.integer(document, "memory_mb", "", *MEMORY_MB, default=256),
+        memory_mb=f.integer(document, "memory_mb", "", *MEMORY_MB, default=SANDBOX_MEMORY_MB if kind == "sandbox" else 256),
         console=f.boolean(document, "console", "", default=True),
         hostname=f.matching(document, "hostname", "", HOSTNAME_RE, "a host name (letters, digits, '-')", default_host) or "capsa",
         kernel_args=parse_kernel_args(f, document, boot),
@@ -181,10 +241,73 @@ def parse_profile(
         snapshot=snapshot,
         network=parse_network(f, document, max_size),
         source=source,
+        kind=kind,
+        image=image,
+        scratch_disk_mb=scratch,
+        timeout_s=parse_timeout(f, document),
     )
     if f.issues:
         raise ProfileError(sorted(f.issues, key=lambda issue: issue.line or 0))
     return profile
+
+
+def parse_kind(f: Fields, document: CommentedMap) -> Kind:
+    """``kind: vm`` (the default) or ``kind: sandbox``."""
+    if "kind" not in document:
+        return "vm"
+    value = document["kind"]
+    for kind in KINDS:
+        if value == kind:
+            return kind
+    f.expected(document, "kind", "", "'vm' or 'sandbox'")
+    return "vm"
+
+
+def parse_image(f: Fields, document: CommentedMap, kind: Kind) -> ImageChoice | None:
+    """``image: {base: debian, packages: [..]}``, a sandbox's image (absent: python3 only)."""
+    if "image" not in document:
+        return ImageChoice() if kind == "sandbox" else None
+    if kind != "sandbox":
+        f.error(document, "image", "image", "expected no image in a kind: vm profile (add 'kind: sandbox')")
+        return None
+    image = f.mapping(document, "image", "")
+    if image is None:
+        return ImageChoice()
+    f.unknown_keys(image, "image", IMAGE_KEYS)
+    base = f.string(image, "base", "image", "debian")
+    if base is not None and base not in BASES:
+        f.expected(image, "base", "image", " or ".join(repr(b) for b in BASES))
+    packages: list[str] = []
+    if "packages" in image:
+        names = image["packages"]
+        if not isinstance(names, CommentedSeq):
+            f.expected(image, "packages", "image", "a list of Debian package names")
+        else:
+            for index, name in enumerate(names):
+                where = f"image.packages[{index}]"
+                if not isinstance(name, str):
+                    f.error(names, index, where, f"expected a Debian package name, found {describe(name)}")
+                    continue
+                try:
+                    check_packages([name])
+                except ImageError:
+                    f.error(names, index, where,
+                            f"expected a Debian package name (lowercase letters, digits, '+', '-', '.'), found {name!r}")
+                    continue
+                packages.append(name)
+    return ImageChoice(base if base in BASES else "debian", tuple(packages))
+
+
+def parse_timeout(f: Fields, document: CommentedMap) -> float | None:
+    """``timeout: SECONDS``: capsa's operation timeout (readiness and agent calls)."""
+    if "timeout" not in document:
+        return None
+    value = document["timeout"]
+    low, high = TIMEOUT_S
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        f.expected(document, "timeout", "", f"a number of seconds from {low:g} to {high:g}")
+        return None
+    return float(value)
 
 
 def parse_boot(

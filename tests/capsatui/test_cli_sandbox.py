@@ -65,6 +65,7 @@ def test_agent_cells() -> None:
     assert agent_cell(False, None).plain == "console"
     assert agent_cell(False, "no agent over serve").plain == "console (serve)"
     assert agent_cell(None, None).plain == "-"
+    assert agent_cell(True, "no agent over serve").plain == "agent, not over serve"
 
 
 def test_cp_names_the_serve_gap() -> None:

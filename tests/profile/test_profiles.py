@@ -145,8 +145,8 @@ def test_an_unknown_key_suggests_the_closest_known_one() -> None:
     assert _issues("name: a\n\ncrpus: 2\npool:\n  sise: 2\nfoo: 1\n") == [
         "p.yaml:3: crpus: unknown key (did you mean 'cpus'?)",
         "p.yaml:5: pool.sise: unknown key (did you mean 'size'?)",
-        "p.yaml:6: foo: unknown key (known keys: name, description, boot, cpus, memory_mb, console, "
-        "hostname, kernel_args, login, pool, network)",
+        "p.yaml:6: foo: unknown key (known keys: name, description, kind, boot, image, cpus, memory_mb, "
+        "console, hostname, kernel_args, login, scratch_disk_mb, timeout, pool, network)",
     ]
 
 
@@ -290,9 +290,14 @@ def test_pool_builder_carries_shape_name_and_max_size(fake_guest: engine.LinuxDi
 # -- the bundled profiles ----------------------------------------------------------------------
 
 
-def test_bundled_profiles_load_and_make_valid_specs(user_dir: Path, fake_guest: engine.LinuxDirectBoot) -> None:
+def test_bundled_profiles_load_and_make_valid_specs(
+    user_dir: Path, fake_guest: engine.LinuxDirectBoot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sandbox_boot = engine.LinuxDirectBoot(fake_guest.kernel, fake_guest.initrd, capsa_guest=True, has_agent=True,
+                                          root_disk=engine.DiskImage(fake_guest.kernel, read_only=True))
+    monkeypatch.setattr(engine.profile.parse, "sandbox_boot", lambda *args, **kwargs: sandbox_boot)
     profiles = {p.name: p for p in engine.load_profiles()}
-    assert {"default", "login", "tiny", "web"} <= set(profiles)
+    assert {"default", "login", "tiny", "web", "sandbox"} <= set(profiles)
     for profile in profiles.values():
         assert profile.source == "bundled" and profile.description
         profile.vm_builder().spec()  # VmSpec.validate agrees with the profile's own checks

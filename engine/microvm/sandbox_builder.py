@@ -1,0 +1,84 @@
+"""SandboxBuilder: ``engine.sandbox()``, a VM of a Debian sandbox image running the guest agent.
+
+The image (base and packages) is a builder setting like cpus: ``spec()`` and ``build()``
+resolve it through ``sandbox_boot()``, which builds it on first use (minutes) and reuses the
+cached one after (milliseconds). Package names are checked when ``image()`` is called, so a bad
+name fails before anything is built.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from engine.image.build import ProgressCallback
+from engine.image.sandbox import BASES, check_packages
+from engine.errors import ImageError
+from engine.microvm.boot import LinuxDirectBoot, sandbox_boot
+from engine.microvm.builder import ShapeBuilder
+from engine.microvm.disk import DiskImage
+from engine.microvm.handle import VmHandle
+from engine.microvm.spec import VmSpec
+
+# Stands in for the sandbox's boot until the image is resolved (shaped like the real one, so the
+# shape can be validated before a build that may take minutes); spec() never returns it.
+_UNRESOLVED = LinuxDirectBoot(
+    "/nonexistent/capsa-sandbox-unresolved", capsa_guest=True, has_agent=True,
+    root_disk=DiskImage("/nonexistent/capsa-sandbox-unresolved.erofs", read_only=True),
+)
+SANDBOX_MEMORY_MB = 512  # python3 and a workload want more than the raw VM's 256
+
+
+@dataclass
+class SandboxBuilder(ShapeBuilder):
+    """Fluent builder: ``await engine.sandbox().cpus(1).memory_mb(512).image("debian",
+    packages=["python3"]).build()``; the console (a root shell on the serial line) is on."""
+
+    _base: str = "debian"
+    _packages: tuple[str, ...] = ()
+    _progress: ProgressCallback | None = None
+
+    def image(self, base: str = "debian", packages: Sequence[str] = ()) -> SandboxBuilder:
+        """The Debian image to boot: ``base`` with ``packages`` (python3 is always in)."""
+        if isinstance(packages, str):
+            raise ImageError(f"packages must be a list of names, got the string {packages!r}")
+        if base not in BASES:
+            raise ImageError(f"sandbox base {base!r} is not supported: use one of {', '.join(BASES)}")
+        check_packages(packages)  # ImageError naming a bad name, before any build
+        self._base = base
+        self._packages = tuple(packages)
+        return self
+
+    def progress(self, callback: ProgressCallback | None) -> SandboxBuilder:
+        """Called with (stage, fraction) while the image builds (only when it is not cached)."""
+        self._progress = callback
+        return self
+
+    @property
+    def base(self) -> str:
+        return self._base
+
+    @property
+    def packages(self) -> tuple[str, ...]:
+        return self._packages
+
+    def boot(self, build: bool = True) -> LinuxDirectBoot:
+        """The sandbox boot of this image; builds the image if ``build`` and it is missing."""
+        return sandbox_boot(self._base, self._packages, build=build, progress=self._progress)
+
+    def spec(self, build: bool = True) -> VmSpec:
+        """The VM spec with the image resolved (built first if ``build`` and not cached)."""
+        self._spec.validate()  # a bad shape fails before the image is built
+        spec = replace(self._spec, boot=self.boot(build))
+        spec.validate()
+        return spec
+
+    async def build(self) -> VmHandle:
+        """Resolve (maybe build) the image in a thread, start the VM and return its handle."""
+        spec = await asyncio.to_thread(self.spec)
+        return await VmHandle.start(spec)
+
+
+def sandbox() -> SandboxBuilder:
+    """Start describing a sandbox: 1 CPU, 512 MiB, console on, the python3 Debian image."""
+    return SandboxBuilder(VmSpec(boot=_UNRESOLVED, memory_mb=SANDBOX_MEMORY_MB, console=True))
