@@ -164,3 +164,17 @@ async def test_run_on_vm_takes_the_agent_when_the_guest_has_one(
         result = await run_on_vm(plain, line, 60)
     assert isinstance(result, engine.CommandResult)
     assert result.exit_code == 6 and result.output.splitlines() == ["to-out", "to-err"]
+
+
+@pytest.mark.guest
+def test_run_sandbox_profile_cold_goes_through_the_agent(
+    sandbox_boot_config: engine.LinuxDirectBoot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``capsa-tui run sandbox -- CMD`` with no serve running: a cold VM of the bundled sandbox
+    profile, the command through its agent."""
+    monkeypatch.setenv("CAPSA_SOCKET", str(tmp_path / "no-serve.sock"))  # never a serve of someone else
+    monkeypatch.setenv("CAPSA_CONFIG_DIR", str(tmp_path / "config"))  # the bundled profiles only
+    res = _run("run", "sandbox", "-v", "--", "echo to-out; python3 -c 'import sys; sys.stderr.write(\"to-err\\n\")'; exit 7")
+    assert res.returncode == 7, res.stderr
+    assert res.stdout == b"to-out\n"
+    assert res.stderr.endswith(b"to-err\n") and b"through its agent" in res.stderr
