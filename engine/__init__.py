@@ -94,6 +94,8 @@ if TYPE_CHECKING:
     from engine.image.sandbox import SandboxImage, sandbox_image, sandbox_images
     from engine.microvm.builder import VmBuilder, vm
     from engine.microvm.sandbox_builder import SandboxBuilder, sandbox
+    from engine.microvm.created import CreatedVm
+    from engine.microvm.resources import GuestOs, ResourceConfig
 else:
     # Hidden from type checkers: a module __getattr__ would make every misspelt name type-check.
     __getattr__, __dir__, __all__ = lazy_package(globals())

@@ -5,20 +5,12 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, Self
 
-from engine.errors import ConfigError
 from engine.microvm.boot import LinuxDirectBoot
+from engine.microvm.created import CreatedVm
 from engine.microvm.handle import VmHandle
+from engine.microvm.resources import seconds_of
 from engine.microvm.spec import LoginSpec, VmSpec
 from engine.netstack.config import NetworkConfig
-
-
-def seconds_of(value: float | timedelta, what: str = "timeout") -> float:
-    """A duration as seconds: a number or a ``datetime.timedelta`` (capsa's ``Duration``)."""
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{what} must be a number of seconds or a datetime.timedelta, got {value!r}")
-    return float(value)
 
 
 @dataclass
@@ -90,9 +82,13 @@ class ShapeBuilder:
 class VmBuilder(ShapeBuilder):
     """Fluent builder: ``await engine.vm(boot).cpus(2).memory_mb(256).console_enabled().build()``."""
 
+    async def create(self) -> CreatedVm:
+        """The VM, checked but not started (status ``Created``); ``await vm.start()`` boots it."""
+        return CreatedVm(self.spec())
+
     async def build(self) -> VmHandle:
-        """Start the VM and return its handle while the guest boots."""
-        return await VmHandle.start(self.spec())
+        """Start the VM and return its handle while the guest boots (``create()`` + ``start()``)."""
+        return await (await self.create()).start()
 
 
 def vm(boot: LinuxDirectBoot) -> VmBuilder:

@@ -12,6 +12,7 @@ import logging
 import signal
 import weakref
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from engine.netstack.policy.policy import NetworkPolicy
 from engine.kvm.cmdline import AGENT_DEVICE_ID
 from engine.microvm.agent_port import AgentPort
 from engine.microvm.machine_spec import machine_spec_for
+from engine.microvm.resources import GuestOs, ResourceConfig, seconds_of
 from engine.microvm.scratch import ScratchDisk
 from engine.microvm.spec import VmSpec
 from engine.microvm.status import Failed, Running, Starting, Stopped, Stopping, VmStatus
@@ -241,9 +243,6 @@ class VmHandle:
             raise ConfigError("a VM with a scratch disk cannot be snapshotted: the disk is its alone and ends with it")
         return await save_snapshot(self._machine, self.spec, self.guest_ip, dest_dir)
 
-    def resources(self) -> dict[str, Any]:
-        return {"cpus": self.spec.cpus, "memory_mb": self.spec.memory_mb, "accel": self.accel.name}
-
     def _set_status(self, status: VmStatus) -> None:
         if self._status.is_terminal:
             return
@@ -382,6 +381,19 @@ class VmHandle:
             return await asyncio.wait_for(self.wait(), timeout)
         except TimeoutError:
             return None
+
+    # ----- capsa's remaining handle methods (the README's API table) --------------------------
+
+    def resources(self) -> ResourceConfig:
+        """The VM's vCPUs, memory and the accelerator it runs with."""
+        return ResourceConfig(self.spec.cpus, self.spec.memory_mb, self.accel.name)
+
+    def guest_os(self) -> GuestOs:
+        return GuestOs.LINUX
+
+    async def stop_with_timeout(self, timeout: float | timedelta) -> VmStatus:
+        """``stop()`` with its own grace period (seconds or a timedelta) before terminating."""
+        return await self.stop(seconds_of(timeout))
 
     async def __aenter__(self) -> VmHandle:
         return self

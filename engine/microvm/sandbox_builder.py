@@ -16,6 +16,7 @@ from engine.image.sandbox import BASES, check_packages
 from engine.errors import ImageError
 from engine.microvm.boot import LinuxDirectBoot, sandbox_boot
 from engine.microvm.builder import ShapeBuilder
+from engine.microvm.created import CreatedVm
 from engine.microvm.disk import DiskImage
 from engine.microvm.handle import VmHandle
 from engine.microvm.spec import VmSpec
@@ -73,10 +74,13 @@ class SandboxBuilder(ShapeBuilder):
         spec.validate()
         return spec
 
+    async def create(self) -> CreatedVm:
+        """Resolve (maybe build) the image in a thread; the sandbox, checked but not started."""
+        return CreatedVm(await asyncio.to_thread(self.spec))
+
     async def build(self) -> VmHandle:
         """Resolve (maybe build) the image in a thread, start the VM and return its handle."""
-        spec = await asyncio.to_thread(self.spec)
-        return await VmHandle.start(spec)
+        return await (await self.create()).start()
 
 
 def sandbox() -> SandboxBuilder:

@@ -6,6 +6,7 @@ callback (``Release``), so the pool depends on this module and never the other w
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from engine.console.stream import ConsoleStream
 from engine.kvm.accel import AccelChoice
 from engine.microvm.agent_port import AgentPort
 from engine.microvm.handle import VmHandle
+from engine.microvm.resources import GuestOs, ResourceConfig
 from engine.microvm.spec import VmSpec
 from engine.microvm.status import VmStatus
 from engine.netstack.config import PortForward
@@ -74,8 +76,11 @@ class PooledVm:
     def machine_alive(self) -> bool:
         return self.handle.machine_alive()
 
-    def resources(self) -> dict[str, Any]:
+    def resources(self) -> ResourceConfig:
         return self.handle.resources()
+
+    def guest_os(self) -> GuestOs:
+        return self.handle.guest_os()
 
     async def wait_ready(self, timeout: float | None = 60) -> None:
         await self.handle.wait_ready(timeout)
@@ -91,6 +96,9 @@ class PooledVm:
         usual way to give a VM back."""
         return await self.handle.stop(timeout)
 
+    async def stop_with_timeout(self, timeout: float | timedelta) -> VmStatus:
+        return await self.handle.stop_with_timeout(timeout)
+
     async def probe_console(self, timeout: float = 2.0) -> bool:
         return await self.handle.probe_console(timeout)
 
@@ -100,6 +108,10 @@ class PooledVm:
 
     async def snapshot(self, dest_dir: str | Path) -> Path:
         return await self.handle.snapshot(dest_dir)
+
+    async def agent(self, timeout: float | None = None) -> Agent:
+        """The sandbox's guest agent (a clone's is connected already: its identity went through it)."""
+        return await self.handle.agent(timeout)
 
     def agent_port(self) -> AgentPort:
         return self.handle.agent_port()

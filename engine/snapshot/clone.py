@@ -15,7 +15,7 @@ from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 
-from engine.errors import EngineError, SnapshotError
+from engine.errors import EngineError, IdentityError, SnapshotError
 from engine.kvm.accel import AccelChoice, choose_accelerator
 from engine.kvm.machine import Machine
 from engine.kvm.migration import load_state
@@ -93,12 +93,17 @@ class WaitingClone:
             await self.machine.close()
             raise
         lease = snapshot.info.guest.guest_ip
-        fixing = fix_identity and spec.boot.capsa_guest and spec.boot.ready_marker is not None
+        by_agent = fix_identity and snapshot.info.guest.has_agent and spec.boot.has_agent
+        fixing = fix_identity and not by_agent and spec.boot.capsa_guest and spec.boot.ready_marker is not None
         vm = await VmHandle.attach(
             spec, self.accel, self.machine, lease=IPv4Address(lease) if lease else None, running=not fixing
         )
         try:
-            if fixing:
+            if by_agent:
+                host = clone_hostname(hostname or spec.hostname)
+                await _agent_identity(vm, host, mac if vm.has_network else None,
+                                      address=_new_address(spec, lease, vm.guest_ip))
+            elif fixing:
                 awaiting = snapshot.info.extra.get("identity") == "awaiting"
                 host = clone_hostname(hostname or spec.hostname)
                 await _fix_identity(vm, host, mac if vm.has_network else None, awaiting=awaiting,
@@ -116,6 +121,26 @@ def _new_address(spec: VmSpec, saved: str | None, granted: IPv4Address | None) -
     if not isinstance(net, UserNatConfig) or saved is None or granted is None or granted == IPv4Address(saved):
         return None
     return IPv4Interface(f"{granted}/{net.subnet.prefixlen}"), net.gateway
+
+
+async def _agent_identity(vm: VmHandle, hostname: str, mac: str | None,
+                          address: tuple[IPv4Interface, IPv4Address] | None) -> None:
+    """A sandbox clone's identity through its agent: a new session (hello), then set_identity;
+    SnapshotError naming the step that failed."""
+    wait = vm.spec.timeout_s or FIXUP_TIMEOUT_S
+    try:
+        agent = await vm.agent(wait)
+    except EngineError as err:
+        raise SnapshotError(f"the clone's agent did not answer its hello: {err}") from err
+    try:
+        await agent.set_identity(os.urandom(32), time.time(), hostname, mac,
+                                 address=str(address[0]) if address else None,
+                                 router=str(address[1]) if address else None)
+    except IdentityError as err:
+        steps = ", ".join(sorted(err.failed)) or "identity"
+        raise SnapshotError(f"the clone's identity fix-up failed at {steps}: {err}") from err
+    except EngineError as err:
+        raise SnapshotError(f"the clone's identity fix-up through its agent failed: {err}") from err
 
 
 async def _fix_identity(vm: VmHandle, hostname: str, mac: str | None, *, awaiting: bool,

@@ -52,6 +52,12 @@ class MachineShape:
     nic_mtu: int
     extra_args: tuple[str, ...] = ()
     ram_block: str = "default"  # "ram0": RAM from a named backend (templates, clones)
+    # A sandbox's read-only root image (vda): its path and stamp, so a rebuilt or touched image
+    # makes the snapshot stale (the guest's page cache holds the old image's blocks).
+    root_disk: str | None = None
+    root_disk_stamp: str | None = None
+    root_disk_format: str = "raw"
+    agent_port: str | None = None  # the agent's virtio-serial port name (a sandbox)
     format: int = SNAPSHOT_FORMAT
 
     def key(self) -> str:

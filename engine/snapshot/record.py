@@ -5,12 +5,20 @@ from ipaddress import IPv4Address
 
 from engine.kvm.cmdline import MachineSpec
 from engine.kvm.host import find_qemu, qemu_version
+from engine.errors import SnapshotError
 from engine.microvm.spec import VmSpec
 from engine.snapshot.meta import GuestFacts, MachineShape, file_stamp
 
 
 def machine_shape(machine: MachineSpec) -> MachineShape:
-    """The shape recorded for (and compared against) a machine launched from ``machine``."""
+    """The shape recorded for (and compared against) a machine launched from ``machine``.
+
+    Only a read-only root disk (a sandbox's image) can be recorded: a writable drive's
+    contents would have to be saved with the state, which snapshots do not do.
+    """
+    if any(not drive.read_only for drive in machine.drives) or len(machine.drives) > 1:
+        raise SnapshotError("only a machine whose one drive is a read-only root image can be snapshotted")
+    root = machine.drives[0] if machine.drives else None
     return MachineShape(
         qemu=qemu_version(find_qemu()),
         kernel=str(machine.kernel),
@@ -26,6 +34,10 @@ def machine_shape(machine: MachineSpec) -> MachineShape:
         nic_mtu=machine.nic_mtu,
         extra_args=tuple(machine.extra_args),
         ram_block="ram0" if machine.ram_backend is not None else "default",
+        root_disk=str(root.path) if root else None,
+        root_disk_stamp=file_stamp(root.path) if root else None,
+        root_disk_format=root.format if root else "raw",
+        agent_port=machine.agent_port,
     )
 
 

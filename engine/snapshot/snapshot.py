@@ -28,6 +28,13 @@ def snapshot_unsupported(spec: VmSpec) -> str | None:
         return "a login profile has no shell on its console for the clone's identity fix-up"
     if spec.cmdline_override is not None:
         return "a replaced kernel command line may drop what the guest's init needs to be cloned"
+    if spec.scratch_disk_mb is not None:
+        # The scratch disk is the overlay's upper layer: a clone would need the template's disk
+        # as it was when saved, which templates do not keep (choose tmpfs writes to pool sandboxes).
+        return "a sandbox with a scratch disk cannot be cloned: its writable disk is not saved with the template"
+    disk = spec.boot.root_disk
+    if disk is not None and not disk.read_only:
+        return "only a read-only root image can be shared by clones"
     return None
 
 
@@ -72,10 +79,10 @@ class Snapshot:
         return "; ".join(differences) if differences else None
 
     def boot(self) -> LinuxDirectBoot:
-        guest = self.info.guest
+        guest, shape = self.info.guest, self.info.shape
         return LinuxDirectBoot(
-            self.info.shape.kernel,
-            self.info.shape.initrd,
+            shape.kernel,
+            shape.initrd,
             ready_marker=bytes.fromhex(guest.ready_marker) if guest.ready_marker else None,
             capsa_guest=guest.capsa_guest,
             root_disk=(

@@ -106,7 +106,10 @@ async def build_template(spec: VmSpec, *, boot_timeout: float = 60) -> Snapshot:
         vm = await VmHandle.attach(spec, accel, machine)
         try:
             await vm.wait_ready(boot_timeout)
-            await _await_identity(vm)
+            if spec.boot.has_agent:
+                await _connect_agent(vm, boot_timeout)
+            else:
+                await _await_identity(vm)
             size = await save_state(machine, staging / STATE_FILE, ignore_shared=True)
             guest_ip = vm.guest_ip
         finally:
@@ -121,7 +124,7 @@ async def build_template(spec: VmSpec, *, boot_timeout: float = 60) -> Snapshot:
             state_sha256=await asyncio.to_thread(sha256_file, staging / STATE_FILE),
             ram_file=str(ram),
             created_at=time.time(),
-            extra={"identity": "awaiting"},
+            extra={"identity": "agent" if spec.boot.has_agent else "awaiting"},
         )
         write_info(staging, info)
         if final.exists():
@@ -133,6 +136,25 @@ async def build_template(spec: VmSpec, *, boot_timeout: float = 60) -> Snapshot:
         ram.unlink(missing_ok=True)
         raise
     return Snapshot(final, info)
+
+
+async def _connect_agent(vm: VmHandle, timeout: float) -> None:
+    """Save a sandbox with its agent holding the port and idle, and warm: a session ran one
+    exec and one identity fix-up (the template's own hostname and MAC, so nothing changes), so
+    every clone inherits an agent whose lazy imports (subprocess, socket: most of a second each
+    under emulation) are done and whose code paths the guest has run; a clone's host only opens
+    a new session on it."""
+    nat = vm.spec.network if isinstance(vm.spec.network, UserNatConfig) else None
+    try:
+        agent = await vm.agent(timeout)
+        await agent.ping()
+        result = await agent.exec(["true"], timeout=timeout)
+        if result.exit_code != 0:
+            raise SnapshotError(f"`true` exited {result.exit_code} in the template: {result.stderr!r}")
+        await agent.set_identity(os.urandom(32), time.time(), vm.spec.hostname, nat.guest_mac if nat else None)
+        await agent.drain()
+    except EngineError as err:
+        raise SnapshotError(f"the template's agent did not answer before it was saved: {err}") from err
 
 
 async def _await_identity(vm: VmHandle) -> None:

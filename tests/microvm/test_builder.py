@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import engine
-from engine.microvm.builder import seconds_of
+from engine.microvm.resources import seconds_of
 
 
 def test_timeout_takes_seconds_or_a_timedelta_on_every_builder() -> None:
@@ -75,3 +75,22 @@ def test_an_unknown_base_and_a_string_of_packages_are_refused() -> None:
         engine.sandbox().image("alpine")
     with pytest.raises(engine.ImageError, match="list of names"):
         engine.sandbox().image("debian", packages="python3")
+
+
+async def test_create_checks_the_vm_without_starting_it(tmp_path: Path) -> None:
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(b"k")
+    created = await engine.vm(engine.LinuxDirectBoot(kernel)).cpus(2).memory_mb(128).create()
+    assert created.status() == engine.Created() and created.handle is None
+    resources = created.resources()
+    assert (resources.cpus, resources.memory_mb) == (2, 128) and resources.accel in ("kvm", "tcg")
+    assert created.guest_os() is engine.GuestOs.LINUX
+    with pytest.raises(engine.ConfigError, match=str(tmp_path / "nope")):
+        await engine.vm(engine.LinuxDirectBoot(tmp_path / "nope")).create()
+
+
+def test_resource_config_is_frozen_plain_data() -> None:
+    config = engine.ResourceConfig(1, 256, "tcg")
+    with pytest.raises(AttributeError):
+        config.cpus = 2  # type: ignore[misc]  # frozen: assigning is the point
+    assert config == engine.ResourceConfig(cpus=1, memory_mb=256, accel="tcg")

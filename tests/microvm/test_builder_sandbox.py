@@ -2,6 +2,8 @@
 agent answers; the console is a root shell beside it."""
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 import engine
@@ -21,3 +23,19 @@ async def test_engine_sandbox_builds_a_vm_whose_agent_runs_python(sandbox_boot_c
         console = await vm.console()
         assert (await console.exec("id -u", timeout=60)).strip() == "0"
     assert stages[-1] == "Sandbox image ready"
+
+
+async def test_create_then_start_then_stop_with_timeout() -> None:
+    created = await engine.vm(engine.default_boot()).memory_mb(128).console_enabled().create()
+    assert created.status() == engine.Created()
+    vm = await created.start()
+    try:
+        assert await created.start() is vm  # start if not running: the same VM
+        assert created.handle is vm and created.status() == vm.status()
+        await vm.wait_ready(120)
+        assert vm.resources() == engine.ResourceConfig(1, 128, vm.accel.name) == created.resources()
+        assert vm.guest_os() is engine.GuestOs.LINUX
+        final = await vm.stop_with_timeout(timedelta(seconds=60))
+        assert isinstance(final, engine.Stopped) and created.status() == final
+    finally:
+        await vm.kill()

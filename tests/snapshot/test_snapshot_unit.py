@@ -279,3 +279,54 @@ def test_prune_stale_templates_keeps_only_what_can_still_be_used(tmp_path: Path,
     assert set(removed) == {tmp_path / "templates" / "dead", orphan}
     assert kept_ram.exists() and fresh_orphan.exists() and foreign.exists() and not gone_ram.exists()
     assert (tmp_path / "templates" / "live" / META_FILE).exists()
+
+
+# ----- sandboxes ---------------------------------------------------------------------------------
+
+
+def _sandbox_boot(fake_guest: engine.LinuxDirectBoot, image: Path, *, read_only: bool = True) -> engine.LinuxDirectBoot:
+    from engine.microvm.disk import DiskImage
+
+    image.write_bytes(b"erofs")
+    return engine.LinuxDirectBoot(fake_guest.kernel, fake_guest.initrd, ready_marker=b"m", capsa_guest=True,
+                                  root_disk=DiskImage(image, read_only=read_only), has_agent=True)
+
+
+def test_sandboxes_can_be_cloned_but_not_with_a_scratch_disk_or_a_writable_root(
+    fake_guest: engine.LinuxDirectBoot, tmp_path: Path
+) -> None:
+    boot = _sandbox_boot(fake_guest, tmp_path / "root.erofs")
+    assert snapshot_unsupported(engine.VmSpec(boot=boot)) is None
+    assert "scratch disk" in (snapshot_unsupported(engine.VmSpec(boot=boot, scratch_disk_mb=64)) or "")
+    writable = _sandbox_boot(fake_guest, tmp_path / "rw.erofs", read_only=False)
+    assert "read-only" in (snapshot_unsupported(engine.VmSpec(boot=writable)) or "")
+
+
+def test_a_sandbox_shape_records_its_root_image_and_agent_port(fake_guest: engine.LinuxDirectBoot, tmp_path: Path) -> None:
+    from engine.kvm.accel import AccelChoice
+    from engine.microvm.machine_spec import machine_spec_for
+    from engine.snapshot.record import machine_shape
+
+    image = tmp_path / "root.erofs"
+    spec = engine.VmSpec(boot=_sandbox_boot(fake_guest, image))
+    machine = machine_spec_for(spec, AccelChoice("tcg", "test"))
+    shape = machine_shape(machine)
+    assert (shape.root_disk, shape.agent_port) == (str(image), "capsa.agent")
+    # A rebuilt (or only touched) image is another shape: its template is stale, never loaded.
+    os.utime(image, ns=(1, 2))
+    touched = machine_shape(machine)
+    assert touched.key() != shape.key()
+    assert [d.split(":")[0] for d in shape.differences(touched)] == ["root_disk_stamp"]
+    # A writable drive's contents are not saved with the state: such a machine is refused.
+    scratch = replace(machine, drives=(*machine.drives, replace(machine.drives[0], read_only=False)))
+    with pytest.raises(engine.SnapshotError, match="read-only root image"):
+        machine_shape(scratch)
+
+
+def test_a_snapshot_json_from_before_sandboxes_still_loads(tmp_path: Path) -> None:
+    info = _write_snapshot(tmp_path / "old")
+    data = json.loads((tmp_path / "old" / META_FILE).read_text())
+    for key in ("root_disk", "root_disk_stamp", "root_disk_format", "agent_port"):
+        del data["shape"][key]
+    (tmp_path / "old" / META_FILE).write_text(json.dumps(data))
+    assert read_info(tmp_path / "old") == info

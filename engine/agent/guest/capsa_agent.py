@@ -816,7 +816,7 @@ def set_identity(msg: dict[str, object]) -> dict[str, str]:
     epoch = msg.get("epoch")
     try:
         time.clock_settime(time.CLOCK_REALTIME, float(epoch))  # type: ignore[arg-type]
-    except (OSError, TypeError, ValueError) as err:
+    except (OSError, TypeError, ValueError, OverflowError) as err:  # a time past time_t: OverflowError
         failed["clock"] = getattr(err, "strerror", None) or str(err)
     mac = msg.get("mac")
     if isinstance(mac, str):
