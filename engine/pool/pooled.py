@@ -120,9 +120,6 @@ class PooledVm:
     def has_agent(self) -> bool:
         return self.handle.spec.boot.has_agent
 
-    async def agent(self, timeout: float | None = None) -> Agent:
-        return await self.handle.agent(timeout)
-
     def fail(self, message: str) -> None:
         self.handle.fail(message)
 
