@@ -19,21 +19,33 @@ internal moves, this file is the only one to fix.
 - ``TEMPLATES_DIR_ENV``, ``RAM_DIR_ENV`` (engine.snapshot.store): ``bench.snapshot`` points the
   template store at a temporary folder; the engine's own names, not retyped, so a rename cannot
   silently leave the bench using (and pruning) the user's cached templates.
+- ``sandbox_boot`` (engine.microvm.boot): ``bench.sandbox`` boots sandboxes from their spec
+  (``engine.sandbox()``, the public builder, is not on main yet).
+- ``rebuild_sandbox_image`` (wraps engine.image.sandbox's ``_tree`` and ``_build_image``):
+  ``bench.sandbox`` times the image step apart (our files laid into the cached Debian tree) and,
+  for ``--full``, the tree too, into keys of its own that it deletes after, so the user's cached
+  image and tree are neither used nor pruned.
 - ``percentile`` (engine.pool.stats): the benchmarks' p50/p95 follow the same nearest-rank rule
   as a pool's own stats (``bench.benchlib`` re-exports it).
 """
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import engine.image.sandbox as _sandbox_image
 import engine.snapshot.clone as _clone_module
 from engine.pool.stats import percentile
 from engine.console.match import READY_MARKER
 from engine.kvm.cmdline import MachineSockets, MachineSpec, qemu_argv
 from engine.kvm.host import find_qemu, qemu_version
+from engine.image.build import resolve_packages
+from engine.microvm.boot import sandbox_boot
 from engine.microvm.machine_spec import kernel_cmdline
 from engine.snapshot.clone import WaitingClone
 from engine.snapshot.template import template_for
@@ -51,6 +63,8 @@ __all__ = [
     "kernel_cmdline",
     "qemu_argv",
     "qemu_version",
+    "rebuild_sandbox_image",
+    "sandbox_boot",
     "template_for",
     "timed_loads",
 ]
@@ -75,3 +89,38 @@ def timed_loads() -> Iterator[list[float]]:
         yield marks
     finally:
         _clone_module.load_state = original
+
+
+def rebuild_sandbox_image(full: bool) -> float:
+    """Seconds to build the python3-only sandbox image into a throw-away key: from the cached
+    Debian tree (as when our files change), or with ``full`` from a fresh mmdebstrap tree too.
+
+    Builds the user's image first if it is missing (untimed), so the cached tree exists.
+    """
+    sandbox_boot()
+    names = _sandbox_image.check_packages(())
+    archive = _sandbox_image.host_archive()
+    _kernel, busybox = resolve_packages()
+    root = _sandbox_image.sandbox_dir()
+    tree = root / "trees" / f"{_sandbox_image.tree_key(archive, names)}.tar"
+    # Under the builders' lock: another builder's sweep would take our scratch folders away.
+    with _sandbox_image._lock():
+        return _timed_build(archive, names, busybox, tree, full)
+
+
+def _timed_build(archive: _sandbox_image.Archive, names: tuple[str, ...], busybox: Any, tree: Path, full: bool) -> float:
+    root = _sandbox_image.sandbox_dir()
+    key = f"bench-{os.getpid()}"
+    target = root / f".bench-image-{os.getpid()}"
+    fresh_tree: Path | None = None
+    t0 = time.perf_counter()
+    try:
+        if full:
+            fresh_tree = _sandbox_image._tree(archive, names, key, lambda stage, fraction: None)
+            tree = fresh_tree
+        _sandbox_image._build_image(tree, target, key, "debian", names, busybox, lambda stage, fraction: None)
+        return time.perf_counter() - t0
+    finally:
+        shutil.rmtree(target, ignore_errors=True)
+        if fresh_tree is not None:
+            fresh_tree.unlink(missing_ok=True)

@@ -11,8 +11,16 @@ from importlib import resources
 
 AGENT_DIR = "/usr/lib/capsa/agent"
 PORT_NAME = "capsa.agent"  # the virtserialport's name= (the guest reads it from sysfs)
+PYTHON = "/usr/bin/python3"
+# Through the launcher, so that the agent's modules load from bytecode (see run_capsa_agent.py).
 AGENT_COMMAND: tuple[str, ...] = (
-    "/usr/bin/python3", "-E", "-s", f"{AGENT_DIR}/capsa_agent.py", "--port-name", PORT_NAME,
+    PYTHON, "-E", "-s", f"{AGENT_DIR}/run_capsa_agent.py", "--port-name", PORT_NAME,
+)
+# What the image builder runs inside the root tree (chroot) to compile the agent's modules with
+# the guest's own Python. checked-hash: a pyc serves only while its source is unchanged (the
+# files' mtimes in the image are not the sources'; a source replaced in a guest recompiles).
+PRECOMPILE_COMMAND: tuple[str, ...] = (
+    PYTHON, "-E", "-s", "-m", "compileall", "-q", "--invalidation-mode", "checked-hash", AGENT_DIR,
 )
 
 # Modules of engine/agent/ that the guest needs beside its own program.

@@ -185,8 +185,14 @@ class Agent:
         return self._failure
 
     async def drain(self) -> None:
-        """Wait until the stream's write buffer is low."""
-        await self._writer.drain()
+        """Wait until the stream's write buffer is low; AgentDied when the stream broke (a VM
+        killed mid-upload resets its port's socket under a waiting drain)."""
+        try:
+            await self._writer.drain()
+        except (ConnectionError, OSError) as err:
+            self.fail(f"the agent's stream broke: {err}")
+            assert self._failure is not None
+            raise self._failure from None
 
     def start(self, msg: dict[str, Any], *, stream: bool = False, sink: IO[bytes] | None = None,
               limit: int | None = None) -> Call:
@@ -242,12 +248,12 @@ class Agent:
                 return
             while self.session.window_left(call.id) < len(chunk) and not call.reply.done():
                 call.window.clear()
-                await self._writer.drain()
+                await self.drain()
                 await call.window.wait()
             if call.reply.done():
                 return
             self.write(self.session.send_data(call.id, chunk))
-            await self._writer.drain()
+            await self.drain()
 
     # -- the API
     async def ping(self) -> None:

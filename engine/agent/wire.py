@@ -69,12 +69,18 @@ class Frame:
 
 def encode(msg: dict[str, Any], body: bytes = b"") -> bytes:
     """One frame's bytes (raises WireError when the message or body is over the bounds)."""
+    return encode_head(msg, len(body)) + body
+
+
+def encode_head(msg: dict[str, Any], body_len: int) -> bytes:
+    """A frame's header and message, for a body of ``body_len`` bytes sent after them (a
+    large body is then never copied into the frame)."""
     raw = json.dumps(msg, separators=(",", ":")).encode()
     if len(raw) > MAX_JSON:
         raise WireError(f"frame message of {len(raw)} bytes is over the {MAX_JSON} limit")
-    if len(body) > MAX_BODY:
-        raise WireError(f"frame body of {len(body)} bytes is over the {MAX_BODY} limit")
-    return HEADER.pack(MAGIC, VERSION, 0, len(raw), len(body)) + raw + body
+    if body_len > MAX_BODY:
+        raise WireError(f"frame body of {body_len} bytes is over the {MAX_BODY} limit")
+    return HEADER.pack(MAGIC, VERSION, 0, len(raw), body_len) + raw
 
 
 def encode_hello(nonce: bytes, msg: dict[str, Any]) -> bytes:
@@ -101,7 +107,7 @@ class Decoder:
         self.nonce = b""
         self.skipped = 0
 
-    def feed(self, data: bytes) -> list[Frame]:
+    def feed(self, data: bytes | memoryview) -> list[Frame]:
         """Frames completed by ``data`` (raises WireError on a malformed header)."""
         self.buffer += data
         frames: list[Frame] = []
@@ -172,6 +178,7 @@ class Decoder:
             raise WireError(f"frame message is not JSON: {err}") from None
         if not isinstance(msg, dict) or not isinstance(msg.get("t"), str) or not isinstance(msg.get("id", 0), int):
             raise WireError("frame message is not an object with a string 't' and an integer 'id'")
-        body = bytes(buf[HEADER.size + json_len:end])
+        with memoryview(buf) as view:  # one copy of the body, not a slice and then a copy
+            body = bytes(view[HEADER.size + json_len:end])
         del buf[:end]
         return Frame(msg, body)

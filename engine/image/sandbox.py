@@ -47,13 +47,13 @@ from pathlib import Path
 
 import platformdirs
 
-from engine.agent.bundle import AGENT_COMMAND, AGENT_DIR, guest_agent_files
+from engine.agent.bundle import AGENT_COMMAND, AGENT_DIR, PRECOMPILE_COMMAND, guest_agent_files
 from engine.errors import ImageError
 from engine.image import apt
 from engine.image.build import ProgressCallback, default_image, downloads_dir, resolve_packages
 
 TREE_VERSION = 1  # bump when the mmdebstrap recipe changes
-IMAGE_VERSION = 1  # bump when the way our files are laid in changes
+IMAGE_VERSION = 2  # bump when the way our files are laid in changes (2: the agent precompiled)
 FS_FORMAT = "erofs"
 ROOTFS_FILE = f"rootfs.{FS_FORMAT}"
 INFO_FILE = "image.json"
@@ -424,6 +424,7 @@ def _build_image(
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_bytes(data)
             os.chmod(dest, mode)
+        _precompile_agent(root)
         report("Writing the erofs image", 0.9)
         rootfs = staging / ROOTFS_FILE
         done = subprocess.run([mkfs, "-T0", str(rootfs), str(root)], capture_output=True, text=True, check=False)
@@ -442,6 +443,16 @@ def _build_image(
         os.rename(staging, target)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _precompile_agent(root: Path) -> None:
+    """Compile the agent's modules with the tree's own Python (its bytecode format, whatever
+    the host's Python is): the guest then loads them instead of compiling ~0.3 s at each start."""
+    chroot = shutil.which("chroot") or "/usr/sbin/chroot"
+    done = subprocess.run([chroot, str(root), *PRECOMPILE_COMMAND], capture_output=True, text=True, check=False,
+                          env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"})
+    if done.returncode != 0:
+        raise ImageError(f"compiling the agent in the sandbox tree failed: {(done.stdout + done.stderr).strip()[-800:]}")
 
 
 def _add_busybox(root: Path, busybox: apt.PackageRef) -> None:
