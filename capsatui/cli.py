@@ -12,9 +12,9 @@ import sys
 from collections.abc import Sequence
 
 import engine
-from capsatui.commands import pool, profiles, vm
+from capsatui.commands import pool, profiles, sandbox, vm
 
-COMMAND_MODULES = [vm, profiles, pool]
+COMMAND_MODULES = [vm, profiles, pool, sandbox]
 
 
 def _parser() -> argparse.ArgumentParser:

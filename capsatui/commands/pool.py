@@ -16,7 +16,8 @@ from typing import Any
 
 import engine
 from capsatui.attach import attach_terminal
-from capsatui.commands.vm import command_words
+from capsatui.commands.agent_exec import Outcome, emit, run_through_agent
+from capsatui.commands.words import command_words
 
 _READY_TIMEOUT = 120.0
 
@@ -37,7 +38,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     attach.add_argument("--from-start", action="store_true", help="show the scrollback first")
     attach.set_defaults(handler=_attach)
 
-    run = sub.add_parser("run", help="run CMD in a VM of PROFILE (warm from 'serve' if it runs), exit with its status")
+    run = sub.add_parser(
+        "run", help="run CMD in a VM of PROFILE (warm from 'serve' if it runs), exit with its status",
+        description="A cold VM whose guest runs the agent (a sandbox) runs CMD through it: stdout and stderr "
+                    "apart, as bytes; status 128+N after signal N, 124 after --timeout. Other VMs, and every "
+                    "warm VM from 'capsa-tui serve' (its protocol reaches consoles only, not agents: issue 17), "
+                    "run CMD in the console's shell, stdout and stderr mixed.",
+    )
     run.add_argument("profile", metavar="PROFILE", help="the profile (and pool) to take the VM from")
     _add_run_options(run)
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...", help="the command to run in the guest")
@@ -223,7 +230,10 @@ async def _run(args: argparse.Namespace) -> int:
         return 2
     result = await _run_warm(args, command)
     if result is None:
-        result = await _run_cold(args, command)
+        cold = await _run_cold(args, command)
+        if isinstance(cold, Outcome):
+            return emit(cold)
+        result = cold
     sys.stdout.write(result.output)
     sys.stdout.flush()
     return result.exit_code
@@ -241,15 +251,26 @@ async def _run_warm(args: argparse.Namespace, command: str) -> engine.CommandRes
                 _say(f"the serve on {client.path} holds no pool {args.profile!r}; booting a cold VM")
             return None
         if args.verbose:
-            _say(f"a warm VM of pool {args.profile!r} from the serve on {client.path}")
+            _say(f"a warm VM of pool {args.profile!r} from the serve on {client.path}, through its console "
+                 "(serve carries no agent access yet)")
         return await client.run(args.profile, command, timeout=args.timeout, reserve_timeout=args.timeout)
 
 
-async def _run_cold(args: argparse.Namespace, command: str) -> engine.CommandResult:
+async def _run_cold(args: argparse.Namespace, command: str) -> engine.CommandResult | Outcome:
     profile = engine.find_profile(args.profile)
     async with await profile.vm_builder().console_enabled().build() as vm:
         if args.verbose:
-            _say(f"a cold VM of profile {profile.name!r} on {vm.accel.describe()}")
-        await vm.wait_ready(_READY_TIMEOUT)
-        console = await vm.shell()
-        return await console.run(command, timeout=args.timeout)
+            path = "through its agent" if vm.spec.boot.has_agent else "through its console"
+            _say(f"a cold VM of profile {profile.name!r} on {vm.accel.describe()}, {path}")
+        return await run_on_vm(vm, command, args.timeout)
+
+
+async def run_on_vm(vm: engine.VmHandle, command: str, timeout: float) -> engine.CommandResult | Outcome:
+    """Run ``command`` the best way ``vm`` offers: the agent's outcome (streams apart) when the
+    guest runs the agent, else the console shell's result (streams mixed)."""
+    if vm.spec.boot.has_agent:
+        agent = await vm.agent(_READY_TIMEOUT)  # the agent is up before the console's marker
+        return await run_through_agent(agent, command, timeout)
+    await vm.wait_ready(_READY_TIMEOUT)
+    console = await vm.shell()
+    return await console.run(command, timeout=timeout)

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 
 import engine
 from capsatui.attach import attach_terminal
+from capsatui.commands.agent_exec import emit
+from capsatui.commands.sandbox import SANDBOX_MEMORY_MB, run_in_cold_sandbox
+from capsatui.commands.words import command_words
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,8 +30,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     vm = sub.add_parser("vm", help="run a one-off VM of the default guest")
     vm_sub = vm.add_subparsers(dest="vm_command", metavar="ACTION", required=True)
-    run = vm_sub.add_parser("run", help="boot a VM, run CMD in it, print its output, exit with its status")
-    _add_shape(run)
+    run = vm_sub.add_parser(
+        "run", help="boot a VM, run CMD in it, print its output, exit with its status",
+        description="Without --sandbox CMD runs in the busybox guest's shell on the serial console (stdout and "
+                    "stderr arrive mixed). With --sandbox it runs in a Debian sandbox through the agent: "
+                    "stdout and stderr apart, as bytes; status 128+N after signal N, 124 after --timeout.",
+    )
+    _add_shape(run, memory=None)
+    run.add_argument("--sandbox", action="store_true",
+                     help="a Debian sandbox (python3 and --package names) run through the agent")
+    run.add_argument("-p", "--package", action="append", default=[], metavar="NAME",
+                     help="with --sandbox: a Debian package to add to the sandbox image (repeatable)")
     run.add_argument("--timeout", type=float, default=300.0, help="seconds CMD may run (default 300)")
     run.add_argument("-v", "--verbose", action="store_true", help="say which accelerator runs the VM")
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...", help="the command to run in the guest")
@@ -39,18 +50,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     console.set_defaults(handler=_vm_console)
 
 
-def _add_shape(parser: argparse.ArgumentParser) -> None:
+def _add_shape(parser: argparse.ArgumentParser, memory: int | None = 256) -> None:
     parser.add_argument("--cpus", type=int, default=1, help="virtual CPUs (default 1)")
-    parser.add_argument("--memory", type=int, default=256, metavar="MB", help="guest memory in MiB (default 256)")
-
-
-def command_words(cmd: list[str]) -> str | None:
-    """The guest command line from argparse's REMAINDER: one word passes through, several are quoted."""
-    if cmd and cmd[0] == "--":
-        cmd = cmd[1:]
-    if not cmd:
-        return None
-    return cmd[0] if len(cmd) == 1 else shlex.join(cmd)
+    default = f"{memory}" if memory is not None else f"256, a sandbox {SANDBOX_MEMORY_MB}"
+    parser.add_argument("--memory", type=int, default=memory, metavar="MB", help=f"guest memory in MiB (default {default})")
 
 
 def _image_build(force: bool, base: str | None = None, packages: list[str] | None = None) -> int:
@@ -107,6 +110,12 @@ async def _vm_run(args: argparse.Namespace) -> int:
     if command is None:
         print("capsa-tui vm run: give the command after --, e.g. capsa-tui vm run -- uname -a", file=sys.stderr)
         return 2
+    if args.sandbox:
+        args.memory = args.memory if args.memory is not None else SANDBOX_MEMORY_MB
+        return emit(await run_in_cold_sandbox(args, command))
+    if args.package:
+        raise engine.ConfigError("--package needs --sandbox: capsa-tui vm run --sandbox -p NAME -- CMD")
+    args.memory = args.memory if args.memory is not None else 256
     async with await _builder(args).build() as vm:
         if args.verbose:
             print(f"capsa-tui: {vm.accel.describe()}", file=sys.stderr)

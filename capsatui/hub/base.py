@@ -36,6 +36,7 @@ class PoolState:
     history_boot_s: list[float]
     starting: bool = False  # the pool is booting its first VMs (running is False until done)
     size: int | None = None  # the size it was started with (None when stopped)
+    has_agent: bool | None = None  # its VMs run the guest agent (None: not known until it runs)
 
 
 class Hub(ABC):
@@ -43,6 +44,7 @@ class Hub(ABC):
 
     mode: str = "local"
     accel: str = ""
+    agent_gap: str | None = None  # why this hub cannot reach a VM's agent, if it cannot
 
     def __init__(self) -> None:
         self._subscribers: list[Callable[[], None]] = []

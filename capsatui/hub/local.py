@@ -34,6 +34,13 @@ class _Running:
     seen_booted: set[str] = field(default_factory=set)
 
 
+def _has_agent(pool: engine.VmPool | None, profile: engine.Profile | None) -> bool | None:
+    """The running pool's fact, else what its profile promises (None: no profile to ask)."""
+    if pool is not None:
+        return pool.spec.boot.has_agent
+    return profile.kind == "sandbox" if profile is not None else None
+
+
 class LocalHub(Hub):
     """Pools of this process: profiles from ``engine.load_profiles()``, pools built from them."""
 
@@ -87,6 +94,7 @@ class LocalHub(Hub):
             history_boot_s=list(self._hist_boot.get(name, ())),
             starting=run is not None and not run.ready,
             size=run.size if run else None,
+            has_agent=_has_agent(pool, self._profiles.get(name)),
         )
 
     def profile(self, name: str) -> engine.Profile | None:

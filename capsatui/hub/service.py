@@ -45,6 +45,10 @@ def _member(m: dict[str, Any]) -> engine.PoolMember:
     return engine.PoolMember(m["id"], m["state"], m["pid"], float(m["age_s"]))
 
 
+NO_AGENT_OVER_SERVE = ("no agent over 'capsa-tui serve' yet: its protocol reaches a served VM's console only "
+                       "(issue 17), so commands run in the console's shell")
+
+
 class ServiceVm:
     """A VM this app reserved from the serve (an ``engine.ReservedVm``)."""
 
@@ -72,6 +76,11 @@ class ServiceVm:
             self.open_console = await engine.remote_console(client, self.id, from_start=True, write=True)
         return self.open_console
 
+    has_agent = False  # the service protocol carries consoles only (issue 17)
+
+    async def agent(self) -> engine.Agent:
+        raise engine.AgentUnavailable(NO_AGENT_OVER_SERVE)
+
     async def release(self) -> None:
         await self._hub.release(self)
 
@@ -82,6 +91,7 @@ class ServiceHub(Hub):
     def __init__(self, socket_path: Path | str) -> None:
         super().__init__()
         self.mode = "service"
+        self.agent_gap = NO_AGENT_OVER_SERVE
         self.socket_path = Path(socket_path)
         self.accel = self.accel_name = "serve's"  # the serve chose it; protocol v1 does not say
         self._client: engine.ServiceClient | None = None
@@ -162,9 +172,11 @@ class ServiceHub(Hub):
         for name, raw in sorted(self._pools.items()):
             stats = engine.PoolStats(**{k: v for k, v in raw.items() if k in _stats_fields()})
             members = [_member(m) for m in raw.get("members", [])]
-            result.append(PoolState(name, self._profiles.get(name), stats.last_error, True, stats, members,
+            profile = self._profiles.get(name)
+            result.append(PoolState(name, profile, stats.last_error, True, stats, members,
                                     list(self._hist_idle.get(name, ())), list(self._hist_boot.get(name, ())),
-                                    size=stats.size))
+                                    size=stats.size,
+                                    has_agent=profile.kind == "sandbox" if profile is not None else None))
         if self._error is not None:
             result.append(PoolState(str(self.socket_path), None, self._error, False, None, [], [], []))
         return result
@@ -252,4 +264,4 @@ class ServiceHub(Hub):
         self._changed()
 
 
-__all__ = ["NOT_HERE", "POLL_S", "ServiceHub", "ServiceVm"]
+__all__ = ["NOT_HERE", "NO_AGENT_OVER_SERVE", "POLL_S", "ServiceHub", "ServiceVm"]

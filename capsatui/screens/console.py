@@ -30,13 +30,15 @@ from textual.widgets import Footer, Static, TabbedContent, TabPane
 
 import engine
 from capsatui.palette import ActionCommands, Command
-from capsatui.screens.dialogs import FormModal, HelperMenu, ResultModal
+from capsatui.screens.dialogs import ExecResultModal, FormModal, HelperMenu, ResultModal, exec_status, exec_summary
 from capsatui.widgets.terminal.search import parse_search
 from capsatui.widgets.terminal.view import TerminalView
 
-__all__ = ["ConsoleScreen", "ConsoleTab", "FormModal", "ResultModal", "open_console"]
+__all__ = ["AgentSource", "ConsoleScreen", "ConsoleTab", "ExecResultModal", "FormModal", "ResultModal", "open_console"]
 
 Release = Callable[[], Awaitable[None]] | None
+AgentSource = Callable[[], Awaitable[engine.Agent]] | None
+"""The VM's agent, when it has one this side can reach; the run helper uses it over the console."""
 
 # (key in the ctrl+] menu, action, label) -- the menu, the palette and the help share this.
 HELPERS: list[tuple[str, str, str]] = [
@@ -68,11 +70,15 @@ VIEW_KEYS: list[tuple[str, str]] = [
 _SCREENS: weakref.WeakKeyDictionary[App[Any], ConsoleScreen] = weakref.WeakKeyDictionary()
 
 
-async def open_console(app: App[Any], title: str, console: engine.ConsoleLike, on_release: Release = None) -> ConsoleScreen:
-    """The one entry point for the dashboard: show ``console`` as a tab of the console screen."""
+async def open_console(app: App[Any], title: str, console: engine.ConsoleLike, on_release: Release = None,
+                       agent: AgentSource = None, agent_gap: str | None = None) -> ConsoleScreen:
+    """The one entry point for the dashboard: show ``console`` as a tab of the console screen.
+
+    ``agent`` gives the VM's agent (the run helper then shows stdout, stderr and the exit code
+    apart); ``agent_gap`` says why a VM that may run one cannot be reached through it."""
     screen = _SCREENS.get(app)
     if screen is None or not screen.tabs_alive:
-        screen = ConsoleScreen(title, console, on_release)
+        screen = ConsoleScreen(title, console, on_release, agent, agent_gap)
         _SCREENS[app] = screen
         app.install_screen(screen, name=screen.install_name)
         await app.push_screen(screen)
@@ -85,7 +91,7 @@ async def open_console(app: App[Any], title: str, console: engine.ConsoleLike, o
     if existing is not None:
         screen.show_tab(existing)
     else:
-        await screen.add_console(title, console, on_release)
+        await screen.add_console(title, console, on_release, agent, agent_gap)
     return screen
 
 
@@ -98,11 +104,14 @@ class ConsoleTab(Vertical):
     ConsoleTab > .console-status.-closed { background: $error; color: $text; }
     """
 
-    def __init__(self, title: str, console: engine.ConsoleLike, on_release: Release) -> None:
+    def __init__(self, title: str, console: engine.ConsoleLike, on_release: Release,
+                 agent: AgentSource = None, agent_gap: str | None = None) -> None:
         super().__init__()
         self.title = title
         self.console = console
         self.on_release = on_release
+        self.agent = agent
+        self.agent_gap = agent_gap
         self.closed_reason: str | None = None
         self._outbox: asyncio.Queue[bytes] = asyncio.Queue()
         self._reader: engine.ConsoleReaderLike | None = None  # the reader feeding the view
@@ -202,11 +211,12 @@ class ConsoleScreen(Screen[None]):
     """
     _counter = 0
 
-    def __init__(self, title: str, console: engine.ConsoleLike, on_release: Release = None) -> None:
+    def __init__(self, title: str, console: engine.ConsoleLike, on_release: Release = None,
+                 agent: AgentSource = None, agent_gap: str | None = None) -> None:
         super().__init__()
         ConsoleScreen._counter += 1
         self.install_name = f"capsa-consoles-{ConsoleScreen._counter}"
-        self._initial = [(title, console, on_release)]
+        self._initial = [(title, console, on_release, agent, agent_gap)]
         self._pane_ids = 0
         self.tabs_alive = True
 
@@ -219,13 +229,14 @@ class ConsoleScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         with TabbedContent(id="console-tabs"):
-            for title, console, on_release in self._initial:
-                yield self._pane(title, console, on_release)
+            for title, console, on_release, agent, agent_gap in self._initial:
+                yield self._pane(title, console, on_release, agent, agent_gap)
         yield Footer()
 
-    def _pane(self, title: str, console: engine.ConsoleLike, on_release: Release) -> TabPane:
+    def _pane(self, title: str, console: engine.ConsoleLike, on_release: Release,
+              agent: AgentSource = None, agent_gap: str | None = None) -> TabPane:
         self._pane_ids += 1
-        return TabPane(title, ConsoleTab(title, console, on_release), id=f"console-{self._pane_ids}")
+        return TabPane(title, ConsoleTab(title, console, on_release, agent, agent_gap), id=f"console-{self._pane_ids}")
 
     def on_mount(self) -> None:
         self.sub_title = "ctrl+] helpers"
@@ -234,9 +245,10 @@ class ConsoleScreen(Screen[None]):
     def on_screen_resume(self) -> None:
         self.call_after_refresh(self._focus_active)
 
-    async def add_console(self, title: str, console: engine.ConsoleLike, on_release: Release = None) -> ConsoleTab:
+    async def add_console(self, title: str, console: engine.ConsoleLike, on_release: Release = None,
+                          agent: AgentSource = None, agent_gap: str | None = None) -> ConsoleTab:
         """A new tab for another VM's console; it becomes the active tab."""
-        pane = self._pane(title, console, on_release)
+        pane = self._pane(title, console, on_release, agent, agent_gap)
         tabs = self.query_one(TabbedContent)
         await tabs.add_pane(pane)
         tabs.active = pane.id or ""
@@ -330,7 +342,9 @@ class ConsoleScreen(Screen[None]):
             self._show(f"Matched {pattern!r}", text[-4000:])
 
     def action_run_command(self) -> None:
-        self._ask("Run a command in the guest shell",
+        tab = self.active_tab
+        where = "through the guest agent" if tab is not None and tab.agent is not None else "in the guest shell"
+        self._ask(f"Run a command {where}",
                   [("command", "Command", "", False), ("timeout", "Timeout (seconds)", "60", False)],
                   lambda v: self._run(v["command"], v["timeout"]))
 
@@ -339,6 +353,9 @@ class ConsoleScreen(Screen[None]):
         tab = self.active_tab
         if tab is None or not command.strip():
             return
+        if tab.agent is not None:
+            await self._run_agent(tab.agent, command, _seconds(timeout, 60))
+            return
         try:
             result = await tab.console.run(command, _seconds(timeout, 60))
         except engine.ConsoleTimeout as err:
@@ -346,8 +363,25 @@ class ConsoleScreen(Screen[None]):
         except engine.ConsoleError as err:
             self._show(f"{command}: failed", str(err))
         else:
+            note = f"\n\n({tab.agent_gap})" if tab.agent_gap else ""
             self._show(f"{command} — exit code {result.exit_code}",
-                       f"exit code: {result.exit_code}\n\n{result.output}")
+                       f"exit code: {result.exit_code} (through the console: stdout and stderr mixed){note}"
+                       f"\n\n{result.output}")
+
+    async def _run_agent(self, source: Callable[[], Awaitable[engine.Agent]], command: str, timeout: float) -> None:
+        # Through the agent the console stays the user's: nothing is typed into their shell.
+        try:
+            agent = await source()
+            result = await agent.exec(command, timeout=timeout)
+        except engine.ExecTimeout as err:
+            self.app.push_screen(ExecResultModal(
+                f"{command}: timed out", f"ran past its {timeout:g} s timeout; its process group was killed",
+                err.stdout, err.stderr))
+        except engine.EngineError as err:
+            self._show(f"{command}: failed", str(err))
+        else:
+            self.app.push_screen(ExecResultModal(f"{command} — {exec_status(result)}", exec_summary(result),
+                                                 result.stdout, result.stderr))
 
     async def action_interrupt(self) -> None:
         await self._write_helper(b"\x03")

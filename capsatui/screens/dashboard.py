@@ -39,12 +39,22 @@ ACTIONS: list[tuple[str, str, str, str]] = [
 ]
 
 COLUMNS = [
-    ("profile", "Profile"), ("state", "State"), ("idle", "Idle"), ("booting", "Booting"),
+    ("profile", "Profile"), ("state", "State"), ("agent", "Agent"), ("idle", "Idle"), ("booting", "Booting"),
     ("reserved", "Reserved"), ("max", "Max"), ("created", "Created"), ("evicted", "Evicted"),
     ("failed", "Failed"), ("misses", "Misses"), ("p50", "Boot p50"), ("p95", "Boot p95"),
     ("accel", "Accel"), ("error", "Error"),
 ]  # fmt: skip
-RESERVED_COLUMNS = [("vm", "VM"), ("pool", "Pool"), ("pid", "PID"), ("status", "Status")]
+RESERVED_COLUMNS = [("vm", "VM"), ("pool", "Pool"), ("pid", "PID"), ("status", "Status"), ("agent", "Agent")]
+
+
+def agent_cell(has_agent: bool | None, gap: str | None) -> Text:
+    """Whether commands run through the guest agent ("agent") or the console's shell."""
+    if has_agent is None:
+        return Text("-", style="dim")
+    if has_agent:
+        # A served sandbox runs the agent, but this side reaches only its console.
+        return Text("agent, not over serve", style="yellow") if gap else Text("agent", style="green")
+    return Text("console (serve)" if gap else "console", style="dim")
 
 
 def _seconds(value: float | None) -> str:
@@ -68,7 +78,7 @@ def cluster_of(state: PoolState) -> str | None:
     return network.cluster if isinstance(network, engine.UserNatConfig) else None
 
 
-def row_cells(state: PoolState, accel: str) -> list[Any]:
+def row_cells(state: PoolState, accel: str, agent_gap: str | None = None) -> list[Any]:
     """The table cells of one pool, in COLUMNS order."""
     s = state.stats
     error = Text((state.error or "").splitlines()[0][:80] if state.error else "", style="red")
@@ -81,7 +91,8 @@ def row_cells(state: PoolState, accel: str) -> list[Any]:
     active = state.running or state.starting
     cluster = cluster_of(state)
     name: Any = state.name if cluster is None else Text.assemble(state.name, (f" [{cluster}]", "cyan"))
-    return [name, state_label(state), *[str(c) for c in counts], accel if active else "", error]
+    return [name, state_label(state), agent_cell(state.has_agent, agent_gap), *[str(c) for c in counts],
+            accel if active else "", error]
 
 
 def refill_text(stats: engine.PoolStats) -> Text:
@@ -107,7 +118,7 @@ def detail_text(state: PoolState | None, accel: str) -> Text:
     profile = state.profile
     if profile is not None:
         text.append(f"  ({profile.source})  {profile.description}\n")
-        text.append(f"{profile.cpus} vCPU, {profile.memory_mb} MiB, {profile.boot.describe()}, ")
+        text.append(f"{profile.cpus} vCPU, {profile.memory_mb} MiB, {profile.describe_boot()}, ")
         text.append(f"pool size {state.size if state.size is not None else profile.size}, max {profile.max_size}\n")
         cluster = cluster_of(state)
         if cluster is not None:
@@ -116,6 +127,8 @@ def detail_text(state: PoolState | None, accel: str) -> Text:
     else:
         text.append("  (profile file failed to load)\n")
     text.append(f"accelerator: {accel}\n", style="dim")
+    if state.has_agent:
+        text.append("commands run through the guest agent (ctrl+] r: stdout and stderr apart)\n", style="green")
     if state.stats is not None:
         text.append(refill_text(state.stats))
     if state.members:
@@ -247,9 +260,11 @@ class DashboardScreen(Screen[None]):
         self._states = {s.name: s for s in states}
         accel = getattr(self.hub, "accel_name", self.hub.accel)
         self._sync(self.query_one("#pools", DataTable), self._rows,
-                   {s.name: row_cells(s, accel) for s in states}, COLUMNS)  # fmt: skip
+                   {s.name: row_cells(s, accel, self.hub.agent_gap) for s in states}, COLUMNS)  # fmt: skip
         reserved = {
-            vm.id: [vm.id, vm.pool_name, str(vm.pid), vm.lost or str(vm.status())] for vm in self.hub.reserved()
+            vm.id: [vm.id, vm.pool_name, str(vm.pid), vm.lost or str(vm.status()),
+                    agent_cell(vm.has_agent, self.hub.agent_gap)]
+            for vm in self.hub.reserved()
         }
         self._sync(self.query_one("#reserved", DataTable), self._reserved_rows, reserved, RESERVED_COLUMNS)
         self._update_detail()
@@ -394,7 +409,8 @@ class DashboardScreen(Screen[None]):
             return
         console = await vm.console()
         on_release: Callable[[], Awaitable[None]] = lambda: self.hub.release(vm)  # noqa: E731
-        await open_console(self.app, f"{vm.id} ({vm.pool_name})", console, on_release)
+        agent = vm.agent if vm.has_agent else None
+        await open_console(self.app, f"{vm.id} ({vm.pool_name})", console, on_release, agent, self.hub.agent_gap)
 
     def action_policy(self) -> None:
         name = self._pool_or_warn()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.markup import escape
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -10,6 +11,8 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
+
+import engine
 
 
 
@@ -76,6 +79,55 @@ class ResultModal(ModalScreen[None]):
             yield Label(f"[b]{self.result_title}[/b]", id="result-title")
             with VerticalScroll():
                 yield Static(self.text, markup=False, id="result-text")
+            yield Button("Close", id="close")
+
+    @on(Button.Pressed, "#close")
+    def action_dismiss_result(self) -> None:
+        self.dismiss(None)
+
+
+def exec_status(result: engine.ExecResult) -> str:
+    """How an agent exec ended, in a few words: its exit code or the signal that killed it."""
+    if result.exit_code is None and result.signal is not None:
+        return f"killed by signal {result.signal}"
+    return f"exit code {result.exit_code}"
+
+
+def exec_summary(result: engine.ExecResult) -> str:
+    text = f"{exec_status(result)} after {result.duration_s:.2f} s, through the guest agent"
+    if result.truncated:
+        text += "; the output went past the cap and the rest was dropped"
+    return text
+
+
+class ExecResultModal(ModalScreen[None]):
+    """An agent exec's result: a status line, then stdout and stderr in panes of their own."""
+
+    DEFAULT_CSS = """
+    ExecResultModal { align: center middle; }
+    ExecResultModal > Vertical { width: 90%; height: 85%; border: thick $primary; background: $surface; padding: 0 1; }
+    ExecResultModal VerticalScroll { height: 1fr; border: round $panel; }
+    ExecResultModal .stream-label { color: $text-muted; }
+    """
+    BINDINGS = [Binding("escape,enter,q", "dismiss_result", "Close")]
+
+    def __init__(self, title: str, summary: str, stdout: bytes, stderr: bytes) -> None:
+        super().__init__()
+        self.result_title = title
+        self.summary = summary
+        # Decoded for the screen only; the bytes stay here as the guest sent them.
+        self.stdout, self.stderr = stdout, stderr
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label(f"[b]{escape(self.result_title)}[/b]", id="result-title")
+            yield Label(self.summary, markup=False, id="result-summary")
+            yield Label(f"stdout ({len(self.stdout)} bytes)", classes="stream-label")
+            with VerticalScroll():
+                yield Static(self.stdout.decode(errors="replace"), markup=False, id="result-stdout")
+            yield Label(f"stderr ({len(self.stderr)} bytes)", classes="stream-label")
+            with VerticalScroll():
+                yield Static(self.stderr.decode(errors="replace"), markup=False, id="result-stderr")
             yield Button("Close", id="close")
 
     @on(Button.Pressed, "#close")

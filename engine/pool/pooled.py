@@ -116,6 +116,10 @@ class PooledVm:
     def agent_port(self) -> AgentPort:
         return self.handle.agent_port()
 
+    @property
+    def has_agent(self) -> bool:
+        return self.handle.spec.boot.has_agent
+
     def fail(self, message: str) -> None:
         self.handle.fail(message)
 

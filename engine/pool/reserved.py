@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from engine.agent.client import Agent
 from engine.console.like import ConsoleLike
 from engine.microvm.status import VmStatus
 
 
 class ReservedVm(Protocol):
-    """A reserved VM: who it is, how it is doing, its console, and giving it back."""
+    """A reserved VM: who it is, how it is doing, its console (and agent), and giving it back."""
 
     @property
     def id(self) -> str: ...
@@ -41,6 +42,16 @@ class ReservedVm(Protocol):
         ...
 
     async def console(self) -> ConsoleLike: ...
+
+    @property
+    def has_agent(self) -> bool:
+        """Whether this side can reach a guest agent (a sandbox in this process; a served VM
+        cannot yet: the service protocol carries consoles only)."""
+        ...
+
+    async def agent(self) -> Agent:
+        """The guest agent's session; AgentUnavailable when ``has_agent`` is False (says why)."""
+        ...
 
     async def release(self) -> None:
         """Give it back to its pool (it is killed; the pool boots a fresh one)."""

@@ -145,13 +145,14 @@ async def guest_console(boot: engine.LinuxDirectBoot) -> AsyncIterator[engine.Co
 
 
 class ConsoleApp(App[None]):
-    def __init__(self, console: engine.Console) -> None:
+    def __init__(self, console: engine.Console, agent_gap: str | None = None) -> None:
         super().__init__()
         self.vm_console = console
+        self.agent_gap = agent_gap
         self.released = False
 
     async def on_mount(self) -> None:
-        await open_console(self, "guest", self.vm_console, self._release)
+        await open_console(self, "guest", self.vm_console, self._release, agent_gap=self.agent_gap)
 
     async def _release(self) -> None:
         self.released = True
@@ -261,11 +262,33 @@ async def test_run_command_helper_shows_output_and_exit_code(guest_console: engi
         assert isinstance(result, ResultModal)
         assert "exit code 3" in result.result_title
         assert "run-out" in result.text
+        assert "through the console: stdout and stderr mixed" in result.text  # no agent here
         await pilot.press("escape")
         assert isinstance(app.screen, ConsoleScreen)
         # Release closes the last tab and leaves the console screen.
         await pilot.press("ctrl+right_square_bracket", "x")
         await until(lambda: app.released and not isinstance(app.screen, ConsoleScreen), pilot, timeout=5)
+
+
+@pytest.mark.guest
+async def test_run_command_helper_says_why_a_served_vm_has_no_agent(guest_console: engine.Console) -> None:
+    from capsatui.hub.service import NO_AGENT_OVER_SERVE
+
+    app = ConsoleApp(guest_console, agent_gap=NO_AGENT_OVER_SERVE)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause(0.3)
+        await pilot.press("ctrl+right_square_bracket", "r")
+        await until(lambda: isinstance(app.screen, FormModal), pilot)
+        form = app.screen
+        assert isinstance(form, FormModal) and "in the guest shell" in form.form_title
+        await type_line(pilot, "echo via-console")
+        await pilot.press("enter")
+        await until(lambda: isinstance(app.screen, ResultModal), pilot, timeout=30)
+        result = app.screen
+        assert isinstance(result, ResultModal)
+        assert "exit code 0" in result.result_title and "via-console" in result.text
+        assert NO_AGENT_OVER_SERVE in result.text and "issue 17" in result.text
+        await pilot.press("escape")
 
 
 class FakeConsole:

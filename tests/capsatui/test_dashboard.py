@@ -116,11 +116,14 @@ async def test_pool_life_from_the_dashboard(boot: engine.LinuxDirectBoot, config
         assert cell(app, "default", "state") == "stopped"  # only the autostart profile starts
         await wait_for(pilot, lambda: cell(app, "t", "idle") == "1")
         assert cell(app, "t", "state") == "running" and cell(app, "t", "created") == "1"
+        # The busybox guest has no agent: its commands go through the console.
+        assert cell(app, "t", "agent") == "console" and cell(app, "default", "agent") == "console"
         pools(app).move_cursor(row=pools(app).get_row_index("t"))
         await pilot.press("r")
         await wait_for(pilot, lambda: len(app.hub.reserved()) == 1)
         reserved = app.dashboard.query_one("#reserved", DataTable)
         await wait_for(pilot, lambda: reserved.row_count == 1 and cell(app, "t", "reserved") == "1")
+        assert str(reserved.get_row_at(0)[-1]) == "console"
 
         # The console opens on the reserved VM: type a command, see its output rendered.
         await wait_for(pilot, lambda: isinstance(app.screen, ConsoleScreen), 30)
@@ -277,3 +280,46 @@ def test_refill_text_says_how_fresh_vms_are_made() -> None:
     failed = dataclasses.replace(base, snapshot="failed", fallbacks=3, snapshot_error="no template: /dev/shm has 3 MiB free")
     text = refill_text(failed).plain
     assert "off, booting cold; 0 waiting, 3 cold fallbacks" in text and "why: no template: /dev/shm has 3 MiB free" in text
+
+
+SANDBOX_PROFILE = "name: s\nkind: sandbox\npool:\n  size: 1\n  max_size: 1\n  snapshot: false\n"
+
+
+@pytest.mark.guest
+async def test_sandbox_pool_shows_agent_and_the_helper_runs_through_it(
+    sandbox_boot_config: engine.LinuxDirectBoot, config_dir: Path,
+) -> None:
+    """A kind: sandbox pool from the dashboard: its row and its reserved VM say agent, and the
+    console's run helper shows stdout and stderr apart through the agent."""
+    from capsatui.screens.console import ConsoleScreen, ExecResultModal
+    from capsatui.screens.dialogs import FormModal
+
+    (config_dir / "s.yaml").write_text(SANDBOX_PROFILE)
+    app = CapsaApp(autostart="s")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: has_row(app, "s"), 5)
+        assert cell(app, "s", "agent") == "agent" and cell(app, "t", "agent") == "console"
+        await wait_for(pilot, lambda: cell(app, "s", "idle") == "1", 180)
+        assert cell(app, "s", "agent") == "agent"
+        pools(app).move_cursor(row=pools(app).get_row_index("s"))
+        await pilot.press("r")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConsoleScreen), 60)
+        reserved = app.dashboard.query_one("#reserved", DataTable)
+        assert reserved.row_count == 1 and str(reserved.get_row_at(0)[-1]) == "agent"
+        await pilot.press("ctrl+right_square_bracket", "r")
+        await wait_for(pilot, lambda: isinstance(app.screen, FormModal), 10)
+        form = app.screen
+        assert isinstance(form, FormModal) and "through the guest agent" in form.form_title
+        await pilot.press(*[c if c != " " else "space" for c in "echo o1; echo e1 >&2; (exit 9)"], "enter", "enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, ExecResultModal), 120)
+        result = app.screen
+        assert isinstance(result, ExecResultModal)
+        assert "exit code 9" in result.result_title
+        assert (result.stdout, result.stderr) == (b"o1\n", b"e1\n")
+        await pilot.press("escape")
+        await pilot.press("ctrl+right_square_bracket", "x")  # release
+        await wait_for(pilot, lambda: not app.hub.reserved(), 30)
+        await wait_for(pilot, lambda: isinstance(app.screen, DashboardScreen), 10)
+        await pilot.press("q")
+        await wait_for(pilot, lambda: not app.is_running, 60)
+    assert not any(s.running or s.starting for s in app.hub.states())

@@ -66,6 +66,10 @@ async def test_service_hub_reserve_console_release(env: tuple[engine.VmPool, eng
         vm = await hub.reserve(POOL, timeout=60)
         assert [v.id for v in hub.reserved()] == [vm.id]
         assert vm.pool_name == POOL and vm.pid is not None and vm.status() == "reserved"
+        # No agent over the service protocol yet: the VM says so instead of pretending.
+        assert not vm.has_agent and hub.agent_gap is not None and "issue 17" in hub.agent_gap
+        with pytest.raises(engine.AgentUnavailable, match="issue 17"):
+            await vm.agent()
         console = await vm.console()
         assert isinstance(console, engine.Console)  # the engine's own, over the attachment
         waiting = asyncio.create_task(console.wait_for("via-svc", 30))
