@@ -275,7 +275,7 @@ def _build(inputs: ImageInputs, *, force: bool, progress: ProgressCallback | Non
             staging = Path(scratch) / "image"
             staging.mkdir()
             _build_into(staging, Path(scratch) / "work", inputs, key, report)
-            _install(staging, target)
+            install_atomically(staging, target)
         _prune(keep=target)
     image = load_image(target)
     if image is None:
@@ -394,7 +394,7 @@ def _applet_links(busybox: Path) -> list[str]:
     return sorted(line.strip("/") for line in done.stdout.split() if line.strip("/") not in skip)
 
 
-def _install(staging: Path, target: Path) -> None:
+def install_atomically(staging: Path, target: Path) -> None:
     """Move a finished build into place atomically, replacing an older build of the same key."""
     old: Path | None = None
     if target.exists():

@@ -50,7 +50,7 @@ import platformdirs
 from engine.agent.bundle import AGENT_COMMAND, AGENT_DIR, PRECOMPILE_COMMAND, guest_agent_files
 from engine.errors import ImageError
 from engine.image import apt
-from engine.image.build import ProgressCallback, default_image, downloads_dir, resolve_packages
+from engine.image.build import ProgressCallback, default_image, downloads_dir, install_atomically, resolve_packages
 
 TREE_VERSION = 1  # bump when the mmdebstrap recipe changes
 IMAGE_VERSION = 2  # bump when the way our files are laid in changes (2: the agent precompiled)
@@ -436,13 +436,7 @@ def _build_image(
             "busybox": str(busybox), "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         (staging / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")  # last: marks it complete
-        old: Path | None = None
-        if target.exists():
-            old = target.with_name(f".old-{target.name}-{os.getpid()}")
-            os.rename(target, old)
-        os.rename(staging, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        install_atomically(staging, target)
 
 
 def _precompile_agent(root: Path) -> None:

@@ -74,3 +74,24 @@ async def connected(*, parent: str | None = None, **popen: Any) -> AsyncIterator
             yield agent, local
         finally:
             agent.close()
+
+
+async def check_tty_window(agent: Agent, timeout: float | None = None) -> None:
+    """A tty exec sees the default 80x24 window; a spawned tty sees the size asked for, then the
+    size of a resize (the same check on the host and in a real guest)."""
+    r = await agent.exec("stty size; tty", tty=True, timeout=timeout)
+    words = r.stdout.decode().split()
+    assert words[:2] == ["24", "80"] and words[2].startswith("/dev/pts/"), r.stdout
+    async with agent.spawn("stty size; read x; stty size", tty=True, size=(100, 30)) as proc:
+        seen = b""
+        outputs = proc.output()
+        async for _, chunk in outputs:
+            seen += chunk
+            if b"30 100" in seen:
+                break
+        await proc.resize(120, 40)
+        await proc.write_stdin(b"go\n")
+        async for _, chunk in outputs:
+            seen += chunk
+        result = await proc.wait()
+    assert b"30 100" in seen and b"40 120" in seen and result.exit_code == 0

@@ -19,6 +19,7 @@ import pytest
 import engine
 from engine.agent.client import Agent
 from engine.microvm.boot import LinuxDirectBoot
+from tests.agent.harness import check_tty_window
 from tests.sandboxes import running_sandbox
 
 pytestmark = pytest.mark.guest
@@ -147,22 +148,7 @@ async def test_20_concurrent_execs(agent: Agent) -> None:
 
 
 async def test_tty_exec_with_a_window_size(agent: Agent) -> None:
-    r = await agent.exec("stty size; tty", tty=True, timeout=60)
-    words = r.stdout.decode().split()
-    assert words[:2] == ["24", "80"] and words[2].startswith("/dev/pts/"), r.stdout
-    async with agent.spawn("stty size; read x; stty size", tty=True, size=(100, 30)) as proc:
-        seen = b""
-        outputs = proc.output()
-        async for _, chunk in outputs:
-            seen += chunk
-            if b"30 100" in seen:
-                break
-        await proc.resize(120, 40)
-        await proc.write_stdin(b"go\n")
-        async for _, chunk in outputs:
-            seen += chunk
-        result = await proc.wait()
-    assert b"30 100" in seen and b"40 120" in seen and result.exit_code == 0
+    await check_tty_window(agent, timeout=60)
 
 
 async def test_spawn_streams_with_stdin_and_a_signal(agent: Agent) -> None:

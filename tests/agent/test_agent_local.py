@@ -31,7 +31,7 @@ from engine.errors import (
     IdentityError,
     TransferTooLarge,
 )
-from tests.agent.harness import connected, local_agent
+from tests.agent.harness import check_tty_window, connected, local_agent
 
 
 @pytest.fixture
@@ -178,22 +178,7 @@ async def test_output_flood_with_the_cap(agent: Agent) -> None:
 
 
 async def test_tty_exec_with_a_window_size(agent: Agent) -> None:
-    r = await agent.exec("stty size; tty", tty=True)
-    lines = r.stdout.decode().split()
-    assert lines[:2] == ["24", "80"] and lines[2].startswith("/dev/pts/")
-    async with agent.spawn("stty size; read x; stty size", tty=True, size=(100, 30)) as proc:
-        seen = b""
-        outputs = proc.output()
-        async for _, chunk in outputs:
-            seen += chunk
-            if b"30 100" in seen:
-                break
-        await proc.resize(120, 40)
-        await proc.write_stdin(b"go\n")
-        async for _, chunk in outputs:
-            seen += chunk
-        result = await proc.wait()
-    assert b"30 100" in seen and b"40 120" in seen and result.exit_code == 0
+    await check_tty_window(agent)
 
 
 async def test_spawn_streams_in_order_with_stdin_and_signals(agent: Agent) -> None:
