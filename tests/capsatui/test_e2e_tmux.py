@@ -82,13 +82,17 @@ def wait_until(check: Callable[[], bool], tmux: Tmux, deadline: float, what: str
         time.sleep(0.2)
 
 
-def pool_row(screen: str, name: str) -> list[str]:
-    """The cells of the pool table's row for ``name`` (split on blanks), or []."""
+def pool_row(screen: str, name: str) -> dict[str, str]:
+    """The pool table's row for ``name`` by column heading (cells split on blanks: every cell
+    of an in-process pool is one word), or {}."""
+    header: list[str] = []
     for line in screen.splitlines():
         cells = line.split()
-        if cells[:1] == [name]:
-            return cells
-    return []
+        if cells[:2] == ["Profile", "State"]:
+            header = cells
+        elif header and cells[:1] == [name]:
+            return dict(zip(header, cells))
+    return {}
 
 
 @pytest.mark.guest
@@ -111,7 +115,7 @@ def test_tui_in_tmux_reserve_type_release_quit(boot: engine.LinuxDirectBoot, tmp
                    {"CAPSA_CONFIG_DIR": str(config), "TERM": "xterm-256color", "TMPDIR": str(app_tmp)})  # fmt: skip
 
         # The dashboard, then the warm VM: the e2e pool running with one idle VM.
-        wait_until(lambda: pool_row(tmux.screen(), "e2e")[1:3] == ["running", "1"], tmux, deadline,
+        wait_until(lambda: (row := pool_row(tmux.screen(), "e2e")).get("State") == "running" and row.get("Idle") == "1", tmux, deadline,
                    "the e2e pool to run with 1 idle VM")  # fmt: skip
 
         # Select the e2e row (the detail panel names the selected profile), then reserve.
@@ -139,7 +143,7 @@ def test_tui_in_tmux_reserve_type_release_quit(boot: engine.LinuxDirectBoot, tmp
         wait_until(lambda: not tmux.alive() or "Reserved VMs" in tmux.screen(), tmux, deadline,
                    "the dashboard after the release")  # fmt: skip
         assert tmux.alive(), "the app quit when the VM was released (ctrl+] x) instead of showing the dashboard"
-        wait_until(lambda: pool_row(tmux.screen(), "e2e")[4:5] == ["0"], tmux, deadline,
+        wait_until(lambda: pool_row(tmux.screen(), "e2e").get("Reserved") == "0", tmux, deadline,
                    "no VM reserved in the e2e pool")  # fmt: skip
 
         # Quit: the app stops its pools and ends, which ends the tmux session.
