@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pytest
 
-import engine
 from tests.sandboxes import running_sandbox
 
 pytestmark = pytest.mark.guest
@@ -20,7 +19,3 @@ async def test_a_sandbox_runs_python_through_its_agent() -> None:
         await agent.write_file("/tmp/x.bin", b"\x00\xff" * 1000)
         assert await agent.read_file("/tmp/x.bin") == b"\x00\xff" * 1000
 
-
-async def test_a_plain_vm_has_no_agent(shared_vm: engine.VmHandle) -> None:
-    with pytest.raises(engine.AgentUnavailable, match="no agent"):
-        await shared_vm.agent()

@@ -200,3 +200,10 @@ async def test_own_kernel_and_initrd(boot: engine.LinuxDirectBoot) -> None:
         console = await vm.console()
         await console.wait_for(":~# ", timeout=60)
         assert await console.exec("echo own-kernel") == "own-kernel\n"
+
+
+# Here, not in tests/agent: the session's shared VM is best booted where it has always been
+# first used (an idle guest in the background slows the timing-sensitive console tests).
+async def test_a_plain_vm_has_no_agent(shared_vm: engine.VmHandle) -> None:
+    with pytest.raises(engine.AgentUnavailable, match="no agent"):
+        await shared_vm.agent()
