@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 
+import pyte
 import pytest
 
 from capsatui.widgets.terminal import model as model_module
@@ -86,6 +87,22 @@ def test_a_dropped_echo_is_drawn_by_the_rebuild() -> None:
     assert model.resyncs == 1 and not model.resync_due and not model.has_output
     assert screen_rows(model)[9] == "# echo-42" and screen_rows(model)[0] == "flood"
     assert ring.asked == [model_module.RESYNC_BYTES]  # the newest output, not all since the first drop
+
+
+def test_an_exact_rebuild_replays_the_cut_bytes_too() -> None:
+    """The first drop is close to the last clean screen: the rebuild replays everything since
+    that screen, the bytes cut with the echo among them (not only what was kept)."""
+    ring = Ring()
+    model = TerminalModel(40, 10, resync=ring)
+    fed(ring, model, b"\x1b[2J\x1b[10;1H# ")
+    model.flush()
+    clean_end = len(ring.log)
+    fed(ring, model, b"echo-7" + FLOOD * 2000)  # ~40 KiB in one turn: the echo is cut at once
+    assert model.dropped > 0 and b"echo-7" not in model.pending_output
+    model.flush()
+    assert model.rebuild(FAR)
+    assert ring.asked == [len(ring.log) - clean_end]  # exact: from the clean screen on
+    assert screen_rows(model)[9] == "# echo-7" and screen_rows(model)[0] == "flood"
 
 
 def test_no_rebuild_while_the_user_reads_history() -> None:
@@ -170,3 +187,16 @@ def test_only_a_full_screen_scroll_is_history() -> None:
     assert term.pushed == 1 and "".join(term.history[0][x].data for x in range(5)) == "first"
     clone = term.clone_state()
     assert clone.display == term.display and not clone.history and clone.history_lines == term.history_lines
+
+
+def test_a_clone_keeps_its_saved_cursor_while_the_original_moves() -> None:
+    """pyte's "restore cursor" makes the saved cursor the live one and moves it in place: a clone
+    taken mid "save ... restore" (the state a rebuild starts from) must not move with it."""
+    term = HistoryTerminal(20, 5)
+    stream = pyte.ByteStream(term)
+    stream.feed(b"\x1b[5;1H\x1b7\x1b[1;1Htop")  # saved at the bottom row, now writing the top
+    clone = term.clone_state()
+    stream.feed(b"\x1b8\x1b[2;1H")  # the original restores, then moves its (once saved) cursor
+    assert [saved.cursor.y for saved in clone.savepoints] == [4]
+    clone.restore_cursor()
+    assert (clone.cursor.y, clone.cursor.x) == (4, 0)

@@ -85,16 +85,22 @@ class TerminalModel:
         self._pending += data
         self._fed += len(data)
         if len(self._pending) > MAX_PENDING:
+            if self.resync is not None and self._clean is None:
+                # The screen state before the first drop (the state after it is wrong: a cut can
+                # start with a "restore cursor" without its "save", say): a rebuild starts there.
+                # Its offset is where that screen has read up to, before anything is cut: an exact
+                # rebuild replays the cut bytes too (an echo in them is drawn after all).
+                if self._shadow is None:
+                    self._clean = self.term.clone_state()
+                    self._clean_offset = self._fed - len(self._pending)
+                else:
+                    self._clean = self._shadow.clone_state()
+                    self._clean_offset = self._shadow_end - len(self._shadow_data)
             cut = len(self._pending) - KEEP_PENDING
             newline = self._pending.find(b"\n", cut)  # restart at a line boundary
             cut = newline + 1 if 0 <= newline < cut + 4096 else cut
             self.dropped += cut
             del self._pending[:cut]
-            if self.resync is not None and self._clean is None:
-                # The screen state before the first drop (the state after it is wrong: a cut can
-                # start with a "restore cursor" without its "save", say): a rebuild starts there.
-                self._clean = (self._shadow or self.term).clone_state()
-                self._clean_offset = self._fed - len(self._pending) if self._shadow is None else self._shadow_end
             if self.resync is not None and not self._resync_due:
                 self._resync_due = True
                 self._last_resync = max(self._last_resync, self._clock() - RESYNC_INTERVAL_S / 2)

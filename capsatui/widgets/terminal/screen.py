@@ -46,7 +46,9 @@ class HistoryTerminal(pyte.Screen):
         for y in range(self.lines):
             clone.buffer[y] = copy.copy(self.buffer[y])
         clone.cursor = copy.copy(self.cursor)
-        clone.savepoints = list(self.savepoints)
+        # pyte's restore makes the saved cursor object the live one, moved in place from then
+        # on: each saved cursor is copied, or the original's moves would rewrite the clone's.
+        clone.savepoints = [saved._replace(cursor=copy.copy(saved.cursor)) for saved in self.savepoints]
         clone.mode = set(self.mode)
         clone.margins = self.margins
         clone.charset, clone.g0_charset, clone.g1_charset = self.charset, self.g0_charset, self.g1_charset
