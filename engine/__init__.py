@@ -88,7 +88,8 @@ if TYPE_CHECKING:
     from engine.microvm.status import Created, Failed, Running, Starting, Stopped, Stopping, VmStatus
     from engine.microvm.handle import VmHandle, live_vms
     from engine.microvm.spec import LoginSpec, VmSpec
-    from engine.microvm.disk import DiskImage
+    from engine.microvm.disk import DiskImage, ImageFormat
+    from engine.microvm.share import MountMode, Share
     from engine.microvm.agent_port import AgentPort
     from engine.microvm.boot import sandbox_boot
     from engine.image.sandbox import SandboxImage, sandbox_image, sandbox_images

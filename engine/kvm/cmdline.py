@@ -25,6 +25,15 @@ class Drive:
 
 
 @dataclass(frozen=True)
+class ShareDevice:
+    """A host folder served to the guest by QEMU's own 9p server under the 9p tag ``tag``."""
+
+    tag: str
+    path: Path
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
 class MachineSpec:
     """Everything QEMU needs to run one guest."""
 
@@ -51,6 +60,7 @@ class MachineSpec:
     # Block devices in guest order, and the name of the agent's virtio-serial port (None: none).
     drives: tuple[Drive, ...] = ()
     agent_port: str | None = None
+    shares: tuple[ShareDevice, ...] = ()
 
     def validate(self) -> None:
         if self.machine not in MACHINE_TYPES:
@@ -133,6 +143,8 @@ def qemu_argv(binary: str, spec: MachineSpec, sockets: MachineSockets) -> list[s
         argv += drive_args(spec.machine, index, drive)
     if spec.agent_port is not None and sockets.agent is not None:
         argv += agent_port_args(spec.machine, spec.agent_port, sockets.agent)
+    for index, folder in enumerate(spec.shares):
+        argv += share_args(spec.machine, index, folder)
     if spec.ram_backend == "file":
         share = "on" if spec.ram_shared else "off"
         argv += ["-object", f"memory-backend-file,id=ram0,size={spec.memory_mb}M,mem-path={spec.ram_file},share={share}"]
@@ -180,6 +192,24 @@ def drive_args(machine: str, index: int, drive: Drive) -> list[str]:
         "-blockdev", json.dumps(blockdev, separators=(",", ":")),
         "-device", f"{device},drive={node},id=vd{index}",
     ]
+
+
+def share_args(machine: str, index: int, share: ShareDevice) -> list[str]:
+    """A virtio-9p device serving ``share.path`` from QEMU's own 9p server.
+
+    ``mapped-xattr``: what the guest creates is a plain file or directory owned by the user QEMU
+    runs as, with mode 0600/0700 on the host; the guest's owner, mode, device numbers and symlink
+    targets live in ``user.virtfs.*`` xattrs, so no setuid file, device node or symlink the guest
+    makes exists on the host. ``readonly=on`` makes the server refuse every change, whatever the
+    guest mounts it as. ``multidevs=remap`` keeps inode numbers unique across host file systems.
+    -fsdev options are comma-separated, so a comma in the path is doubled.
+    """
+    path = str(share.path).replace(",", ",,")
+    fsdev = f"local,id=fs{index},path={path},security_model=mapped-xattr,multidevs=remap"
+    if share.read_only:
+        fsdev += ",readonly=on"
+    device = "virtio-9p-device" if machine == "microvm" else "virtio-9p-pci"
+    return ["-fsdev", fsdev, "-device", f"{device},fsdev=fs{index},mount_tag={share.tag},id=share{index}"]
 
 
 def agent_port_args(machine: str, name: str, path: Path) -> list[str]:

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Self
 
 from engine.microvm.boot import LinuxDirectBoot
 from engine.microvm.created import CreatedVm
+from engine.microvm.disk import DiskImage
+from engine.microvm.share import SANDBOX_TAG_PREFIX, MountMode, Share
 from engine.microvm.handle import VmHandle
 from engine.microvm.resources import seconds_of
 from engine.microvm.spec import LoginSpec, VmSpec
@@ -73,6 +76,24 @@ class ShapeBuilder:
     def network(self, mode: NetworkConfig) -> Self:
         """``NetworkMode.none()`` (the default) or ``NetworkMode.user_nat()...build()``."""
         return self._with(network=mode)
+
+    def share(self, host_path: str | Path, target: str, mode: MountMode = MountMode.ReadWrite) -> Self:
+        """Share the host folder ``host_path`` (resolved now, relative to the working directory).
+
+        ``target`` is a 9p tag for a raw VM (the guest mounts it: ``Share.mount_line``), or an
+        absolute guest path for a sandbox (the engine mounts it there, tagged ``capsa<N>``)."""
+        host = Path(host_path).expanduser().resolve()
+        if target.startswith("/"):
+            tag = f"{SANDBOX_TAG_PREFIX}{sum(1 for s in self._spec.shares if s.guest_path is not None)}"
+            share = Share(host, tag, mode, guest_path=target)
+        else:
+            share = Share(host, target, mode)
+        return self._with(shares=self._spec.shares + (share,))
+
+    def disk(self, disk: DiskImage | str | Path) -> Self:
+        """Attach a disk (``vdb``, ``vdc``, ... after the root disk, in the order added)."""
+        image = disk if isinstance(disk, DiskImage) else DiskImage(disk)
+        return self._with(disks=self._spec.disks + (image,))
 
     def spec(self) -> VmSpec:
         self._spec.validate()

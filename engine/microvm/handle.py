@@ -33,7 +33,7 @@ from engine.kvm.cmdline import AGENT_DEVICE_ID
 from engine.microvm.agent_port import AgentPort
 from engine.microvm.machine_spec import machine_spec_for
 from engine.microvm.resources import GuestOs, ResourceConfig, seconds_of
-from engine.microvm.scratch import ScratchDisk
+from engine.microvm.vm_files import VmFiles
 from engine.microvm.spec import VmSpec
 from engine.microvm.status import Failed, Running, Starting, Stopped, Stopping, VmStatus
 from engine.snapshot.save import save_snapshot
@@ -110,12 +110,11 @@ class VmHandle:
     async def start(cls, spec: VmSpec) -> VmHandle:
         spec.check()
         accel = choose_accelerator(spec.accel)
-        scratch = await asyncio.to_thread(ScratchDisk, spec.scratch_disk_mb) if spec.scratch_disk_mb is not None else None
+        files = await asyncio.to_thread(VmFiles.make, spec)
         try:
-            machine = await Machine.launch(machine_spec_for(spec, accel, scratch.path if scratch else None))
+            machine = await Machine.launch(machine_spec_for(spec, accel, files))
         finally:
-            if scratch is not None:
-                scratch.remove()  # QEMU holds it open now (or failed): see engine/microvm/scratch.py
+            files.remove()  # QEMU holds them open now (or failed): see engine/microvm/vm_files.py
         return await cls.attach(spec, accel, machine)
 
     @classmethod

@@ -6,13 +6,12 @@ their QEMU from here, so a saved shape and a restored one agree.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 from engine.agent.bundle import PORT_NAME
 from engine.kvm.accel import AccelChoice
-from engine.kvm.cmdline import Drive, MachineSpec, kernel_flags
+from engine.kvm.cmdline import Drive, MachineSpec, ShareDevice, kernel_flags
 from engine.kvm.host import host_tsc_khz
 from engine.microvm.spec import VmSpec
+from engine.microvm.vm_files import VmFiles
 from engine.netstack.config import UserNatConfig
 
 
@@ -45,34 +44,65 @@ ROOT_FS_TYPES = {".erofs": "erofs", ".ext4": "ext4", ".img": "ext4", ".squashfs"
 
 
 def sandbox_args(spec: VmSpec) -> list[str]:
-    """The initramfs's sandbox arguments: the root image (vda), where writes go, the agent port."""
+    """The initramfs's device arguments: the root disk (vda) and where writes go, the agent
+    port, and which drivers to load for shares (capsa.9p) and extra disks (capsa.disks)."""
     parts: list[str] = []
     disk = spec.boot.root_disk
     if disk is not None:
-        parts += ["capsa.root=/dev/vda", f"capsa.rootfstype={ROOT_FS_TYPES.get(disk.path.suffix, 'ext4')}"]
-        # The scratch disk is the second drive (vdb): see machine_spec_for.
-        parts.append("capsa.overlay=/dev/vdb" if spec.scratch_disk_mb is not None else "capsa.overlay=tmpfs")
+        fstype = ROOT_FS_TYPES.get(disk.path.suffix, "ext4")
+        if spec.boot.has_agent:
+            # A sandbox: its image read-only under an overlay on tmpfs or the scratch disk.
+            parts += ["capsa.root=/dev/vda", f"capsa.rootfstype={fstype}"]
+            scratch = f"/dev/{device_name(1 + len(spec.disks))}"
+            parts.append(f"capsa.overlay={scratch}" if spec.scratch_disk_mb is not None else "capsa.overlay=tmpfs")
+        else:
+            # capsa's root=/dev/vda form: the initramfs mounts it (read-only disks read-only)
+            # and switches into its /sbin/init (or init=...); the user's own args come later.
+            parts += ["root=/dev/vda", f"rootfstype={fstype}", "ro" if disk.read_only else "rw"]
+    if spec.disks:
+        parts.append("capsa.disks=1")
+    if spec.shares:
+        parts.append("capsa.9p=1")
     if spec.boot.has_agent:
         parts.append("capsa.agent=1")
     return parts
 
 
-def machine_spec_for(spec: VmSpec, accel: AccelChoice, scratch_disk: Path | None = None) -> MachineSpec:
+def device_name(index: int) -> str:
+    """The guest's name of the ``index``-th virtio disk: vda, vdb, ..., vdz, vdaa, ..."""
+    letters = ""
+    index += 1
+    while index:
+        index, rest = divmod(index - 1, 26)
+        letters = chr(ord("a") + rest) + letters
+    return f"vd{letters}"
+
+
+def machine_spec_for(spec: VmSpec, accel: AccelChoice, files: VmFiles | None = None) -> MachineSpec:
     """The machine that runs ``spec`` under ``accel`` (what QEMU is started with).
 
-    ``scratch_disk`` is the per-VM file behind a spec's ``scratch_disk_mb`` (the caller makes and
-    deletes it: see engine/microvm/scratch.py); a spec that wants one but gets none gets vdb
-    nowhere, so it is an error.
+    Drives, in the guest's order: the root disk (vda), ``spec.disks`` (a ``copy_on_write`` one
+    as its overlay from ``files``), then a sandbox's scratch disk (from ``files``). ``files`` are
+    the per-VM files (:class:`VmFiles`: the caller makes and removes them); a spec that needs one
+    and gets none is an error.
     """
     nat = spec.network if isinstance(spec.network, UserNatConfig) else None
     drives: list[Drive] = []
     if spec.boot.root_disk is not None:
         disk = spec.boot.root_disk
         drives.append(Drive(disk.path, read_only=disk.read_only, format=disk.format))
-        if spec.scratch_disk_mb is not None:
-            if scratch_disk is None:
-                raise ValueError("a spec with scratch_disk_mb needs its scratch disk file")
-            drives.append(Drive(scratch_disk, read_only=False, format="raw"))
+    for index, disk in enumerate(spec.disks):
+        if disk.copy_on_write:
+            overlay = files.overlays.get(index) if files is not None else None
+            if overlay is None:
+                raise ValueError(f"the copy-on-write disk {disk.path} needs its overlay file")
+            drives.append(Drive(overlay, read_only=False, format="qcow2"))
+        else:
+            drives.append(Drive(disk.path, read_only=disk.read_only, format=disk.format))
+    if spec.scratch_disk_mb is not None:
+        if files is None or files.scratch is None:
+            raise ValueError("a spec with scratch_disk_mb needs its scratch disk file")
+        drives.append(Drive(files.scratch, read_only=False, format="raw"))
     return MachineSpec(
         kernel=spec.boot.kernel,
         initrd=spec.boot.initrd,
@@ -86,4 +116,5 @@ def machine_spec_for(spec: VmSpec, accel: AccelChoice, scratch_disk: Path | None
         extra_args=spec.extra_qemu_args,
         drives=tuple(drives),
         agent_port=PORT_NAME if spec.boot.has_agent else None,
+        shares=tuple(ShareDevice(share.tag, share.host_path, share.read_only) for share in spec.shares),
     )

@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 from engine.console.stream import DEFAULT_SCROLLBACK
 from engine.microvm.boot import LinuxDirectBoot
+from engine.microvm.disk import DiskImage
+from engine.microvm.share import Share, check_shares
 from engine.errors import ConfigError
 from engine.names import HOSTNAME_RE, USER_RE
 from engine.netstack.config import NetworkConfig, NoNetwork, UserNatConfig
@@ -40,12 +42,19 @@ class VmSpec:
     scratch_disk_mb: int | None = None
     # capsa's operation timeout: the default wait, in seconds, for readiness and agent calls.
     timeout_s: float | None = None
+    # Shared folders (9p) and extra disks (vdb, vdc, ... after the root disk, in this order).
+    shares: tuple[Share, ...] = ()
+    disks: tuple[DiskImage, ...] = ()
 
     def check(self) -> None:
         """ConfigError unless QEMU can be started for this spec: the
         fields are valid and the boot's files are there. Every path that launches a VM calls it."""
         self.validate()
         self.boot.check()
+        for share in self.shares:
+            share.check()
+        for disk in self.disks:
+            disk.check()
 
     def validate(self) -> None:
         """ConfigError unless every field is in range (checks no files: builders call it too)."""
@@ -65,6 +74,7 @@ class VmSpec:
             raise ConfigError("scratch_disk_mb needs a sandbox (a boot with a root disk): its overlay lives there")
         if self.timeout_s is not None and not self.timeout_s > 0:
             raise ConfigError(f"timeout must be a positive number of seconds, got {self.timeout_s}")
+        self.validate_devices()
         if self.scrollback_bytes < 4096:
             raise ConfigError(f"scrollback_bytes must be at least 4096, got {self.scrollback_bytes}")
         if self.login is not None:
@@ -78,3 +88,26 @@ class VmSpec:
         for flag in self.cmdline_flags:
             if not flag or any(c.isspace() for c in flag):
                 raise ConfigError(f"kernel flag {flag!r} is empty or has spaces")
+
+    def validate_devices(self) -> None:
+        """ConfigError for shares and disks this VM cannot have (checks no files)."""
+        check_shares(self.shares)
+        sandbox = self.boot.has_agent
+        for share in self.shares:
+            if share.guest_path is not None and not sandbox:
+                raise ConfigError(
+                    f"share {share.host_path}: a raw VM cannot mount at a guest path ({share.guest_path}); "
+                    f"give it a tag and mount it in the guest: {share.mount_line('/mnt/' + share.tag)}")
+            if share.guest_path is None and sandbox:
+                raise ConfigError(
+                    f"share {share.host_path} (tag {share.tag}): a sandbox mounts its shares itself; "
+                    "give an absolute guest path instead of a tag")
+        seen: dict[str, DiskImage] = {}
+        root = self.boot.root_disk
+        for disk in self.disks:
+            key = str(disk.path)
+            if root is not None and disk.path == root.path:
+                raise ConfigError(f"disk {disk.path} is the root disk too")
+            if key in seen and (disk.shared_write or seen[key].shared_write):
+                raise ConfigError(f"disk {disk.path} is attached twice, writable: the guest would corrupt it")
+            seen[key] = disk

@@ -1,0 +1,57 @@
+"""VmFiles: the files one VM needs beside its images, made before QEMU starts and gone after.
+
+A sandbox's scratch disk and the qcow2 overlays of its ``copy_on_write`` disks live in one
+private folder; :meth:`VmFiles.remove` (idempotent) deletes it as soon as QEMU has opened them
+(its descriptors keep the blocks alive for the VM's life), so no VM, however it ends, leaves one
+behind. Fresh VMs, templates and prestarted clones all launch through here.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.microvm.overlay import create_overlay
+from engine.microvm.scratch import ScratchDisk
+from engine.microvm.spec import VmSpec
+
+
+@dataclass
+class VmFiles:
+    """Per-VM files of a spec: ``scratch`` (a sandbox's scratch disk) and ``overlays`` (the
+    overlay of each ``copy_on_write`` disk, by its index in ``spec.disks``)."""
+
+    scratch: Path | None = None
+    overlays: dict[int, Path] = field(default_factory=dict)
+    _scratch_disk: ScratchDisk | None = None
+    _dir: Path | None = None
+
+    @classmethod
+    def make(cls, spec: VmSpec) -> VmFiles:
+        """Create them (blocking: call it in a thread); nothing is left behind if one fails."""
+        files = cls()
+        try:
+            if spec.scratch_disk_mb is not None:
+                files._scratch_disk = ScratchDisk(spec.scratch_disk_mb)
+                files.scratch = files._scratch_disk.path
+            for index, disk in enumerate(spec.disks):
+                if disk.copy_on_write:
+                    if files._dir is None:
+                        files._dir = Path(tempfile.mkdtemp(prefix="capsa-overlay-"))
+                    overlay = files._dir / f"disk{index}.qcow2"
+                    create_overlay(disk, overlay)
+                    files.overlays[index] = overlay
+        except BaseException:
+            files.remove()
+            raise
+        return files
+
+    def remove(self) -> None:
+        """Delete every file (QEMU keeps what it has open); safe to call twice."""
+        if self._scratch_disk is not None:
+            self._scratch_disk.remove()
+            self._scratch_disk = None
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
