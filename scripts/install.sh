@@ -11,8 +11,9 @@ SUDO=
 # busybox-static and the kernel package are downloaded, never installed, by the image builder.
 # binutils: the tests assemble the guest's capsa-agent again and compare it with the shipped bytes.
 # mmdebstrap + erofs-utils build the sandbox image (a Debian tree in a read-only erofs file),
-# e2fsprogs formats a sandbox's scratch disk; uidmap lets a non-root mmdebstrap use --mode=unshare.
-PACKAGES=(qemu-system-x86 busybox-static lz4 python3-venv tmux binutils iproute2 mmdebstrap erofs-utils e2fsprogs uidmap)
+# e2fsprogs formats a sandbox's scratch disk; uidmap lets a non-root mmdebstrap use --mode=unshare;
+# qemu-utils (qemu-img) writes the copy-on-write overlays of disks.
+PACKAGES=(qemu-system-x86 busybox-static lz4 python3-venv tmux binutils iproute2 mmdebstrap erofs-utils e2fsprogs uidmap qemu-utils)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -32,7 +33,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[test]'
-.venv/bin/capsa-tui image build
+# --shares: also the generic kernel's image, which VMs with shared folders boot (it has 9p).
+.venv/bin/capsa-tui image build --shares
 # The bundled sandbox profile's image (python3 only): the tests' sandboxes and the first sandbox
 # start need it, and it takes about a minute the first time.
 .venv/bin/capsa-tui image build debian

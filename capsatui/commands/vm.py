@@ -22,7 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.add_argument("-p", "--package", action="append", default=[], metavar="NAME",
                        help="a Debian package to add to the sandbox image (repeatable)")
     build.add_argument("--force", action="store_true", help="rebuild the default image even if a current one is cached")
-    build.set_defaults(handler=lambda args: _image_build(args.force, args.base, args.package))
+    build.add_argument("--shares", action="store_true",
+                       help="also build the image VMs with shared folders boot (Debian's generic kernel, which has 9p)")
+    build.set_defaults(handler=lambda args: _image_build(args.force, args.base, args.package, shares=args.shares))
     info = image_sub.add_parser("info", help="show the cached images' paths, sizes and versions, and the accelerator")
     info.set_defaults(handler=lambda args: _image_info())
     prune = image_sub.add_parser("prune", help="remove every snapshot template (and its RAM image) from the cache")
@@ -56,7 +58,7 @@ def _add_shape(parser: argparse.ArgumentParser, memory: int | None = 256) -> Non
     parser.add_argument("--memory", type=int, default=memory, metavar="MB", help=f"guest memory in MiB (default {default})")
 
 
-def _image_build(force: bool, base: str | None = None, packages: list[str] | None = None) -> int:
+def _image_build(force: bool, base: str | None = None, packages: list[str] | None = None, *, shares: bool = False) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     if packages and base is None:
@@ -68,11 +70,17 @@ def _image_build(force: bool, base: str | None = None, packages: list[str] | Non
             bar.update(task, description=step, completed=fraction)
 
         image = engine.build_image(force=force, progress=report)
+        shares_image = None
+        if shares:
+            task = bar.add_task("guest image for shared folders", total=1.0)
+            shares_image = engine.build_image(force=force, progress=report, flavour="generic")
         sandbox = None
         if base is not None:
             task = bar.add_task("sandbox image", total=1.0)
             sandbox = engine.sandbox_image(base, packages or (), progress=report)
     print(f"kernel {image.kernel}\ninitrd {image.initrd}")
+    if shares_image is not None:
+        print(f"kernel for shares {shares_image.kernel}\ninitrd for shares {shares_image.initrd}")
     if sandbox is not None:
         print(f"sandbox {sandbox.rootfs} ({', '.join(sandbox.packages)})")
     return 0

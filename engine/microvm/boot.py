@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from engine.errors import ConfigError
 from engine.console.match import READY_MARKER
-from engine.image.build import ProgressCallback, default_image
+from engine.image.build import CLOUD, GENERIC, ProgressCallback, default_image
 from engine.image.sandbox import sandbox_image
 from engine.microvm.disk import DiskImage
 
@@ -22,7 +22,9 @@ class LinuxDirectBoot:
     of typing into a guest that is still booting. ``capsa_guest`` says the initramfs is ours and
     understands the ``capsa.*`` kernel arguments (hostname, login, network). ``root_disk`` is the
     guest's root filesystem (a sandbox's read-only image), ``has_agent`` says the guest runs the
-    capsa agent on its agent port (a sandbox).
+    capsa agent on its agent port (a sandbox). ``flavour`` is the default image's kernel flavour
+    this boot's kernel and initramfs come from (None: files of your own): a VM with shared
+    folders swaps ``cloud`` for ``generic`` (:meth:`for_shares`).
     """
 
     kernel: Path
@@ -31,6 +33,7 @@ class LinuxDirectBoot:
     capsa_guest: bool = False
     root_disk: DiskImage | None = None
     has_agent: bool = False
+    flavour: str | None = None
 
     def __init__(
         self,
@@ -41,6 +44,7 @@ class LinuxDirectBoot:
         capsa_guest: bool = False,
         root_disk: DiskImage | None = None,
         has_agent: bool = False,
+        flavour: str | None = None,
     ) -> None:
         object.__setattr__(self, "kernel", Path(kernel).expanduser())
         object.__setattr__(self, "initrd", Path(initrd).expanduser() if initrd is not None else None)
@@ -48,13 +52,22 @@ class LinuxDirectBoot:
         object.__setattr__(self, "capsa_guest", capsa_guest)
         object.__setattr__(self, "root_disk", root_disk)
         object.__setattr__(self, "has_agent", has_agent)
+        object.__setattr__(self, "flavour", flavour)
 
-    def with_root_disk(self, disk: DiskImage) -> LinuxDirectBoot:
-        """This boot with ``disk`` as the root disk (capsa's ``with_root_disk``)."""
-        return LinuxDirectBoot(
-            self.kernel, self.initrd, ready_marker=self.ready_marker, capsa_guest=self.capsa_guest,
-            root_disk=disk, has_agent=self.has_agent,
-        )
+    def with_root_disk(self, disk: DiskImage | str | Path) -> LinuxDirectBoot:
+        """This boot with ``disk`` as the root disk (capsa's ``with_root_disk``): the guest's vda.
+        Our initramfs mounts it (read-only if the disk is) and runs its ``/sbin/init``
+        (``cmdline_arg("init", ...)`` names another); a sandbox's is its image."""
+        image = disk if isinstance(disk, DiskImage) else DiskImage(disk)
+        return replace(self, root_disk=image)
+
+    def for_shares(self, build: bool = True) -> LinuxDirectBoot:
+        """This boot with a kernel that has 9p: the default image's ``generic`` flavour in place
+        of ``cloud`` (built first if ``build``); a boot of your own files is returned as it is."""
+        if self.flavour != CLOUD:
+            return self
+        image = default_image(build=build, flavour=GENERIC)
+        return replace(self, kernel=image.kernel, initrd=image.initrd, flavour=GENERIC)
 
     def check(self) -> None:
         """Raise ConfigError naming the first path that is missing or unreadable."""
@@ -75,7 +88,8 @@ def default_boot() -> LinuxDirectBoot:
     # With CAPSA_INITRD the userland is someone else's: it prints no marker, knows no capsa.* args.
     ours = not os.environ.get("CAPSA_INITRD")
     return LinuxDirectBoot(
-        image.kernel, image.initrd, ready_marker=READY_MARKER if ours else None, capsa_guest=ours
+        image.kernel, image.initrd, ready_marker=READY_MARKER if ours else None, capsa_guest=ours,
+        flavour=CLOUD if ours else None,
     )
 
 
@@ -93,4 +107,5 @@ def sandbox_boot(
     return LinuxDirectBoot(
         image.kernel, image.initrd, ready_marker=READY_MARKER, capsa_guest=True,
         root_disk=DiskImage(image.rootfs, read_only=True), has_agent=True,
+        flavour=None if os.environ.get("CAPSA_INITRD") else CLOUD,
     )

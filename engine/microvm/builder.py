@@ -1,6 +1,7 @@
 """The fluent builders users describe a VM with: ShapeBuilder (shared with pools), VmBuilder, vm()."""
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
@@ -96,7 +97,11 @@ class ShapeBuilder:
         return self._with(disks=self._spec.disks + (image,))
 
     def spec(self) -> VmSpec:
+        """The checked spec; with shared folders, on a kernel that has 9p (``for_shares``: may
+        build that image the first time, so async callers run this in a thread)."""
         self._spec.validate()
+        if self._spec.shares:
+            self._spec = replace(self._spec, boot=self._spec.boot.for_shares())
         return self._spec
 
 
@@ -105,7 +110,7 @@ class VmBuilder(ShapeBuilder):
 
     async def create(self) -> CreatedVm:
         """The VM, checked but not started (status ``Created``); ``await vm.start()`` boots it."""
-        return CreatedVm(self.spec())
+        return CreatedVm(await asyncio.to_thread(self.spec))
 
     async def build(self) -> VmHandle:
         """Start the VM and return its handle while the guest boots (``create()`` + ``start()``)."""

@@ -70,7 +70,8 @@ class SandboxBuilder(ShapeBuilder):
     def spec(self, build: bool = True) -> VmSpec:
         """The VM spec with the image resolved (built first if ``build`` and not cached)."""
         self._spec.validate()  # a bad shape fails before the image is built
-        spec = replace(self._spec, boot=self.boot(build))
+        boot = self.boot(build)
+        spec = replace(self._spec, boot=boot.for_shares(build) if self._spec.shares else boot)
         spec.validate()
         return spec
 

@@ -6,7 +6,9 @@
 # Knobs (all optional): capsa.hostname=NAME capsa.net=1 capsa.pci=1 capsa.rng=1 capsa.acpid=1
 # capsa.login=1 capsa.user=NAME capsa.pass=HEX capsa.agent=1 (load the agent port's driver), and
 # for a sandbox capsa.root=DEV capsa.rootfstype=FS capsa.overlay=tmpfs|DEV (switch_root into the
-# read-only image on DEV under a writable overlay). PID 1 must never exit: the kernel would panic.
+# read-only image on DEV under a writable overlay), capsa.9p=1 (shared folders' drivers),
+# capsa.disks=1 (extra disks' drivers). The standard root=DEV rootfstype=FS ro|rw init=PATH boot
+# a root disk: mounted, then switch_root into its init. PID 1 must never exit: the kernel would panic.
 
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 export HOME=/root USER=root LOGNAME=root
@@ -28,6 +30,7 @@ mount -t tmpfs -o nosuid,nodev,mode=755 tmpfs /run
 [ -e /bin/ls ] || /bin/busybox --install -s
 
 hostname=capsa net=0 pci=0 rng=0 acpid=0 login=0 user= pass= quiet=0 agent=0 root= rootfstype=ext4 overlay=tmpfs
+ninep=0 disks=0 diskroot= diskfstype=ext4 diskmode=rw diskinit=/sbin/init
 set -f  # the command line is split on spaces below and must not be globbed
 read -r cmdline < /proc/cmdline
 for arg in $cmdline; do
@@ -44,6 +47,13 @@ for arg in $cmdline; do
 	capsa.root=?*) root=${arg#*=} ;;
 	capsa.rootfstype=?*) rootfstype=${arg#*=} ;;
 	capsa.overlay=?*) overlay=${arg#*=} ;;
+	capsa.9p=*) ninep=${arg#*=} ;;
+	capsa.disks=*) disks=${arg#*=} ;;
+	root=?*) diskroot=${arg#*=} ;;
+	rootfstype=?*) diskfstype=${arg#*=} ;;
+	init=?*) diskinit=${arg#*=} ;;
+	ro) diskmode=ro ;;
+	rw) diskmode=rw ;;
 	quiet) quiet=1 ;;
 	esac
 done
@@ -77,6 +87,8 @@ if [ "$net" = 1 ]; then
 fi
 [ "$rng" = 1 ] && load "/etc/capsa/modules.rng$transport"
 [ "$agent" = 1 ] && load "/etc/capsa/modules.console$transport"
+[ "$ninep" = 1 ] && load "/etc/capsa/modules.9p$transport"
+{ [ "$disks" = 1 ] || [ -n "$diskroot" ]; } && load "/etc/capsa/modules.disk$transport"
 
 if [ "$acpid" = 1 ]; then
 	load /etc/capsa/modules.acpi
@@ -108,6 +120,26 @@ if [ -n "$root" ]; then
 	done
 	trap - USR1 USR2 TERM INT
 	exec switch_root /sysroot /usr/lib/capsa/busybox init
+fi
+
+# A root disk (root=/dev/vda, capsa's form): mounted as it is, read-write unless "ro", then its
+# own init takes over. A failure says why on the console and leaves this initramfs's shell.
+if [ -n "$diskroot" ]; then
+	mkdir -p /sysroot
+	if mount -t "$diskfstype" -o "$diskmode" "$diskroot" /sysroot; then
+		if [ -x "/sysroot$diskinit" ] || [ -L "/sysroot$diskinit" ]; then
+			for dir in dev proc sys run tmp; do
+				mkdir -p "/sysroot/$dir" 2>/dev/null
+				mount --move "/$dir" "/sysroot/$dir" 2>/dev/null
+			done
+			trap - USR1 USR2 TERM INT
+			exec switch_root /sysroot "$diskinit"
+		fi
+		echo "capsa: the root disk $diskroot has no $diskinit" > /dev/console
+		umount /sysroot
+	else
+		echo "capsa: cannot mount the root disk $diskroot ($diskfstype, $diskmode)" > /dev/console
+	fi
 fi
 
 # The identity helper of snapshot clones (see agent.S in the engine): resident from the start,
