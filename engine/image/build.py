@@ -287,6 +287,11 @@ def image_info() -> dict[str, str]:
         busybox_version=image.busybox_version,
         pvh="yes" if image.pvh else "no (booting the bzImage)",
     )
+    try:
+        shares = default_image(build=False, flavour=GENERIC)
+        info["shares_kernel"] = f"{shares.kernel} ({shares.kernel_version}: VMs with shared folders boot it)"
+    except ImageError:
+        info["shares_kernel"] = "not built (capsa-tui image build --shares; VMs with shared folders build it)"
     return info
 
 

@@ -210,3 +210,38 @@ def _read_until(proc: subprocess.Popen[bytes], pattern: bytes, timeout: float) -
             assert chunk, f"qemu exited before {pattern!r}; last output {seen[-400:]!r}"
             seen += chunk
     return seen
+
+
+@pytest.fixture(scope="module")
+def shares_image() -> GuestImage:
+    return images.default_image(flavour=images.GENERIC)
+
+
+def test_the_shares_flavour_is_the_generic_kernel_with_9p(image: GuestImage, shares_image: GuestImage) -> None:
+    assert shares_image.flavour == images.GENERIC and image.flavour == images.CLOUD
+    assert shares_image.kernel_version.endswith("-amd64") and not shares_image.kernel_version.endswith("cloud-amd64")
+    assert shares_image.key != image.key and shares_image.pvh
+    names = [line.split()[0] for line in
+             _cpio(shares_image.initrd, "-i", "--to-stdout", "etc/capsa/modules.9p").decode().splitlines()]
+    assert names[-1] == "9p" and names.index("virtio_mmio") < names.index("9pnet_virtio") < names.index("9p")
+    # The cloud kernel has no 9p: its initramfs has no such list; both load ext4 for disks.
+    assert "etc/capsa/modules.9p" not in _cpio(image.initrd, "-t").decode().split()
+    disk = [line.split()[0] for line in
+            _cpio(shares_image.initrd, "-i", "--to-stdout", "etc/capsa/modules.disk").decode().splitlines()]
+    assert disk[-1] == "ext4" and "virtio_blk" in disk
+    assert images.image_info()["shares_kernel"].startswith(str(shares_image.kernel))
+
+
+def test_a_boot_with_shares_swaps_only_the_default_kernel(shares_image: GuestImage, tmp_path: Path) -> None:
+    import engine
+
+    boot = engine.default_boot()
+    swapped = boot.for_shares()
+    assert (swapped.kernel, swapped.initrd, swapped.flavour) == (shares_image.kernel, shares_image.initrd, "generic")
+    assert swapped.ready_marker == boot.ready_marker and swapped.capsa_guest
+    assert swapped.for_shares() == swapped
+    own = engine.LinuxDirectBoot(tmp_path / "my-kernel", tmp_path / "my-initrd")
+    assert own.for_shares() is own  # your own kernel: 9p is yours to provide
+    (tmp_path / "src").mkdir()
+    spec = engine.vm(boot).share(tmp_path / "src", "src").spec()
+    assert spec.boot.kernel == shares_image.kernel and engine.vm(boot).spec().boot.kernel == boot.kernel
