@@ -82,6 +82,12 @@ class LinuxDirectBoot:
             self.root_disk.check()
 
 
+def _flavour() -> str | None:
+    """The default image's flavour, or None when CAPSA_KERNEL/CAPSA_INITRD swap in files of
+    your own (whose kernel and modules no flavour describes)."""
+    return None if os.environ.get("CAPSA_KERNEL") or os.environ.get("CAPSA_INITRD") else CLOUD
+
+
 def default_boot() -> LinuxDirectBoot:
     """The cached default guest (Debian cloud kernel + our busybox initramfs), built if absent."""
     image = default_image()
@@ -89,7 +95,7 @@ def default_boot() -> LinuxDirectBoot:
     ours = not os.environ.get("CAPSA_INITRD")
     return LinuxDirectBoot(
         image.kernel, image.initrd, ready_marker=READY_MARKER if ours else None, capsa_guest=ours,
-        flavour=CLOUD if ours else None,
+        flavour=_flavour(),
     )
 
 
@@ -107,5 +113,5 @@ def sandbox_boot(
     return LinuxDirectBoot(
         image.kernel, image.initrd, ready_marker=READY_MARKER, capsa_guest=True,
         root_disk=DiskImage(image.rootfs, read_only=True), has_agent=True,
-        flavour=None if os.environ.get("CAPSA_INITRD") else CLOUD,
+        flavour=_flavour(),
     )
