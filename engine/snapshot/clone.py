@@ -61,7 +61,7 @@ class WaitingClone:
     async def launch(cls, snapshot: Snapshot, spec: VmSpec) -> WaitingClone:
         accel = choose_accelerator(spec.accel)
         # Its own overlays of copy-on-write disks, like a fresh VM's (engine/microvm/vm_files.py).
-        files = await asyncio.to_thread(VmFiles.make, spec)
+        files = await VmFiles.make_async(spec)
         try:
             machine = await Machine.launch(snapshot.machine_spec(spec, accel, files))
         finally:

@@ -104,7 +104,7 @@ async def build_template(spec: VmSpec, *, boot_timeout: float = 60) -> Snapshot:
     staging.mkdir(parents=True)
     ram = prepare_ram_file(key, spec.memory_mb)
     try:
-        files = await asyncio.to_thread(VmFiles.make, spec)
+        files = await VmFiles.make_async(spec)
         try:
             machine = await Machine.launch(replace(template_machine(spec, accel, files), ram_file=ram))
         finally:

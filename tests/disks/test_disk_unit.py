@@ -210,3 +210,35 @@ def test_qemus_lock_message_names_the_image() -> None:
               "Is another process using the image [/home/u/data disk.img]?\n")
     assert locked_image(stderr) == "/home/u/data disk.img"
     assert locked_image("qemu-system-x86_64: could not load kernel") is None
+
+
+async def test_overlays_made_for_a_cancelled_start_are_removed(
+        fake_guest: engine.LinuxDirectBoot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+    import threading
+    import time
+
+    import engine.microvm.vm_files as vm_files
+
+    started, real = threading.Event(), vm_files.create_overlay
+
+    def slow_overlay(disk: engine.DiskImage, path: Path) -> None:
+        started.set()
+        time.sleep(0.5)
+        real(disk, path)
+
+    monkeypatch.setattr(vm_files, "create_overlay", slow_overlay)
+    before = overlay_dirs()
+    spec = engine.VmSpec(boot=fake_guest, disks=(engine.DiskImage(raw_disk(tmp_path / "c.img", b"")).as_copy_on_write(),))
+    task = asyncio.create_task(VmFiles.make_async(spec))
+    await asyncio.to_thread(started.wait, 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await until_gone(before)
+
+
+async def until_gone(before: set[str]) -> None:
+    from tests.waiting import until
+
+    await until(lambda: overlay_dirs() == before, timeout=10, what="the cancelled start's overlay folder removed")
