@@ -22,6 +22,10 @@ class Drive:
     path: Path
     read_only: bool = False
     format: str = "raw"
+    # A copy-on-write disk: ``path`` is the VM's own qcow2 overlay over this image (QEMU opens
+    # it read-only through the overlay's header); snapshots record the image, not the overlay.
+    backing: Path | None = None
+    backing_format: str = "raw"
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import shutil
 import signal
 import socket
@@ -261,6 +262,16 @@ class Machine:
         return MachineExit(returncode, self._shutdown_reason, self._panicked, self._requested)
 
 
+_LOCKED_IMAGE = re.compile(r"Is another process using the image \[(.+?)\]\?")
+
+
+def locked_image(stderr: str) -> str | None:
+    """The image QEMU's stderr says it could not lock (``Failed to get "write" lock`` / ``Is
+    another process using the image [PATH]?``: another QEMU has it open writable), or None."""
+    found = _LOCKED_IMAGE.search(stderr)
+    return found.group(1) if found else None
+
+
 def _take_first(
     future: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]],
     reader: asyncio.StreamReader,
@@ -301,6 +312,11 @@ async def _connect_or_fail(
     if process.returncode is not None:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stderr_task, 2)
+        locked = locked_image(stderr.text())
+        if locked is not None:
+            raise MachineError(
+                f"disk image {locked} is in use by another VM or process (QEMU could not lock it); "
+                "stop that one, or attach the disk read-only or copy-on-write in both", stderr.text())
         raise MachineError(f"QEMU exited during start-up with status {process.returncode}", stderr.text())
     if ready in done:
         raise MachineError(f"QEMU's control connection failed: {ready.exception()}", stderr.text())

@@ -110,7 +110,7 @@ class VmHandle:
     async def start(cls, spec: VmSpec) -> VmHandle:
         spec.check()
         accel = choose_accelerator(spec.accel)
-        files = await asyncio.to_thread(VmFiles.make, spec)
+        files = await VmFiles.make_async(spec)
         try:
             machine = await Machine.launch(machine_spec_for(spec, accel, files))
         finally:

@@ -6,6 +6,8 @@ their QEMU from here, so a saved shape and a restored one agree.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from engine.agent.bundle import PORT_NAME
 from engine.kvm.accel import AccelChoice
 from engine.kvm.cmdline import Drive, MachineSpec, ShareDevice, kernel_flags
@@ -78,13 +80,20 @@ def device_name(index: int) -> str:
     return f"vd{letters}"
 
 
-def machine_spec_for(spec: VmSpec, accel: AccelChoice, files: VmFiles | None = None) -> MachineSpec:
+# Where a copy-on-write disk's overlay would be in a machine built only for its shape.
+SHAPE_OVERLAY = Path("/capsa-overlay-placeholder.qcow2")
+
+
+def machine_spec_for(
+    spec: VmSpec, accel: AccelChoice, files: VmFiles | None = None, *, shape_only: bool = False
+) -> MachineSpec:
     """The machine that runs ``spec`` under ``accel`` (what QEMU is started with).
 
     Drives, in the guest's order: the root disk (vda), ``spec.disks`` (a ``copy_on_write`` one
     as its overlay from ``files``), then a sandbox's scratch disk (from ``files``). ``files`` are
     the per-VM files (:class:`VmFiles`: the caller makes and removes them); a spec that needs one
-    and gets none is an error.
+    and gets none is an error, unless ``shape_only``: a machine never launched, built to compare
+    or record its shape (a snapshot's), whose overlays are placeholders.
     """
     nat = spec.network if isinstance(spec.network, UserNatConfig) else None
     drives: list[Drive] = []
@@ -94,15 +103,21 @@ def machine_spec_for(spec: VmSpec, accel: AccelChoice, files: VmFiles | None = N
     for index, disk in enumerate(spec.disks):
         if disk.copy_on_write:
             overlay = files.overlays.get(index) if files is not None else None
+            if overlay is None and shape_only:
+                overlay = SHAPE_OVERLAY
             if overlay is None:
                 raise ValueError(f"the copy-on-write disk {disk.path} needs its overlay file")
-            drives.append(Drive(overlay, read_only=False, format="qcow2"))
+            drives.append(Drive(overlay, read_only=False, format="qcow2",
+                                backing=disk.path.resolve(), backing_format=disk.format))
         else:
             drives.append(Drive(disk.path, read_only=disk.read_only, format=disk.format))
     if spec.scratch_disk_mb is not None:
-        if files is None or files.scratch is None:
+        if shape_only and (files is None or files.scratch is None):
+            drives.append(Drive(SHAPE_OVERLAY.with_name("capsa-scratch-placeholder.img"), read_only=False, format="raw"))
+        elif files is None or files.scratch is None:
             raise ValueError("a spec with scratch_disk_mb needs its scratch disk file")
-        drives.append(Drive(files.scratch, read_only=False, format="raw"))
+        else:
+            drives.append(Drive(files.scratch, read_only=False, format="raw"))
     return MachineSpec(
         kernel=spec.boot.kernel,
         initrd=spec.boot.initrd,

@@ -7,6 +7,7 @@ behind. Fresh VMs, templates and prestarted clones all launch through here.
 """
 from __future__ import annotations
 
+import asyncio
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -47,6 +48,17 @@ class VmFiles:
             raise
         return files
 
+    @classmethod
+    async def make_async(cls, spec: VmSpec) -> VmFiles:
+        """:meth:`make` in a thread. A caller cancelled meanwhile (a pool closing while a clone
+        launches) cannot stop the thread: what it makes is removed when it finishes."""
+        task = asyncio.ensure_future(asyncio.to_thread(cls.make, spec))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(_remove_made)
+            raise
+
     def remove(self) -> None:
         """Delete every file (QEMU keeps what it has open); safe to call twice."""
         if self._scratch_disk is not None:
@@ -55,3 +67,8 @@ class VmFiles:
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
+
+
+def _remove_made(task: asyncio.Future[VmFiles]) -> None:
+    if not task.cancelled() and task.exception() is None:
+        task.result().remove()

@@ -99,6 +99,7 @@ class VmPool:
     def launch(cls, spec: VmSpec, settings: PoolSettings) -> VmPool:
         """Create the pool and start its first boots; returns at once (see :meth:`wait_filled`)."""
         spec.check()
+        refuse_shared_write_disks(spec, settings.name)
         pool = cls(spec, settings)
         if settings.snapshot:
             pool._snapshot_off = snapshot_unsupported(spec)
@@ -589,3 +590,14 @@ class VmPool:
                 listener(stats)
             except Exception:
                 log.exception("pool %s: stats listener failed", self.name)
+
+
+def refuse_shared_write_disks(spec: VmSpec, pool: str) -> None:
+    """ConfigError for a disk a pool's VMs would all write in place (each would corrupt what
+    the others cached): a pool's disks are read-only or each VM's own copy-on-write overlay."""
+    for disk in spec.disks:
+        if disk.shared_write:
+            raise ConfigError(
+                f"pool {pool!r}: disk {disk.path} is writable and would be shared by every VM of the pool; "
+                "attach it with DiskImage(...).as_read_only() or .as_copy_on_write() (each VM then "
+                "writes to its own overlay)")

@@ -24,6 +24,7 @@ from engine.microvm.handle import VmHandle
 from engine.microvm.spec import VmSpec
 from engine.netstack.config import NetworkConfig, UserNatConfig
 from engine.snapshot.identity import ERROR_PREFIX, FIXUP_TIMEOUT_S, fixup_line
+from engine.microvm.vm_files import VmFiles
 from engine.snapshot.record import machine_shape
 from engine.snapshot.snapshot import Snapshot
 
@@ -59,7 +60,12 @@ class WaitingClone:
     @classmethod
     async def launch(cls, snapshot: Snapshot, spec: VmSpec) -> WaitingClone:
         accel = choose_accelerator(spec.accel)
-        machine = await Machine.launch(snapshot.machine_spec(spec, accel))
+        # Its own overlays of copy-on-write disks, like a fresh VM's (engine/microvm/vm_files.py).
+        files = await VmFiles.make_async(spec)
+        try:
+            machine = await Machine.launch(snapshot.machine_spec(spec, accel, files))
+        finally:
+            files.remove()  # QEMU holds them open now (or failed)
         return cls(snapshot, spec, accel, machine)
 
     def alive(self) -> bool:

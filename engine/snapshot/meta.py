@@ -35,6 +35,20 @@ def file_stamp(path: Path) -> str:
 
 
 @dataclass(frozen=True)
+class DriveShape:
+    """One drive of a saved machine, in the guest's order (vda, vdb, ...): the image's path and
+    stamp (a rewritten image makes the snapshot stale: the guest's page cache holds its old
+    blocks), its format and how it is opened. A copy-on-write drive records its image, not the
+    per-VM overlay: each clone gets a fresh one."""
+
+    path: str
+    stamp: str
+    format: str
+    read_only: bool
+    copy_on_write: bool = False
+
+
+@dataclass(frozen=True)
 class MachineShape:
     """Everything a restored machine must share with the one that was saved."""
 
@@ -58,6 +72,8 @@ class MachineShape:
     root_disk_stamp: str | None = None
     root_disk_format: str = "raw"
     agent_port: str | None = None  # the agent's virtio-serial port name (a sandbox)
+    # Every drive, root disk first (the device state holds one virtio-blk device per drive).
+    drives: tuple[DriveShape, ...] = ()
     format: int = SNAPSHOT_FORMAT
 
     def key(self) -> str:
@@ -87,6 +103,8 @@ class GuestFacts:
     root_disk_format: str = "raw"
     root_disk_read_only: bool = True
     has_agent: bool = False
+    # The data disks (vdb, ... after a root disk): (path, format, read_only, copy_on_write).
+    disks: tuple[tuple[str, str, bool, bool], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -120,10 +138,14 @@ class SnapshotInfo:
         try:
             shape = dict(data["shape"])
             shape["extra_args"] = tuple(shape.get("extra_args", ()))
+            shape["drives"] = tuple(DriveShape(**drive) for drive in shape.get("drives", ()))
+            guest = dict(data["guest"])
+            guest["disks"] = tuple(
+                (str(path), str(kind), bool(ro), bool(cow)) for path, kind, ro, cow in guest.get("disks", ()))
             return cls(
                 kind=data["kind"],
                 shape=MachineShape(**shape),
-                guest=GuestFacts(**data["guest"]),
+                guest=GuestFacts(**guest),
                 state_size=int(data["state_size"]),
                 state_sha256=str(data["state_sha256"]),
                 ram_file=data.get("ram_file"),

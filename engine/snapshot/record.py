@@ -3,22 +3,30 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address
 
-from engine.kvm.cmdline import MachineSpec
+from engine.kvm.cmdline import Drive, MachineSpec
 from engine.kvm.host import find_qemu, qemu_version
 from engine.errors import SnapshotError
 from engine.microvm.spec import VmSpec
-from engine.snapshot.meta import GuestFacts, MachineShape, file_stamp
+from engine.snapshot.meta import DriveShape, GuestFacts, MachineShape, file_stamp
 
 
 def machine_shape(machine: MachineSpec) -> MachineShape:
     """The shape recorded for (and compared against) a machine launched from ``machine``.
 
-    Only a read-only root disk (a sandbox's image) can be recorded: a writable drive's
-    contents would have to be saved with the state, which snapshots do not do.
+    Every drive is recorded (:class:`DriveShape`). Read-only and copy-on-write drives can be:
+    their images stay as they are, and each clone writes to a fresh overlay. A drive written
+    in place cannot: its contents would have to be saved with the state, which snapshots do not
+    do, and every clone would write the same file.
     """
-    if any(not drive.read_only for drive in machine.drives) or len(machine.drives) > 1:
-        raise SnapshotError("only a machine whose one drive is a read-only root image can be snapshotted")
-    root = machine.drives[0] if machine.drives else None
+    for drive in machine.drives:
+        if not drive.read_only and drive.backing is None:
+            raise SnapshotError(
+                f"disk {drive.path} is writable in place, so the VM cannot be snapshotted or pooled "
+                "from a snapshot: attach it with as_read_only() or as_copy_on_write()")
+    # vda (the root disk, when there is one); a copy-on-write vda is recorded as its image.
+    first = machine.drives[0] if machine.drives else None
+    root = Drive(first.backing or first.path, first.read_only, first.backing_format if first.backing else first.format) \
+        if first is not None else None
     return MachineShape(
         qemu=qemu_version(find_qemu()),
         kernel=str(machine.kernel),
@@ -38,7 +46,15 @@ def machine_shape(machine: MachineSpec) -> MachineShape:
         root_disk_stamp=file_stamp(root.path) if root else None,
         root_disk_format=root.format if root else "raw",
         agent_port=machine.agent_port,
+        drives=tuple(_drive_shape(drive) for drive in machine.drives),
     )
+
+
+def _drive_shape(drive: Drive) -> DriveShape:
+    if drive.backing is not None:
+        return DriveShape(str(drive.backing), file_stamp(drive.backing), drive.backing_format,
+                          read_only=False, copy_on_write=True)
+    return DriveShape(str(drive.path), file_stamp(drive.path), drive.format, read_only=drive.read_only)
 
 
 def guest_facts(spec: VmSpec, guest_ip: IPv4Address | None) -> GuestFacts:
@@ -55,4 +71,5 @@ def guest_facts(spec: VmSpec, guest_ip: IPv4Address | None) -> GuestFacts:
         root_disk_format=disk.format if disk is not None else "raw",
         root_disk_read_only=disk.read_only if disk is not None else True,
         has_agent=spec.boot.has_agent,
+        disks=tuple((str(d.path), d.format, d.read_only, d.copy_on_write) for d in spec.disks),
     )

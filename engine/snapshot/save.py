@@ -27,6 +27,9 @@ async def save_snapshot(machine: Machine, spec: VmSpec, guest_ip: IPv4Address | 
         raise SnapshotError("the VM is not running: nothing to snapshot")
     if spec.login is not None:
         raise SnapshotError("a VM with a login on its console cannot be snapshotted: a clone's identity is fixed at a root shell")
+    # First: a machine that cannot be recorded (a disk written in place) is refused before
+    # anything is paused or written.
+    shape = machine_shape(machine.spec)
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -42,7 +45,7 @@ async def save_snapshot(machine: Machine, spec: VmSpec, guest_ip: IPv4Address | 
                 await machine.execute("cont")
     info = SnapshotInfo(
         kind="full",
-        shape=machine_shape(machine.spec),
+        shape=shape,
         guest=guest_facts(spec, guest_ip),
         state_size=size,
         state_sha256=await asyncio.to_thread(sha256_file, dest / STATE_FILE),

@@ -16,6 +16,7 @@ from engine.microvm.boot import LinuxDirectBoot
 from engine.microvm.disk import DiskImage
 from engine.microvm.machine_spec import machine_spec_for
 from engine.microvm.spec import VmSpec
+from engine.microvm.vm_files import VmFiles
 from engine.netstack.config import NetworkConfig, NetworkMode, NoNetwork, UserNatConfig
 from engine.snapshot.meta import STATE_FILE, MachineShape, SnapshotInfo, file_stamp, read_info
 
@@ -35,6 +36,10 @@ def snapshot_unsupported(spec: VmSpec) -> str | None:
     disk = spec.boot.root_disk
     if disk is not None and not disk.read_only:
         return "only a read-only root image can be shared by clones"
+    for data in spec.disks:
+        if data.shared_write:
+            return (f"disk {data.path} is writable in place: clones cannot share it "
+                    "(attach it with as_read_only() or as_copy_on_write())")
     return None
 
 
@@ -112,11 +117,15 @@ class Snapshot:
             scrollback_bytes=guest.scrollback_bytes,
             extra_qemu_args=shape.extra_args,
             network=network,
+            disks=tuple(DiskImage(path, format=kind, read_only=ro, copy_on_write=cow)
+                        for path, kind, ro, cow in guest.disks),
         )
 
-    def machine_spec(self, spec: VmSpec, accel: AccelChoice) -> MachineSpec:
-        """The machine a clone starts as: the saved shape, waiting for its state."""
-        base = machine_spec_for(spec, accel)
+    def machine_spec(self, spec: VmSpec, accel: AccelChoice, files: VmFiles | None = None) -> MachineSpec:
+        """The machine a clone starts as: the saved shape, waiting for its state. ``files`` are
+        the clone's own (fresh overlays of its copy-on-write disks); without them the machine
+        only serves to compare shapes (its overlays are placeholders)."""
+        base = machine_spec_for(spec, accel, files, shape_only=files is None)
         base = replace(base, append=self.info.shape.append, incoming="defer")
         if self.is_template:
             assert self.info.ram_file is not None

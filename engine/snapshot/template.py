@@ -21,6 +21,7 @@ from engine.kvm.migration import save_state
 from engine.microvm.handle import VmHandle
 from engine.microvm.machine_spec import machine_spec_for
 from engine.microvm.spec import VmSpec
+from engine.microvm.vm_files import VmFiles
 from engine.netstack.config import UserNatConfig
 from engine.snapshot.identity import AWAIT_LINE, FIXUP_TIMEOUT_S
 from engine.snapshot.meta import STATE_FILE, MachineShape, SnapshotInfo, sha256_file, write_info
@@ -29,9 +30,11 @@ from engine.snapshot.snapshot import Snapshot, snapshot_unsupported
 from engine.snapshot.store import prepare_ram_file, prune_stale_templates, remove_template, template_lock, templates_dir
 
 
-def template_machine(spec: VmSpec, accel: AccelChoice) -> MachineSpec:
-    """The machine a template of ``spec`` runs as (RAM in a file, not yet placed)."""
-    return replace(machine_spec_for(spec, accel), ram_backend="file", ram_file=Path("/template-ram"), ram_shared=True)
+def template_machine(spec: VmSpec, accel: AccelChoice, files: VmFiles | None = None) -> MachineSpec:
+    """The machine a template of ``spec`` runs as (RAM in a file, not yet placed); without
+    ``files`` (its overlays) only its shape is meant."""
+    machine = machine_spec_for(spec, accel, files, shape_only=files is None)
+    return replace(machine, ram_backend="file", ram_file=Path("/template-ram"), ram_shared=True)
 
 
 def template_shape(spec: VmSpec, accel: AccelChoice) -> MachineShape:
@@ -100,9 +103,12 @@ async def build_template(spec: VmSpec, *, boot_timeout: float = 60) -> Snapshot:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     ram = prepare_ram_file(key, spec.memory_mb)
-    machine_spec = replace(template_machine(spec, accel), ram_file=ram)
     try:
-        machine = await Machine.launch(machine_spec)
+        files = await VmFiles.make_async(spec)
+        try:
+            machine = await Machine.launch(replace(template_machine(spec, accel, files), ram_file=ram))
+        finally:
+            files.remove()  # QEMU holds the overlays open now (or failed)
         vm = await VmHandle.attach(spec, accel, machine)
         try:
             await vm.wait_ready(boot_timeout)
