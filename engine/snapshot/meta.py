@@ -58,6 +58,9 @@ class MachineShape:
     root_disk_stamp: str | None = None
     root_disk_format: str = "raw"
     agent_port: str | None = None  # the agent's virtio-serial port name (a sandbox)
+    # The 9p devices, (tag, host path, read_only) each: a clone must have the same ones for the
+    # saved device state to load, and a template of other shares is another template.
+    shares: tuple[tuple[str, str, bool], ...] = ()
     format: int = SNAPSHOT_FORMAT
 
     def key(self) -> str:
@@ -87,6 +90,8 @@ class GuestFacts:
     root_disk_format: str = "raw"
     root_disk_read_only: bool = True
     has_agent: bool = False
+    # Each share as (tag, host path, mode "ro"/"rw", guest path or None): the clone's spec.
+    shares: tuple[tuple[str, str, str, str | None], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -120,10 +125,14 @@ class SnapshotInfo:
         try:
             shape = dict(data["shape"])
             shape["extra_args"] = tuple(shape.get("extra_args", ()))
+            shape["shares"] = tuple((str(t), str(h), bool(r)) for t, h, r in shape.get("shares", ()))
+            guest = dict(data["guest"])
+            guest["shares"] = tuple(
+                (str(t), str(h), str(m), None if g is None else str(g)) for t, h, m, g in guest.get("shares", ()))
             return cls(
                 kind=data["kind"],
                 shape=MachineShape(**shape),
-                guest=GuestFacts(**data["guest"]),
+                guest=GuestFacts(**guest),
                 state_size=int(data["state_size"]),
                 state_sha256=str(data["state_sha256"]),
                 ram_file=data.get("ram_file"),

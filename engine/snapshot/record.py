@@ -38,6 +38,7 @@ def machine_shape(machine: MachineSpec) -> MachineShape:
         root_disk_stamp=file_stamp(root.path) if root else None,
         root_disk_format=root.format if root else "raw",
         agent_port=machine.agent_port,
+        shares=tuple((share.tag, str(share.path), share.read_only) for share in machine.shares),
     )
 
 
@@ -55,4 +56,5 @@ def guest_facts(spec: VmSpec, guest_ip: IPv4Address | None) -> GuestFacts:
         root_disk_format=disk.format if disk is not None else "raw",
         root_disk_read_only=disk.read_only if disk is not None else True,
         has_agent=spec.boot.has_agent,
+        shares=tuple((s.tag, str(s.host_path), s.mode.value, s.guest_path) for s in spec.shares),
     )

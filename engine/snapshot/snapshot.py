@@ -15,6 +15,7 @@ from engine.kvm.cmdline import MachineSpec
 from engine.microvm.boot import LinuxDirectBoot
 from engine.microvm.disk import DiskImage
 from engine.microvm.machine_spec import machine_spec_for
+from engine.microvm.share import MountMode, Share
 from engine.microvm.spec import VmSpec
 from engine.netstack.config import NetworkConfig, NetworkMode, NoNetwork, UserNatConfig
 from engine.snapshot.meta import STATE_FILE, MachineShape, SnapshotInfo, file_stamp, read_info
@@ -112,7 +113,13 @@ class Snapshot:
             scrollback_bytes=guest.scrollback_bytes,
             extra_qemu_args=shape.extra_args,
             network=network,
+            shares=self.shares(),
         )
+
+    def shares(self) -> tuple[Share, ...]:
+        """The saved VM's shared folders (a clone has the same 9p devices and mounts them)."""
+        return tuple(Share(Path(host), tag, MountMode(mode), guest_path=guest)
+                     for tag, host, mode, guest in self.info.guest.shares)
 
     def machine_spec(self, spec: VmSpec, accel: AccelChoice) -> MachineSpec:
         """The machine a clone starts as: the saved shape, waiting for its state."""

@@ -103,7 +103,8 @@ async def build_template(spec: VmSpec, *, boot_timeout: float = 60) -> Snapshot:
     machine_spec = replace(template_machine(spec, accel), ram_file=ram)
     try:
         machine = await Machine.launch(machine_spec)
-        vm = await VmHandle.attach(spec, accel, machine)
+        # mount=False: the template holds its 9p devices unmounted (a mounted one blocks the save).
+        vm = await VmHandle.attach(spec, accel, machine, mount=False)
         try:
             await vm.wait_ready(boot_timeout)
             if spec.boot.has_agent:
