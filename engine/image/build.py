@@ -66,8 +66,11 @@ MODULE_LISTS: dict[str, tuple[str, ...]] = {
     "disk": ("virtio_mmio", "virtio_blk", "ext4"),
     "disk-pci": ("virtio_pci", "virtio_blk", "ext4"),
     # Shared folders: 9p over virtio (the generic flavour only: see FLAVOUR_ONLY_LISTS).
-    "9p": ("virtio_mmio", "9pnet_virtio", "9p"),
-    "9p-pci": ("virtio_pci", "9pnet_virtio", "9p"),
+    # crc32c_generic too: the generic kernel has CRYPTO_CRC32C as a module and libcrc32c (which
+    # erofs and ext4 need) fails its init without it (no modprobe in the initramfs to fetch it);
+    # this list loads before the sandbox's, so a sandbox with shares mounts its erofs root.
+    "9p": ("virtio_mmio", "9pnet_virtio", "9p", "crc32c_generic"),
+    "9p-pci": ("virtio_pci", "9pnet_virtio", "9p", "crc32c_generic"),
 }
 # Lists only one flavour's kernel can satisfy.
 FLAVOUR_ONLY_LISTS: dict[str, frozenset[str]] = {"9p": frozenset({GENERIC}), "9p-pci": frozenset({GENERIC})}

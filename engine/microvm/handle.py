@@ -32,6 +32,7 @@ from engine.netstack.policy.policy import NetworkPolicy
 from engine.kvm.cmdline import AGENT_DEVICE_ID
 from engine.microvm.agent_port import AgentPort
 from engine.microvm.machine_spec import machine_spec_for
+from engine.microvm.mounts import MountError, mount_shares
 from engine.microvm.resources import GuestOs, ResourceConfig, seconds_of
 from engine.microvm.vm_files import VmFiles
 from engine.microvm.spec import VmSpec
@@ -76,6 +77,7 @@ class VmHandle:
         gateway: Gateway | None = None,
         *,
         running: bool = False,
+        mount: bool = True,
     ) -> None:
         self.spec = spec
         self._gateway = gateway
@@ -90,6 +92,10 @@ class VmHandle:
         self._agent_port = AgentPort(*streams) if streams is not None else None
         self._agent: Agent | None = None
         self._agent_lock = asyncio.Lock()
+        # A sandbox's shares are mounted once, by the first agent connection; a template
+        # (mount=False) keeps them unmounted so it can be saved (9p blocks migration while mounted).
+        self._mounts_pending = mount and any(s.guest_path is not None for s in spec.shares)
+        self.shares_mounted = False  # the engine mounted them (a guest may unmount them later)
         if self._agent_port is not None:
             self._agent_port.add_close_callback(self._agent_port_closed)
             if machine.ports_open.get(AGENT_DEVICE_ID):
@@ -126,12 +132,14 @@ class VmHandle:
         *,
         lease: IPv4Address | None = None,
         running: bool = False,
+        mount: bool = True,
     ) -> VmHandle:
         """Wrap a launched ``machine``: start its gateway (when ``spec`` has a network) and console.
 
         ``lease`` is the address a guest restored from a snapshot already holds: the gateway
         takes it as leased instead of waiting for a DHCP exchange that will not come.
         ``running``: the guest is past its boot (restored), so no ready marker is awaited.
+        ``mount``: mount a sandbox's shares on the first agent connection (a template does not).
         The machine is killed if this fails.
         """
         nat = spec.network if isinstance(spec.network, UserNatConfig) else None
@@ -157,7 +165,7 @@ class VmHandle:
         )
         if running and stream.ready_marker is not None:
             stream.ready_count = 1  # the guest printed its marker before it was saved
-        return cls(spec, accel, machine, stream, gateway, running=running)
+        return cls(spec, accel, machine, stream, gateway, running=running, mount=mount)
 
     # ----- state -----------------------------------------------------------------------------
 
@@ -195,7 +203,8 @@ class VmHandle:
 
         Waits up to ``timeout`` (default: the spec's ``timeout_s``, else 60 s) for the agent to
         hold its port open (it starts with the guest; after it died, busybox init respawns
-        it). Calls waiting when the agent dies or the VM stops raise AgentDied; a guest whose
+        it). The first connection mounts the sandbox's shares before it is returned; a mount
+        that fails fails the VM (MountError naming the share). Calls waiting when the agent dies or the VM stops raise AgentDied; a guest whose
         agent breaks the protocol is failed (status ``Failed``), never trusted further.
         """
         port = self.agent_port()
@@ -210,10 +219,19 @@ class VmHandle:
             if self._status.is_terminal or port.ended:
                 raise VmNotRunning(f"the VM has ended, so has its agent: {self._status}")
             await port.wait_open(wait)
-            self._agent = await Agent.connect(
+            agent = await Agent.connect(
                 port.reader, port.writer, timeout=wait, on_protocol_error=self._agent_broke, owns_stream=False
             )
-            return self._agent
+            if self._mounts_pending:
+                try:
+                    await mount_shares(agent, self.spec.shares, timeout=wait)
+                except MountError as err:
+                    self.fail(str(err))
+                    raise
+                self._mounts_pending = False
+                self.shares_mounted = True
+            self._agent = agent
+            return agent
 
     def _agent_port_closed(self) -> None:
         agent = self._agent
@@ -249,13 +267,16 @@ class VmHandle:
         self._status_changed.notify()
 
     async def wait_ready(self, timeout: float | None = 60) -> None:
-        """Wait until the guest is Running; VmNotRunning if it ends first, BootTimeout if slow."""
+        """Wait until the guest is Running (and a sandbox's shares are mounted); VmNotRunning if
+        it ends first, BootTimeout if slow, MountError if a share cannot be mounted."""
         try:
             async with asyncio.timeout(timeout):
                 while not isinstance(self._status, Running):
                     if self._status.is_terminal:
                         raise VmNotRunning(f"the VM ended before it was ready: {self._status}")
                     await self._status_changed.wait()
+                if self._mounts_pending:
+                    await self.agent(timeout)
         except TimeoutError:
             raise BootTimeout(
                 f"the guest was not ready after {timeout}s; last console lines:\n{self.console_tail()}"

@@ -74,6 +74,9 @@ class MachineShape:
     agent_port: str | None = None  # the agent's virtio-serial port name (a sandbox)
     # Every drive, root disk first (the device state holds one virtio-blk device per drive).
     drives: tuple[DriveShape, ...] = ()
+    # The 9p devices, (tag, host path, read_only) each: a clone must have the same ones for the
+    # saved device state to load, and a template of other shares is another template.
+    shares: tuple[tuple[str, str, bool], ...] = ()
     format: int = SNAPSHOT_FORMAT
 
     def key(self) -> str:
@@ -105,6 +108,8 @@ class GuestFacts:
     has_agent: bool = False
     # The data disks (vdb, ... after a root disk): (path, format, read_only, copy_on_write).
     disks: tuple[tuple[str, str, bool, bool], ...] = ()
+    # Each share as (tag, host path, mode "ro"/"rw", guest path or None): the clone's spec.
+    shares: tuple[tuple[str, str, str, str | None], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -142,6 +147,9 @@ class SnapshotInfo:
             guest = dict(data["guest"])
             guest["disks"] = tuple(
                 (str(path), str(kind), bool(ro), bool(cow)) for path, kind, ro, cow in guest.get("disks", ()))
+            shape["shares"] = tuple((str(t), str(h), bool(r)) for t, h, r in shape.get("shares", ()))
+            guest["shares"] = tuple(
+                (str(t), str(h), str(m), None if g is None else str(g)) for t, h, m, g in guest.get("shares", ()))
             return cls(
                 kind=data["kind"],
                 shape=MachineShape(**shape),

@@ -47,6 +47,7 @@ def machine_shape(machine: MachineSpec) -> MachineShape:
         root_disk_format=root.format if root else "raw",
         agent_port=machine.agent_port,
         drives=tuple(_drive_shape(drive) for drive in machine.drives),
+        shares=tuple((share.tag, str(share.path), share.read_only) for share in machine.shares),
     )
 
 
@@ -72,4 +73,5 @@ def guest_facts(spec: VmSpec, guest_ip: IPv4Address | None) -> GuestFacts:
         root_disk_read_only=disk.read_only if disk is not None else True,
         has_agent=spec.boot.has_agent,
         disks=tuple((str(d.path), d.format, d.read_only, d.copy_on_write) for d in spec.disks),
+        shares=tuple((s.tag, str(s.host_path), s.mode.value, s.guest_path) for s in spec.shares),
     )

@@ -14,9 +14,12 @@ from pathlib import Path
 from engine.errors import MachineError, SnapshotError
 from engine.kvm.machine import Machine
 from engine.kvm.migration import save_state
+from engine.microvm.mounts import describe
 from engine.microvm.spec import VmSpec
 from engine.snapshot.meta import STATE_FILE, SnapshotInfo, sha256_file, write_info
 from engine.snapshot.record import guest_facts, machine_shape
+
+VIRTFS_MOUNTED = "when VirtFS export path"
 
 
 async def save_snapshot(machine: Machine, spec: VmSpec, guest_ip: IPv4Address | None, dest_dir: str | Path) -> Path:
@@ -38,6 +41,14 @@ async def save_snapshot(machine: Machine, spec: VmSpec, guest_ip: IPv4Address | 
         raise SnapshotError(f"{dest} is not empty: a snapshot needs a folder of its own")
     try:
         size = await save_state(machine, dest / STATE_FILE, ignore_shared=False)
+    except BaseException as err:
+        (dest / STATE_FILE).unlink(missing_ok=True)  # a failed save leaves the folder as it found it
+        if isinstance(err, MachineError) and VIRTFS_MOUNTED in str(err):
+            # QEMU: "Migration is disabled when VirtFS export path '...' is mounted in the guest".
+            raise SnapshotError(
+                f"the VM has a shared folder mounted, and 9p cannot be saved while mounted: unmount the share "
+                f"first ({describe(spec.shares)}); QEMU said: {err}") from err
+        raise
     finally:
         # The VM keeps running whatever happened (QEMU leaves it paused after a migration).
         if not machine.exited:

@@ -15,6 +15,7 @@ from engine.kvm.cmdline import MachineSpec
 from engine.microvm.boot import LinuxDirectBoot
 from engine.microvm.disk import DiskImage
 from engine.microvm.machine_spec import machine_spec_for
+from engine.microvm.share import MountMode, Share
 from engine.microvm.spec import VmSpec
 from engine.microvm.vm_files import VmFiles
 from engine.netstack.config import NetworkConfig, NetworkMode, NoNetwork, UserNatConfig
@@ -119,7 +120,13 @@ class Snapshot:
             network=network,
             disks=tuple(DiskImage(path, format=kind, read_only=ro, copy_on_write=cow)
                         for path, kind, ro, cow in guest.disks),
+            shares=self.shares(),
         )
+
+    def shares(self) -> tuple[Share, ...]:
+        """The saved VM's shared folders (a clone has the same 9p devices and mounts them)."""
+        return tuple(Share(Path(host), tag, MountMode(mode), guest_path=guest)
+                     for tag, host, mode, guest in self.info.guest.shares)
 
     def machine_spec(self, spec: VmSpec, accel: AccelChoice, files: VmFiles | None = None) -> MachineSpec:
         """The machine a clone starts as: the saved shape, waiting for its state. ``files`` are

@@ -109,7 +109,8 @@ async def build_template(spec: VmSpec, *, boot_timeout: float = 60) -> Snapshot:
             machine = await Machine.launch(replace(template_machine(spec, accel, files), ram_file=ram))
         finally:
             files.remove()  # QEMU holds the overlays open now (or failed)
-        vm = await VmHandle.attach(spec, accel, machine)
+        # mount=False: the template holds its 9p devices unmounted (a mounted one blocks the save).
+        vm = await VmHandle.attach(spec, accel, machine, mount=False)
         try:
             await vm.wait_ready(boot_timeout)
             if spec.boot.has_agent:
