@@ -39,7 +39,10 @@ from engine.names import HOSTNAME_RE, USER_RE
 from engine.profile.schema import NAME_RE, Fields, ProfileError, describe, parse_document
 from engine.snapshot.snapshot import snapshot_unsupported
 from engine.microvm.builder import ShapeBuilder, VmBuilder, vm
+from engine.microvm.disk import DiskImage
+from engine.microvm.share import Share
 from engine.microvm.spec import LoginSpec
+from engine.profile.devices import parse_disks, parse_shares
 
 B = TypeVar("B", bound=ShapeBuilder)
 Source = Literal["bundled", "user", "file"]
@@ -47,7 +50,7 @@ Kind = Literal["vm", "sandbox"]
 KINDS: tuple[Kind, ...] = ("vm", "sandbox")
 TOP_KEYS = (
     "name", "description", "kind", "boot", "image", "cpus", "memory_mb", "console", "hostname",
-    "kernel_args", "login", "scratch_disk_mb", "timeout", "pool", "network",
+    "kernel_args", "login", "scratch_disk_mb", "timeout", "pool", "network", "shares", "disks",
 )  # fmt: skip
 IMAGE_KEYS = ("base", "packages")
 SCRATCH_DISK_MB = (16, 1 << 22)  # VmSpec.validate's range
@@ -118,6 +121,8 @@ class Profile:
     image: ImageChoice | None = None  # set for kind sandbox only
     scratch_disk_mb: int | None = None  # a sandbox's writes: tmpfs (None) or a disk of this size
     timeout_s: float | None = None  # capsa's operation timeout
+    shares: tuple[Share, ...] = ()  # shared folders (engine/profile/devices.py)
+    disks: tuple[DiskImage, ...] = ()
 
     def resolve_boot(self, build: bool = True) -> LinuxDirectBoot:
         """The engine boot: the sandbox image (built if ``build``) or the profile's boot."""
@@ -142,6 +147,10 @@ class Profile:
             builder = builder.scratch_disk(self.scratch_disk_mb)
         if self.timeout_s is not None:
             builder = builder.timeout(self.timeout_s)
+        for share in self.shares:
+            builder = builder.share(share.host_path, share.guest_path or share.tag, share.mode)
+        for disk in self.disks:
+            builder = builder.disk(disk)
         return builder
 
     def vm_builder(self, build: bool = True) -> VmBuilder:
@@ -182,6 +191,10 @@ class Profile:
             "image": {"base": self.image.base, "packages": list(self.image.packages)} if self.image else None,
             "scratch_disk_mb": self.scratch_disk_mb,
             "timeout": self.timeout_s,
+            "shares": [{"host": str(s.host_path), "guest" if s.guest_path else "tag": s.guest_path or s.tag,
+                        "mode": s.mode.value} for s in self.shares],
+            "disks": [{"path": str(d.path), "format": d.format,
+                       "mode": "ro" if d.read_only else "cow" if d.copy_on_write else "rw"} for d in self.disks],
         }
 
 
@@ -245,6 +258,8 @@ def parse_profile(
         image=image,
         scratch_disk_mb=scratch,
         timeout_s=parse_timeout(f, document),
+        shares=parse_shares(f, document, kind == "sandbox", base_dir),
+        disks=parse_disks(f, document, base_dir),
     )
     if f.issues:
         raise ProfileError(sorted(f.issues, key=lambda issue: issue.line or 0))
