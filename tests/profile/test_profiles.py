@@ -146,7 +146,7 @@ def test_an_unknown_key_suggests_the_closest_known_one() -> None:
         "p.yaml:3: crpus: unknown key (did you mean 'cpus'?)",
         "p.yaml:5: pool.sise: unknown key (did you mean 'size'?)",
         "p.yaml:6: foo: unknown key (known keys: name, description, kind, boot, image, cpus, memory_mb, "
-        "console, hostname, kernel_args, login, scratch_disk_mb, timeout, pool, network)",
+        "console, hostname, kernel_args, login, scratch_disk_mb, timeout, pool, network, shares, disks)",
     ]
 
 
