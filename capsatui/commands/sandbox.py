@@ -17,6 +17,7 @@ from pathlib import Path
 
 import engine
 from capsatui.commands.agent_exec import Outcome, emit, run_through_agent
+from capsatui.commands.devices import add_device_args, apply_devices
 from capsatui.commands.words import command_words
 
 _AGENT_TIMEOUT = 120.0  # a cold boot under emulation on a busy host, with room to spare
@@ -72,6 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--out", dest="copy_out", action="append", default=[], metavar="GUEST:LOCAL",
                      help="copy guest folder GUEST's contents into local folder LOCAL after CMD (repeatable)")
     add_sandbox_shape(run)
+    add_device_args(run, "/GUEST")
     run.add_argument("--timeout", type=float, default=300.0, help="seconds CMD may run (default 300)")
     run.add_argument("-i", "--stdin", action="store_true",
                      help="read this command's stdin to its end and give it to CMD as its stdin")
@@ -128,7 +130,8 @@ async def _sandbox_run(args: argparse.Namespace) -> int:
     # Read before the boot: a producer on the pipe need not wait for the guest.
     stdin = sys.stdin.buffer.read() if args.stdin else b""
     started = time.monotonic()
-    async with await sandbox_builder(args.package, args.cpus, args.memory).build() as vm:
+    builder = apply_devices(sandbox_builder(args.package, args.cpus, args.memory), args)
+    async with await builder.build() as vm:
         agent = await vm.agent(_AGENT_TIMEOUT)
         if args.verbose:
             _say(f"sandbox agent ready after {time.monotonic() - started:.2f} s on {vm.accel.describe()}")
@@ -166,7 +169,8 @@ async def _copy_out(agent: engine.Agent, copies: Sequence[CopyOut], verbose: boo
 
 async def run_in_cold_sandbox(args: argparse.Namespace, command: str) -> Outcome:
     """``vm run --sandbox``: boot, run ``command`` through the agent, stop."""
-    async with await sandbox_builder(args.package, args.cpus, args.memory).build() as vm:
+    builder = apply_devices(sandbox_builder(args.package, args.cpus, args.memory), args)
+    async with await builder.build() as vm:
         agent = await vm.agent(_AGENT_TIMEOUT)
         if args.verbose:
             _say(f"a cold sandbox on {vm.accel.describe()}")

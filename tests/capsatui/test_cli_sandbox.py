@@ -178,3 +178,28 @@ def test_run_sandbox_profile_cold_goes_through_the_agent(
     assert res.returncode == 7, res.stderr
     assert res.stdout == b"to-out\n"
     assert res.stderr.endswith(b"to-err\n") and b"through its agent" in res.stderr
+
+
+def test_share_and_disk_arguments() -> None:
+    import argparse
+
+    from capsatui.commands.devices import disk_arg, share_arg
+
+    assert share_arg("/src:/mnt/src:ro") == ("/src", "/mnt/src", engine.MountMode.ReadOnly)
+    assert share_arg("./out:out") == ("./out", "out", engine.MountMode.ReadWrite)
+    for bad in ("/src", "/src:", ":/mnt", "/src:/mnt:rx"):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected|mode"):
+            share_arg(bad)
+    disk = disk_arg("data.qcow2:cow")
+    assert disk.format == "qcow2" and disk.copy_on_write and disk_arg("d.img:ro").read_only
+    assert not disk_arg("d.img").read_only and not disk_arg("d.img").copy_on_write
+
+
+@pytest.mark.guest
+def test_sandbox_run_shares_a_folder_read_only(tmp_path: Path) -> None:
+    (tmp_path / "hello.txt").write_text("from the host")
+    res = _run("sandbox", "run", "--share", f"{tmp_path}:/mnt/in:ro", "--",
+               "cat /mnt/in/hello.txt && ! touch /mnt/in/new 2>/dev/null")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == b"from the host"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hello.txt"]
