@@ -3,8 +3,6 @@ and its scratch disk comes after it; a snapshot pool's clones share a read-only 
 a fresh copy-on-write overlay each (prestarted clones included), leaving nothing behind."""
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +10,7 @@ import pytest
 
 import engine
 from engine.microvm.boot import LinuxDirectBoot
-from engine.snapshot.store import RAM_DIR_ENV, TEMPLATES_DIR_ENV
+from tests.template_store import private_template_store
 from tests.disks.images import overlay_dirs, raw_disk, sha256
 from tests.sandboxes import running_sandbox
 from tests.waiting import pool_settled, until
@@ -25,13 +23,8 @@ MARK_RO, MARK_COW = b"CAPSA-POOL-RO-1e9a", b"CAPSA-POOL-COW-b27c"
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """This module's templates folder (its RAM images beside it on /dev/shm)."""
-    root = tmp_path_factory.mktemp("templates")
-    ram = Path("/dev/shm") / f"capsa-test-disks-{os.getpid()}"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(TEMPLATES_DIR_ENV, str(root))
-        patch.setenv(RAM_DIR_ENV, str(ram))
+    with private_template_store(tmp_path_factory.mktemp("templates"), "disks") as root:
         yield root
-    subprocess.run(["rm", "-rf", str(ram)], check=False)
 
 
 async def test_a_sandbox_sees_its_disk_at_vdb_and_its_scratch_disk_after_it(

@@ -3,8 +3,6 @@ unmounted, and every VM handed out is a clone (no fallback cold boot) that mount
 after its restore and shows the host's files."""
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import pytest
 import engine
 from engine.microvm.boot import LinuxDirectBoot
 from engine.microvm.share import MountMode
-from engine.snapshot.store import RAM_DIR_ENV, TEMPLATES_DIR_ENV
+from tests.template_store import private_template_store
 from tests.waiting import pool_settled, until
 
 pytestmark = pytest.mark.guest
@@ -23,13 +21,8 @@ _READY_S = 120.0
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Path]:
-    root = tmp_path / "templates"
-    ram = Path("/dev/shm") / f"capsa-test-shares-{os.getpid()}"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(TEMPLATES_DIR_ENV, str(root))
-        patch.setenv(RAM_DIR_ENV, str(ram))
+    with private_template_store(tmp_path / "templates", "shares") as root:
         yield root
-    subprocess.run(["rm", "-rf", str(ram)], check=False)
 
 
 async def test_a_snapshot_pool_hands_out_clones_with_their_share_mounted(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -25,7 +24,7 @@ from engine.microvm.disk import DiskImage
 from engine.microvm.spec import VmSpec
 from engine.snapshot.clone import WaitingClone
 from engine.snapshot.snapshot import Snapshot
-from engine.snapshot.store import RAM_DIR_ENV, TEMPLATES_DIR_ENV
+from tests.template_store import private_template_store
 from engine.snapshot.template import template_for
 from tests.waiting import free_port, pool_settled, until
 
@@ -37,13 +36,8 @@ _READY_S = 120.0
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """This module's templates folder (its RAM images beside it on /dev/shm)."""
-    root = tmp_path_factory.mktemp("sandbox-templates")
-    ram = Path("/dev/shm") / f"capsa-test-sb-{os.getpid()}"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(TEMPLATES_DIR_ENV, str(root))
-        patch.setenv(RAM_DIR_ENV, str(ram))
+    with private_template_store(tmp_path_factory.mktemp("sandbox-templates"), "sb") as root:
         yield root
-    subprocess.run(["rm", "-rf", str(ram)], check=False)
 
 
 def _net() -> engine.UserNatConfig:

@@ -21,6 +21,7 @@ from engine.snapshot.clone import WaitingClone
 from engine.snapshot.template import build_template, find_template, template_for
 from engine.snapshot.meta import META_FILE, STATE_FILE
 from engine.snapshot.store import RAM_DIR_ENV, TEMPLATES_DIR_ENV
+from tests.template_store import private_template_store
 from tests.procs import qemu_children
 from tests.waiting import free_port, pool_settled, until
 
@@ -35,13 +36,8 @@ _IDENTITY = (
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """This module's templates folder (its RAM images beside it on /dev/shm)."""
-    root = tmp_path_factory.mktemp("templates")
-    ram = Path("/dev/shm") / f"capsa-test-{os.getpid()}"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(TEMPLATES_DIR_ENV, str(root))
-        patch.setenv(RAM_DIR_ENV, str(ram))
+    with private_template_store(tmp_path_factory.mktemp("templates"), "snapshot") as root:
         yield root
-    subprocess.run(["rm", "-rf", str(ram)], check=False)
 
 
 def _net(port: int = 0) -> engine.UserNatConfig:
