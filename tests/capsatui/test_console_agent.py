@@ -44,7 +44,9 @@ async def run_helper(pilot: Any, app: App[None], command: str, timeout: str | No
     if timeout is not None:
         await pilot.press(*["backspace"] * 4, *timeout)
     await pilot.press("enter")
-    await until(lambda: isinstance(app.screen, ExecResultModal), pilot, timeout=120)
+    # The modal is the screen before its panes are mounted: wait for the last of them.
+    await until(lambda: isinstance(app.screen, ExecResultModal) and bool(app.screen.query("#result-stderr")),
+                pilot, timeout=120)
     result = app.screen
     assert isinstance(result, ExecResultModal)
     return result
