@@ -12,6 +12,7 @@ from engine.agent.bundle import PORT_NAME
 from engine.kvm.accel import AccelChoice
 from engine.kvm.cmdline import Drive, MachineSpec, ShareDevice, kernel_flags
 from engine.kvm.host import host_tsc_khz
+from engine.microvm.disk import DiskImage
 from engine.microvm.spec import VmSpec
 from engine.microvm.vm_files import VmFiles
 from engine.netstack.config import UserNatConfig
@@ -89,8 +90,8 @@ def machine_spec_for(
 ) -> MachineSpec:
     """The machine that runs ``spec`` under ``accel`` (what QEMU is started with).
 
-    Drives, in the guest's order: the root disk (vda), ``spec.disks`` (a ``copy_on_write`` one
-    as its overlay from ``files``), then a sandbox's scratch disk (from ``files``). ``files`` are
+    Drives, in the guest's order: the root disk (vda), ``spec.disks`` (a ``copy_on_write`` disk,
+    root disk included, as its overlay from ``files``), then a sandbox's scratch disk (from ``files``). ``files`` are
     the per-VM files (:class:`VmFiles`: the caller makes and removes them); a spec that needs one
     and gets none is an error, unless ``shape_only``: a machine never launched, built to compare
     or record its shape (a snapshot's), whose overlays are placeholders.
@@ -98,19 +99,10 @@ def machine_spec_for(
     nat = spec.network if isinstance(spec.network, UserNatConfig) else None
     drives: list[Drive] = []
     if spec.boot.root_disk is not None:
-        disk = spec.boot.root_disk
-        drives.append(Drive(disk.path, read_only=disk.read_only, format=disk.format))
+        root_overlay = files.root_overlay if files is not None else None
+        drives.append(_drive(spec.boot.root_disk, root_overlay, shape_only))
     for index, disk in enumerate(spec.disks):
-        if disk.copy_on_write:
-            overlay = files.overlays.get(index) if files is not None else None
-            if overlay is None and shape_only:
-                overlay = SHAPE_OVERLAY
-            if overlay is None:
-                raise ValueError(f"the copy-on-write disk {disk.path} needs its overlay file")
-            drives.append(Drive(overlay, read_only=False, format="qcow2",
-                                backing=disk.path.resolve(), backing_format=disk.format))
-        else:
-            drives.append(Drive(disk.path, read_only=disk.read_only, format=disk.format))
+        drives.append(_drive(disk, files.overlays.get(index) if files is not None else None, shape_only))
     if spec.scratch_disk_mb is not None:
         if shape_only and (files is None or files.scratch is None):
             drives.append(Drive(SHAPE_OVERLAY.with_name("capsa-scratch-placeholder.img"), read_only=False, format="raw"))
@@ -133,3 +125,14 @@ def machine_spec_for(
         agent_port=PORT_NAME if spec.boot.has_agent else None,
         shares=tuple(ShareDevice(share.tag, share.host_path, share.read_only) for share in spec.shares),
     )
+
+
+def _drive(disk: DiskImage, overlay: Path | None, shape_only: bool) -> Drive:
+    """The drive of ``disk``: the file itself, or (``copy_on_write``) its per-VM ``overlay``."""
+    if not disk.copy_on_write:
+        return Drive(disk.path, read_only=disk.read_only, format=disk.format)
+    if overlay is None and shape_only:
+        overlay = SHAPE_OVERLAY
+    if overlay is None:
+        raise ValueError(f"the copy-on-write disk {disk.path} needs its overlay file")
+    return Drive(overlay, read_only=False, format="qcow2", backing=disk.path.resolve(), backing_format=disk.format)

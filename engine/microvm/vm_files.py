@@ -1,6 +1,6 @@
 """VmFiles: the files one VM needs beside its images, made before QEMU starts and gone after.
 
-A sandbox's scratch disk and the qcow2 overlays of its ``copy_on_write`` disks live in one
+A sandbox's scratch disk and the qcow2 overlays of its ``copy_on_write`` disks (root disk included) live in one
 private folder; :meth:`VmFiles.remove` (idempotent) deletes it as soon as QEMU has opened them
 (its descriptors keep the blocks alive for the VM's life), so no VM, however it ends, leaves one
 behind. Fresh VMs, templates and prestarted clones all launch through here.
@@ -13,6 +13,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.microvm.disk import DiskImage
 from engine.microvm.overlay import create_overlay
 from engine.microvm.scratch import ScratchDisk
 from engine.microvm.spec import VmSpec
@@ -20,11 +21,13 @@ from engine.microvm.spec import VmSpec
 
 @dataclass
 class VmFiles:
-    """Per-VM files of a spec: ``scratch`` (a sandbox's scratch disk) and ``overlays`` (the
-    overlay of each ``copy_on_write`` disk, by its index in ``spec.disks``)."""
+    """Per-VM files of a spec: ``scratch`` (a sandbox's scratch disk), ``overlays`` (the
+    overlay of each ``copy_on_write`` disk, by its index in ``spec.disks``) and ``root_overlay``
+    (a ``copy_on_write`` root disk's)."""
 
     scratch: Path | None = None
     overlays: dict[int, Path] = field(default_factory=dict)
+    root_overlay: Path | None = None
     _scratch_disk: ScratchDisk | None = None
     _dir: Path | None = None
 
@@ -36,17 +39,23 @@ class VmFiles:
             if spec.scratch_disk_mb is not None:
                 files._scratch_disk = ScratchDisk(spec.scratch_disk_mb)
                 files.scratch = files._scratch_disk.path
+            root = spec.boot.root_disk
+            if root is not None and root.copy_on_write:
+                files.root_overlay = files._overlay(root, "root.qcow2")
             for index, disk in enumerate(spec.disks):
                 if disk.copy_on_write:
-                    if files._dir is None:
-                        files._dir = Path(tempfile.mkdtemp(prefix="capsa-overlay-"))
-                    overlay = files._dir / f"disk{index}.qcow2"
-                    create_overlay(disk, overlay)
-                    files.overlays[index] = overlay
+                    files.overlays[index] = files._overlay(disk, f"disk{index}.qcow2")
         except BaseException:
             files.remove()
             raise
         return files
+
+    def _overlay(self, disk: DiskImage, name: str) -> Path:
+        if self._dir is None:
+            self._dir = Path(tempfile.mkdtemp(prefix="capsa-overlay-"))
+        overlay = self._dir / name
+        create_overlay(disk, overlay)
+        return overlay
 
     @classmethod
     async def make_async(cls, spec: VmSpec) -> VmFiles:

@@ -594,10 +594,13 @@ class VmPool:
 
 def refuse_shared_write_disks(spec: VmSpec, pool: str) -> None:
     """ConfigError for a disk a pool's VMs would all write in place (each would corrupt what
-    the others cached): a pool's disks are read-only or each VM's own copy-on-write overlay."""
-    for disk in spec.disks:
+    the others cached): a pool's disks, root disk included, are read-only or each VM's own
+    copy-on-write overlay."""
+    root = spec.boot.root_disk
+    for disk in ([root] if root is not None else []) + list(spec.disks):
         if disk.shared_write:
+            what = "root disk" if disk is root else "disk"
             raise ConfigError(
-                f"pool {pool!r}: disk {disk.path} is writable and would be shared by every VM of the pool; "
+                f"pool {pool!r}: {what} {disk.path} is writable and would be shared by every VM of the pool; "
                 "attach it with DiskImage(...).as_read_only() or .as_copy_on_write() (each VM then "
                 "writes to its own overlay)")

@@ -162,6 +162,25 @@ def test_root_disk_arguments(fake_guest: engine.LinuxDirectBoot, tmp_path: Path)
     assert [device_name(i) for i in (0, 1, 25, 26)] == ["vda", "vdb", "vdz", "vdaa"]
 
 
+def test_a_copy_on_write_root_disk_is_its_own_overlay(fake_guest: engine.LinuxDirectBoot, tmp_path: Path) -> None:
+    image = raw_disk(tmp_path / "root.img", b"")
+    spec = engine.VmSpec(boot=fake_guest.with_root_disk(engine.DiskImage(image).as_copy_on_write()))
+    before = overlay_dirs()
+    files = VmFiles.make(spec)
+    try:
+        assert files.root_overlay is not None and files.root_overlay.exists()
+        root = machine_spec_for(spec, TCG, files).drives[0]
+        # vda is the overlay over the image, never the image opened writable.
+        assert (root.path, root.read_only, root.format) == (files.root_overlay, False, "qcow2")
+        assert (root.backing, root.backing_format) == (image.resolve(), "raw")
+        assert "root=/dev/vda rootfstype=ext4 rw" in kernel_cmdline(spec)
+    finally:
+        files.remove()
+    assert overlay_dirs() == before
+    with pytest.raises(ValueError, match=f"copy-on-write disk {image} needs its overlay"):
+        machine_spec_for(spec, TCG)
+
+
 # ----- snapshots and pools ----------------------------------------------------------------------
 
 
@@ -197,6 +216,15 @@ def test_a_disk_written_in_place_refuses_snapshots_and_pools(fake_guest: engine.
         refuse_shared_write_disks(spec, "p")
     refuse_shared_write_disks(replace(spec, disks=(engine.DiskImage(disk).as_read_only(),
                                                    engine.DiskImage(disk).as_copy_on_write())), "p")
+
+
+def test_a_pool_refuses_a_root_disk_written_in_place(fake_guest: engine.LinuxDirectBoot, tmp_path: Path) -> None:
+    image = raw_disk(tmp_path / "root.img", b"")
+    spec = engine.VmSpec(boot=fake_guest.with_root_disk(image))
+    with pytest.raises(ConfigError, match=f"pool 'p': root disk {image} is writable and would be shared"):
+        refuse_shared_write_disks(spec, "p")
+    for fine in (engine.DiskImage(image).as_read_only(), engine.DiskImage(image).as_copy_on_write()):
+        refuse_shared_write_disks(replace(spec, boot=fake_guest.with_root_disk(fine)), "p")
 
 
 async def test_a_pool_builder_refuses_a_shared_writable_disk(fake_guest: engine.LinuxDirectBoot, tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """Root disks on the default guest: ``with_root_disk`` and capsa's ``root=/dev/vda`` form boot
-a small ext4 disk of our own (static busybox, an /sbin/init script), read-write or read-only,
-and a disk without the init named says so on the console and leaves the initramfs's shell."""
+a small ext4 disk of our own (static busybox, an /sbin/init script), read-write, read-only or
+copy-on-write, and a disk without the init named says so on the console and leaves the
+initramfs's shell."""
 from __future__ import annotations
 
 import os
@@ -12,7 +13,7 @@ import pytest
 
 import engine
 from engine.image.build import downloads_dir
-from tests.disks.images import ext4_disk, sha256
+from tests.disks.images import ext4_disk, overlay_dirs, sha256
 
 pytestmark = pytest.mark.guest
 
@@ -59,9 +60,8 @@ def pristine_root_disk(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def root_disk(pristine_root_disk: Path, tmp_path: Path) -> Path:
-    """A copy of the root disk for one test: a VM killed with it mounted read-write leaves a
-    journal to replay, which a read-only mount cannot do (the guest then stays on the
-    initramfs and says it cannot mount the disk)."""
+    """A copy of the root disk for one test (a VM killed with it mounted read-write leaves a
+    journal to replay)."""
     copy = tmp_path / "root.ext4"
     shutil.copyfile(pristine_root_disk, copy)
     return copy
@@ -107,6 +107,35 @@ async def test_a_read_only_root_disk_stays_unchanged(boot: engine.LinuxDirectBoo
         assert (await con.run("echo x > /root/nope")).exit_code != 0
         assert (await con.run("mount -o remount,rw /")).exit_code != 0
         await con.run("printf EVIL | dd of=/dev/vda bs=512 seek=2 conv=notrunc 2>/dev/null; sync")
+    assert sha256(root_disk) == before
+
+
+async def test_a_copy_on_write_root_disk_is_written_in_its_overlay_only(
+        boot: engine.LinuxDirectBoot, root_disk: Path) -> None:
+    before, overlays = sha256(root_disk), overlay_dirs()
+    async with await _boot(boot.with_root_disk(engine.DiskImage(root_disk).as_copy_on_write())) as vm:
+        con = await vm.console()
+        assert _root_mount(await con.exec("cat /proc/mounts"))[3].split(",")[0] == "rw"
+        assert await con.exec("echo cow-write > /root/mark && sync && cat /root/mark") == "cow-write\n"
+        # The overlay folder went as soon as QEMU opened it: nothing to leak if the VM is killed.
+        assert overlay_dirs() == overlays
+    assert sha256(root_disk) == before and b"cow-write" not in root_disk.read_bytes()
+
+
+async def test_a_read_only_root_disk_left_unclean_boots_without_its_journal(
+        boot: engine.LinuxDirectBoot, root_disk: Path) -> None:
+    vm = await _boot(boot.with_root_disk(engine.DiskImage(root_disk)))
+    try:
+        await (await vm.console()).exec("echo before-kill > /root/mark && sync")
+    finally:
+        await vm.kill()  # mounted read-write: the journal needs replaying now
+    before = sha256(root_disk)
+    async with await _boot(boot.with_root_disk(engine.DiskImage(root_disk).as_read_only())) as again:
+        con = await again.console()
+        seen = again.console_stream.read_from(0).decode(errors="replace")
+        assert "was not cleanly unmounted: mounted read-only without replaying its journal" in seen
+        # The disk's own init runs (the mark itself may be among the unreplayed writes).
+        assert BOOTED in seen and (await con.run("test -x /sbin/init && test ! -e /init")).exit_code == 0
     assert sha256(root_disk) == before
 
 

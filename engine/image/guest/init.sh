@@ -124,9 +124,18 @@ fi
 
 # A root disk (root=/dev/vda, capsa's form): mounted as it is, read-write unless "ro", then its
 # own init takes over. A failure says why on the console and leaves this initramfs's shell.
+# An ext3/4 disk left unclean (its VM killed while it was mounted read-write) has a journal to
+# replay, which a read-only device cannot take: it is mounted without the replay (noload) and
+# the console says so, rather than not booting at all.
+mount_root_disk() {
+	mount -t "$diskfstype" -o "$diskmode" "$diskroot" /sysroot 2>/dev/null && return 0
+	case "$diskmode,$diskfstype" in ro,ext3|ro,ext4) ;; *) return 1 ;; esac
+	mount -t "$diskfstype" -o ro,noload "$diskroot" /sysroot || return 1
+	echo "capsa: the root disk $diskroot was not cleanly unmounted: mounted read-only without replaying its journal" > /dev/console
+}
 if [ -n "$diskroot" ]; then
 	mkdir -p /sysroot
-	if mount -t "$diskfstype" -o "$diskmode" "$diskroot" /sysroot; then
+	if mount_root_disk; then
 		if [ -x "/sysroot$diskinit" ] || [ -L "/sysroot$diskinit" ]; then
 			for dir in dev proc sys run tmp; do
 				mkdir -p "/sysroot/$dir" 2>/dev/null
