@@ -1,4 +1,5 @@
-"""A profile's ``shares:`` and ``disks:`` sections (sans-IO: YAML nodes in, Share/DiskImage out).
+"""A profile's ``shares:``, ``disks:`` and ``boot.root_disk`` (sans-IO: YAML nodes in,
+Share/DiskImage out).
 
     shares:                                   # kind: sandbox (a guest path)
       - {host: ./src, guest: /mnt/src, mode: ro}
@@ -7,6 +8,8 @@
     disks:
       - {path: data.img, mode: ro}            # mode: ro | rw | cow (copy-on-write), default rw
       - {path: data.qcow2, format: qcow2, mode: cow}
+    boot:
+      root_disk: {path: root.ext4, mode: cow}  # or just a path; kind: vm only
 
 Relative paths are relative to the profile file's folder. Every error names the file, line and
 field; the tag, guest path and duplicate rules are the engine's own (``check_shares``), so a
@@ -91,18 +94,43 @@ def parse_disks(f: Fields, document: CommentedMap, base_dir: Path | None) -> tup
     """``disks:``: each ``{path, format (raw|qcow2, else by extension), mode (ro|rw|cow)}``."""
     disks: list[DiskImage] = []
     for index, item in _items(f, document, "disks", "a list of {path: FILE, mode: ro|rw|cow}"):
-        where = f"disks[{index}]"
-        f.unknown_keys(item, where, DISK_KEYS)
-        if not f.require(item, "path", where, "the disk image file"):
-            continue
-        raw, kind, mode = f.string(item, "path", where), f.string(item, "format", where), f.string(item, "mode", where, "rw")
-        if raw is None or mode is None:
-            continue
-        if kind is not None and kind not in DISK_FORMATS:
-            f.expected(item, "format", where, " or ".join(DISK_FORMATS))
-            continue
-        if mode not in DISK_MODES:
-            f.expected(item, "mode", where, "ro, rw or cow")
-            continue
-        disks.append(DiskImage(_path(raw, base_dir), format=kind, read_only=mode == "ro", copy_on_write=mode == "cow"))
+        disk = parse_disk(f, item, f"disks[{index}]", base_dir)
+        if disk is not None:
+            disks.append(disk)
     return tuple(disks)
+
+
+def parse_root_disk(f: Fields, boot: CommentedMap, base_dir: Path | None) -> DiskImage | None:
+    """``boot.root_disk``: a path, or ``{path, format, mode}`` as in ``disks:``; None when
+    absent or invalid."""
+    if "root_disk" not in boot:
+        return None
+    value = boot["root_disk"]
+    if isinstance(value, str) and value:
+        return DiskImage(_path(value, base_dir))
+    if not isinstance(value, CommentedMap):
+        f.expected(boot, "root_disk", "boot", "a disk image path or {path: FILE, mode: ro|rw|cow}")
+        return None
+    return parse_disk(f, value, "boot.root_disk", base_dir)
+
+
+def parse_disk(f: Fields, item: CommentedMap, where: str, base_dir: Path | None) -> DiskImage | None:
+    """One ``{path, format, mode}`` mapping at ``where``; None (the error recorded) if invalid."""
+    f.unknown_keys(item, where, DISK_KEYS)
+    if not f.require(item, "path", where, "the disk image file"):
+        return None
+    raw, kind, mode = f.string(item, "path", where), f.string(item, "format", where), f.string(item, "mode", where, "rw")
+    if raw is None or mode is None:
+        return None
+    if kind is not None and kind not in DISK_FORMATS:
+        f.expected(item, "format", where, " or ".join(DISK_FORMATS))
+        return None
+    if mode not in DISK_MODES:
+        f.expected(item, "mode", where, "ro, rw or cow")
+        return None
+    return DiskImage(_path(raw, base_dir), format=kind, read_only=mode == "ro", copy_on_write=mode == "cow")
+
+
+def disk_mode(disk: DiskImage) -> str:
+    """A disk's ``mode`` as a profile spells it: ro, rw or cow."""
+    return "ro" if disk.read_only else "cow" if disk.copy_on_write else "rw"

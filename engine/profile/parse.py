@@ -42,7 +42,7 @@ from engine.microvm.builder import ShapeBuilder, VmBuilder, vm
 from engine.microvm.disk import DiskImage
 from engine.microvm.share import Share
 from engine.microvm.spec import LoginSpec
-from engine.profile.devices import parse_disks, parse_shares
+from engine.profile.devices import disk_mode, parse_disks, parse_root_disk, parse_shares
 
 B = TypeVar("B", bound=ShapeBuilder)
 Source = Literal["bundled", "user", "file"]
@@ -56,7 +56,7 @@ IMAGE_KEYS = ("base", "packages")
 SCRATCH_DISK_MB = (16, 1 << 22)  # VmSpec.validate's range
 TIMEOUT_S = (0.1, 86400.0)
 SANDBOX_MEMORY_MB = 512  # python3 and a workload want more than a raw VM's 256
-BOOT_KEYS = ("kernel", "initrd", "cmdline")
+BOOT_KEYS = ("kernel", "initrd", "cmdline", "root_disk")
 LOGIN_KEYS = ("user", "password")
 POOL_KEYS = ("size", "max_size", "snapshot")
 CPUS = (1, 64)
@@ -65,22 +65,29 @@ MEMORY_MB = (64, 65536)
 
 @dataclass(frozen=True)
 class BootChoice:
-    """What a profile's VMs boot: the default guest, or a kernel and initrd of the user's own."""
+    """What a profile's VMs boot: the default guest, or a kernel and initrd of the user's own;
+    either may switch into a ``root_disk`` (capsa's ``with_root_disk``)."""
 
     kind: Literal["default", "custom"] = "default"
     kernel: Path | None = None
     initrd: Path | None = None
     cmdline: str | None = None  # replaces the whole kernel command line (custom boots only)
+    root_disk: DiskImage | None = None
 
     def resolve(self) -> LinuxDirectBoot:
         """The engine boot object; the default guest is looked up (and built) only now."""
         if self.kind == "default":
-            return default_boot()
-        assert self.kernel is not None
-        return LinuxDirectBoot(self.kernel, self.initrd)
+            boot = default_boot()
+        else:
+            assert self.kernel is not None
+            boot = LinuxDirectBoot(self.kernel, self.initrd)
+        return boot.with_root_disk(self.root_disk) if self.root_disk is not None else boot
 
     def describe(self) -> str:
-        return "default guest" if self.kind == "default" else f"{self.kernel} + {self.initrd}"
+        text = "default guest" if self.kind == "default" else f"{self.kernel} + {self.initrd}"
+        if self.root_disk is not None:
+            text += f", root disk {self.root_disk.path} ({disk_mode(self.root_disk)})"
+        return text
 
 
 @dataclass(frozen=True)
@@ -171,6 +178,9 @@ class Profile:
         boot: object = "default"
         if self.boot.kind == "custom":
             boot = {"kernel": str(self.boot.kernel), "initrd": str(self.boot.initrd), "cmdline": self.boot.cmdline}
+        if (root := self.boot.root_disk) is not None:
+            boot = {**(boot if isinstance(boot, dict) else {}),
+                    "root_disk": {"path": str(root.path), "format": root.format, "mode": disk_mode(root)}}
         return {
             "name": self.name,
             "description": self.description,
@@ -193,8 +203,7 @@ class Profile:
             "timeout": self.timeout_s,
             "shares": [{"host": str(s.host_path), "guest" if s.guest_path else "tag": s.guest_path or s.tag,
                         "mode": s.mode.value} for s in self.shares],
-            "disks": [{"path": str(d.path), "format": d.format,
-                       "mode": "ro" if d.read_only else "cow" if d.copy_on_write else "rw"} for d in self.disks],
+            "disks": [{"path": str(d.path), "format": d.format, "mode": disk_mode(d)} for d in self.disks],
         }
 
 
@@ -328,22 +337,28 @@ def parse_timeout(f: Fields, document: CommentedMap) -> float | None:
 def parse_boot(
     f: Fields, document: CommentedMap, base_dir: Path | None, is_file: Callable[[Path], bool] | None
 ) -> BootChoice | None:
-    """``boot: default`` or ``boot: {kernel, initrd, cmdline}``; None when invalid."""
+    """``boot: default``, ``boot: {kernel, initrd, cmdline, root_disk}``, or ``boot: {root_disk}``
+    (the default guest switching into the disk); None when invalid."""
     if "boot" not in document:
         return BootChoice()
     value = document["boot"]
     if isinstance(value, str) and value == "default":
         return BootChoice()
     if not isinstance(value, CommentedMap):
-        f.expected(document, "boot", "", "'default' or a mapping with kernel and initrd")
+        f.expected(document, "boot", "", "'default' or a mapping with kernel and initrd (or root_disk)")
         return None
     f.unknown_keys(value, "boot", BOOT_KEYS)
+    root_disk = parse_root_disk(f, value, base_dir)
+    if "root_disk" in value and root_disk is None:
+        return None
+    if "root_disk" in value and not {"kernel", "initrd", "cmdline"} & set(value):
+        return BootChoice(root_disk=root_disk)
     kernel = _boot_file(f, value, "kernel", base_dir, is_file)
     initrd = _boot_file(f, value, "initrd", base_dir, is_file)
     cmdline = f.string(value, "cmdline", "boot")
     if kernel is None or initrd is None or ("cmdline" in value and cmdline is None):
         return None
-    return BootChoice("custom", kernel, initrd, cmdline)
+    return BootChoice("custom", kernel, initrd, cmdline, root_disk)
 
 
 def _boot_file(
@@ -373,6 +388,8 @@ def parse_login(f: Fields, document: CommentedMap, boot: BootChoice | None) -> L
     if boot is not None and boot.kind != "default":
         # Only our initramfs understands capsa.login; a custom initrd brings its own getty.
         f.error(document, "login", "login", "expected 'boot: default' with login (a custom initrd brings its own getty)")
+    elif boot is not None and boot.root_disk is not None:
+        f.error(document, "login", "login", "expected no login with boot.root_disk (the disk's own init runs the console)")
     user = None
     if f.require(login, "user", "login", "the user name to log in as"):
         user = f.matching(login, "user", "login", USER_RE, "a user name (lowercase letters, digits, '_', '-')")
@@ -398,7 +415,11 @@ def parse_pool(
     if "snapshot" in pool:
         snapshot = f.boolean(pool, "snapshot", "pool", default=True)
         custom = boot is not None and boot.kind == "custom"
-        if snapshot and (custom or login is not None):
+        root = boot.root_disk if boot is not None else None
+        if snapshot and root is not None and not root.read_only:
+            f.error(pool, "snapshot", "pool.snapshot",
+                    "expected false or no key: clones share their root disk, which must be mode: ro to be cloned")
+        elif snapshot and (custom or login is not None):
             why = "a custom boot" if custom else "a login profile"
             f.error(pool, "snapshot", "pool.snapshot",
                     f"expected false or no key: {why} cannot be cloned from a snapshot (a clone's identity is fixed by the default guest's shell)")

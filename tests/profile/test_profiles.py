@@ -131,7 +131,7 @@ def test_a_file_that_is_not_a_mapping_says_so(text: str, expected: str) -> None:
         ("description: 12", "description: expected a string (put it in quotes), found integer 12"),
         ("pool: 3", "pool: expected a mapping, found integer 3"),
         ("pool:", "pool: expected a mapping, found nothing (null)"),
-        ("boot: custom", "boot: expected 'default' or a mapping with kernel and initrd, found string 'custom'"),
+        ("boot: custom", "boot: expected 'default' or a mapping with kernel and initrd (or root_disk), found string 'custom'"),
         ("login: {user: bob, password: 1234}", "login.password: expected a string (put it in quotes), found integer 1234"),
         ("kernel_args: [quiet]", "kernel_args: expected a mapping, found a list"),
         ("kernel_args: {quiet: true}", "kernel_args.quiet: expected a string or a number, found boolean true"),
