@@ -7,6 +7,7 @@ import sys
 import engine
 from capsatui.attach import attach_terminal
 from capsatui.commands.agent_exec import emit
+from capsatui.commands.devices import add_device_args, apply_devices
 from capsatui.commands.sandbox import SANDBOX_MEMORY_MB, run_in_cold_sandbox
 from capsatui.commands.words import command_words
 
@@ -36,19 +37,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         "run", help="boot a VM, run CMD in it, print its output, exit with its status",
         description="Without --sandbox CMD runs in the busybox guest's shell on the serial console (stdout and "
                     "stderr arrive mixed). With --sandbox it runs in a Debian sandbox through the agent: "
-                    "stdout and stderr apart, as bytes; status 128+N after signal N, 124 after --timeout.",
+                    "stdout and stderr apart, as bytes; status 128+N after signal N, 124 after --timeout. "
+                    "A --share's TARGET is a 9p tag the busybox guest mounts itself (mount -t 9p -o trans=virtio "
+                    "TAG /mnt) or, with --sandbox, the absolute guest path it is mounted at.",
     )
     _add_shape(run, memory=None)
     run.add_argument("--sandbox", action="store_true",
                      help="a Debian sandbox (python3 and --package names) run through the agent")
     run.add_argument("-p", "--package", action="append", default=[], metavar="NAME",
                      help="with --sandbox: a Debian package to add to the sandbox image (repeatable)")
+    add_device_args(run, "TARGET")
     run.add_argument("--timeout", type=float, default=300.0, help="seconds CMD may run (default 300)")
     run.add_argument("-v", "--verbose", action="store_true", help="say which accelerator runs the VM")
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...", help="the command to run in the guest")
     run.set_defaults(handler=_vm_run)
     console = vm_sub.add_parser("console", help="attach this terminal to a fresh VM's console (Ctrl-] detaches)")
     _add_shape(console)
+    add_device_args(console, "TAG")
     console.set_defaults(handler=_vm_console)
 
 
@@ -110,7 +115,8 @@ def _image_prune() -> int:
 
 
 def _builder(args: argparse.Namespace) -> engine.VmBuilder:
-    return engine.vm(engine.default_boot()).cpus(args.cpus).memory_mb(args.memory).console_enabled()
+    builder = engine.vm(engine.default_boot()).cpus(args.cpus).memory_mb(args.memory).console_enabled()
+    return apply_devices(builder, args)
 
 
 async def _vm_run(args: argparse.Namespace) -> int:

@@ -37,6 +37,22 @@ def test_vm_run_prints_output_and_exit_code(boot: engine.LinuxDirectBoot) -> Non
     assert res.stdout.splitlines() == ["2", "to-stderr"]  # the console merges the two streams
 
 
+@pytest.mark.guest
+def test_vm_run_attaches_a_disk_and_a_tagged_share(boot: engine.LinuxDirectBoot, tmp_path: Path) -> None:
+    disk = tmp_path / "marked.img"
+    with open(disk, "wb") as file:
+        file.write(b"DISK-MARK-7f3")
+        file.truncate(1 << 20)
+    out = tmp_path / "out"
+    out.mkdir()
+    mount = engine.Share(out, "out", engine.MountMode.ReadWrite).mount_line("/mnt/out")
+    res = _run("vm", "run", "--disk", f"{disk}:ro", "--share", f"{out}:out", "--",
+               f"head -c 13 /dev/vda; echo; {mount} && echo from-guest > /mnt/out/made", timeout=240)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.splitlines()[0] == "DISK-MARK-7f3"
+    assert (out / "made").read_text() == "from-guest\n"
+
+
 def test_vm_run_without_command_is_an_error() -> None:
     res = _run("vm", "run")
     assert res.returncode == 2 and "give the command" in res.stderr
