@@ -90,11 +90,11 @@ def machine_spec_for(
 ) -> MachineSpec:
     """The machine that runs ``spec`` under ``accel`` (what QEMU is started with).
 
-    Drives, in the guest's order: the root disk (vda), ``spec.disks`` (a ``copy_on_write`` disk,
-    root disk included, as its overlay from ``files``), then a sandbox's scratch disk (from ``files``). ``files`` are
-    the per-VM files (:class:`VmFiles`: the caller makes and removes them); a spec that needs one
-    and gets none is an error, unless ``shape_only``: a machine never launched, built to compare
-    or record its shape (a snapshot's), whose overlays are placeholders.
+    Drives, in the guest's order: the root disk (vda), ``spec.disks``, then a sandbox's scratch
+    disk (from ``files``); a ``copy_on_write`` disk, root disk included, is its overlay from
+    ``files``. ``files`` are the per-VM files (:class:`VmFiles`: the caller makes and removes
+    them); a spec that needs one and gets none is an error, unless ``shape_only``: a machine never
+    launched, built to compare or record its shape (a snapshot's), whose overlays are placeholders.
     """
     nat = spec.network if isinstance(spec.network, UserNatConfig) else None
     drives: list[Drive] = []

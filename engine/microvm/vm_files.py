@@ -1,9 +1,9 @@
 """VmFiles: the files one VM needs beside its images, made before QEMU starts and gone after.
 
-A sandbox's scratch disk and the qcow2 overlays of its ``copy_on_write`` disks (root disk included) live in one
-private folder; :meth:`VmFiles.remove` (idempotent) deletes it as soon as QEMU has opened them
-(its descriptors keep the blocks alive for the VM's life), so no VM, however it ends, leaves one
-behind. Fresh VMs, templates and prestarted clones all launch through here.
+A sandbox's scratch disk and the qcow2 overlays of its ``copy_on_write`` disks (root disk
+included) live in one private folder; :meth:`VmFiles.remove` (idempotent) deletes it as soon as
+QEMU has opened them (its descriptors keep the blocks alive for the VM's life), so no VM, however
+it ends, leaves one behind. Fresh VMs, templates and prestarted clones all launch through here.
 """
 from __future__ import annotations
 
