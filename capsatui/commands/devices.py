@@ -40,9 +40,9 @@ def add_device_args(parser: argparse.ArgumentParser, target: str) -> None:
 
 
 def apply_devices(builder: B, args: argparse.Namespace) -> B:
-    """The --share and --disk values on ``builder`` (a command without those flags has none)."""
-    for host, target, mode in getattr(args, "share", []):
+    """The --share and --disk values (from :func:`add_device_args`) on ``builder``."""
+    for host, target, mode in args.share:
         builder = builder.share(host, target, mode)
-    for disk in getattr(args, "disk", []):
+    for disk in args.disk:
         builder = builder.disk(disk)
     return builder

@@ -175,19 +175,18 @@ class Profile:
 
     def to_dict(self) -> dict[str, object]:
         """A JSON-able summary (the login password is left out)."""
-        boot: object = "default"
+        boot: dict[str, object] = {}
         if self.boot.kind == "custom":
             boot = {"kernel": str(self.boot.kernel), "initrd": str(self.boot.initrd), "cmdline": self.boot.cmdline}
         if (root := self.boot.root_disk) is not None:
-            boot = {**(boot if isinstance(boot, dict) else {}),
-                    "root_disk": {"path": str(root.path), "format": root.format, "mode": disk_mode(root)}}
+            boot["root_disk"] = {"path": str(root.path), "format": root.format, "mode": disk_mode(root)}
         return {
             "name": self.name,
             "description": self.description,
             "kind": self.kind,
             "source": self.source,
             "path": str(self.path) if self.path else None,
-            "boot": boot,
+            "boot": boot or "default",
             "cpus": self.cpus,
             "memory_mb": self.memory_mb,
             "console": self.console,
