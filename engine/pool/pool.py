@@ -39,6 +39,7 @@ from engine.errors import ConfigError, EngineError, PoolBootError, PoolClosed, P
 from engine.netstack.config import UserNatConfig
 from engine.netstack.policy.policy import NetworkPolicy
 from engine.pool.clones import CloneSource
+from engine.pool.disks import refuse_shared_write_disks
 from engine.pool.size import pool_sizes_fit
 from engine.pool.stats import MemberState, PoolMember, PoolSettings, PoolStats, percentile
 from engine.pool.pooled import PooledVm
@@ -590,17 +591,3 @@ class VmPool:
                 listener(stats)
             except Exception:
                 log.exception("pool %s: stats listener failed", self.name)
-
-
-def refuse_shared_write_disks(spec: VmSpec, pool: str) -> None:
-    """ConfigError for a disk a pool's VMs would all write in place (each would corrupt what
-    the others cached): a pool's disks, root disk included, are read-only or each VM's own
-    copy-on-write overlay."""
-    root = spec.boot.root_disk
-    for disk in ([root] if root is not None else []) + list(spec.disks):
-        if disk.shared_write:
-            what = "root disk" if disk is root else "disk"
-            raise ConfigError(
-                f"pool {pool!r}: {what} {disk.path} is writable and would be shared by every VM of the pool; "
-                "attach it with DiskImage(...).as_read_only() or .as_copy_on_write() (each VM then "
-                "writes to its own overlay)")

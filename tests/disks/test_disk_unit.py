@@ -16,7 +16,7 @@ from engine.kvm.accel import AccelChoice
 from engine.kvm.machine import locked_image
 from engine.microvm.machine_spec import device_name, kernel_cmdline, machine_spec_for
 from engine.microvm.vm_files import VmFiles
-from engine.pool.pool import refuse_shared_write_disks
+from engine.pool.disks import refuse_shared_write_disks
 from engine.snapshot.meta import SnapshotInfo
 from engine.snapshot.record import guest_facts, machine_shape
 from engine.snapshot.snapshot import snapshot_unsupported
