@@ -21,7 +21,22 @@ else:  # the guest: a module beside its siblings
 
 TYPE_CHECKING = False  # mypy takes it as true; the guest imports no typing module at start
 if TYPE_CHECKING:
-    from engine.agent.guest.capsa_agent import Agent
+    from collections.abc import Sized
+    from typing import Protocol
+
+    class Agent(Protocol):
+        """What a task needs of the agent that runs it (``capsa_agent.Agent``)."""
+
+        tasks: dict[int, Task]
+        orphans: list[object]  # children of aborted tasks, still to be reaped
+
+        @property
+        def out(self) -> Sized: ...  # the bytes queued for the port
+
+        def watch(self, fd: int, on_read: object, on_write: object) -> None: ...
+        def send(self, msg: dict[str, object], body: bytes = b"") -> None: ...
+        def finish(self, rid: int, reply: dict[str, object]) -> None: ...
+        def fail(self, rid: int, err: RequestError) -> None: ...
 
 WINDOW = 4 << 20  # bytes of output we send ahead of the host's acknowledgements, per task
 OUT_LIMIT = 8 << 20  # bytes queued for the port before producers pause
