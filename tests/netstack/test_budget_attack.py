@@ -109,7 +109,8 @@ async def test_a_guest_opening_connections_in_a_loop_starves_no_other_gateway(
     vm, budget = hostile.net.vm, hostile.budget
     fds_before = open_fds()
     flood = (f"mkfifo /tmp/hold; sh -c 'exec 3<>/tmp/hold; i=0; while [ $i -lt {HOSTILE_CONNECTIONS} ]; do "
-             f"nc {SINK_STAND_IN} {sink.port} <&3 >/dev/null 2>&1 & i=$((i+1)); done; wait' >/dev/null 2>&1 &")
+             f"nc {SINK_STAND_IN} {sink.port} <&3 >/dev/null 2>&1 & i=$((i+1)); done; wait' >/dev/null 2>&1 & "
+             "echo $! > /tmp/flood.pid")
     assert (await hostile.net.console.run(flood, timeout=60)).exit_code == 0
 
     def refused() -> bool:
@@ -129,8 +130,11 @@ async def test_a_guest_opening_connections_in_a_loop_starves_no_other_gateway(
             assert b"hello" in await fetch_hello(gw2, guest2, peers, 40600)
             assert gw.counters["tcp_budget_refused"] == gw2.counters["tcp_budget_refused"] == 0
 
-    # The hostile guest stops: every host socket it held is given back and closed.
-    assert (await hostile.net.console.run("killall nc; sleep 1; killall nc; true", timeout=60)).exit_code == 0
+    # The hostile guest stops: every host socket it held is given back and closed. The loop that
+    # starts the nc processes may still be running on a slow machine: it stops first, then nc is
+    # killed until none is left (an nc started after one killall would hold a socket for good).
+    stop = "kill $(cat /tmp/flood.pid) 2>/dev/null; while killall nc 2>/dev/null; do sleep 1; done; true"
+    assert (await hostile.net.console.run(stop, timeout=60)).exit_code == 0
     await until(lambda: vm.network_stats()["host_sockets"] == 0, 120, "the hostile flows to close")
     await asyncio.sleep(0.1)
     assert open_fds() == fds_before
