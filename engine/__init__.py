@@ -97,6 +97,14 @@ if TYPE_CHECKING:
     from engine.microvm.sandbox_builder import SandboxBuilder, sandbox
     from engine.microvm.created import CreatedVm
     from engine.microvm.resources import GuestOs, ResourceConfig
+    from engine.microvm.workload import OciWorkload, WorkloadError
+    from engine.oci.config import ImageConfig
+    from engine.oci.export import RunConfig, export_layers, write_layout
+    from engine.oci.image import OciImage
+    from engine.oci.pull import import_image, pull_image, resolve_image
+    from engine.oci.reference import ImageReference, LocalSource, parse_reference, parse_source
+    from engine.oci.store import OciStore
+    from engine.image.sandbox import sandbox_tree
 else:
     # Hidden from type checkers: a module __getattr__ would make every misspelt name type-check.
     __getattr__, __dir__, __all__ = lazy_package(globals())

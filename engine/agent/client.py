@@ -262,20 +262,31 @@ class Agent:
 
     def _exec_msg(self, cmd: str | Sequence[str], env: Mapping[str, str] | None, cwd: str | None,
                   timeout: float | None, max_output: int, tty: bool, stream: bool,
-                  size: tuple[int, int] = (80, 24)) -> dict[str, Any]:
+                  size: tuple[int, int] = (80, 24), user: str | None = None, system: bool = False) -> dict[str, Any]:
         if not isinstance(cmd, str):
             cmd = [str(part) for part in cmd]
             if not cmd:
                 raise AgentError("exec needs a command: the argument list is empty")
         if cwd is not None:
             _check_path(cwd)
-        return {"t": "exec", "cmd": cmd, "env": dict(env or {}), "cwd": cwd, "timeout": timeout,
-                "max_output": max_output, "tty": tty, "stream": stream, "size": list(size)}
+        if user is not None and (not user or any(c.isspace() or c == "\0" for c in user)):
+            raise AgentError(f"user {user!r} is not a user name, uid, user:group or uid:gid")
+        msg = {"t": "exec", "cmd": cmd, "env": dict(env or {}), "cwd": cwd, "timeout": timeout,
+               "max_output": max_output, "tty": tty, "stream": stream, "size": list(size)}
+        if user is not None:
+            msg["user"] = user
+        if system:
+            msg["system"] = True
+        return msg
 
     async def exec(self, cmd: str | Sequence[str], *, env: Mapping[str, str] | None = None, cwd: str | None = None,
                    stdin: bytes = b"", timeout: float | None = None, max_output: int = 16 << 20,
-                   tty: bool = False) -> ExecResult:
+                   tty: bool = False, user: str | None = None, system: bool = False) -> ExecResult:
         """Run ``cmd`` (a str through /bin/sh -c) to its end and return its whole output.
+
+        In an OCI sandbox the command runs in the image's root with its Env, WorkingDir and
+        User (``env``, ``cwd`` and ``user`` override them); ``system`` runs it in the sandbox's
+        own system image instead (the engine's mounts use it).
 
         Past ``timeout`` the guest kills the command's whole process group and this raises
         ExecTimeout with the output so far; past ``max_output`` bytes the result says
@@ -283,7 +294,7 @@ class Agent:
         """
         timeout = timeout if timeout is not None else None
         # The guest keeps max_output bytes of output; a frame in flight when it stops is slack.
-        call = self.start(self._exec_msg(cmd, env, cwd, timeout, max_output, tty, False),
+        call = self.start(self._exec_msg(cmd, env, cwd, timeout, max_output, tty, False, user=user, system=system),
                           limit=max_output + 2 * wire.MAX_BODY)
         sender = asyncio.ensure_future(self._send_stream(call, stdin))
         try:
@@ -302,9 +313,9 @@ class Agent:
                           float(msg.get("duration_s", 0.0)))
 
     def spawn(self, cmd: str | Sequence[str], *, env: Mapping[str, str] | None = None, cwd: str | None = None,
-              tty: bool = False, size: tuple[int, int] = (80, 24)) -> AgentProcess:
+              tty: bool = False, size: tuple[int, int] = (80, 24), user: str | None = None) -> AgentProcess:
         """A streaming process (``async with``): output as it comes, stdin, signals, resize."""
-        msg = self._exec_msg(cmd, env, cwd, None, 0, tty, True, size)
+        msg = self._exec_msg(cmd, env, cwd, None, 0, tty, True, size, user=user)
         return AgentProcess(self, msg)
 
     async def write_file(self, path: str, data: bytes, mode: int = 0o644, *, sync: bool = False) -> None:
@@ -402,6 +413,13 @@ class Agent:
         if failed:
             steps = ", ".join(f"{k}: {v}" for k, v in sorted(failed.items()))
             raise IdentityError(f"the guest did not take its identity ({steps})", failed)
+
+    async def set_workload(self, devices: Sequence[str], *, env: Mapping[str, str], cwd: str, user: str) -> str:
+        """Stack the OCI layers on ``devices`` (bottom first) as the workload root, once, and
+        make ``env``/``cwd``/``user`` every later exec's defaults; the root's guest path."""
+        reply = await self._request({"t": "workload", "devices": list(devices), "env": dict(env), "cwd": cwd,
+                                     "user": user})
+        return str(reply.get("root", ""))
 
     async def shutdown(self) -> None:
         """Sync the guest's disks and power it off (the agent's session ends)."""

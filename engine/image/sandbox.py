@@ -238,6 +238,23 @@ def sandbox_image(
     return image
 
 
+def sandbox_tree(base: str = "debian", packages: Sequence[str] = (), *, progress: ProgressCallback | None = None,
+                 mirror: str | None = None) -> Path:
+    """The cached mmdebstrap tar of ``base`` with ``packages`` (the sandbox image's tree, without
+    our files), made first if absent: what ``capsa-tui image export`` turns into an OCI image."""
+    if base not in BASES:
+        raise ImageError(f"sandbox base {base!r} is not supported: use one of {', '.join(BASES)}")
+    names = check_packages(packages)
+    archive = host_archive(mirror)
+    tkey = tree_key(archive, names)
+    target = sandbox_dir() / "trees" / f"{tkey}.tar"
+    if target.exists():
+        return target
+    sandbox_dir().mkdir(parents=True, exist_ok=True)
+    with _lock():
+        return _tree(archive, names, tkey, progress or (lambda stage, fraction: None))
+
+
 def sandbox_images() -> list[dict[str, str]]:
     """What ``capsa-tui image info`` shows of each built sandbox image."""
     rows: list[dict[str, str]] = []

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
@@ -12,6 +13,7 @@ from engine.microvm.created import CreatedVm
 from engine.microvm.disk import DiskImage
 from engine.microvm.share import SANDBOX_TAG_PREFIX, MountMode, Share
 from engine.microvm.handle import VmHandle
+from engine.microvm.oci_image import with_oci_image
 from engine.microvm.resources import seconds_of
 from engine.microvm.spec import LoginSpec, VmSpec
 from engine.netstack.config import NetworkConfig
@@ -95,6 +97,12 @@ class ShapeBuilder:
         """Attach a disk (``vdb``, ``vdc``, ... after the root disk, in the order added)."""
         image = disk if isinstance(disk, DiskImage) else DiskImage(disk)
         return self._with(disks=self._spec.disks + (image,))
+
+    def oci_image(self, image: str, args: Sequence[str] | None = None, *, tls_verify: bool | None = None) -> Self:
+        """Run in the OCI ``image`` (a sandbox's shape: see ``SandboxBuilder.oci``); resolved
+        now, so the image is pulled here if the cache lacks it (blocking: call it in a thread)."""
+        resolved = with_oci_image(self._spec, image, args, tls_verify=tls_verify)
+        return self._with(disks=resolved.disks, workload=resolved.workload)
 
     def spec(self) -> VmSpec:
         """The checked spec; with shared folders, on a kernel that has 9p (``for_shares``: may

@@ -33,6 +33,7 @@ from engine.kvm.cmdline import AGENT_DEVICE_ID
 from engine.microvm.agent_port import AgentPort
 from engine.microvm.machine_spec import machine_spec_for
 from engine.microvm.mounts import MountError, mount_shares
+from engine.microvm.workload import WorkloadError, start_workload
 from engine.microvm.resources import GuestOs, ResourceConfig, seconds_of
 from engine.microvm.vm_files import VmFiles
 from engine.microvm.spec import VmSpec
@@ -96,6 +97,10 @@ class VmHandle:
         # (mount=False) keeps them unmounted so it can be saved (9p blocks migration while mounted).
         self._mounts_pending = mount and any(s.guest_path is not None for s in spec.shares)
         self.shares_mounted = False  # the engine mounted them (a guest may unmount them later)
+        # An OCI sandbox's image root is set up by the first agent connection, templates
+        # included (its block devices migrate); a clone's re-sends the config.
+        self._workload_pending = spec.workload is not None
+        self.workload_root: str | None = None  # the image's root in the guest, once set up
         if self._agent_port is not None:
             self._agent_port.add_close_callback(self._agent_port_closed)
             if machine.ports_open.get(AGENT_DEVICE_ID):
@@ -222,9 +227,16 @@ class VmHandle:
             agent = await Agent.connect(
                 port.reader, port.writer, timeout=wait, on_protocol_error=self._agent_broke, owns_stream=False
             )
+            if self._workload_pending and self.spec.workload is not None:
+                try:
+                    self.workload_root = await start_workload(agent, self.spec.workload)
+                except WorkloadError as err:
+                    self.fail(str(err))
+                    raise
+                self._workload_pending = False
             if self._mounts_pending:
                 try:
-                    await mount_shares(agent, self.spec.shares, timeout=wait)
+                    await mount_shares(agent, self.spec.shares, timeout=wait, root=self.workload_root)
                 except MountError as err:
                     self.fail(str(err))
                     raise
@@ -275,7 +287,7 @@ class VmHandle:
                     if self._status.is_terminal:
                         raise VmNotRunning(f"the VM ended before it was ready: {self._status}")
                     await self._status_changed.wait()
-                if self._mounts_pending:
+                if self._mounts_pending or self._workload_pending:
                     await self.agent(timeout)
         except TimeoutError:
             raise BootTimeout(

@@ -20,6 +20,8 @@ from engine.microvm.created import CreatedVm
 from engine.microvm.disk import DiskImage
 from engine.microvm.handle import VmHandle
 from engine.microvm.spec import VmSpec
+from engine.microvm.oci_image import with_oci_image
+from engine.oci.reference import parse_source
 
 # Stands in for the sandbox's boot until the image is resolved (shaped like the real one, so the
 # shape can be validated before a build that may take minutes); spec() never returns it.
@@ -38,6 +40,22 @@ class SandboxBuilder(ShapeBuilder):
     _base: str = "debian"
     _packages: tuple[str, ...] = ()
     _progress: ProgressCallback | None = None
+    _oci: str | None = None
+    _oci_args: tuple[str, ...] | None = None
+    _oci_tls_verify: bool | None = None
+
+    def oci(self, image: str, args: Sequence[str] | None = None, *, tls_verify: bool | None = None) -> SandboxBuilder:
+        """Run in an OCI image's root (capsa's ``.oci("python:3.11", ["python", "script.py"])``):
+        every exec and file call sees the image's files, Env, WorkingDir and User; ``args``
+        replace its Cmd in :attr:`OciWorkload.command` (``docker run IMAGE ARGS``). The image is
+        pulled into the cache on first use; ``tls_verify=False`` allows a plain-HTTP registry."""
+        if isinstance(args, str):
+            raise ImageError(f"args must be a list of words, got the string {args!r}")
+        parse_source(image)  # ImageError for a reference that does not parse, before any boot
+        self._oci = image
+        self._oci_args = tuple(args) if args is not None else None
+        self._oci_tls_verify = tls_verify
+        return self
 
     def image(self, base: str = "debian", packages: Sequence[str] = ()) -> SandboxBuilder:
         """The Debian image to boot: ``base`` with ``packages`` (python3 is always in)."""
@@ -72,6 +90,9 @@ class SandboxBuilder(ShapeBuilder):
         self._spec.validate()  # a bad shape fails before the image is built
         boot = self.boot(build)
         spec = replace(self._spec, boot=boot.for_shares(build) if self._spec.shares else boot)
+        if self._oci is not None:
+            spec = with_oci_image(spec, self._oci, self._oci_args, tls_verify=self._oci_tls_verify, pull=build,
+                                  progress=self._progress)
         spec.validate()
         return spec
 

@@ -7,6 +7,7 @@ from engine.console.stream import DEFAULT_SCROLLBACK
 from engine.microvm.boot import LinuxDirectBoot
 from engine.microvm.disk import DiskImage
 from engine.microvm.share import Share, check_shares
+from engine.microvm.workload import OciWorkload
 from engine.errors import ConfigError
 from engine.names import HOSTNAME_RE, USER_RE
 from engine.netstack.config import NetworkConfig, NoNetwork, UserNatConfig
@@ -45,6 +46,8 @@ class VmSpec:
     # Shared folders (9p) and extra disks (vdb, vdc, ... after the root disk, in this order).
     shares: tuple[Share, ...] = ()
     disks: tuple[DiskImage, ...] = ()
+    # An OCI sandbox: the image whose layers are the first disks, and its run config.
+    workload: OciWorkload | None = None
 
     def check(self) -> None:
         """ConfigError unless QEMU can be started for this spec: the
@@ -102,6 +105,12 @@ class VmSpec:
                 raise ConfigError(
                     f"share {share.host_path} (tag {share.tag}): a sandbox mounts its shares itself; "
                     "give an absolute guest path instead of a tag")
+        if self.workload is not None:
+            if not sandbox or self.boot.root_disk is None:
+                raise ConfigError(f"the OCI image {self.workload.image} runs only in a sandbox (engine.sandbox().oci(...))")
+            self.workload.check(self.disks)
+            if any(not disk.read_only for disk in self.disks[:self.workload.layers]):
+                raise ConfigError(f"the layers of the OCI image {self.workload.image} must be read-only disks")
         seen: dict[str, DiskImage] = {}
         root = self.boot.root_disk
         for disk in self.disks:

@@ -29,6 +29,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from engine.errors import ImageError
 from engine.image.sandbox import BASES, check_packages
+from engine.oci.reference import parse_source
 from engine.microvm.boot import LinuxDirectBoot, default_boot, sandbox_boot
 from engine.netstack.config import NetworkConfig, NoNetwork
 from engine.pool.builder import PoolBuilder, vm_pool
@@ -52,7 +53,7 @@ TOP_KEYS = (
     "name", "description", "kind", "boot", "image", "cpus", "memory_mb", "console", "hostname",
     "kernel_args", "login", "scratch_disk_mb", "timeout", "pool", "network", "shares", "disks",
 )  # fmt: skip
-IMAGE_KEYS = ("base", "packages")
+IMAGE_KEYS = ("base", "packages", "oci", "tls_verify")
 SCRATCH_DISK_MB = (16, 1 << 22)  # VmSpec.validate's range
 TIMEOUT_S = (0.1, 86400.0)
 SANDBOX_MEMORY_MB = 512  # python3 and a workload want more than a raw VM's 256
@@ -96,12 +97,16 @@ class ImageChoice:
 
     base: str = "debian"
     packages: tuple[str, ...] = ()
+    oci: str | None = None  # an OCI image the sandbox's commands run in (pulled on first use)
+    tls_verify: bool | None = None  # False: its registry may be plain HTTP
 
     def resolve(self, build: bool = True) -> LinuxDirectBoot:
         """The sandbox boot of this image; built now (minutes) if ``build`` and not cached."""
         return sandbox_boot(self.base, self.packages, build=build)
 
     def describe(self) -> str:
+        if self.oci is not None:
+            return f"OCI image {self.oci}"
         return f"{self.base} image" + (f" + {', '.join(self.packages)}" if self.packages else "")
 
 
@@ -156,6 +161,8 @@ class Profile:
             builder = builder.timeout(self.timeout_s)
         for share in self.shares:
             builder = builder.share(share.host_path, share.guest_path or share.tag, share.mode)
+        if self.image is not None and self.image.oci is not None:
+            builder = builder.oci_image(self.image.oci, tls_verify=self.image.tls_verify)  # its layers come first
         for disk in self.disks:
             builder = builder.disk(disk)
         return builder
@@ -197,7 +204,8 @@ class Profile:
             "max_size": self.max_size,
             "snapshot": self.snapshot,
             "network": network_summary(self.network),
-            "image": {"base": self.image.base, "packages": list(self.image.packages)} if self.image else None,
+            "image": ({"oci": self.image.oci} if self.image and self.image.oci else
+                      {"base": self.image.base, "packages": list(self.image.packages)} if self.image else None),
             "scratch_disk_mb": self.scratch_disk_mb,
             "timeout": self.timeout_s,
             "shares": [{"host": str(s.host_path), "guest" if s.guest_path else "tag": s.guest_path or s.tag,
@@ -318,7 +326,18 @@ def parse_image(f: Fields, document: CommentedMap, kind: Kind) -> ImageChoice | 
                             f"expected a Debian package name (lowercase letters, digits, '+', '-', '.'), found {name!r}")
                     continue
                 packages.append(name)
-    return ImageChoice(base if base in BASES else "debian", tuple(packages))
+    oci = f.string(image, "oci", "image")
+    if oci is not None:
+        try:
+            parse_source(oci)
+        except ImageError as err:
+            f.error(image, "oci", "image.oci", f"expected an image reference: {err}")
+            oci = None
+        if packages:
+            f.error(image, "packages", "image.packages",
+                    "expected no packages with oci (the image brings its own software; packages would go to our system image)")
+    tls_verify = f.boolean(image, "tls_verify", "image", True) if "tls_verify" in image else None
+    return ImageChoice(base if base in BASES else "debian", tuple(packages), oci, tls_verify)
 
 
 def parse_timeout(f: Fields, document: CommentedMap) -> float | None:

@@ -110,6 +110,8 @@ class GuestFacts:
     disks: tuple[tuple[str, str, bool, bool], ...] = ()
     # Each share as (tag, host path, mode "ro"/"rw", guest path or None): the clone's spec.
     shares: tuple[tuple[str, str, str, str | None], ...] = ()
+    # An OCI sandbox's workload (OciWorkload.to_json): a clone's agent gets its config again.
+    workload: str | None = None
 
 
 @dataclass(frozen=True)

@@ -74,4 +74,5 @@ def guest_facts(spec: VmSpec, guest_ip: IPv4Address | None) -> GuestFacts:
         has_agent=spec.boot.has_agent,
         disks=tuple((str(d.path), d.format, d.read_only, d.copy_on_write) for d in spec.disks),
         shares=tuple((s.tag, str(s.host_path), s.mode.value, s.guest_path) for s in spec.shares),
+        workload=spec.workload.to_json() if spec.workload is not None else None,
     )

@@ -15,6 +15,7 @@ from engine.kvm.cmdline import MachineSpec
 from engine.microvm.boot import LinuxDirectBoot
 from engine.microvm.disk import DiskImage
 from engine.microvm.machine_spec import machine_spec_for
+from engine.microvm.workload import OciWorkload
 from engine.microvm.share import MountMode, Share
 from engine.microvm.spec import VmSpec
 from engine.microvm.vm_files import VmFiles
@@ -121,6 +122,7 @@ class Snapshot:
             disks=tuple(DiskImage(path, format=kind, read_only=ro, copy_on_write=cow)
                         for path, kind, ro, cow in guest.disks),
             shares=self.shares(),
+            workload=OciWorkload.from_json(guest.workload) if guest.workload else None,
         )
 
     def shares(self) -> tuple[Share, ...]:

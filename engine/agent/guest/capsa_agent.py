@@ -27,17 +27,23 @@ if __package__:  # imported as engine.agent.guest.capsa_agent (mypy, the host)
     from engine.agent.guest.capsa_identity import BUSYBOX, set_identity
     from engine.agent.guest.capsa_tasks import (ForkedChild, ProcTask, ReadTask, RequestError, Task, WriteTask,
                                                 guest_path, os_error, set_winsize, tar_in_child, tar_out_child)
+    from engine.agent.guest.capsa_workload import DEFAULT_PATH, RootSwitch, WorkloadError, mount_root, resolve_user
 else:  # the guest: a script beside its sibling modules
     import wire  # type: ignore[import-not-found,no-redef]  # the same module, beside this file in the guest
     from capsa_identity import BUSYBOX, set_identity  # type: ignore[import-not-found,no-redef]  # likewise
     from capsa_tasks import (ForkedChild, ProcTask, ReadTask,  # type: ignore[import-not-found,no-redef]
                              RequestError, Task, WriteTask, guest_path, os_error, set_winsize, tar_in_child,
                              tar_out_child)
+    from capsa_workload import (DEFAULT_PATH, RootSwitch, WorkloadError,  # type: ignore[import-not-found,no-redef]
+                                mount_root, resolve_user)
 
 AGENT_VERSION = "1.0"
 PORT_WRITE = 32 << 10  # the virtio-serial driver takes at most this much per write()
 PORT_READ = 1 << 20  # the most one loop turn takes from the port
 SMALL_BODY = 16 << 10  # a frame body below this is copied into its frame: one write, not two
+# Requests served in our own system root even when an OCI workload root is set (and any request
+# with "system": the engine's own mounts); the rest see the image's root (capsa_workload.py).
+SYSTEM_REQUESTS = frozenset({"hello", "ping", "info", "identity", "shutdown", "workload"})
 PORT_BUFFER = 4 << 10  # the size of the virtio-serial driver's receive buffers (a page)
 
 
@@ -107,6 +113,8 @@ class Agent:
         self.tasks: dict[int, Task] = {}
         self.orphans: list[object] = []  # children of aborted tasks, still to be reaped
         self.closing = False
+        self.switch: RootSwitch | None = None  # set once an OCI image's root is mounted
+        self.workload: dict[str, object] | None = None  # its run config: env, cwd, user
         self.stop = False
         os.set_blocking(fd, False)
         self.wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -249,6 +257,18 @@ class Agent:
         self.orphans = [proc for proc in self.orphans if getattr(proc, "poll")() is None]
 
     def on_frame(self, frame: wire.Frame) -> None:
+        switch = self.switch
+        if switch is None or frame.type in SYSTEM_REQUESTS or frame.msg.get("system"):
+            self.serve(frame)
+            return
+        # A workload request: its paths and processes are the image's (capsa_workload.py).
+        switch.enter()
+        try:
+            self.serve(frame)
+        finally:
+            switch.leave()
+
+    def serve(self, frame: wire.Frame) -> None:
         kind, rid, msg = frame.type, frame.id, frame.msg
         if kind == "hello":
             self.reset()
@@ -289,6 +309,26 @@ class Agent:
             self.finish(rid, reply)
 
     # -- requests
+    def do_workload(self, rid: int, msg: dict[str, object]) -> dict[str, object]:
+        """Mount an OCI image's layers as the workload root (once) and take its run config."""
+        import fcntl, shutil, stat, subprocess, tarfile, termios  # noqa: F401,E401  # loaded before any chroot
+        devices = msg.get("devices")
+        if not isinstance(devices, list) or not devices or not all(isinstance(d, str) for d in devices):
+            raise RequestError("bad_request", "workload needs the layers' devices")
+        env = msg.get("env") or {}
+        cwd = msg.get("cwd") or "/"
+        user = msg.get("user") or ""
+        if not isinstance(env, dict) or not isinstance(cwd, str) or not isinstance(user, str):
+            raise RequestError("bad_request", "workload env, cwd or user has the wrong type")
+        try:
+            root = mount_root([str(d) for d in devices], cwd)
+        except (WorkloadError, OSError) as err:
+            raise RequestError("workload", f"setting up the image's root failed: {err}") from None
+        if self.switch is None:
+            self.switch = RootSwitch(root)
+        self.workload = {"env": {str(k): str(v) for k, v in env.items()}, "cwd": cwd, "user": user}
+        return {"ok": True, "root": root}
+
     def do_ping(self, rid: int, msg: dict[str, object]) -> dict[str, object]:
         return {"ok": True}
 
@@ -299,11 +339,24 @@ class Agent:
         if not argv:
             raise RequestError("bad_request", "exec of an empty command")
         env = msg.get("env")
-        full_env = dict(os.environ)
-        full_env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        workload = self.workload if self.switch is not None and self.switch.inside else None
+        full_env = dict(workload["env"]) if workload is not None else dict(os.environ)  # type: ignore[call-overload]
+        full_env.setdefault("PATH", DEFAULT_PATH)
+        user = msg.get("user") or (workload["user"] if workload is not None else "")
+        uid: int | None = None
+        gid: int | None = None
+        groups: list[int] | None = None
+        if user:
+            try:
+                uid, gid, groups, home = resolve_user(str(user))
+            except ValueError as err:
+                raise RequestError("user", str(err)) from None
+            full_env.setdefault("HOME", home)
         if isinstance(env, dict):
             full_env.update({str(k): str(v) for k, v in env.items()})
         cwd = msg.get("cwd")
+        if cwd is None and workload is not None:
+            cwd = workload["cwd"]
         if cwd is not None:
             cwd = guest_path(cwd)
             if not os.path.isdir(cwd):
@@ -325,14 +378,16 @@ class Agent:
                     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
                 proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, cwd=cwd, env=full_env,
-                                        start_new_session=True, preexec_fn=become_tty, close_fds=True)
+                                        start_new_session=True, preexec_fn=become_tty, close_fds=True,
+                                        user=uid, group=gid, extra_groups=groups)
                 os.close(slave)
                 slave = -1
                 task = ProcTask(self, rid, proc, {master: "stdout"}, master, stream=stream, max_output=max_output,
                                 timeout=float(timeout) if timeout else None, tty_fd=master)  # type: ignore[arg-type]
             else:
                 proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        cwd=cwd, env=full_env, start_new_session=True, close_fds=True)
+                                        cwd=cwd, env=full_env, start_new_session=True, close_fds=True,
+                                        user=uid, group=gid, extra_groups=groups)
                 assert proc.stdin and proc.stdout and proc.stderr
                 fds = {os.dup(proc.stdout.fileno()): "stdout", os.dup(proc.stderr.fileno()): "stderr"}
                 stdin_fd = os.dup(proc.stdin.fileno())
