@@ -13,7 +13,10 @@ SUDO=
 # mmdebstrap + erofs-utils build the sandbox image (a Debian tree in a read-only erofs file),
 # e2fsprogs formats a sandbox's scratch disk; uidmap lets a non-root mmdebstrap use --mode=unshare;
 # qemu-utils (qemu-img) writes the copy-on-write overlays of disks.
-PACKAGES=(qemu-system-x86 busybox-static lz4 python3-venv tmux binutils iproute2 mmdebstrap erofs-utils e2fsprogs uidmap qemu-utils)
+# skopeo pulls and imports OCI images; docker-registry (a real registry on loopback) and
+# apache2-utils (htpasswd, its users) are for the tests of that.
+PACKAGES=(qemu-system-x86 busybox-static lz4 python3-venv tmux binutils iproute2 mmdebstrap erofs-utils e2fsprogs uidmap qemu-utils
+	skopeo docker-registry apache2-utils)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
