@@ -59,14 +59,15 @@ async def _one(template: Snapshot, spec: engine.VmSpec, name: str) -> tuple[floa
     return restored, answered
 
 
-async def measure(boot: engine.LinuxDirectBoot, samples: int) -> list[tuple[float, float]]:
-    """``samples`` clone refills in a template store of their own (built first, untimed)."""
+async def measure(boot: engine.LinuxDirectBoot, samples: int, spec: engine.VmSpec | None = None) -> list[tuple[float, float]]:
+    """``samples`` clone refills in a template store of their own (built first, untimed), of
+    ``spec`` if given (``bench.oci``: an OCI sandbox), else the plain sandbox of ``boot``."""
     root = tempfile.mkdtemp(prefix="capsa-bench-sbclone-")
     ram = tempfile.mkdtemp(prefix="capsa-bench-sbclone-ram-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     saved = {key: os.environ.get(key) for key in (TEMPLATES_DIR_ENV, RAM_DIR_ENV)}
     os.environ[TEMPLATES_DIR_ENV], os.environ[RAM_DIR_ENV] = root, ram
     try:
-        spec = _spec(boot)
+        spec = spec or _spec(boot)
         template = await template_for(spec, boot_timeout=120)
         await _one(template, spec, "warmup")
         return [await _one(template, spec, f"clone-{i}") for i in range(samples)]

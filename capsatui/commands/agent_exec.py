@@ -8,6 +8,7 @@ a timeout (as coreutils' ``timeout`` does).
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -49,9 +50,10 @@ def timeout_outcome(err: engine.ExecTimeout, timeout: float) -> Outcome:
                    f"the command ran past its {timeout:g} s timeout; its process group was killed (status 124)")
 
 
-async def run_through_agent(agent: engine.Agent, command: str, timeout: float, stdin: bytes = b"") -> Outcome:
+async def run_through_agent(agent: engine.Agent, command: str | Sequence[str], timeout: float,
+                            stdin: bytes = b"") -> Outcome:
     """Run ``command`` (a shell line: the guest runs it through /bin/sh -c, as the console
-    would) with ``stdin`` and say what to print and exit with."""
+    would; or an argv, run as it is) with ``stdin`` and say what to print and exit with."""
     try:
         result = await agent.exec(command, timeout=timeout, stdin=stdin)
     except engine.ExecTimeout as err:

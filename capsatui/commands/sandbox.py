@@ -89,6 +89,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def add_sandbox_shape(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-p", "--package", action="append", default=[], metavar="NAME",
                         help="a Debian package the sandbox image adds to python3 (repeatable; built once, cached)")
+    parser.add_argument("--oci", metavar="IMAGE",
+                        help="run in this OCI image's root (python:3.11, REGISTRY/NAME@sha256:..., docker-archive:FILE, "
+                             "oci:DIR:TAG; pulled on first use); CMD words replace its Cmd, as with docker run")
+    parser.add_argument("--tls-verify", choices=("true", "false"), default=None,
+                        help="with --oci: false allows a plain-HTTP or self-signed registry")
     parser.add_argument("--cpus", type=int, default=1, help="virtual CPUs (default 1)")
     parser.add_argument("--memory", type=int, default=SANDBOX_MEMORY_MB, metavar="MB",
                         help=f"guest memory in MiB (default {SANDBOX_MEMORY_MB})")
@@ -121,8 +126,18 @@ def _words(args: argparse.Namespace, usage: str) -> str | None:
     return command
 
 
+def _oci_args(args: argparse.Namespace) -> list[str] | None:
+    """With --oci, the CMD words (argv, no shell: the image may have none), or None for its Cmd."""
+    words = list(args.cmd)
+    if words and words[0] == "--":
+        words = words[1:]
+    return words or None
+
+
 async def _sandbox_run(args: argparse.Namespace) -> int:
-    command = _words(args, "capsa-tui sandbox run")
+    command: str | list[str] | None
+    oci = getattr(args, "oci", None)
+    command = "" if oci else _words(args, "capsa-tui sandbox run")
     if command is None:
         return 2
     copies_in = [parse_in(spec) for spec in args.copy_in]  # bad specs fail before any boot
@@ -131,8 +146,14 @@ async def _sandbox_run(args: argparse.Namespace) -> int:
     stdin = sys.stdin.buffer.read() if args.stdin else b""
     started = time.monotonic()
     builder = apply_devices(sandbox_builder(args.package, args.cpus, args.memory), args)
+    if oci:
+        builder = builder.oci(oci, _oci_args(args), tls_verify=None if args.tls_verify is None else args.tls_verify == "true")
     async with await builder.build() as vm:
         agent = await vm.agent(_AGENT_TIMEOUT)
+        if vm.spec.workload is not None:
+            command = list(vm.spec.workload.command)
+            if not command:
+                raise engine.ConfigError(f"the image {oci} has no Entrypoint or Cmd: give the command after --")
         if args.verbose:
             _say(f"sandbox agent ready after {time.monotonic() - started:.2f} s on {vm.accel.describe()}")
         for copy in copies_in:

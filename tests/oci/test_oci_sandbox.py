@@ -4,6 +4,8 @@ mounted inside the image; and a snapshot pool of an OCI profile whose clones hol
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -131,3 +133,13 @@ async def test_a_snapshot_pool_of_an_oci_profile_hands_out_clones_in_the_image(r
     info = Snapshot.load(template).info
     assert info.guest.workload is not None and registry.app in info.guest.workload
     assert os.path.basename(info.guest.disks[0][0]).endswith(".erofs")
+
+
+def test_sandbox_run_oci_replaces_the_cmd_and_exits_with_its_status(registry: Registry) -> None:
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-m", "capsatui.cli", "sandbox", "run", "--oci", f"oci:{registry.app_layout}:1", "--",
+         "-c", "import os, sys; print(os.getcwd(), os.environ['GREETING']); sys.exit(3)"],
+        capture_output=True, timeout=600, cwd=root, stdin=subprocess.DEVNULL)
+    # Entrypoint python3 kept, the words after -- replace Cmd (docker run IMAGE ARGS).
+    assert (done.returncode, done.stdout) == (3, b"/app hello from the image\n"), done.stderr.decode()
