@@ -6,6 +6,7 @@ import sys
 
 import engine
 from capsatui.attach import attach_terminal
+from capsatui.commands import oci
 from capsatui.commands.agent_exec import emit
 from capsatui.commands.devices import add_device_args, apply_devices
 from capsatui.commands.sandbox import SANDBOX_MEMORY_MB, run_in_cold_sandbox
@@ -13,7 +14,8 @@ from capsatui.commands.words import command_words
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    image = sub.add_parser("image", help="build and inspect the guest and sandbox images, prune snapshot templates")
+    image = sub.add_parser("image", help="build and inspect the guest and sandbox images; pull, import, list "
+                                         "and export OCI images; prune caches")
     image_sub = image.add_subparsers(dest="image_command", metavar="ACTION", required=True)
     build = image_sub.add_parser(
         "build", help="build the default guest image (Debian's kernel + busybox); with BASE, also a sandbox image",
@@ -28,8 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.set_defaults(handler=lambda args: _image_build(args.force, args.base, args.package, shares=args.shares))
     info = image_sub.add_parser("info", help="show the cached images' paths, sizes and versions, and the accelerator")
     info.set_defaults(handler=lambda args: _image_info())
-    prune = image_sub.add_parser("prune", help="remove every snapshot template (and its RAM image) from the cache")
-    prune.set_defaults(handler=lambda args: _image_prune())
+    oci.register(image_sub)  # pull, import, list, rm, prune (and --templates), export
 
     vm = sub.add_parser("vm", help="run a one-off VM of the default guest")
     vm_sub = vm.add_subparsers(dest="vm_command", metavar="ACTION", required=True)
@@ -103,14 +104,6 @@ def _image_info() -> int:
                       f"{sandbox['packages']}: {sandbox['rootfs']} ({sandbox['size']}, built {sandbox['built_at']})")
     table.add_row("[bold]accelerator[/]", engine.choose_accelerator().describe())
     Console().print(table)
-    return 0
-
-
-def _image_prune() -> int:
-    removed = engine.prune_templates()
-    for directory in removed:
-        print(f"removed template {directory}")
-    print(f"{len(removed)} template(s) removed; pools build a new one when they next start")
     return 0
 
 

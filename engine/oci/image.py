@@ -19,7 +19,7 @@ class OciImage:
     config: ImageConfig
     diff_ids: tuple[str, ...]  # the layers, bottom first
     layer_files: tuple[Path, ...]  # the read-only erofs of each layer, in the same order
-    size: int  # bytes of the layers unpacked (the tars' sizes)
+    size: int  # bytes its layer files take on disk (shared layers counted in each image)
     created_at: float
 
     @property

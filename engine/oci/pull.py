@@ -30,24 +30,30 @@ _TAG = "capsa"
 
 
 def pull_image(reference: str | ImageSource, *, store: OciStore | None = None, tls_verify: bool | None = None,
-               authfile: str | Path | None = None, progress: Progress | None = None) -> OciImage:
+               authfile: str | Path | None = None, progress: Progress | None = None,
+               name: str | None = None) -> OciImage:
     """Pull ``reference`` (``python:3.11``, ``host:5000/repo@sha256:...``, or a local
-    ``docker-archive:``/``oci:``/``oci-archive:`` source) into the cache; the cached image.
+    ``docker-archive:``/``oci:``/``oci-archive:`` source) into the cache; the cached image,
+    named ``name`` if given, else by the reference (a digest-only one gets no name).
     ``tls_verify=False`` allows a plain-HTTP or self-signed registry."""
     source = parse_source(reference) if isinstance(reference, str) else reference
     store = store or OciStore()
     report = progress or (lambda line: None)
+    if isinstance(source, LocalSource):
+        # Named by where it came from, so `.oci("oci:DIR:TAG")` finds it next time; importing again refreshes it.
+        source = LocalSource(source.transport, source.path.resolve(), source.tag)
     if isinstance(source, LocalSource) and source.transport == "oci":
         if not source.path.is_dir():
             raise ImageError(f"{source.path} is not an OCI layout folder")
-        return import_layout(store, source.path, source.tag, where=str(source), names=(), progress=report)
+        return import_layout(store, source.path, source.tag, where=str(source), names=(name or str(source),),
+                             progress=report)
     scratch = store.scratch("pull")
     try:
         layout = scratch / "layout"
         report(f"fetching {source}")
         skopeo.copy(source.skopeo(), f"oci:{layout}:{_TAG}", what=source, src_tls_verify=tls_verify,
                     authfile=Path(authfile) if authfile is not None else None, progress=report)
-        names = (str(source),) if isinstance(source, ImageReference) and source.tag is not None else ()
+        names = (name,) if name else (str(source),) if isinstance(source, LocalSource) or source.tag is not None else ()
         image = import_layout(store, layout, _TAG, where=str(source), names=names, progress=report,
                               repository=source.name if isinstance(source, ImageReference) else None)
     except OSError as err:
@@ -62,12 +68,7 @@ def import_image(path: str | Path, *, store: OciStore | None = None, tag: str | 
     """Import a ``docker save`` tarball, an OCI layout folder or an OCI archive; ``tag`` names
     the imported image (as ``image pull`` would)."""
     source = source_of_path(Path(path).expanduser())
-    image = pull_image(source, store=store, progress=progress)
-    if tag is not None:
-        store = store or OciStore()
-        with store.lock():
-            image = store.write_record(image.id, image.manifest_digest, [tag], (), image.config, image.diff_ids, image.size)
-    return image
+    return pull_image(source, store=store, progress=progress, name=tag)
 
 
 def import_layout(store: OciStore, root: Path, tag: str | None, *, where: str, names: tuple[str, ...],
@@ -89,12 +90,10 @@ def import_layout(store: OciStore, root: Path, tag: str | None, *, where: str, n
         staging = store.scratch("unpack")
         try:
             built: list[tuple[str, Path]] = []
-            size = 0
             for number, (descriptor, diff_id) in enumerate(zip(manifest.layers, diff_ids), start=1):
                 label = f"layer {number}/{total} {descriptor.digest.removeprefix('sha256:')[:12]}"
                 if store.has_layer(diff_id) or any(d == diff_id for d, _ in built):
                     progress(f"{label}: already cached")
-                    size += descriptor.size
                     continue
                 progress(f"{label}: unpacking {descriptor.size / 1e6:.1f} MB")
                 tree = staging / f"tree-{number}"
@@ -115,10 +114,10 @@ def import_layout(store: OciStore, root: Path, tag: str | None, *, where: str, n
                 _make_erofs(tree, erofs, where=f"{where} {label}")
                 shutil.rmtree(tree)
                 built.append((diff_id, erofs))
-                size += unpacked.size
                 progress(f"{label}: done")
             for diff_id, erofs in built:
                 store.install_layer(diff_id, erofs)
+            size = sum(store.layer_file(diff_id).stat().st_size for diff_id in diff_ids)
             digests = (f"{repository}@{manifest.digest}",) if repository else ()
             return store.write_record(image_id, manifest.digest, names, digests, config, diff_ids, size)
         except OSError as err:

@@ -24,7 +24,7 @@ import platformdirs
 from engine.errors import ImageError
 from engine.oci.config import ImageConfig, config_from_json
 from engine.oci.image import OciImage
-from engine.oci.reference import parse_reference
+from engine.oci.reference import LocalSource, parse_reference, parse_source
 
 CACHE_ENV = "CAPSA_OCI_CACHE"
 RECORD_VERSION = 1
@@ -118,7 +118,10 @@ class OciStore:
         ``docker.io/library/python:3.11``), ``repo@sha256:...``, or an id (12+ hex digits)."""
         candidates = {name}
         try:
-            candidates.add(str(parse_reference(name)))
+            source = parse_source(name)
+            if isinstance(source, LocalSource):
+                source = LocalSource(source.transport, source.path.resolve(), source.tag)
+            candidates.add(str(source))
         except ImageError:
             pass
         bare = _hex(name)
@@ -136,7 +139,7 @@ class OciStore:
             if other.id != image_id and set(names) & set(other.names):
                 self._rewrite(other, [n for n in other.names if n not in names])
         existing = self._load(self._record_path(image_id))
-        all_names = list(dict.fromkeys([*(existing.names if existing else ()), *names]))
+        all_names = list(dict.fromkeys([*names, *(existing.names if existing else ())]))  # the newest name first
         all_digests = list(dict.fromkeys([*(existing.repo_digests if existing else ()), *repo_digests]))
         record = {"version": RECORD_VERSION, "id": image_id, "manifest_digest": manifest_digest, "names": all_names,
                   "repo_digests": all_digests, "config": config.to_json(), "diff_ids": list(diff_ids), "size": size,
