@@ -4,11 +4,13 @@ registry, a ``docker save`` tarball or an OCI archive into an OCI layout folder 
 
 skopeo keeps the conventions users already have: credentials from ``--authfile``,
 $REGISTRY_AUTH_FILE, ``${XDG_RUNTIME_DIR}/containers/auth.json`` or ``~/.docker/config.json``;
-mirrors and insecure registries from ``/etc/containers/registries.conf``; the host's platform
-chosen from a multi-architecture image.
+mirrors and insecure registries from ``/etc/containers/registries.conf`` (or the file that
+$CONTAINERS_REGISTRIES_CONF names, which skopeo 1.9 does not read itself, so we pass it on); the
+host's platform chosen from a multi-architecture image.
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -19,6 +21,7 @@ from engine.errors import ImageError
 from engine.oci.reference import ImageReference, ImageSource, LocalSource
 
 Progress = Callable[[str], None]
+REGISTRIES_CONF_ENV = "CONTAINERS_REGISTRIES_CONF"
 _BLOB = re.compile(r"Copying (blob|config) (sha256:[0-9a-f]{64}|[0-9a-f]{12})")
 
 
@@ -40,6 +43,9 @@ def copy(source: str, dest: str, *, what: ImageSource | None, src_tls_verify: bo
         argv.append(f"--dest-tls-verify={str(dest_tls_verify).lower()}")
     if authfile is not None:
         argv += ["--src-authfile", str(authfile)]
+    conf = os.environ.get(REGISTRIES_CONF_ENV)
+    if conf:
+        argv += ["--registries-conf", conf]  # skopeo 1.9 reads only /etc/containers/registries.conf by itself
     argv += [source, dest]
     try:
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -64,8 +70,6 @@ def copy(source: str, dest: str, *, what: ImageSource | None, src_tls_verify: bo
 
 def _passthrough() -> dict[str, str]:
     """The environment skopeo reads its conventions from (credentials, config, proxies)."""
-    import os
-
     names = ("HOME", "REGISTRY_AUTH_FILE", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME", "CONTAINERS_REGISTRIES_CONF",
              "CONTAINERS_CONF", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
              "DOCKER_CONFIG", "TMPDIR")
@@ -75,7 +79,7 @@ def _passthrough() -> dict[str, str]:
 def explain(stderr: str, what: ImageSource | str) -> ImageError:
     """skopeo's failure as an ImageError that names the registry, the image or the file."""
     said = " ".join(line.strip() for line in stderr.strip().splitlines()[-3:]).removeprefix("time=")
-    said = re.sub(r'^"?[0-9T:.+-]+Z?"? level=fatal msg="?', "", said).rstrip('"')
+    said = re.sub(r'^"?[0-9T:.+-]+Z?"? level=fatal msg="?', "", said).rstrip('"').replace('\\"', '"')
     lowered = stderr.lower()
     if isinstance(what, ImageReference):
         host = what.registry

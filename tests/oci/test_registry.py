@@ -88,3 +88,15 @@ def test_a_reference_that_does_not_parse_is_refused_before_any_pull(reference: s
     with pytest.raises(engine.ImageError, match="image reference"):
         pull_image(reference, store=OciStore(tmp_path / "store"))
     assert not (tmp_path / "store").exists()
+
+
+def test_a_mirror_from_registries_conf_serves_the_pull(registry: Registry, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # registries.conf's own conventions: a prefix served from another location, marked insecure
+    # (plain HTTP), so no --tls-verify is needed. skopeo reads it; we pass its variable through.
+    conf = tmp_path / "registries.conf"
+    conf.write_text(f'[[registry]]\nprefix = "mirror.invalid/team"\nlocation = "{registry.address}/test"\n'
+                    "insecure = true\n")
+    monkeypatch.setenv("CONTAINERS_REGISTRIES_CONF", str(conf))
+    image = pull_image("mirror.invalid/team/app:1", store=OciStore(tmp_path / "store"))
+    assert image.names == ("mirror.invalid/team/app:1",) and image.config.user == "app"
