@@ -35,6 +35,8 @@ OPAQUE = ".wh..wh..opq"
 OPAQUE_XATTR = "trusted.overlay.opaque"
 _XATTR_PAX = "SCHILY.xattr."
 _CHUNK = 1 << 20
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 GZIP_TYPES = ("application/vnd.oci.image.layer.v1.tar+gzip", "application/vnd.docker.image.rootfs.diff.tar.gzip",
               "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
               "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip")
@@ -81,14 +83,17 @@ class UnpackedLayer:
 def unpack_layer(blob: IO[bytes], media_type: str, dest: Path, *, where: str) -> UnpackedLayer:
     """Unpack the layer read from ``blob`` into the empty folder ``dest``; ``where`` names it
     in errors. The caller compares the digests with the manifest and the config."""
-    if media_type in GZIP_TYPES:
-        compressed = True
-    elif media_type in PLAIN_TYPES:
-        compressed = False
-    elif "zstd" in media_type:
+    if "zstd" in media_type:
         raise LayerError(f"{where} is zstd-compressed ({media_type}); only gzip and plain tar layers are supported")
-    else:
+    if media_type not in GZIP_TYPES and media_type not in PLAIN_TYPES:
         raise LayerError(f"{where} has the media type {media_type!r}, which is not an image layer")
+    # The bytes say whether it is gzipped, not the media type: skopeo's docker-archive source
+    # names its plain tar layers gzip.
+    magic = blob.read(4)
+    blob.seek(0)
+    if magic == ZSTD_MAGIC:
+        raise LayerError(f"{where} is zstd-compressed; only gzip and plain tar layers are supported")
+    compressed = magic[:2] == GZIP_MAGIC
     outer = _Hashing(blob)
     inner = _Hashing(gzip.GzipFile(fileobj=outer, mode="rb") if compressed else outer)  # type: ignore[call-overload]  # duck-typed: reads and hashes
     os.chmod(dest, 0o700)
@@ -205,6 +210,7 @@ class _Writer:
             kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK if member.isblk() else stat.S_IFIFO
             os.mknod(path, kind | stat.S_IMODE(member.mode), os.makedev(member.devmajor, member.devminor))
             os.lchown(path, member.uid, member.gid)
+            os.chmod(path, stat.S_IMODE(member.mode))  # mknod's mode went through our umask
         else:
             raise LayerError(f"{self.where}: entry {member.name!r} has a tar type this layer format does not allow")
         self._xattrs(path, member)

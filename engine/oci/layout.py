@@ -1,6 +1,8 @@
-"""Reading an OCI image layout folder (what ``skopeo copy ... oci:DIR`` writes): its index,
-the manifest for this host's platform, the config and the layer blobs, every blob checked
-against the digest and size its descriptor names. Sans-IO apart from reading the folder.
+"""Reading an image folder: an OCI image layout (``oci:DIR``: its index, the manifest for this
+host's platform) or skopeo's ``dir:`` transport (one manifest, kept byte for byte, so its digest
+is the registry's even for a Docker-format image, which an ``oci:`` copy would convert), then
+the config and the layer blobs, every blob checked against the digest and size its descriptor
+names. Sans-IO apart from reading the folder.
 """
 from __future__ import annotations
 
@@ -51,18 +53,21 @@ class Manifest:
 
 
 class Layout:
-    """An OCI image layout folder."""
+    """An OCI image layout folder, or a skopeo ``dir:`` folder (``manifest.json`` + blobs)."""
 
     def __init__(self, root: Path, where: str) -> None:
         self.root = root
         self.where = where
-        if not (root / "oci-layout").is_file() or not (root / "index.json").is_file():
+        self.flat = (root / "manifest.json").is_file() and (root / "version").is_file()  # skopeo's dir:
+        if not self.flat and (not (root / "oci-layout").is_file() or not (root / "index.json").is_file()):
             raise ImageError(f"{where}: {root} is not an OCI image layout (no oci-layout or index.json)")
 
     def blob_path(self, digest: str) -> Path:
         match = _DIGEST.match(digest)
         if match is None:
             raise ImageError(f"{self.where}: {digest!r} is not a sha256 digest")
+        if self.flat:
+            return self.root / match.group(1)
         return self.root / "blobs" / "sha256" / match.group(1)
 
     def read_json(self, descriptor: Descriptor) -> Any:
@@ -82,7 +87,16 @@ class Layout:
 
     def manifest(self, tag: str | None = None) -> Manifest:
         """The image manifest for this host's platform: the index entry tagged ``tag`` (or its only
-        entry), through an image index or manifest list if that is what it names."""
+        entry), through an image index or manifest list if that is what it names. A ``dir:``
+        folder has one manifest, ``manifest.json``, whose digest is that of its bytes."""
+        if self.flat:
+            data = (self.root / "manifest.json").read_bytes()
+            try:
+                document = json.loads(data)
+            except ValueError as err:
+                raise ImageError(f"{self.where}: manifest.json is not JSON: {err}") from None
+            media = str(document.get("mediaType", "")) if isinstance(document, dict) else ""
+            return self._of(document, Descriptor(media, "sha256:" + hashlib.sha256(data).hexdigest(), len(data)), 0)
         try:
             index = json.loads((self.root / "index.json").read_text())
         except (OSError, ValueError) as err:
@@ -102,7 +116,9 @@ class Layout:
         return self._resolve(Descriptor.of(chosen[0], f"{self.where}: index.json"), depth=0)
 
     def _resolve(self, descriptor: Descriptor, depth: int) -> Manifest:
-        document = self.read_json(descriptor)
+        return self._of(self.read_json(descriptor), descriptor, depth)
+
+    def _of(self, document: Any, descriptor: Descriptor, depth: int) -> Manifest:
         media = descriptor.media_type or (document.get("mediaType", "") if isinstance(document, dict) else "")
         if not isinstance(document, dict):
             raise ImageError(f"{self.where}: manifest {descriptor.digest} is not a JSON object")

@@ -22,11 +22,10 @@ from engine.oci.config import parse_config
 from engine.oci.image import OciImage
 from engine.oci.layer import unpack_layer
 from engine.oci.layout import Layout
-from engine.oci.reference import ImageReference, ImageSource, LocalSource, parse_source, source_of_path
+from engine.oci.reference import ImageReference, ImageSource, LocalSource, parse_reference, parse_source, source_of_path
 from engine.oci.store import OciStore
 
 Progress = Callable[[str], None]
-_TAG = "capsa"
 
 
 def pull_image(reference: str | ImageSource, *, store: OciStore | None = None, tls_verify: bool | None = None,
@@ -51,10 +50,12 @@ def pull_image(reference: str | ImageSource, *, store: OciStore | None = None, t
     try:
         layout = scratch / "layout"
         report(f"fetching {source}")
-        skopeo.copy(source.skopeo(), f"oci:{layout}:{_TAG}", what=source, src_tls_verify=tls_verify,
+        # dir:, not oci:: the manifest stays as the registry (or archive) has it, Docker format
+        # included, so the digests we record are the registry's and the image id is Docker's.
+        skopeo.copy(source.skopeo(), f"dir:{layout}", what=source, src_tls_verify=tls_verify,
                     authfile=Path(authfile) if authfile is not None else None, progress=report)
         names = (name,) if name else (str(source),) if isinstance(source, LocalSource) or source.tag is not None else ()
-        image = import_layout(store, layout, _TAG, where=str(source), names=names, progress=report,
+        image = import_layout(store, layout, None, where=str(source), names=names, progress=report,
                               repository=source.name if isinstance(source, ImageReference) else None)
     except OSError as err:
         raise _disk_error(err, store) from None
@@ -68,6 +69,8 @@ def import_image(path: str | Path, *, store: OciStore | None = None, tag: str | 
     """Import a ``docker save`` tarball, an OCI layout folder or an OCI archive; ``tag`` names
     the imported image (as ``image pull`` would)."""
     source = source_of_path(Path(path).expanduser())
+    if tag is not None:
+        parse_reference(tag)  # ImageError saying what is wrong with the name
     return pull_image(source, store=store, progress=progress, name=tag)
 
 

@@ -81,6 +81,9 @@ def explain(stderr: str, what: ImageSource | str) -> ImageError:
     said = " ".join(line.strip() for line in stderr.strip().splitlines()[-3:]).removeprefix("time=")
     said = re.sub(r'^"?[0-9T:.+-]+Z?"? level=fatal msg="?', "", said).rstrip('"').replace('\\"', '"')
     lowered = stderr.lower()
+    if "no space left on device" in lowered or "disk quota exceeded" in lowered:
+        return ImageError(f"no space left while copying {what}: free space in the image cache "
+                          f"(or set CAPSA_OCI_CACHE to a larger disk); nothing was cached\n{said}")
     if isinstance(what, ImageReference):
         host = what.registry
         if "server gave http response to https client" in lowered:

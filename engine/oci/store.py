@@ -124,20 +124,19 @@ class OciStore:
             candidates.add(str(source))
         except ImageError:
             pass
-        bare = _hex(name)
         for image in self.list_images():
-            if candidates & set(image.names) or candidates & set(image.repo_digests):
-                return image
-            if len(bare) >= 12 and all(c in "0123456789abcdef" for c in bare) and _hex(image.id).startswith(bare):
+            known = {*image.names, *map(_normal, image.names), *image.repo_digests}
+            if candidates & known or _is_id_of(name, image.id):
                 return image
         return None
 
     def write_record(self, image_id: str, manifest_digest: str, names: Sequence[str], repo_digests: Sequence[str],
                      config: ImageConfig, diff_ids: Sequence[str], size: int) -> OciImage:
         """Record an image (its layers installed); a name another image held moves to this one."""
+        moving = {_normal(n) for n in names}
         for other in self.list_images():
-            if other.id != image_id and set(names) & set(other.names):
-                self._rewrite(other, [n for n in other.names if n not in names])
+            if other.id != image_id and moving & {_normal(n) for n in other.names}:
+                self._rewrite(other, [n for n in other.names if _normal(n) not in moving])
         existing = self._load(self._record_path(image_id))
         all_names = list(dict.fromkeys([*names, *(existing.names if existing else ())]))  # the newest name first
         all_digests = list(dict.fromkeys([*(existing.repo_digests if existing else ()), *repo_digests]))
@@ -149,10 +148,12 @@ class OciStore:
         assert image is not None
         return image
 
-    def _rewrite(self, image: OciImage, names: list[str]) -> None:
+    def _rewrite(self, image: OciImage, names: list[str], repo_digests: list[str] | None = None) -> None:
         path = self._record_path(image.id)
         record = json.loads(path.read_text())
         record["names"] = names
+        if repo_digests is not None:
+            record["repo_digests"] = repo_digests
         self._write_json(path, record)
 
     def _write_json(self, path: Path, record: dict[str, object]) -> None:
@@ -161,15 +162,19 @@ class OciStore:
         os.replace(partial, path)
 
     def remove(self, name: str) -> OciImage:
-        """Untag ``name`` (an id removes the image with all its names); the image and the layers
-        no other image uses go once it has no names. ImageError if nothing has that name."""
+        """Untag ``name``; the image goes, with the layers no other image uses, once it has no
+        name left. An id (12+ hex digits, or sha256:...) removes the image with all its names,
+        a ``repo@sha256:...`` forgets that digest. ImageError if nothing has that name."""
         with self.lock():
             image = self.find(name)
             if image is None:
                 raise ImageError(f"no image named {name!r} in {self.root} (see `capsa-tui image list`)")
-            keep = [n for n in image.names if n != name and n != _normal(name)]
-            if keep and _hex(name) not in _hex(image.id):
-                self._rewrite(image, keep)
+            normal = _normal(name)
+            by_id = _is_id_of(name, image.id)
+            names = [] if by_id else [n for n in image.names if _normal(n) != normal]
+            digests = [] if by_id else [d for d in image.repo_digests if d not in (name, normal)]
+            if names:
+                self._rewrite(image, names, digests)
             else:
                 self._record_path(image.id).unlink(missing_ok=True)
                 self._drop_unused_layers()
@@ -195,6 +200,12 @@ class OciStore:
     def disk_usage(self) -> int:
         """Bytes the cache's layer files take."""
         return sum(p.stat().st_size for p in self.layers.glob("*.erofs")) if self.layers.is_dir() else 0
+
+
+def _is_id_of(name: str, image_id: str) -> bool:
+    """``name`` is ``image_id`` or a prefix of it of at least 12 hex digits."""
+    bare = _hex(name)
+    return len(bare) >= 12 and all(c in "0123456789abcdef" for c in bare) and _hex(image_id).startswith(bare)
 
 
 def _normal(name: str) -> str:

@@ -100,3 +100,16 @@ def test_a_mirror_from_registries_conf_serves_the_pull(registry: Registry, tmp_p
     monkeypatch.setenv("CONTAINERS_REGISTRIES_CONF", str(conf))
     image = pull_image("mirror.invalid/team/app:1", store=OciStore(tmp_path / "store"))
     assert image.names == ("mirror.invalid/team/app:1",) and image.config.user == "app"
+
+
+def test_a_docker_format_image_keeps_the_registrys_digest(registry: Registry, tmp_path: Path) -> None:
+    reference = f"{registry.address}/test/app-v2s2:1"
+    subprocess.run(["skopeo", "copy", "--format", "v2s2", "--dest-tls-verify=false", f"oci:{registry.app_layout}:1",
+                    f"docker://{reference}"], check=True, capture_output=True)
+    inspected = subprocess.run(["skopeo", "inspect", "--tls-verify=false", f"docker://{reference}"],
+                               capture_output=True, text=True, check=True)
+    image = pull_image(reference, store=OciStore(tmp_path / "store"), tls_verify=False)
+    # The manifest is kept as the registry serves it (no conversion to OCI on the way in).
+    assert image.manifest_digest == json.loads(inspected.stdout)["Digest"]
+    assert image.repo_digests == (f"{registry.address}/test/app-v2s2@{image.manifest_digest}",)
+    assert image.config.entrypoint == ("python3",)
