@@ -11,6 +11,7 @@ import pytest
 
 from engine.oci.store import CACHE_ENV
 from tests.oci.images import app_image, noshell_image
+from tests.oci.imports import layouts  # noqa: F401  # a fixture of the import and store tests
 from tests.oci.registry import push, running_registry
 
 
