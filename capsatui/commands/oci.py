@@ -183,15 +183,11 @@ def _rm(args: argparse.Namespace) -> int:
             failed += 1
             continue
         if any(other.id == image.id for other in store.list_images()):
-            print(f"untagged {name} (image {image.short_id} keeps {_names(_find_id(store, image.id))})")
+            print(f"untagged {name} (image {image.short_id} keeps {_names(store.find(image.id) or image)})")
         else:
             freed = max(before - store.disk_usage(), 0)
             print(f"removed image {image.short_id} ({name}); freed {_mb(freed)} of layers")
     return 2 if failed else 0
-
-
-def _find_id(store: engine.OciStore, image_id: str) -> engine.OciImage:
-    return next(image for image in store.list_images() if image.id == image_id)
 
 
 def _prune(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from engine.errors import ImageError
 from engine.oci import skopeo
@@ -55,23 +56,37 @@ def _write_blob(blobs: Path, data: bytes) -> dict[str, object]:
     return {"digest": f"sha256:{digest}", "size": len(data)}
 
 
+class _HashingWriter:
+    """A write-only file that hashes and counts what it passes to ``raw`` (the gzip blob's
+    digest is known when it is written, not by reading it back)."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        return self.raw.write(data)
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+
 def _gzip_layer(tar: Path, blobs: Path, level: int) -> tuple[dict[str, object], str]:
     """The gzip blob of the tar at ``tar``: its descriptor and the tar's own digest (diff_id)."""
     raw = hashlib.sha256()
     partial = blobs / f".layer-{os.getpid()}"
     with open(tar, "rb") as source, open(partial, "wb") as out:
-        with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=level, mtime=0) as packed:
+        blob = _HashingWriter(out)
+        with gzip.GzipFile(fileobj=blob, mode="wb", compresslevel=level, mtime=0) as packed:
             while chunk := source.read(_CHUNK):
                 raw.update(chunk)
                 packed.write(chunk)
-    digest = hashlib.sha256()
-    with open(partial, "rb") as done:
-        while chunk := done.read(_CHUNK):
-            digest.update(chunk)
-    final = blobs / digest.hexdigest()
-    os.replace(partial, final)
-    return ({"mediaType": LAYER_TYPE, "digest": f"sha256:{digest.hexdigest()}", "size": final.stat().st_size},
-            f"sha256:{raw.hexdigest()}")
+    digest = blob.digest.hexdigest()
+    os.replace(partial, blobs / digest)
+    return ({"mediaType": LAYER_TYPE, "digest": f"sha256:{digest}", "size": blob.size}, f"sha256:{raw.hexdigest()}")
 
 
 def write_layout(dest: Path, layers: Sequence[Path], config: RunConfig, *, tag: str = "latest",
