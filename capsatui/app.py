@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from textual.app import App
 from textual.binding import Binding
@@ -18,6 +18,9 @@ from capsatui.hub import Hub, make_hub
 from capsatui.palette import ActionCommands, Command
 from capsatui.screens.dashboard import ACTIONS, DashboardScreen
 from capsatui.screens.help import HelpScreen, key_label
+
+if TYPE_CHECKING:
+    from capsatui.contexts import Context
 
 # (key, action, label, description) of the app-wide bindings; see ACTIONS for the dashboard's.
 APP_ACTIONS: list[tuple[str, str, str, str]] = [
@@ -55,16 +58,16 @@ class CapsaApp(App[None]):
     BINDINGS = [Binding(key, action, label) for key, action, label, _ in APP_ACTIONS]
     COMMANDS = App.COMMANDS | {DashboardCommands}
 
-    def __init__(self, hub: Hub | None = None, autostart: str | Sequence[str] | None = "default") -> None:
+    def __init__(self, hub: Hub | None = None, autostart: str | Sequence[str] | None = "default",
+                 hosts: Sequence[Context] = ()) -> None:
         super().__init__()
-        self.hub = hub if hub is not None else make_hub()
+        self.hub = hub if hub is not None else make_hub(hosts)
         names = [autostart] if isinstance(autostart, str) else list(autostart or [])
         self.dashboard = DashboardScreen(self.hub, names[0] if names else None)
         self._start_more = names[1:]  # the dashboard starts the first; the app the others
 
     def on_mount(self) -> None:
-        socket = getattr(self.hub, "socket_path", None)
-        self.sub_title = f"attached to serve at {socket}" if self.hub.mode == "service" else "in-process"
+        self.sub_title = "in-process" if self.hub.mode == "local" else f"attached to serve at {self.hub.where}"
         self.push_screen(self.dashboard)
         if self._start_more:
             self.run_worker(self._autostart_more(), group="autostart", exit_on_error=False)
@@ -107,7 +110,8 @@ class CapsaApp(App[None]):
 
     async def action_quit(self) -> None:
         # Close before exit: pools belong to this event loop, which ends with the app.
-        self.notify("stopping every pool…")
+        attached = self.hub.mode != "local"
+        self.notify("leaving the serve: its pools run on, your VMs go back" if attached else "stopping every pool…")
         await self.hub.close()
         self.exit()
 
@@ -115,7 +119,7 @@ class CapsaApp(App[None]):
         await self.hub.close()  # idempotent; covers ctrl+c and run_test's exit
 
 
-def run_app(autostart: str | Sequence[str] | None = "default") -> int:
-    """Run the app in this terminal until the user quits."""
-    CapsaApp(autostart=autostart).run()
+def run_app(autostart: str | Sequence[str] | None = "default", hosts: Sequence[Context] = ()) -> int:
+    """Run the app in this terminal until the user quits; ``hosts`` are the serves to attach to."""
+    CapsaApp(autostart=autostart, hosts=hosts).run()
     return 0

@@ -12,9 +12,9 @@ import sys
 from collections.abc import Sequence
 
 import engine
-from capsatui.commands import pool, profiles, sandbox, vm
+from capsatui.commands import context, pool, profiles, sandbox, serve, vm
 
-COMMAND_MODULES = [vm, profiles, pool, sandbox]
+COMMAND_MODULES = [vm, profiles, serve, pool, sandbox, context]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -22,6 +22,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="capsa-tui",
         description="A terminal workstation for running untrusted or throwaway code in Linux microVMs.",
     )
+    parser.add_argument("--host", action="append", metavar="HOST", default=None,
+                        help="a context name or ssh://user@host, unix:///path, local; repeat for several hosts "
+                             "(default: $CAPSA_HOST, else the current context)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMAND_MODULES:
         module.register(sub)
@@ -36,10 +39,13 @@ def _run_app(args: argparse.Namespace | None = None) -> int:
     # Imported here so the plain sub-commands never pay for loading Textual.
     from capsatui.app import run_app
 
+    from capsatui.contexts import resolve_host
+
+    hosts = resolve_host(getattr(args, "host", None))
     start = getattr(args, "start", None)
     if start is None:
-        return run_app()
-    return run_app([name.strip() for name in start.split(",") if name.strip()])
+        return run_app(hosts=hosts)
+    return run_app([name.strip() for name in start.split(",") if name.strip()], hosts=hosts)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

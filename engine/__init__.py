@@ -19,6 +19,7 @@ from engine.lazy import lazy_package
 if TYPE_CHECKING:
     from engine.microvm.boot import LinuxDirectBoot, default_boot
     from engine.agent.client import Agent
+    from engine.agent.like import AgentLike
     from engine.agent.process import AgentProcess
     from engine.agent.results import AgentInfo, DirEntry, ExecResult, FileStat
     from engine.console.console import CommandResult, Console, ConsoleReader, ConsoleWriter
@@ -77,11 +78,20 @@ if TYPE_CHECKING:
     from engine.profile.schema import ProfileError, ProfileIssue
     from engine.profile.store import find_profile, load_profile, load_profiles, profile_dirs, save_profile
     from engine.profile.parse import BootChoice, Profile, parse_profile
+    from engine.service.address import ServiceAddress, address_from_env
     from engine.service.client import ServiceClient
     from engine.service.errors import ServiceError, ServiceUnavailable, ServiceVersionError
+    from engine.atomic_file import replace_file
+    from engine.logevent import log_event
+    from engine.service.flows import FlowFilter
+    from engine.service.remote_agent import RemoteAgent
+    from engine.service.registry import PoolRegistry
+    from engine.service.watches import FlowWatch, PoolWatch
     from engine.service.paths import service_socket_path
     from engine.service.remote import remote_console
     from engine.service.server import PoolServer
+    from engine.service.stdio import relay_stdio
+    from engine.service.transport import Link, open_link
     from engine.snapshot.snapshot import Snapshot
     from engine.snapshot.clone import vm_from_snapshot
     from engine.snapshot.store import prune_templates

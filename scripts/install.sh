@@ -15,8 +15,10 @@ SUDO=
 # qemu-utils (qemu-img) writes the copy-on-write overlays of disks.
 # skopeo pulls and imports OCI images; docker-registry (a real registry on loopback) and
 # apache2-utils (htpasswd, its users) are for the tests of that.
+# openssh-server: the tests of the remote pool service (ssh://) run their own throwaway sshd on
+# loopback (tests/service/sshd.py); the system's sshd is not wanted, so it is not started (below).
 PACKAGES=(qemu-system-x86 busybox-static lz4 python3-venv tmux binutils iproute2 mmdebstrap erofs-utils e2fsprogs uidmap qemu-utils
-	skopeo docker-registry apache2-utils)
+	skopeo docker-registry apache2-utils openssh-server)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -28,7 +30,28 @@ if [ ${#missing[@]} -gt 0 ] || ! compgen -G "/var/lib/apt/lists/*_Packages*" >/d
 fi
 if [ ${#missing[@]} -gt 0 ]; then
 	echo "installing Debian packages: ${missing[*]}"
-	$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+	# Installing openssh-server would start a system sshd on port 22 as a side effect: a
+	# policy-rc.d that answers 101 ("action forbidden") keeps invoke-rc.d from starting any
+	# service during this install. One already there (a container's) is left as it is.
+	policy=/usr/sbin/policy-rc.d
+	own_policy=
+	if [ ! -e "$policy" ]; then
+		printf '#!/bin/sh\n# written by capsa-tui scripts/install.sh for one apt-get install\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+		own_policy=1
+		trap '$SUDO rm -f "$policy"' EXIT  # also when the install is interrupted
+		$SUDO chmod 755 "$policy"
+	fi
+	status=0
+	$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || status=$?
+	if [ -n "$own_policy" ]; then
+		$SUDO rm -f "$policy"
+		trap - EXIT
+	fi
+	[ "$status" = 0 ] || exit "$status"
+	# ...and keep it from starting at the next boot, when this install is what brought it.
+	if [[ " ${missing[*]} " == *" openssh-server "* ]] && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+		$SUDO systemctl disable --now ssh.service ssh.socket >/dev/null 2>&1 || true
+	fi
 fi
 
 if [ ! -x .venv/bin/python ]; then

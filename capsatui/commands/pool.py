@@ -1,8 +1,7 @@
-"""``capsa-tui serve``, ``capsa-tui pool ...`` and ``capsa-tui run``: warm pools as a service.
+"""``capsa-tui pool ...`` and ``capsa-tui run``: the warm pools of a ``capsa-tui serve``.
 
-``serve`` boots the profiles' pools and serves them on a private Unix socket until SIGINT or
-SIGTERM; ``pool status`` and ``pool attach`` talk to it; ``run`` takes a warm VM from it when it
-holds the profile's pool and boots a cold VM in-process otherwise.
+``pool status`` and ``pool attach`` talk to a serve (``capsatui.commands.serve``); ``run`` takes a
+warm VM from it when it holds the profile's pool and boots a cold VM in-process otherwise.
 """
 from __future__ import annotations
 
@@ -16,17 +15,14 @@ from typing import Any
 
 import engine
 from capsatui.attach import attach_terminal
-from capsatui.commands.agent_exec import Outcome, emit, run_through_agent
+from capsatui.commands.agent_exec import Outcome, emit, outcome_of, run_through_agent, timeout_outcome
+from capsatui.commands.target import connect_service
 from capsatui.commands.words import command_words
 
 _READY_TIMEOUT = 120.0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    serve = sub.add_parser("serve", help="keep pools of VMs warm and serve them on a Unix socket")
-    serve.add_argument("profiles", nargs="*", metavar="PROFILE", help="profiles whose pools to serve (default: default)")
-    serve.set_defaults(handler=_serve)
-
     pool = sub.add_parser("pool", help="inspect the pools a running 'capsa-tui serve' holds")
     pool_sub = pool.add_subparsers(dest="pool_command", metavar="ACTION", required=True)
     status = pool_sub.add_parser("status", help="each pool's VMs and counters")
@@ -40,10 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     run = sub.add_parser(
         "run", help="run CMD in a VM of PROFILE (warm from 'serve' if it runs), exit with its status",
-        description="A cold VM whose guest runs the agent (a sandbox) runs CMD through it: stdout and stderr "
-                    "apart, as bytes; status 128+N after signal N, 124 after --timeout. Other VMs, and every "
-                    "warm VM from 'capsa-tui serve' (its protocol reaches consoles only, not agents: issue 17), "
-                    "run CMD in the console's shell, stdout and stderr mixed.",
+        description="A VM whose guest runs the agent (a sandbox), cold or warm from 'capsa-tui serve', runs CMD "
+                    "through it: stdout and stderr apart, as bytes; status 128+N after signal N, 124 after "
+                    "--timeout. Other VMs run CMD in the console's shell, stdout and stderr mixed.",
     )
     run.add_argument("profile", metavar="PROFILE", help="the profile (and pool) to take the VM from")
     _add_run_options(run)
@@ -79,90 +74,27 @@ def _say(text: str) -> None:
     print(f"capsa-tui: {text}", file=sys.stderr, flush=True)
 
 
-# -- serve ---------------------------------------------------------------------------------------
-
-
-async def _serve(args: argparse.Namespace) -> int:
-    names = list(dict.fromkeys(args.profiles or ["default"]))
-    profiles = [engine.find_profile(name) for name in names]
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    pools: list[engine.VmPool] = []
-    try:
-        async with engine.PoolServer() as server:
-            print(f"capsa-tui serve: listening on {server.path}", flush=True)
-            try:
-                if await _until_stopped(_build_pools(profiles, server, pools), stop):
-                    print("capsa-tui serve: all pools warm; Ctrl-C stops", flush=True)
-                    await stop.wait()
-            finally:
-                await server.close()  # drops clients first: their VMs go back to the pools
-                await asyncio.gather(*(pool.close() for pool in pools), return_exceptions=True)
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
-    print("capsa-tui serve: stopped", flush=True)
-    return 0
-
-
-async def _until_stopped(work: Any, stop: asyncio.Event) -> bool:
-    """Run ``work`` unless ``stop`` is set first (then cancel it); True if it finished."""
-    task = asyncio.ensure_future(work)
-    stopper = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait([task, stopper], return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopper.cancel()
-        if not task.done():
-            task.cancel()
-            await asyncio.wait([task])
-    if task.cancelled():
-        return False
-    task.result()  # a failed build is the command's error
-    return True
-
-
-async def _build_pools(profiles: Sequence[engine.Profile], server: engine.PoolServer, pools: list[engine.VmPool]) -> None:
-    async def build(profile: engine.Profile) -> None:
-        pool = await profile.pool_builder().build(profile.size)
-        pools.append(pool)
-        server.add_pool(pool)
-        print(f"capsa-tui serve: pool {pool.name}: {pool.size} VMs warm (at most {pool.max_size})", flush=True)
-
-    try:
-        async with asyncio.TaskGroup() as group:  # one failure cancels the other builds
-            for profile in profiles:
-                group.create_task(build(profile))
-    except BaseExceptionGroup as group:
-        errors = [err for err in group.exceptions if isinstance(err, engine.EngineError)]
-        if errors:
-            raise errors[0] from None
-        raise
-
-
 # -- pool status ---------------------------------------------------------------------------------
 
 
-async def _connect() -> engine.ServiceClient | None:
+async def _connect(args: argparse.Namespace) -> engine.ServiceClient | None:
     try:
-        return await engine.ServiceClient.connect()
+        return await connect_service(args)
     except engine.ServiceUnavailable as err:
         _say(f"{err}; start one with 'capsa-tui serve'")
         return None
 
 
 async def _status(args: argparse.Namespace) -> int:
-    client = await _connect()
+    client = await _connect(args)
     if client is None:
         return 1
     async with client:
         pools = await client.status()
     if args.json:
-        print(json.dumps({"socket": str(client.path), "pools": pools}, indent=2))
+        print(json.dumps({"socket": client.where, "host": client.host, "pools": pools}, indent=2))
     else:
-        _print_status(str(client.path), pools)
+        _print_status(f"{client.where} ({client.host})", pools)
     return 0
 
 
@@ -203,7 +135,7 @@ def _print_status(socket_path: str, pools: list[dict[str, Any]]) -> None:
 
 
 async def _attach(args: argparse.Namespace) -> int:
-    client = await _connect()
+    client = await _connect(args)
     if client is None:
         return 1
     async with client:
@@ -229,6 +161,8 @@ async def _run(args: argparse.Namespace) -> int:
         print("capsa-tui run: give the command after --, e.g. capsa-tui run default -v -- uname -a", file=sys.stderr)
         return 2
     result = await _run_warm(args, command)
+    if isinstance(result, Outcome):
+        return emit(result)
     if result is None:
         cold = await _run_cold(args, command)
         if isinstance(cold, Outcome):
@@ -239,21 +173,38 @@ async def _run(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
-async def _run_warm(args: argparse.Namespace, command: str) -> engine.CommandResult | None:
-    """The command's result from a serve's pool, or None when no serve holds that pool."""
+async def _run_warm(args: argparse.Namespace, command: str) -> engine.CommandResult | Outcome | None:
+    """The command's result from a serve's pool, or None when no serve holds that pool.
+
+    Through the VM's agent when it has one (stdout and stderr apart), else its console's shell.
+    """
     try:
-        client = await engine.ServiceClient.connect()
+        client = await connect_service(args)
     except engine.ServiceUnavailable:
         return None
     async with client:
         if args.profile not in client.pools:
             if args.verbose:
-                _say(f"the serve on {client.path} holds no pool {args.profile!r}; booting a cold VM")
+                _say(f"the serve on {client.where} holds no pool {args.profile!r}; booting a cold VM")
             return None
-        if args.verbose:
-            _say(f"a warm VM of pool {args.profile!r} from the serve on {client.path}, through its console "
-                 "(serve carries no agent access yet)")
-        return await client.run(args.profile, command, timeout=args.timeout, reserve_timeout=args.timeout)
+        vm_id = await client.reserve(args.profile, timeout=args.timeout)
+        try:
+            try:
+                result = await client.agent_exec(vm_id, command, timeout=args.timeout)
+            except engine.ExecTimeout as err:
+                return timeout_outcome(err, args.timeout)
+            except engine.ServiceError as err:
+                if err.kind != "AgentUnavailable":
+                    raise
+            else:
+                if args.verbose:
+                    _say(f"a warm VM of pool {args.profile!r} from the serve on {client.where}, through its agent")
+                return outcome_of(result)
+            if args.verbose:
+                _say(f"a warm VM of pool {args.profile!r} from the serve on {client.where}, through its console")
+            return await client.exec(vm_id, command, timeout=args.timeout)
+        finally:
+            await client.release(vm_id)
 
 
 async def _run_cold(args: argparse.Namespace, command: str) -> engine.CommandResult | Outcome:

@@ -44,6 +44,7 @@ class Hub(ABC):
 
     mode: str = "local"
     accel: str = ""
+    where: str = "this host"  # where the pools run, for titles and messages
     agent_gap: str | None = None  # why this hub cannot reach a VM's agent, if it cannot
 
     def __init__(self) -> None:
@@ -86,7 +87,12 @@ class Hub(ABC):
     @abstractmethod
     def policy(self, name: str) -> engine.NetworkPolicy | None: ...
     @abstractmethod
-    def set_policy(self, name: str, policy: engine.NetworkPolicy) -> None: ...
+    async def set_policy(self, name: str, policy: engine.NetworkPolicy) -> None:
+        """Apply ``policy`` to pool ``name`` (new flows follow it; a stopped pool starts with it)."""
+    @abstractmethod
+    async def save_policy(self, name: str, policy: engine.NetworkPolicy) -> engine.Profile:
+        """Write ``policy`` into profile ``name``'s YAML (comments kept; a bundled profile becomes
+        a user copy; a profile without a network gets ``user_nat``); the saved profile."""
     @abstractmethod
     def flow_events(self) -> AsyncIterator[engine.FlowEvent]: ...
     @abstractmethod

@@ -15,11 +15,10 @@ from pathlib import Path
 
 import engine
 from capsatui.hub.base import HISTORY, Hub, PoolState
+from capsatui.hub.flows import BACKLOG, FlowFanout
 
 log = logging.getLogger(__name__)
 
-BACKLOG = 2000  # flow events kept for a freshly opened flow log
-_SUBSCRIBER_QUEUE = 1000
 
 
 @dataclass
@@ -60,8 +59,7 @@ class LocalHub(Hub):
         self._hist_idle: dict[str, deque[int]] = {}
         self._hist_boot: dict[str, deque[float]] = {}
         self._reserved: dict[str, tuple[str, engine.ReservedVm]] = {}
-        self._backlog: deque[engine.FlowEvent] = deque(maxlen=BACKLOG)
-        self._queues: list[asyncio.Queue[engine.FlowEvent | None]] = []
+        self._flows = FlowFanout()
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._closed = False
 
@@ -258,7 +256,7 @@ class LocalHub(Hub):
             self._reserved.pop(vm.id, None)
             self._changed()
 
-    def set_policy(self, name: str, policy: engine.NetworkPolicy) -> None:
+    async def set_policy(self, name: str, policy: engine.NetworkPolicy) -> None:
         run = self._pools.get(name)
         if run is not None and run.pool is not None:
             run.pool.set_policy(policy)
@@ -268,6 +266,17 @@ class LocalHub(Hub):
                 raise engine.ConfigError(f"profile {name!r} has no network: its profile needs network mode user_nat")
             self._policies[name] = policy  # applied when the pool starts
         self._changed()
+
+    async def save_policy(self, name: str, policy: engine.NetworkPolicy) -> engine.Profile:
+        profile = self._profiles.get(name)
+        if profile is None:
+            raise engine.ConfigError(f"no profile named {name!r} to save to")
+        updates: dict[str, object] = {"network.policy": policy.to_dict()}
+        if not isinstance(profile.network, engine.UserNatConfig):
+            updates["network.mode"] = "user_nat"  # a policy needs a network to apply to
+        saved = await asyncio.to_thread(engine.save_profile, profile, updates)
+        await self.reload_profiles()
+        return self._profiles.get(name, saved)
 
     # ----- flow events -----------------------------------------------------------------------
 
@@ -284,24 +293,13 @@ class LocalHub(Hub):
 
     async def _pump(self, events: AsyncIterator[engine.FlowEvent]) -> None:
         async for event in events:
-            self._backlog.append(event)
-            for queue in self._queues:
-                if queue.full():  # a slow reader loses its oldest events, never slows the VMs
-                    queue.get_nowait()
-                queue.put_nowait(event)
+            self._flows.publish(event)
 
     def recent_events(self) -> list[engine.FlowEvent]:
-        return list(self._backlog)
+        return list(self._flows.backlog)
 
-    async def flow_events(self) -> AsyncIterator[engine.FlowEvent]:
-        queue: asyncio.Queue[engine.FlowEvent | None] = asyncio.Queue(_SUBSCRIBER_QUEUE)
-        self._queues.append(queue)
-        try:
-            while (event := await queue.get()) is not None:
-                yield event
-        finally:
-            with contextlib.suppress(ValueError):
-                self._queues.remove(queue)
+    def flow_events(self) -> AsyncIterator[engine.FlowEvent]:
+        return self._flows.subscribe()
 
     # ----- closing ---------------------------------------------------------------------------
 
@@ -319,10 +317,7 @@ class LocalHub(Hub):
             task.cancel()
         if self._watchers:
             await asyncio.wait(list(self._watchers.values()))
-        for queue in self._queues:
-            if queue.full():
-                queue.get_nowait()  # room for the end marker: readers must see the end
-            queue.put_nowait(None)
+        self._flows.close()
         self._changed()
 
 

@@ -1,27 +1,28 @@
-"""ServiceHub: the app's hub over a running ``capsa-tui serve`` (``engine.ServiceClient``).
+"""ServiceHub: the app's hub over a running ``capsa-tui serve``, on this host or over ssh.
 
-Start-up stays fast: :func:`capsatui.hub.make_hub` only probes the socket synchronously (a
-Unix-socket connect answers at once: accepted, refused or missing) and builds a
-:class:`ServiceHub` without talking to it. The real client connects on the app's own event loop
-in :meth:`ServiceHub.reload_profiles`, which the dashboard calls when it mounts; from then on a
-poll task asks the server for ``status`` every :data:`POLL_S` seconds and tells subscribers only
-when something other than the members' ages changed.
+Start-up stays fast: :func:`capsatui.hub.make_hub` only probes a local socket synchronously and
+builds a :class:`ServiceHub` without talking to it. The client connects on the app's own event
+loop in :meth:`ServiceHub.reload_profiles`, which the dashboard calls when it mounts. From then
+on nothing polls: the serve pushes every pool's state after each change (protocol v2's
+``watch_pools``), its profiles come as their own YAML (parsed here, so the dashboard and the
+policy editor see the very profile the serve runs), and its flow events arrive through one
+``watch_flows`` that this hub fans out to every open flow log.
 
-A reserved VM's console is the engine's own ``Console`` over a service attachment
-(``engine.remote_console``): ``login``, ``wait_for`` and ``run`` behave as on a local VM.
+Everything the local hub does works attached: start, stop and resize a pool; apply a policy to
+a running pool and save it to the serve's profile file (its comments kept); reserve a VM, open
+its console, run commands through its agent (``engine.RemoteAgent``).
 
-Gaps of protocol v1 (documented, not hidden):
-
-* the pools belong to the serve: ``start_pool`` of a served pool is a no-op (it already runs),
-  anything else, ``stop_pool`` and ``resize`` raise :class:`engine.ConfigError`;
-* there are no flow events over the wire: ``flow_events`` ends at once, ``recent_events`` is empty;
-* the policy is read-only (the local profile's of the same name); ``set_policy`` raises.
+When the link drops (the serve stopped, the ssh connection broke) the hub says so on its row
+and reconnects every :data:`RETRY_S` seconds with the session's token: VMs the serve held for
+us through its grace period come back (their consoles reopen on the next look), the others are
+marked lost.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import functools
+import logging
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import fields
@@ -30,9 +31,12 @@ from typing import Any
 
 import engine
 from capsatui.hub.base import HISTORY, Hub, PoolState
+from capsatui.hub.flows import FlowFanout
 
-POLL_S = 0.5
-NOT_HERE = "the pools belong to `capsa-tui serve`; start/stop them there"
+log = logging.getLogger(__name__)
+
+RETRY_S = 1.0  # seconds between reconnection attempts
+CONNECT_TIMEOUT = 15.0  # an ssh link takes a while to come up
 
 
 @functools.cache
@@ -45,8 +49,8 @@ def _member(m: dict[str, Any]) -> engine.PoolMember:
     return engine.PoolMember(m["id"], m["state"], m["pid"], float(m["age_s"]))
 
 
-NO_AGENT_OVER_SERVE = ("no agent over 'capsa-tui serve' yet: its protocol reaches a served VM's console only "
-                       "(issue 17), so commands run in the console's shell")
+def _trust_paths(_path: Path) -> bool:
+    return True  # the profile's files are on the serve's host: it checked them, we cannot
 
 
 class ServiceVm:
@@ -66,88 +70,169 @@ class ServiceVm:
         return member.pid if member is not None else None
 
     def status(self) -> str:
+        if self.lost is not None:
+            return "lost"
         member = self._hub.member(self.pool_name, self.id)
         return member.state if member is not None else "gone"
 
     async def console(self) -> engine.Console:
-        """The VM's console (one writable attachment per VM, shared by every reopen)."""
+        """The VM's console (one writable attachment per VM, shared by every reopen; a new one
+        after the link came back)."""
         if self.open_console is None or self.open_console.closed:
             client = self._hub.require_client()
             self.open_console = await engine.remote_console(client, self.id, from_start=True, write=True)
         return self.open_console
 
-    has_agent = False  # the service protocol carries consoles only (issue 17)
+    @property
+    def has_agent(self) -> bool:
+        return bool(self._hub.pool_has_agent(self.pool_name))
 
-    async def agent(self) -> engine.Agent:
-        raise engine.AgentUnavailable(NO_AGENT_OVER_SERVE)
+    async def agent(self) -> engine.AgentLike:
+        if not self.has_agent:
+            raise engine.AgentUnavailable(f"pool {self.pool_name!r} runs no guest agent (not a sandbox)")
+        return engine.RemoteAgent(self._hub.require_client(), self.id)
 
     async def release(self) -> None:
         await self._hub.release(self)
 
 
 class ServiceHub(Hub):
-    """The pools of a running ``capsa-tui serve``; see the module docstring for what it cannot do."""
+    """The pools of a running ``capsa-tui serve`` at ``address``; ``label`` names it on screen."""
 
-    def __init__(self, socket_path: Path | str) -> None:
+    def __init__(self, address: engine.ServiceAddress | Path | str, label: str | None = None) -> None:
         super().__init__()
         self.mode = "service"
-        self.agent_gap = NO_AGENT_OVER_SERVE
-        self.socket_path = Path(socket_path)
-        self.accel = self.accel_name = "serve's"  # the serve chose it; protocol v1 does not say
+        self.address = address if isinstance(address, engine.ServiceAddress) else \
+            engine.ServiceAddress(kind="unix", path=Path(address))
+        self.socket_path = self.address.path  # None for ssh (and for the default local socket)
+        self.where = label or self.address.describe()
+        self.accel = self.accel_name = "serve's"  # until the hello says which
         self._client: engine.ServiceClient | None = None
+        self._session: str | None = None
         self._error: str | None = None
-        self._pools: dict[str, dict[str, Any]] = {}
+        self._states: dict[str, dict[str, Any]] = {}
         self._profiles: dict[str, engine.Profile] = {}
         self._hist_idle: dict[str, deque[int]] = {}
         self._hist_boot: dict[str, deque[float]] = {}
         self._created: dict[str, int] = {}
         self._reserved: dict[str, ServiceVm] = {}
-        self._poller: asyncio.Task[None] | None = None
-        self._last: list[tuple[dict[str, Any], list[tuple[Any, Any, Any]]]] | None = None
+        self._flows = FlowFanout()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._connecting: asyncio.Task[None] | None = None
         self._closed = False
 
+    # -- the link ----------------------------------------------------------------------------
+
     async def connect(self) -> None:
-        """Connect (once) and start polling; errors are shown as the hub's error row."""
+        """Connect (once; while the link is down, the reconnect loop does it again)."""
         if self._client is not None or self._closed:
             return
+        if self._connecting is None or self._connecting.done():
+            self._connecting = asyncio.create_task(self._connect_once(), name="service-hub-connect")
+        await asyncio.shield(self._connecting)
+
+    async def _connect_once(self) -> None:
         try:
-            self._client = await engine.ServiceClient.connect(self.socket_path, timeout=2.0)
+            client = await engine.ServiceClient.connect(self.address, CONNECT_TIMEOUT, resume=self._session)
         except engine.ServiceError as err:
             self._error = str(err)
             self._changed()
+            self._spawn(self._reconnect(), "service-hub-reconnect")
             return
-        self._error = None
-        await self._poll_once()
-        self._poller = asyncio.create_task(self._poll(), name="service-hub-poll")
+        await self._attached(client)
+
+    async def _attached(self, client: engine.ServiceClient) -> None:
+        resumed = set(client.resumed)
+        self._client, self._session, self._error = client, client.session, None
+        self.accel = self.accel_name = client.accel or "serve's"
+        for vm in self._reserved.values():
+            if vm.id in resumed:
+                vm.lost = None  # held by the serve through its grace period: ours again
+            elif vm.lost is None:
+                vm.lost = "released by the serve while the link was down (its grace period ended)"
+        try:
+            await self._read_profiles(await client.profiles())
+            watch = await client.watch_pools()
+            first = await asyncio.wait_for(watch.next(-1), CONNECT_TIMEOUT)  # states() is whole from here on
+            if first is not None:
+                self._take_states(first)
+            if self._flows.readers:
+                await self._start_flows(client)
+        except (engine.ServiceError, TimeoutError) as err:
+            await self._lost(client, str(err) or "the serve sent no pool state")
+            return
+        self._spawn(self._follow(client, watch), "service-hub-pools")
+
+    async def _follow(self, client: engine.ServiceClient, watch: engine.PoolWatch) -> None:
+        seen = watch.version
+        while (states := await watch.next(seen)) is not None:
+            seen = watch.version
+            self._take_states(states)
+        await self._lost(client, watch.ended or "the serve closed the connection")
+
+    async def _lost(self, client: engine.ServiceClient, reason: str) -> None:
+        if self._client is not client or self._closed:
+            return
+        self._client = None
+        self._error = f"lost the serve at {self.where}: {reason}; reconnecting"
+        for vm in self._reserved.values():
+            vm.open_console = None  # its attachment ended with the link
+        self._changed()
+        with contextlib.suppress(engine.ServiceError):
+            await client.close()
+        self._spawn(self._reconnect(), "service-hub-reconnect")
+
+    async def _reconnect(self) -> None:
+        while not self._closed and self._client is None:
+            await asyncio.sleep(RETRY_S)
+            try:
+                client = await engine.ServiceClient.connect(self.address, CONNECT_TIMEOUT, resume=self._session)
+            except engine.ServiceError as err:
+                self._error = f"cannot reach the serve at {self.where}: {err}; retrying"
+                self._changed()
+                continue
+            await self._attached(client)
+            return
 
     def require_client(self) -> engine.ServiceClient:
         if self._client is None:
-            raise engine.ServiceUnavailable(self._error or f"not connected to the serve at {self.socket_path}")
+            raise engine.ServiceUnavailable(self._error or f"not connected to the serve at {self.where}")
         return self._client
 
-    async def _poll(self) -> None:
-        while True:
-            await asyncio.sleep(POLL_S)
-            try:
-                await self._poll_once()
-            except engine.ServiceError as err:  # the serve went away: say so and stop polling
-                self._error = f"lost the serve at {self.socket_path}: {err}"
-                self._pools.clear()
-                for vm in self._reserved.values():
-                    vm.lost = "the serve went away"
-                self._changed()
-                return
+    def _spawn(self, work: Any, name: str) -> None:
+        task = asyncio.create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
-    async def _poll_once(self) -> None:
-        pools = await self.require_client().status()
-        # Ages change every poll: leave them out of the comparison so an idle serve costs nothing.
-        key = [(p, [(m["id"], m["state"], m["pid"]) for m in p.get("members", [])]) for p in
-               ({k: v for k, v in pool.items() if k != "members"} for pool in pools)]
-        self._pools = {str(p["name"]): p for p in pools}
-        if key == self._last:
-            return
-        self._last = key
-        for name, raw in self._pools.items():
+    # -- state -------------------------------------------------------------------------------
+
+    async def _read_profiles(self, reply: dict[str, Any]) -> None:
+        profiles = {}
+        for item in reply.get("profiles", []):
+            profile = self._parse_profile(item)
+            if profile is not None:
+                profiles[profile.name] = profile
+        self._profiles = profiles
+        self._changed()
+
+    def _parse_profile(self, item: dict[str, Any]) -> engine.Profile | None:
+        text, path = item.get("text"), item.get("path")
+        if not isinstance(text, str):
+            return None
+        where = Path(path) if isinstance(path, str) else None
+        try:
+            return engine.parse_profile(text, f"{self.where}:{path}", base_dir=where.parent if where else None,
+                                        source=item.get("source", "file"), path=where, is_file=_trust_paths)
+        except engine.EngineError as err:  # a newer serve's field we do not know: show it, go on
+            log.warning("profile %s of %s: %s", item.get("name"), self.where, err)
+            return None
+
+    def _take_states(self, states: list[dict[str, Any]]) -> None:
+        self._states = {str(s["name"]): s for s in states}
+        for name, state in self._states.items():
+            raw = state.get("stats")
+            if raw is None:
+                continue
             idle = self._hist_idle.setdefault(name, deque(maxlen=HISTORY))
             if not idle or idle[-1] != raw["idle"]:
                 idle.append(int(raw["idle"]))
@@ -156,29 +241,34 @@ class ServiceHub(Hub):
                 self._hist_boot.setdefault(name, deque(maxlen=HISTORY)).append(float(raw["boot_p50_s"]))
             self._created[name] = raw["created"]
         for vm in self._reserved.values():
-            if self.member(vm.pool_name, vm.id) is None and not vm.released:
-                vm.lost = vm.lost or "no longer in the serve's pool"
+            if self.member(vm.pool_name, vm.id) is None and not vm.released and vm.lost is None:
+                vm.lost = "no longer in the serve's pool"
         self._changed()
 
     def member(self, pool: str, vm_id: str) -> engine.PoolMember | None:
-        """The serve's member ``vm_id`` of ``pool`` at the last poll (None: gone)."""
-        for m in self._pools.get(pool, {}).get("members", []):
+        """The serve's member ``vm_id`` of ``pool`` as last pushed (None: gone)."""
+        for m in self._states.get(pool, {}).get("members", []):
             if m["id"] == vm_id:
                 return _member(m)
         return None
 
+    def pool_has_agent(self, pool: str) -> bool | None:
+        state = self._states.get(pool)
+        return state.get("has_agent") if state is not None else None
+
     def states(self) -> list[PoolState]:
         result = []
-        for name, raw in sorted(self._pools.items()):
-            stats = engine.PoolStats(**{k: v for k, v in raw.items() if k in _stats_fields()})
-            members = [_member(m) for m in raw.get("members", [])]
-            profile = self._profiles.get(name)
-            result.append(PoolState(name, profile, stats.last_error, True, stats, members,
-                                    list(self._hist_idle.get(name, ())), list(self._hist_boot.get(name, ())),
-                                    size=stats.size,
-                                    has_agent=profile.kind == "sandbox" if profile is not None else None))
+        for name, raw in sorted(self._states.items()):
+            stats = None
+            if raw.get("stats") is not None:
+                stats = engine.PoolStats(**{k: v for k, v in raw["stats"].items() if k in _stats_fields()})
+            result.append(PoolState(
+                name, self._profiles.get(name), raw.get("error"), bool(raw.get("running")), stats,
+                [_member(m) for m in raw.get("members", [])],
+                list(self._hist_idle.get(name, ())), list(self._hist_boot.get(name, ())),
+                starting=bool(raw.get("starting")), size=raw.get("size"), has_agent=raw.get("has_agent")))
         if self._error is not None:
-            result.append(PoolState(str(self.socket_path), None, self._error, False, None, [], [], []))
+            result.append(PoolState(self.where, None, self._error, False, None, [], [], []))
         return result
 
     def profile(self, name: str) -> engine.Profile | None:
@@ -193,43 +283,42 @@ class ServiceHub(Hub):
     def reserved(self) -> list[engine.ReservedVm]:
         return list(self._reserved.values())
 
+    # -- actions -----------------------------------------------------------------------------
+
     async def reload_profiles(self) -> None:
-        """Connect on first call, then read the local profiles (for names and read-only policies)."""
-        await self.connect()
-        try:
-            profiles = await asyncio.to_thread(engine.load_profiles)
-        except engine.ProfileError as err:
-            profiles = err.profiles
-        # Only the served pools: a profile the serve does not hold cannot be started from here.
-        self._profiles = {p.name: p for p in profiles if p.name in self._pools}
-        self._changed()
+        """Connect on first call; then make the serve read its profiles again."""
+        if self._client is None:
+            await self.connect()
+            return
+        await self._read_profiles(await self.require_client().reload())
 
     async def start_pool(self, name: str, size: int | None = None) -> None:
-        if name in self._pools and size is None:
-            return  # already running in the serve, like LocalHub.start_pool of a running pool
-        raise engine.ConfigError(NOT_HERE)
+        state = self._states.get(name)
+        if state is not None and (state.get("running") or state.get("starting")) and size is None:
+            return  # already running, like LocalHub.start_pool of a running pool
+        await self.require_client().start_pool(name, size)
 
     async def stop_pool(self, name: str) -> None:
-        raise engine.ConfigError(NOT_HERE)
+        await self.require_client().stop_pool(name)
 
     async def resize(self, name: str, size: int) -> None:
-        raise engine.ConfigError(NOT_HERE)
+        engine.check_pool_size(size)
+        await self.require_client().resize_pool(name, size)
 
-    def set_policy(self, name: str, policy: engine.NetworkPolicy) -> None:
-        raise engine.ConfigError("the pools belong to `capsa-tui serve`: their policy comes from its profiles")
+    async def set_policy(self, name: str, policy: engine.NetworkPolicy) -> None:
+        await self.require_client().set_policy(name, policy, apply=True, save=False)
 
-    def recent_events(self) -> list[engine.FlowEvent]:
-        return []  # protocol v1 carries no flow events
-
-    async def flow_events(self) -> AsyncIterator[engine.FlowEvent]:
-        return
-        yield  # an async generator that ends at once
+    async def save_policy(self, name: str, policy: engine.NetworkPolicy) -> engine.Profile:
+        reply = await self.require_client().set_policy(name, policy, apply=False, save=True)
+        saved = self._parse_profile(reply.get("profile") or {})
+        if saved is None:
+            raise engine.ServiceError(f"the serve at {self.where} saved the policy but sent no profile back")
+        await self._read_profiles(await self.require_client().profiles())
+        return saved
 
     async def reserve(self, name: str, timeout: float = 120) -> ServiceVm:
         vm_id = await self.require_client().reserve(name, timeout)  # ServiceError says why not
         vm = self._reserved[vm_id] = ServiceVm(self, vm_id, name)
-        with contextlib.suppress(engine.ServiceError):
-            await self._poll_once()  # pid and state right away, not half a second later
         self._changed()
         return vm
 
@@ -240,28 +329,54 @@ class ServiceHub(Hub):
         try:
             if own.open_console is not None:
                 await own.open_console.stream.close()  # detaches
-            if not own.released and own.lost is None:
-                await self.require_client().release(own.id)
+            if not own.released and own.lost is None and self._client is not None:
+                await self._client.release(own.id)
         finally:
             own.released = True
             self._reserved.pop(own.id, None)
-            if self._client is not None and not self._closed:
-                with contextlib.suppress(engine.ServiceError):
-                    await self._poll_once()
             self._changed()
 
+    # -- flow events -------------------------------------------------------------------------
+
+    async def _start_flows(self, client: engine.ServiceClient) -> None:
+        watch = await client.watch_flows()
+        seen = set(self._flows.backlog)  # a reconnection's backlog repeats what came before
+        for _pool, event in watch.backlog:
+            if event not in seen:
+                self._flows.publish(event)
+        self._spawn(self._pump_flows(watch), "service-hub-flows")
+
+    async def _pump_flows(self, watch: engine.FlowWatch) -> None:
+        async for _pool, event in watch:
+            self._flows.publish(event)
+
+    def recent_events(self) -> list[engine.FlowEvent]:
+        return list(self._flows.backlog)
+
+    def flow_events(self) -> AsyncIterator[engine.FlowEvent]:
+        # the serve sends flows only once asked: the first flow log asks
+        return self._flows.subscribe(self._first_reader)
+
+    async def _first_reader(self) -> None:
+        if self._client is not None:
+            await self._start_flows(self._client)
+
+    # -- closing -----------------------------------------------------------------------------
+
     async def close(self) -> None:
-        """Stop polling and disconnect; the serve releases every VM this app reserved. Idempotent."""
+        """Disconnect (saying bye: the serve releases every VM this app reserved). Idempotent."""
         self._closed = True
-        if self._poller is not None:
-            self._poller.cancel()
-            await asyncio.wait([self._poller])
-            self._poller = None
+        tasks = [t for t in (*self._tasks, self._connecting) if t is not None and not t.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
         self._reserved.clear()  # closing the client ends every attachment, so every console pump
         if self._client is not None:
             client, self._client = self._client, None
             await client.close()
+        self._flows.close()
         self._changed()
 
 
-__all__ = ["NOT_HERE", "NO_AGENT_OVER_SERVE", "POLL_S", "ServiceHub", "ServiceVm"]
+__all__ = ["CONNECT_TIMEOUT", "RETRY_S", "ServiceHub", "ServiceVm"]

@@ -37,7 +37,7 @@ from capsatui.widgets.terminal.view import TerminalView
 __all__ = ["AgentSource", "ConsoleScreen", "ConsoleTab", "ExecResultModal", "FormModal", "ResultModal", "open_console"]
 
 Release = Callable[[], Awaitable[None]] | None
-AgentSource = Callable[[], Awaitable[engine.Agent]] | None
+AgentSource = Callable[[], Awaitable[engine.AgentLike]] | None
 """The VM's agent, when it has one this side can reach; the run helper uses it over the console."""
 
 # (key in the ctrl+] menu, action, label) -- the menu, the palette and the help share this.
@@ -368,7 +368,7 @@ class ConsoleScreen(Screen[None]):
                        f"exit code: {result.exit_code} (through the console: stdout and stderr mixed){note}"
                        f"\n\n{result.output}")
 
-    async def _run_agent(self, source: Callable[[], Awaitable[engine.Agent]], command: str, timeout: float) -> None:
+    async def _run_agent(self, source: Callable[[], Awaitable[engine.AgentLike]], command: str, timeout: float) -> None:
         # Through the agent the console stays the user's: nothing is typed into their shell.
         try:
             agent = await source()

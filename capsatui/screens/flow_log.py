@@ -51,13 +51,14 @@ def allow_rule_for(event: engine.FlowEvent) -> engine.Rule:
 
 
 def pool_of_vm(hub: Hub, vm: str) -> str | None:
-    """The pool whose member ran VM ``vm`` (gateways name VMs ``vm-<qemu pid>``), if the hub knows."""
+    """The pool whose member ran VM ``vm`` (a member's id, as a serve's flows name it, or the
+    gateway's own ``vm-<qemu pid>``), if the hub knows."""
     states = getattr(hub, "states", None)
     if states is None:
         return None
     for state in states():
         for member in getattr(state, "members", []):
-            if member.pid is not None and f"vm-{member.pid}" == vm:
+            if member.id == vm or (member.pid is not None and f"vm-{member.pid}" == vm):
                 return str(state.name)
     return None
 

@@ -1,9 +1,9 @@
 """The policy editor: a profile's network policy as an ordered table of rules, edited in place.
 
 Every edit makes a new immutable ``engine.NetworkPolicy``; "save" writes it into the profile's
-YAML through ``engine.save_profile`` (the user's comments survive; a bundled profile becomes a
-user copy) and "apply" hands it to the running pool (``hub.set_policy``), whose VMs decide new
-flows by it at once. The "what happens to X?" box asks the same ``evaluate`` /
+YAML through the hub (``hub.save_policy``: this host's file, or the serve's on its host; the
+user's comments survive; a bundled profile becomes a user copy) and "apply" hands it to the
+running pool (``hub.set_policy``), whose VMs decide new flows by it at once. The "what happens to X?" box asks the same ``evaluate`` /
 ``evaluate_name`` the gateway does, so it cannot disagree with it; the warnings under the rules
 are ``NetworkPolicy.lint``'s, redrawn on every edit. The "require names" box is the policy's
 ``require_names``: ticked, a connection that presents no name (SSH, TLS without SNI) gets no
@@ -372,53 +372,46 @@ class PolicyEditorScreen(Screen[None]):
         if self.profile is None:
             self.status(f"[red]no profile named {self.pool_name!r} to save to[/red]")
             return
-        updates: dict[str, object] = {}
-        switched = not isinstance(self.profile.network, engine.UserNatConfig)
-        if switched:
-            updates["network.mode"] = "user_nat"  # a policy needs a network to apply to
-        updates["network.policy"] = self.policy.to_dict()
+        self._save(self.profile, self.policy)
+
+    @work(exclusive=True, group="policy-save", exit_on_error=False)
+    async def _save(self, profile: engine.Profile, policy: engine.NetworkPolicy) -> None:
+        switched = not isinstance(profile.network, engine.UserNatConfig)
         try:
-            saved = engine.save_profile(self.profile, updates)
-        except (engine.ConfigError, engine.ProfileError, OSError) as err:
+            saved = await self.hub.save_policy(profile.name, policy)
+        except (engine.EngineError, OSError) as err:
             self.status(f"[red]not saved: {err}[/red]")
             return
-        copied = self.profile.source == "bundled"
-        self.profile, self.saved_policy = saved, self.policy
+        self.profile, self.saved_policy = saved, policy
         message = f"saved to {saved.path}"
-        if copied:
+        if self.hub.mode == "service":
+            message += f" on {self.hub.where}"
+        if profile.source == "bundled":
             message += " (a user copy: it overrides the bundled profile)"
         if switched:
             message += "; the profile's network is now user_nat"
         self.status(message)
         self.refresh_view()
-        self._reload_hub()
-
-    @work(exclusive=True, group="policy-reload", exit_on_error=False)
-    async def _reload_hub(self) -> None:
-        # The hub caches profiles; let it see the saved file (a fake hub may not cache at all).
-        reload = getattr(self.hub, "reload_profiles", None)
-        if reload is not None:
-            try:
-                await reload()
-            except engine.EngineError as err:
-                self.status(f"saved, but reloading profiles failed: {err}")
 
     def action_apply(self) -> None:
         """New flows of the running pool's VMs follow this policy at once (the file is not touched)."""
-        if self.pool_name is None:
-            return
+        if self.pool_name is not None:
+            self._apply(self.pool_name, self.policy)
+
+    @work(exclusive=True, group="policy-apply", exit_on_error=False)
+    async def _apply(self, name: str, policy: engine.NetworkPolicy) -> None:
         try:
-            self.hub.set_policy(self.pool_name, self.policy)
+            await self.hub.set_policy(name, policy)
         except engine.EngineError as err:
             self.status(f"[red]not applied: {err}[/red]")
             return
-        unsaved = " (not saved yet: press s to keep it)" if self.policy != self.saved_policy else ""
+        unsaved = " (not saved yet: press s to keep it)" if policy != self.saved_policy else ""
         states = getattr(self.hub, "states", None)
-        state = next((s for s in states() if s.name == self.pool_name), None) if states else None
+        state = next((s for s in states() if s.name == name), None) if states else None
         if state is not None and not state.running:
-            self.status(f"pool {self.pool_name} is not running: it will start with this policy{unsaved}")
+            self.status(f"pool {name} is not running: it will start with this policy{unsaved}")
             return
-        self.status(f"applied to pool {self.pool_name}: new flows follow these rules{unsaved}")
+        self.status(f"applied to pool {name}: new flows follow these rules{unsaved}")
 
     def action_close(self) -> None:
         if self.policy != self.saved_policy and not self._leaving:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from engine.agent.client import Agent
+from engine.agent.like import AgentLike
 from engine.console.like import ConsoleLike
 from engine.microvm.status import VmStatus
 
@@ -45,11 +45,10 @@ class ReservedVm(Protocol):
 
     @property
     def has_agent(self) -> bool:
-        """Whether this side can reach a guest agent (a sandbox in this process; a served VM
-        cannot yet: the service protocol carries consoles only)."""
+        """Whether its guest runs an agent this side can reach (a sandbox, here or served)."""
         ...
 
-    async def agent(self) -> Agent:
+    async def agent(self) -> AgentLike:
         """The guest agent's session; AgentUnavailable when ``has_agent`` is False (says why)."""
         ...
 

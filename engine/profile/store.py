@@ -10,13 +10,13 @@ import difflib
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import platformdirs
 from ruamel.yaml.comments import CommentedMap
 
+from engine.atomic_file import replace_file
 from engine.errors import ConfigError
 from engine.profile.schema import (
     ProfileError, ProfileIssue, dump_yaml, merge_node, parse_document, put_entry_tail, put_tail, take_entry_tail,
@@ -213,17 +213,8 @@ def _apply(document: CommentedMap, dotted: str, value: object) -> None:
 def _write_atomically(dest: Path, text: str) -> None:
     """Write ``text`` to ``dest`` so readers see the old file or the new one, never half of one."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        try:
-            os.chmod(tmp, dest.stat().st_mode & 0o7777)  # mkstemp makes 0600; keep the user's mode
-        except FileNotFoundError:
-            os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        mode = dest.stat().st_mode & 0o7777  # keep the user's mode
+    except FileNotFoundError:
+        mode = 0o644
+    replace_file(dest, text, mode)

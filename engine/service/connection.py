@@ -8,26 +8,37 @@ Everything a connection acquires (request tasks, the writer, reserved VMs, conso
 its claim on the shared request budget) is recorded here and given back in
 :meth:`Connection.serve`'s cleanup, whichever way the connection ends, so a client that leaves
 costs no CPU afterwards. The limits are those of :mod:`engine.service.limits`.
+
+The requests about pools, profiles, policies and flows are served by
+:class:`~engine.service.pool_ops.PoolOps` and those through a VM's agent by
+:class:`~engine.service.agent_ops.AgentOps`; this module keeps the
+handshake (with a session's resume), reservations, consoles and the connection's end: a client
+that leaves without ``bye`` has its VMs held for the grace period (:mod:`engine.service.sessions`).
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.logevent import log_event
 from engine.broadcast import Broadcast
 from engine.console.console import ConsoleReader
 from engine.errors import ConsoleError, EngineError
 from engine.pool.pool import VmPool
 from engine.pool.pooled import PooledVm
 from engine.service import protocol
+from engine.service.agent_ops import AgentOps
 from engine.service.budget import RequestBudget
 from engine.service.errors import BadRequest, ProtocolError, ServiceError, ServiceVersionError
 from engine.service.limits import ServiceLimits
 from engine.service.outbox import Outbox
+from engine.service.pool_ops import PoolOps
+from engine.service.registry import PoolRegistry
+from engine.service.sessions import HeldReservations, new_token
 from engine.microvm.handle import VmHandle
 
 log = logging.getLogger(__name__)
@@ -53,24 +64,31 @@ class _Attachment:
 
 
 class Connection:
-    """Serves one client; ``pools`` is the server's live table of pools by name.
+    """Serves one client; ``registry`` is the server's live table of pools by name.
 
     Every frame to the client goes through a bounded :class:`Outbox` that one writer task
     empties; every task of the connection (requests, console pumps, the writer) is cancelled
     when it closes, so a client that leaves costs no CPU afterwards. ``limits`` and the shared
     ``budget`` bound it (:mod:`engine.service.limits`); ``refuse`` is told of each refusal once.
+    ``held`` keeps the VMs of clients whose link dropped; ``facts`` go into the hello reply.
     """
 
     def __init__(
         self,
-        pools: Mapping[str, VmPool],
+        registry: PoolRegistry,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         limits: ServiceLimits | None = None,
         budget: RequestBudget | None = None,
         refuse: Refusal | None = None,
+        held: HeldReservations | None = None,
+        facts: dict[str, Any] | None = None,
     ) -> None:
-        self._pools = pools
+        self._registry = registry
+        self._held = held
+        self._facts = facts or {}
+        self.session = new_token()
+        self._said_bye = False
         self._reader = reader
         self._writer = writer
         self._limits = limits if limits is not None else ServiceLimits()
@@ -87,7 +105,10 @@ class Connection:
         self._requests: set[asyncio.Task[None]] = set()
         self._reserved: dict[str, PooledVm] = {}
         self._attachments: dict[str, _Attachment] = {}
+        self._pool_ops = PoolOps(registry, self._send_event)
         self._handlers: dict[str, Handler] = {
+            **self._pool_ops.handlers(),
+            **AgentOps(self._reserved_vm).handlers(),
             "status": self._op_status,
             "reserve": self._op_reserve,
             "release": self._op_release,
@@ -96,6 +117,7 @@ class Connection:
             "attach": self._op_attach,
             "detach": self._op_detach,
             "input": self._op_input,
+            "bye": self._op_bye,
         }
 
     @property
@@ -149,9 +171,21 @@ class Connection:
         try:
             protocol.check_hello(first)
         except ServiceVersionError as err:
+            self._refuse("VersionMismatch", str(err))
             self._send(protocol.hello_refusal(str(err)))
             return None
-        self._send(protocol.hello_reply(sorted(self._pools)))
+        resumed: dict[str, PooledVm] = {}
+        token = first.get("resume")
+        if isinstance(token, str) and self._held is not None:
+            resumed = self._held.take(token)
+        if resumed:
+            # the same session goes on (a later drop holds them again); a token that held
+            # nothing is not adopted, so no client can choose the session another one has
+            self.session = str(token)
+        self._reserved.update(resumed)
+        grace = self._held.grace if self._held is not None else 0.0
+        self._send(protocol.hello_reply(self._registry.names(), session=self.session, grace_s=grace,
+                                        resumed=sorted(resumed), **self._facts))
         return messages[1:]  # a client may pipeline requests behind its hello
 
     async def _read(self) -> bytes:
@@ -296,13 +330,9 @@ class Connection:
 
     # -- lookups ---------------------------------------------------------------------------------
 
-    def _pool(self, message: protocol.Message, name_field: str = "pool") -> VmPool:
-        name = protocol.field(message, name_field, str)
-        pool = self._pools.get(name)
-        if pool is None:
-            known = ", ".join(sorted(self._pools)) or "none"
-            raise ServiceError(f"this server holds no pool {name!r} (pools: {known})", "UnknownPool")
-        return pool
+    async def _pool(self, message: protocol.Message, name_field: str = "pool") -> VmPool:
+        """The pool the request names; a profile's pool is started for it (lazy pools)."""
+        return await self._registry.ensure(protocol.field(message, name_field, str))
 
     def _reserved_vm(self, message: protocol.Message) -> PooledVm:
         vm_id = protocol.field(message, "vm", str)
@@ -312,7 +342,7 @@ class Connection:
         return vm
 
     def _member(self, vm_id: str) -> VmHandle:
-        for pool in self._pools.values():
+        for pool in self._registry.pools.values():
             with contextlib.suppress(KeyError):
                 return pool.handle(vm_id)
         raise ServiceError(f"no pool of this server has a running VM {vm_id!r}", "UnknownVm")
@@ -321,14 +351,14 @@ class Connection:
 
     async def _op_status(self, message: protocol.Message, request_id: int | None) -> protocol.Message:
         pools = []
-        for pool in self._pools.values():
+        for pool in self._registry.pools.values():
             entry = pool.stats().to_dict()
             entry["members"] = [member.to_dict() for member in pool.members()]
             pools.append(entry)
         return {"pools": pools}
 
     async def _op_reserve(self, message: protocol.Message, request_id: int | None) -> protocol.Message:
-        pool = self._pool(message)
+        pool = await self._pool(message)
         vm = await pool.reserve(protocol.timeout_field(message))
         # recorded before any other await: a cancellation from here on finds it in cleanup
         self._reserved[vm.id] = vm
@@ -346,7 +376,7 @@ class Connection:
         return await _run_command(vm, command, protocol.timeout_field(message))
 
     async def _op_run(self, message: protocol.Message, request_id: int | None) -> protocol.Message:
-        pool = self._pool(message)
+        pool = await self._pool(message)
         command = protocol.field(message, "command", str)
         timeout = protocol.timeout_field(message)
         vm = await pool.reserve(protocol.timeout_field(message, "reserve_timeout"))
@@ -401,6 +431,10 @@ class Connection:
             raise ServiceError(f"VM {vm_id!r} is not taking input (backlog full)", "InputBacklog") from None
         return {}
 
+    async def _op_bye(self, message: protocol.Message, request_id: int | None) -> protocol.Message:
+        self._said_bye = True  # leaving on purpose: release at once, hold nothing
+        return {}
+
     # -- console pumps ---------------------------------------------------------------------------
 
     async def _pump_output(self, attachment: _Attachment, reader: ConsoleReader) -> None:
@@ -439,13 +473,17 @@ class Connection:
         self._attachments.clear()
         for attachment in attachments:
             await _stop(attachment)
+        await self._pool_ops.stop()
+        if self._held is not None and self._held.grace > 0 and not self._said_bye and self._reserved:
+            self._held.hold(self.session, dict(self._reserved))  # the link may come back
+            self._reserved.clear()
         reserved = list(self._reserved.values())
         self._reserved.clear()
         if reserved:
             results = await asyncio.gather(*(vm.release() for vm in reserved), return_exceptions=True)
             for vm, result in zip(reserved, results):
                 if isinstance(result, BaseException):
-                    log.warning("pool service: releasing %s failed: %r", vm.id, result)
+                    log_event(log, logging.WARNING, "release_failed", vm=vm.id, error=repr(result))
         await self._close_socket()
 
     async def _close_socket(self) -> None:
@@ -474,7 +512,7 @@ async def _run_command(vm: PooledVm, command: str, timeout: float | None) -> dic
 
 
 def _log_refusal(kind: str, message: str) -> None:
-    log.warning("pool service: refusing a client (%s): %s", kind, message)
+    log_event(log, logging.WARNING, "client_refused", kind=kind, reason=message)
 
 
 async def _stop(attachment: _Attachment) -> None:

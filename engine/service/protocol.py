@@ -12,10 +12,15 @@ Framing
     :mod:`engine.service.budget`).
 
 Handshake
-    The client speaks first: ``{"op": "hello", "version": 1}``. The server answers
-    ``{"ok": true, "version": 1, "pools": [names]}``, or on a version mismatch
-    ``{"ok": false, "version": 1, "error": "..."}`` and closes the connection; the client
-    then raises :class:`ServiceVersionError` naming both versions.
+    The client speaks first: ``{"op": "hello", "version": 2, "resume": token?}``. The server
+    answers ``{"ok": true, "version": 2, "pools": [names], "host": hostname, "accel": text,
+    "session": token, "grace_s": seconds, "resumed": [vm ids]}``, or on a version mismatch
+    ``{"ok": false, "version": 2, "error": "..."}`` naming both versions and closes the
+    connection; the client then raises :class:`ServiceVersionError`. A v1 client (its hello says
+    ``"version": 1``) gets that refusal: v2 changed what ``status`` and the events mean, so a v1
+    client could not read its replies right. ``resume`` is the ``session`` token of an earlier
+    connection whose link dropped: the VMs it had reserved, held for ``grace_s`` seconds
+    (:mod:`engine.service.sessions`), belong to this connection again (``resumed``).
 
 Requests and replies
     A request is ``{"op": OP, "id": N, ...fields}`` with an integer ``id`` that the reply
@@ -24,7 +29,7 @@ Requests and replies
     ``{"id": N, "ok": false, "error": message, "kind": name}`` where ``kind`` names the error
     (``PoolEmpty``, ``PoolTimeout``, ``PoolClosed``, ``PoolBootError``, ``ConsoleTimeout``,
     ``BadRequest``, ``UnknownOp``, ``UnknownPool``, ``UnknownVm``, ``NotReserved``,
-    ``NotAttached``, ``Busy``...).
+    ``NotAttached``, ``NotRunning``, ``NotOwned``, ``AgentUnavailable``, ``Busy``...).
 
 Limits
     The server bounds every client (:mod:`engine.service.limits`): a request beyond the
@@ -34,19 +39,45 @@ Limits
     with ``id`` null and are closed; connection N+1 gets a hello refusal of kind
     ``TooManyConnections``; a client that leaves its replies unread past the bound is cut off.
 
+Pools and profiles
     ``status``                        -> ``{"pools": [PoolStats fields + "members":
-                                          [{id, state, pid, age_s}]]}``
+                                          [{id, state, pid, age_s}]]}`` (running pools)
+    ``profiles``                      -> ``{"profiles": [{name, path, source, text}],
+                                          "broken": [{file, line, field, message}]}``: each
+                                          profile's own YAML, so a client parses the same profile
+    ``reload``                        -> like ``profiles``, after reading the files again
+    ``pool_start {pool, size?}``      -> ``{}`` once the pool exists (its VMs boot on; the
+                                          ``pools`` event shows them)
+    ``pool_stop {pool}``              -> ``{}`` once its VMs are gone
+    ``pool_resize {pool, size}``      -> ``{}`` (a stopped profile's pool starts at that size)
+    ``set_policy {pool, policy, apply?, save?}`` -> ``{"saved_to": path | null, "profile":
+                                          {...} | null}``: ``apply`` (default true) makes the
+                                          running pool's new flows follow ``policy``; ``save``
+                                          writes it into the server's profile file, comments kept
+    ``watch_pools``                   -> ``{}``, then a ``pools`` event now and after every change
+    ``watch_flows {pool?, vm?, action?}`` -> ``{"backlog": [flow]}``, then ``flows`` events
+    ``unwatch {what}``                -> ``{}``; ``what`` is ``"pools"`` or ``"flows"``
+
+VMs
     ``reserve {pool, timeout}``       -> ``{"vm": id}``; the VM belongs to this connection
-                                          until ``release`` or until the connection closes
+                                          until ``release`` or until the connection closes. A
+                                          profile no pool holds yet gets one (lazy pools)
     ``release {vm}``                  -> ``{}``; kills the VM, the pool boots a replacement
     ``exec {vm, command, timeout}``   -> ``{exit_code, output, dropped}`` (a VM this
-                                          connection reserved)
+                                          connection reserved; through its console's shell)
     ``run {pool, command, timeout, reserve_timeout}`` -> like ``exec`` on a VM reserved and
                                           released for this one command
+    ``agent_exec {vm, command, stdin?, timeout?, env?, cwd?}`` -> ``{exit_code, signal,
+                                          stdout, stderr, truncated, duration_s, timed_out}``
+                                          (``command``: a shell line or an argv; bytes base64)
+                                          through the VM's guest agent (a sandbox)
+    ``file_write {vm, path, data, mode?}`` -> ``{}``; ``file_read {vm, path}`` -> ``{data}``
     ``attach {vm, from_start, write}`` -> ``{}``, then events (below) until ``detach`` or the
                                           VM ends
     ``detach {vm}``                   -> ``{}``
     ``input {vm, data}``              -> ``{}``; ``data`` (base64) is written to the console
+    ``bye``                           -> ``{}``; the client is leaving on purpose: its VMs are
+                                          released at once, not held for a grace period
 
 Watching and typing
     Any member of any pool (idle or reserved by anyone) may be attached and watched; many
@@ -56,10 +87,16 @@ Watching and typing
 Events (no ``id``)
     ``{"event": "output", "vm": id, "data": base64, "dropped": n}`` console bytes (``dropped``
     counts bytes this watcher lost so far because it fell behind the console's scrollback);
-    ``{"event": "closed", "vm": id, "reason": text}`` when the VM's console ends.
+    ``{"event": "closed", "vm": id, "reason": text}`` when the VM's console ends;
+    ``{"event": "pools", "pools": [state], "version": n}`` every pool's and profile's state
+    (:meth:`engine.service.registry.PoolRegistry.states`), after a change (a burst is one event);
+    ``{"event": "profiles", ...}`` as the ``profiles`` reply, after the profiles were read again;
+    ``{"event": "flows", "flows": [{"pool": name, "member": vm id, ...FlowEvent fields}], "dropped": n}`` a batch
+    of flow events that matched the watch's filter (``dropped``: lost so far, the client read slowly).
 
-A client that disconnects has every request it left running cancelled, its attachments
-stopped and every VM it reserved released.
+A client that disconnects has every request it left running cancelled, its attachments and
+watches stopped, and every VM it reserved released (after the grace period when it left
+without ``bye``).
 """
 from __future__ import annotations
 
@@ -74,7 +111,7 @@ from typing import Any, TypeVar
 from engine.service.budget import RequestBudget
 from engine.service.errors import BadRequest, ProtocolError, ServiceError, ServiceVersionError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAX_FRAME = 16 * 1024 * 1024
 MAX_DEPTH = 64  # our messages nest 3 deep; json's C scanner recurses about 1000 deep at most
 _HEADER = struct.Struct(">I")
@@ -239,8 +276,11 @@ def check_depth(body: bytes, max_depth: int = MAX_DEPTH) -> None:
 # -- handshake -------------------------------------------------------------------------------
 
 
-def hello(version: int = PROTOCOL_VERSION) -> Message:
-    return {"op": "hello", "version": version}
+def hello(version: int = PROTOCOL_VERSION, resume: str | None = None) -> Message:
+    message: Message = {"op": "hello", "version": version}
+    if resume is not None:
+        message["resume"] = resume
+    return message
 
 
 def mismatch_text(client: object, server: object) -> str:
@@ -259,8 +299,9 @@ def check_hello(message: Message) -> None:
         raise ServiceVersionError(mismatch_text(version, PROTOCOL_VERSION))
 
 
-def hello_reply(pools: list[str]) -> Message:
-    return {"ok": True, "version": PROTOCOL_VERSION, "pools": pools}
+def hello_reply(pools: list[str], **facts: Any) -> Message:
+    """The accepting reply; ``facts`` are host, accel, session, grace_s and resumed."""
+    return {"ok": True, "version": PROTOCOL_VERSION, "pools": pools, **facts}
 
 
 def hello_refusal(error: str, kind: str | None = None) -> Message:
@@ -300,6 +341,14 @@ def output_event(vm_id: str, data: bytes, dropped: int = 0) -> Message:
 
 def closed_event(vm_id: str, reason: str) -> Message:
     return {"event": "closed", "vm": vm_id, "reason": reason}
+
+
+def pools_event(states: list[Message], version: int) -> Message:
+    return {"event": "pools", "pools": states, "version": version}
+
+
+def flows_event(flows: list[Message], dropped: int) -> Message:
+    return {"event": "flows", "flows": flows, "dropped": dropped}
 
 
 def request_id(message: Message) -> int | None:

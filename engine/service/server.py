@@ -5,6 +5,11 @@
             print("listening on", server.path)
             await stop_event.wait()
 
+What it serves is a :class:`~engine.service.registry.PoolRegistry`: the pools given here, and,
+when the registry loads profiles, every profile's pool that a client starts (or reserves from,
+with lazy pools). Closing the server closes the pools the registry started; pools handed in
+stay their builder's to close.
+
 Only the user who runs the server can use it: the socket is created with mode 0600 in a folder
 of mode 0700, and every connection's peer uid (SO_PEERCRED) must be ours. The server serves the
 pools; it does not own them: whoever built a pool closes it, after closing the server (which
@@ -13,13 +18,16 @@ releases every VM its clients still held).
 Every client is bounded (:mod:`engine.service.limits`: connections, buffered request bytes
 across all clients, frame size and JSON depth, running requests and queued replies per client,
 the hello timeout); each bound is a keyword argument here, and :meth:`PoolServer.stats` shows
-what the server holds and what it refused.
+what the server holds and what it refused. ``grace`` is how long the VMs of a client whose link
+dropped stay reserved for it to come back (:mod:`engine.service.sessions`; 0, the default,
+releases them at once as protocol v1 did).
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import socket
 import stat
@@ -28,6 +36,9 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
+from engine.logevent import log_event
+from engine.errors import EngineError
+from engine.kvm.accel import choose_accelerator
 from engine.pool.pool import VmPool
 from engine.service import limits as defaults
 from engine.service import protocol
@@ -36,6 +47,8 @@ from engine.service.connection import Connection
 from engine.service.errors import ServiceError
 from engine.service.limits import ServiceLimits
 from engine.service.paths import prepare_socket_folder, service_socket_path
+from engine.service.registry import PoolRegistry
+from engine.service.sessions import HeldReservations
 from engine.service.stats import ServiceStats
 
 log = logging.getLogger(__name__)
@@ -56,6 +69,8 @@ class PoolServer:
         pools: Iterable[VmPool] = (),
         path: Path | str | None = None,
         *,
+        registry: PoolRegistry | None = None,
+        grace: float = 0.0,
         max_connections: int = defaults.MAX_CONNECTIONS,
         max_request_bytes: int = defaults.MAX_REQUEST_BYTES,
         max_frame: int = protocol.MAX_FRAME,
@@ -78,7 +93,11 @@ class PoolServer:
         self._budget = RequestBudget(max_request_bytes)
         self._refused: Counter[str] = Counter()
         self.path = Path(path) if path is not None else service_socket_path()
-        self._pools: dict[str, VmPool] = {}
+        if not (grace >= 0 and math.isfinite(grace)):
+            raise ValueError(f"PoolServer: grace must be a finite number of seconds >= 0, not {grace!r}")
+        self.registry = registry if registry is not None else PoolRegistry()
+        self.held = HeldReservations(grace)
+        self._facts = {"host": socket.gethostname(), "accel": _accel_text()}
         for pool in pools:
             self.add_pool(pool)
         self._server: asyncio.AbstractServer | None = None
@@ -88,7 +107,8 @@ class PoolServer:
 
     @property
     def pools(self) -> dict[str, VmPool]:
-        return dict(self._pools)
+        """The pools running right now, by name."""
+        return self.registry.pools
 
     @property
     def connection_count(self) -> int:
@@ -110,13 +130,11 @@ class PoolServer:
 
     def _refuse(self, kind: str, message: str) -> None:
         self._refused[kind] += 1
-        log.warning("pool service: refusing a client (%s): %s", kind, message)
+        log_event(log, logging.WARNING, "client_refused", kind=kind, reason=message)
 
     def add_pool(self, pool: VmPool) -> None:
         """Serve ``pool`` too (a server may start listening before its pools have booted)."""
-        if pool.name in self._pools:
-            raise ServiceError(f"a pool named {pool.name!r} is already served")
-        self._pools[pool.name] = pool
+        self.registry.add_pool(pool)
 
     # -- starting --------------------------------------------------------------------------------
 
@@ -135,7 +153,7 @@ class PoolServer:
             sock.close()
             self._remove_socket()
             raise
-        log.info("pool service listening on %s", self.path)
+        log_event(log, logging.DEBUG, "server_listening", socket=self.path)
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -151,7 +169,8 @@ class PoolServer:
             self._refuse("TooManyConnections", why)
             await _turn_away(writer, protocol.hello_refusal(why, "TooManyConnections"))
             return
-        connection = Connection(self._pools, reader, writer, self.limits, self._budget, self._refuse)
+        connection = Connection(self.registry, reader, writer, self.limits, self._budget, self._refuse,
+                                self.held, self._facts)
         self._connections[task] = connection
         try:
             await connection.serve()
@@ -166,7 +185,8 @@ class PoolServer:
     # -- stopping --------------------------------------------------------------------------------
 
     async def close(self) -> None:
-        """Stop listening, drop every client (releasing their VMs), remove the socket."""
+        """Stop listening, drop every client (releasing their VMs, held ones too), close the
+        pools the registry started, remove the socket."""
         if self._closed:
             return
         self._closed = True
@@ -180,6 +200,8 @@ class PoolServer:
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 5)
+        await self.held.close()
+        await self.registry.close()
         self._remove_socket()
 
     def _remove_socket(self) -> None:
@@ -244,6 +266,13 @@ def _bind_private(path: Path) -> socket.socket:
         os.umask(old_umask)
     os.chmod(path, 0o600)
     return sock
+
+
+def _accel_text() -> str:
+    try:
+        return choose_accelerator().describe()
+    except EngineError as err:  # a bad CAPSA_ACCEL: every VM fails the same way, and says so
+        return f"unusable: {err}"
 
 
 def _peer_uid(writer: asyncio.StreamWriter) -> int | None:

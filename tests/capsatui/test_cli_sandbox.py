@@ -90,7 +90,7 @@ def test_vm_run_package_needs_sandbox() -> None:
 
 def test_help_says_which_path_runs_commands() -> None:
     text = b" ".join(_run("run", "--help", timeout=60).stdout.split())
-    assert b"through it" in text and b"issue 17" in text
+    assert b"through it" in text and b"warm from 'capsa-tui serve'" in text
     text = b" ".join(_run("vm", "run", "--help", timeout=60).stdout.split())
     assert b"--sandbox" in text and b"agent" in text
 

@@ -26,6 +26,7 @@ from tests.capsatui.test_policy_editor import PROFILE, FakeHub, ScreenApp
 @dataclass
 class Member:
     pid: int | None
+    id: str = "guarded-1"
 
 
 @dataclass

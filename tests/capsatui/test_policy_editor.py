@@ -15,6 +15,7 @@ from textual.app import App
 from textual.widgets import Button, Checkbox, DataTable, Input, Static
 
 import engine
+from capsatui.hub import LocalHub
 from capsatui.screens.policy_editor import PolicyEditorScreen, explain
 from capsatui.widgets.rule_form import RuleForm
 from tests.capsatui.screen_text import shown, wait_shown
@@ -54,8 +55,18 @@ class FakeHub:
         network = profile.network if profile else None
         return network.policy if isinstance(network, engine.UserNatConfig) else None
 
-    def set_policy(self, name: str, policy: engine.NetworkPolicy) -> None:
+    mode = "local"
+    where = "this host"
+
+    async def set_policy(self, name: str, policy: engine.NetworkPolicy) -> None:
         self.applied.append((name, policy))
+
+    async def save_policy(self, name: str, policy: engine.NetworkPolicy) -> engine.Profile:
+        # the real LocalHub writes the file: what the app does in-process
+        hub = LocalHub()
+        await hub.reload_profiles()
+        saved = self.profiles[name] = await hub.save_policy(name, policy)
+        return saved
 
     def recent_events(self) -> list[engine.FlowEvent]:
         return list(self.events)
@@ -125,6 +136,7 @@ async def test_add_deny_rule_move_up_save_keeps_comments(profile_file: Path) -> 
         assert editor.policy.rules[1].describe() == "deny domain *.evil.test"
         assert "modified" in str(editor.query_one("#policy-title", Static).render())
         await pilot.press("s")
+        await pilot.app.workers.wait_for_complete()
         await pilot.pause()
         assert "saved to" in str(editor.query_one("#policy-status", Static).render())
 
@@ -156,6 +168,7 @@ async def test_what_happens_to_a_denied_name(profile_file: Path) -> None:
         # Apply hands the policy to the pool (the hub's set_policy), file untouched.
         editor.query_one("#policy-rules", DataTable).focus()
         await pilot.press("p")
+        await pilot.app.workers.wait_for_complete()
         assert hub.applied == [("guarded", policy)]
 
 
@@ -249,6 +262,7 @@ async def test_edit_delete_move_down_then_reopen_the_saved_file(profile_file: Pa
         await pilot.press("t")  # the default flips to allow
         assert editor.policy.default is engine.PolicyAction.ALLOW
         await pilot.press("s")
+        await pilot.app.workers.wait_for_complete()
         await pilot.pause()
         assert "saved to" in str(editor.query_one("#policy-status", Static).render())
 
@@ -353,6 +367,7 @@ async def test_require_names_box_toggles_and_saves(profile_file: Path) -> None:
         assert not editor.policy.require_names
         assert editor.query_one("#policy-require-names", Checkbox).value is False
         await pilot.press("s")
+        await pilot.app.workers.wait_for_complete()
         await pilot.pause()
     reloaded = engine.load_profile(profile_file)
     assert isinstance(reloaded.network, engine.UserNatConfig)

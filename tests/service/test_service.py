@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import stat
 import sys
@@ -27,6 +26,7 @@ import engine
 from tests.waiting import pool_settled, until
 from engine.service import protocol
 from tests.procs import alive
+from tests.service.serve_process import running_serve
 
 POOL = "svc"
 
@@ -439,20 +439,9 @@ async def test_cli_serve_lifecycle(boot: engine.LinuxDirectBoot, tmp_path: Path)
         "name: small\nboot: default\ncpus: 1\nmemory_mb: 192\npool:\n  size: 1\n  max_size: 1\n"
     )
     path = tmp_path / "run" / "pool.sock"
-    env = {**os.environ, "CAPSA_SOCKET": str(path), "CAPSA_CONFIG_DIR": str(tmp_path)}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "capsatui.cli", "serve", "small",
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        assert proc.stdout is not None
-        lines = []
-        async with asyncio.timeout(120):
-            while not lines or "all pools warm" not in lines[-1]:
-                line = (await proc.stdout.readline()).decode()
-                assert line, f"serve ended early: {lines} {await proc.stderr.read()!r}"  # type: ignore[union-attr]
-                lines.append(line)
-        assert f"listening on {path}" in lines[0]
+    async with running_serve(tmp_path, path, "small") as serve:
+        listening = await serve.wait_logged("event=listening")
+        assert f"socket={path}" in listening and "level=info" in listening
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
         code, out, err = await _cli("pool", "status", "--json", env={"CAPSA_SOCKET": str(path)})
         assert code == 0, err
@@ -461,11 +450,6 @@ async def test_cli_serve_lifecycle(boot: engine.LinuxDirectBoot, tmp_path: Path)
         assert pool["name"] == "small" and len(pids) == 1 and alive(pids[0])
         code, _, err = await _cli("serve", "small", env={"CAPSA_SOCKET": str(path), "CAPSA_CONFIG_DIR": str(tmp_path)})
         assert code == 2 and "already listening" in err
-        proc.send_signal(signal.SIGINT)
-        assert await asyncio.wait_for(proc.wait(), 60) == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert not path.exists(), "serve left its socket behind"
+    # running_serve stopped it with SIGINT and checked: exit 0, no socket, nothing in its temp folder
+    assert any("event=stopped" in line for line in serve.log)
     assert not any(alive(pid) for pid in pids), "serve left a VM running"

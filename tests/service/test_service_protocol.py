@@ -97,8 +97,8 @@ def test_hello_and_version_mismatch_name_both_versions() -> None:
 def test_client_checks_the_server_version() -> None:
     protocol.check_hello_reply(protocol.hello_reply(["default"]))
     with pytest.raises(engine.ServiceVersionError) as info:
-        protocol.check_hello_reply({"ok": True, "version": 2})
-    assert "client speaks version 1" in str(info.value) and "server speaks version 2" in str(info.value)
+        protocol.check_hello_reply({"ok": True, "version": 3})
+    assert "client speaks version 2" in str(info.value) and "server speaks version 3" in str(info.value)
     with pytest.raises(engine.ServiceError, match="refused the connection: go away") as info:
         protocol.check_hello_reply(protocol.hello_refusal("go away"))
     assert not isinstance(info.value, engine.ServiceVersionError)

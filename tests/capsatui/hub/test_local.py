@@ -45,7 +45,7 @@ async def test_profiles_good_and_broken(config_dir: Path) -> None:
         await hub.reserve("t")  # not started
     assert hub.policy("t") is None  # no network
     with pytest.raises(engine.ConfigError):
-        hub.set_policy("t", engine.NetworkPolicy.allow_all())
+        await hub.set_policy("t", engine.NetworkPolicy.allow_all())
     await hub.close()
 
 
@@ -124,7 +124,7 @@ async def test_flow_events_of_pool_vms_are_merged(boot: engine.LinuxDirectBoot, 
         await until(lambda: any(e.dst == "203.0.113.5" and e.action == "deny" for e in seen), 10)
         assert any(e.vm and e.dst == "203.0.113.5" for e in hub.recent_events())
         allow = engine.NetworkPolicy.allow_all()
-        hub.set_policy("n", allow)  # a running pool: applied to its VMs now
+        await hub.set_policy("n", allow)  # a running pool: applied to its VMs now
         assert hub.policy("n") == allow
         await hub.release(vm)
     finally:
