@@ -100,5 +100,10 @@ class Hub(ABC):
     @abstractmethod
     async def close(self) -> None: ...
 
+    async def reattach_console(self, vm: engine.ReservedVm) -> engine.ConsoleLike | None:
+        """``vm``'s console again after the link to its serve dropped, once it is back; None when
+        the VM is no longer ours (a VM of this process has no link: its console ends with it)."""
+        return None
+
 
 __all__ = ["HISTORY", "Hub", "PoolState"]

@@ -97,6 +97,10 @@ class MultiHub(Hub):
         if hub is not None:
             await hub.release(vm)
 
+    async def reattach_console(self, vm: engine.ReservedVm) -> engine.ConsoleLike | None:
+        hub = self._hub_of(vm)
+        return await hub.reattach_console(vm) if hub is not None else None
+
     async def set_policy(self, name: str, policy: engine.NetworkPolicy) -> None:
         hub, inner = self._route(name)
         await hub.set_policy(inner, policy)

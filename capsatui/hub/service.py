@@ -36,6 +36,7 @@ from capsatui.hub.flows import FlowFanout
 log = logging.getLogger(__name__)
 
 RETRY_S = 1.0  # seconds between reconnection attempts
+REATTACH_POLL_S = 0.2  # how often a console waiting for the link looks again
 CONNECT_TIMEOUT = 15.0  # an ssh link takes a while to come up
 
 
@@ -109,6 +110,7 @@ class ServiceHub(Hub):
         self.accel = self.accel_name = "serve's"  # until the hello says which
         self._client: engine.ServiceClient | None = None
         self._session: str | None = None
+        self._grace_s = 0.0  # how long the serve holds our VMs after the link drops
         self._error: str | None = None
         self._states: dict[str, dict[str, Any]] = {}
         self._profiles: dict[str, engine.Profile] = {}
@@ -144,6 +146,7 @@ class ServiceHub(Hub):
     async def _attached(self, client: engine.ServiceClient) -> None:
         resumed = set(client.resumed)
         self._client, self._session, self._error = client, client.session, None
+        self._grace_s = client.grace_s
         self.accel = self.accel_name = client.accel or "serve's"
         for vm in self._reserved.values():
             if vm.id in resumed:
@@ -321,6 +324,25 @@ class ServiceHub(Hub):
         vm = self._reserved[vm_id] = ServiceVm(self, vm_id, name)
         self._changed()
         return vm
+
+    async def reattach_console(self, vm: engine.ReservedVm) -> engine.ConsoleLike | None:
+        """Wait for the link (up to the serve's grace period and a connection's time) and attach
+        again, from now on (the serve's scrollback is not replayed into a view that has it)."""
+        own = self._reserved.get(vm.id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._grace_s + CONNECT_TIMEOUT
+        while own is not None and not own.released and not self._closed:
+            client = self._client
+            if own.lost is not None:
+                return None  # the serve released it while the link was down
+            if client is not None and client.lost is None:
+                if own.open_console is None or own.open_console.closed:
+                    own.open_console = await engine.remote_console(client, own.id, from_start=False, write=True)
+                return own.open_console
+            if loop.time() > deadline:
+                return None
+            await asyncio.sleep(REATTACH_POLL_S)
+        return None
 
     async def release(self, vm: engine.ReservedVm) -> None:
         own = vm if isinstance(vm, ServiceVm) else self._reserved.get(vm.id)

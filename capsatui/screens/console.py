@@ -34,11 +34,13 @@ from capsatui.screens.dialogs import ExecResultModal, FormModal, HelperMenu, Res
 from capsatui.widgets.terminal.search import parse_search
 from capsatui.widgets.terminal.view import TerminalView
 
-__all__ = ["AgentSource", "ConsoleScreen", "ConsoleTab", "ExecResultModal", "FormModal", "ResultModal", "open_console"]
+__all__ = ["AgentSource", "ConsoleScreen", "Reopen", "ConsoleTab", "ExecResultModal", "FormModal", "ResultModal", "open_console"]
 
 Release = Callable[[], Awaitable[None]] | None
 AgentSource = Callable[[], Awaitable[engine.AgentLike]] | None
 """The VM's agent, when it has one this side can reach; the run helper uses it over the console."""
+Reopen = Callable[[], Awaitable[engine.ConsoleLike | None]] | None
+"""The VM's console again after the link to its serve dropped (None: the VM is no longer ours)."""
 
 # (key in the ctrl+] menu, action, label) -- the menu, the palette and the help share this.
 HELPERS: list[tuple[str, str, str]] = [
@@ -71,14 +73,16 @@ _SCREENS: weakref.WeakKeyDictionary[App[Any], ConsoleScreen] = weakref.WeakKeyDi
 
 
 async def open_console(app: App[Any], title: str, console: engine.ConsoleLike, on_release: Release = None,
-                       agent: AgentSource = None, agent_gap: str | None = None) -> ConsoleScreen:
+                       agent: AgentSource = None, agent_gap: str | None = None, *,
+                       reopen: Reopen = None) -> ConsoleScreen:
     """The one entry point for the dashboard: show ``console`` as a tab of the console screen.
 
     ``agent`` gives the VM's agent (the run helper then shows stdout, stderr and the exit code
-    apart); ``agent_gap`` says why a VM that may run one cannot be reached through it."""
+    apart); ``agent_gap`` says why a VM that may run one cannot be reached through it; ``reopen``
+    gives the VM's console again after the link to its serve dropped (None: the VM is gone)."""
     screen = _SCREENS.get(app)
     if screen is None or not screen.tabs_alive:
-        screen = ConsoleScreen(title, console, on_release, agent, agent_gap)
+        screen = ConsoleScreen(title, console, on_release, agent, agent_gap, reopen=reopen)
         _SCREENS[app] = screen
         app.install_screen(screen, name=screen.install_name)
         await app.push_screen(screen)
@@ -91,7 +95,7 @@ async def open_console(app: App[Any], title: str, console: engine.ConsoleLike, o
     if existing is not None:
         screen.show_tab(existing)
     else:
-        await screen.add_console(title, console, on_release, agent, agent_gap)
+        await screen.add_console(title, console, on_release, agent, agent_gap, reopen=reopen)
     return screen
 
 
@@ -105,10 +109,11 @@ class ConsoleTab(Vertical):
     """
 
     def __init__(self, title: str, console: engine.ConsoleLike, on_release: Release,
-                 agent: AgentSource = None, agent_gap: str | None = None) -> None:
+                 agent: AgentSource = None, agent_gap: str | None = None, *, reopen: Reopen = None) -> None:
         super().__init__()
         self.title = title
         self.console = console
+        self.reopen = reopen
         self.on_release = on_release
         self.agent = agent
         self.agent_gap = agent_gap
@@ -143,16 +148,38 @@ class ConsoleTab(Vertical):
                 self.mark_closed(str(err))
 
     async def _pump(self) -> None:
+        while True:
+            try:
+                self._reader = self.console.reader(from_start=True)
+                async for chunk in self._reader:
+                    self.view.feed(chunk)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # ConsoleClosed or a broken stream: say so in place
+                self.mark_closed(f"{type(err).__name__}: {err}")
+                return
+            reason = self.console.close_reason or "the stream ended"
+            if not await self._reopened(reason):
+                self.mark_closed(reason)
+                return
+
+    async def _reopened(self, reason: str) -> bool:
+        """After the link to a serve dropped: the VM's console again, if it is still ours."""
+        if self.reopen is None:
+            return False
+        self.view.feed(f"\r\n\x1b[1;33m[{reason}; reconnecting…]\x1b[0m\r\n".encode())
+        self.query_one(".console-status", Static).update(f"link lost: {reason}; reconnecting…")
         try:
-            self._reader = self.console.reader(from_start=True)
-            async for chunk in self._reader:
-                self.view.feed(chunk)
-        except asyncio.CancelledError:
-            raise
-        except Exception as err:  # ConsoleClosed or a broken stream: say so in place
-            self.mark_closed(f"{type(err).__name__}: {err}")
-            return
-        self.mark_closed(self.console.close_reason or "the stream ended")
+            console = await self.reopen()
+        except engine.EngineError as err:
+            self.view.feed(f"\x1b[1;31m[not reconnected: {err}]\x1b[0m\r\n".encode())
+            return False
+        if console is None:
+            return False
+        self.console = console
+        self.view.feed(b"\x1b[1;32m[reconnected: output from while the link was down is not shown]\x1b[0m\r\n")
+        self.query_one(".console-status", Static).update(f"reconnected after: {reason}")
+        return True
 
     def _recent_output(self, n: int) -> bytes | None:
         """The newest ``n`` bytes the view was fed, from the console's ring (the view rebuilds its
@@ -212,11 +239,11 @@ class ConsoleScreen(Screen[None]):
     _counter = 0
 
     def __init__(self, title: str, console: engine.ConsoleLike, on_release: Release = None,
-                 agent: AgentSource = None, agent_gap: str | None = None) -> None:
+                 agent: AgentSource = None, agent_gap: str | None = None, *, reopen: Reopen = None) -> None:
         super().__init__()
         ConsoleScreen._counter += 1
         self.install_name = f"capsa-consoles-{ConsoleScreen._counter}"
-        self._initial = [(title, console, on_release, agent, agent_gap)]
+        self._initial = [(title, console, on_release, agent, agent_gap, reopen)]
         self._pane_ids = 0
         self.tabs_alive = True
 
@@ -229,14 +256,15 @@ class ConsoleScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         with TabbedContent(id="console-tabs"):
-            for title, console, on_release, agent, agent_gap in self._initial:
-                yield self._pane(title, console, on_release, agent, agent_gap)
+            for title, console, on_release, agent, agent_gap, reopen in self._initial:
+                yield self._pane(title, console, on_release, agent, agent_gap, reopen=reopen)
         yield Footer()
 
     def _pane(self, title: str, console: engine.ConsoleLike, on_release: Release,
-              agent: AgentSource = None, agent_gap: str | None = None) -> TabPane:
+              agent: AgentSource = None, agent_gap: str | None = None, *, reopen: Reopen = None) -> TabPane:
         self._pane_ids += 1
-        return TabPane(title, ConsoleTab(title, console, on_release, agent, agent_gap), id=f"console-{self._pane_ids}")
+        tab = ConsoleTab(title, console, on_release, agent, agent_gap, reopen=reopen)
+        return TabPane(title, tab, id=f"console-{self._pane_ids}")
 
     def on_mount(self) -> None:
         self.sub_title = "ctrl+] helpers"
@@ -246,9 +274,10 @@ class ConsoleScreen(Screen[None]):
         self.call_after_refresh(self._focus_active)
 
     async def add_console(self, title: str, console: engine.ConsoleLike, on_release: Release = None,
-                          agent: AgentSource = None, agent_gap: str | None = None) -> ConsoleTab:
+                          agent: AgentSource = None, agent_gap: str | None = None, *,
+                          reopen: Reopen = None) -> ConsoleTab:
         """A new tab for another VM's console; it becomes the active tab."""
-        pane = self._pane(title, console, on_release, agent, agent_gap)
+        pane = self._pane(title, console, on_release, agent, agent_gap, reopen=reopen)
         tabs = self.query_one(TabbedContent)
         await tabs.add_pane(pane)
         tabs.active = pane.id or ""

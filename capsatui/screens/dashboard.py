@@ -410,7 +410,8 @@ class DashboardScreen(Screen[None]):
         console = await vm.console()
         on_release: Callable[[], Awaitable[None]] = lambda: self.hub.release(vm)  # noqa: E731
         agent = vm.agent if vm.has_agent else None
-        await open_console(self.app, f"{vm.id} ({vm.pool_name})", console, on_release, agent, self.hub.agent_gap)
+        await open_console(self.app, f"{vm.id} ({vm.pool_name})", console, on_release, agent, self.hub.agent_gap,
+                           reopen=lambda: self.hub.reattach_console(vm))
 
     def action_policy(self) -> None:
         name = self._pool_or_warn()

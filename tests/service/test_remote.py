@@ -112,3 +112,57 @@ async def _closes(console: engine.Console) -> bool:
 async def _until(predicate: Any) -> None:
     while not predicate():
         await asyncio.sleep(0.05)
+
+
+async def test_the_app_over_ssh_says_the_link_dropped_mid_console_and_carries_on(
+    remote: ServeProcess, sshd: Sshd, monkeypatch: pytest.MonkeyPatch, tmp_path: Any,
+) -> None:
+    from textual.widgets import DataTable, Static
+
+    from capsatui.app import CapsaApp
+    from capsatui.screens.console import ConsoleScreen
+
+    for key, value in sshd.env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("CAPSA_CONFIG_DIR", str(tmp_path))
+    hub = ServiceHub(sshd.address(remote.socket), label="box")
+    app = CapsaApp(hub=hub, autostart=None)
+
+    def lines() -> list[str]:
+        screen = app.screen
+        tab = screen.active_tab if isinstance(screen, ConsoleScreen) else None
+        return tab.view.all_text().splitlines() if tab is not None else []
+
+    def status() -> str:
+        screen = app.screen
+        tab = screen.active_tab if isinstance(screen, ConsoleScreen) else None
+        return str(tab.query_one(".console-status", Static).render()) if tab is not None else ""
+
+    async with app.run_test(size=(140, 40)) as pilot:
+        table = app.dashboard.query_one("#pools", DataTable)
+        await _pilot_until(pilot, lambda: any(str(row.value) == "rem" for row in table.rows), 60)
+        await _pilot_until(pilot, lambda: any(s.name == "rem" and s.running for s in hub.states()), 60)
+        table.move_cursor(row=table.get_row_index("rem"))
+        await pilot.press("r")  # reserve: the console opens on the remote VM
+        await _pilot_until(pilot, lambda: isinstance(app.screen, ConsoleScreen), 60)
+        await _pilot_until(pilot, lambda: any(line.endswith("#") for line in lines()), 30)
+        await pilot.press(*"echo", "space", *"before", "enter")
+        await _pilot_until(pilot, lambda: "before" in lines(), 30)
+
+        process = hub.require_client()._link.process
+        assert process is not None
+        process.kill()  # the ssh link drops mid-console
+        await _pilot_until(pilot, lambda: any("reconnecting" in line for line in lines()), 20)
+        await _pilot_until(pilot, lambda: "reconnected" in status(), 60)
+        await pilot.press(*"echo", "space", *"after-$((1+1))", "enter")
+        await _pilot_until(pilot, lambda: "after-2" in lines(), 30)  # the same VM, typed into again
+        assert [vm.pool_name for vm in hub.reserved()] == ["rem"]
+        await pilot.press("ctrl+right_square_bracket", "x")  # release
+        await _pilot_until(pilot, lambda: not hub.reserved(), 30)
+        await pilot.press("q")
+
+
+async def _pilot_until(pilot: Any, predicate: Any, timeout: float) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await pilot.pause(0.05)
