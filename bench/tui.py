@@ -1,4 +1,4 @@
-"""The app on a real terminal: start-up, key-to-echo latency (idle and flooded), idle CPU.
+"""The app on a real terminal: start-up, key-to-echo latency (idle and flooded), CPU.
 
 Run: ``.venv/bin/python -m bench.tui [--runs N] [--samples N] [--cpu-seconds S]`` from the
 repository root. Everything goes through a private tmux server (``tmux -L``, no config, a 120x40 window): the app is started
@@ -11,9 +11,12 @@ is read with ``capture-pane``. Prints one table:
 2. key to echo in the console view of a reserved VM: one printable key by ``send-keys`` until it
    shows after the prompt (polled every 3 ms), then Backspace until it is gone (not timed);
    ``--samples`` each with the guest idle and while the guest floods the same serial console
-   (see ``FLOOD_SETUP``); p50 / p95 and the flood/idle ratio;
+   (see ``FLOOD_SETUP``); p50 / p95, beside the same keys typed into ``capsa-tui vm console``
+   (the raw relay of the same serial console to tmux, no Textual, no pyte) in the same tmux,
+   idle and flooded: what is the app's and what is the guest's UART and QEMU's;
 3. the app's CPU use (``utime + stime`` of its own process from /proc, not its QEMU children)
-   over ``--cpu-seconds`` while 3 pools of 1 VM each idle, beside the minimal app idle as long.
+   over ``--cpu-seconds`` while 3 pools of 1 VM each idle, beside the minimal app idle as long,
+   and while its console floods, beside ``vm console`` relaying the same flood.
 
 The tmux server is killed in ``finally`` (the app then gets SIGHUP; its QEMU processes die with
 it through PR_SET_PDEATHSIG), and any QEMU process this bench started that is still there is
@@ -31,6 +34,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console as RichConsole
@@ -38,6 +42,7 @@ from rich.table import Table
 
 import engine
 from bench.benchlib import exit_on_sigterm, percentile
+from capsatui.widgets.terminal.view import FEED_BUDGET_S, TICK_S
 
 CAPSA_TUI = Path(sys.executable).with_name("capsa-tui")
 POOLS = ["bench-a", "bench-b", "bench-c"]  # sorted first in the table: bench-a is row 0
@@ -208,6 +213,33 @@ def echo_latencies(tmux: Tmux, name: str, samples: int, lost: list[int] | None =
     return out
 
 
+@dataclass
+class ConsoleRun:
+    """Key-to-echo samples in one console, idle and flooded, and its process's CPU while flooded."""
+
+    idle: list[float]
+    flood: list[float]
+    lost: int  # flooded keys whose echo was not drawn within ECHO_TIMEOUT_S
+    flood_cpu: float  # percent of one core
+
+
+def console_echo(tmux: Tmux, name: str, samples: int, cpu_window: float) -> ConsoleRun:
+    """In the console at a prompt in window ``name``: echo times idle, then start the flood, the
+    process's CPU over ``cpu_window`` seconds of it, and echo times flooded."""
+    tmux.keys(name, "clear", "Enter")
+    time.sleep(0.5)
+    idle = echo_latencies(tmux, name, samples)
+    tmux.keys(name, FLOOD_SETUP, literal=True)
+    tmux.keys(name, *["Enter"] * 8)  # the prompt well below the rows the flood writes
+    wait(lambda: "flood-0123" in tmux.screen(name), 60, "the flood", tmux, name)
+    time.sleep(1)
+    flood_cpu = cpu_percent(tmux.pid(name), cpu_window)
+    lost: list[int] = []
+    flood = echo_latencies(tmux, name, samples, lost)
+    print(f"{name} echo: idle {idle}\nflood {flood}\nflood CPU {flood_cpu:.1f} %", file=sys.stderr)
+    return ConsoleRun(idle, flood, len(lost), flood_cpu)
+
+
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value * 1000:.0f} ms"
 
@@ -270,16 +302,7 @@ def main() -> None:
         tmux.keys("app", "r")
         wait(lambda: any(line.rstrip().endswith("#") for line in tmux.screen("app").splitlines()),
              60, "the console's prompt", tmux, "app")  # fmt: skip
-        tmux.keys("app", "clear", "Enter")
-        time.sleep(0.5)
-        idle = echo_latencies(tmux, "app", args.samples)
-        tmux.keys("app", FLOOD_SETUP, literal=True)
-        tmux.keys("app", *["Enter"] * 8)  # the prompt well below the rows the flood writes
-        wait(lambda: "flood-0123" in tmux.screen("app"), 60, "the flood", tmux, "app")
-        time.sleep(1)
-        lost: list[int] = []
-        flood = echo_latencies(tmux, "app", args.samples, lost)
-        print(f"echo: idle {idle}\nflood {flood}", file=sys.stderr)
+        ours = console_echo(tmux, "app", args.samples, args.cpu_seconds)
         # Leave as a user would: detach from the console, quit (stops every pool).
         tmux.keys("app", "C-]")
         time.sleep(0.3)
@@ -290,13 +313,25 @@ def main() -> None:
             wait(lambda: not tmux.alive("app"), 30, "the app to quit", tmux, "app")
         except TimeoutError as err:
             print(f"warning: {err}", file=sys.stderr)
+
+        # The baseline: the same keys and flood through the raw relay of ``vm console``.
+        tmux.window("raw", f"{CAPSA_TUI} vm console --memory {args.memory_mb}")
+        wait(lambda: any(line.rstrip().endswith("#") for line in tmux.screen("raw").splitlines()),
+             120, "the raw console's prompt", tmux, "raw")  # fmt: skip
+        raw = console_echo(tmux, "raw", args.samples, args.cpu_seconds)
+        tmux.keys("raw", "C-]")  # detaches and stops the VM
+        try:
+            wait(lambda: not tmux.alive("raw"), 30, "vm console to end", tmux, "raw")
+        except TimeoutError as err:
+            print(f"warning: {err}", file=sys.stderr)
     finally:
-        if tmux.alive("app"):  # an error above: stop the app first (SIGTERM), so it stops its pools
-            try:
-                os.kill(tmux.pid("app"), signal.SIGTERM)
-                wait(lambda: not tmux.alive("app"), 15, "the app to end", tmux, "app")
-            except (OSError, ValueError, subprocess.SubprocessError, TimeoutError):
-                pass
+        for window in ("app", "raw"):
+            if tmux.alive(window):  # an error above: stop it first (SIGTERM), so it stops its VMs
+                try:
+                    os.kill(tmux.pid(window), signal.SIGTERM)
+                    wait(lambda: not tmux.alive(window), 15, f"{window} to end", tmux, window)
+                except (OSError, ValueError, subprocess.SubprocessError, TimeoutError):
+                    pass
         tmux.kill()
         time.sleep(0.5)
         for pid in qemu_pids(f"{app_tmp}/"):  # normally none: they die with the app
@@ -320,11 +355,27 @@ def main() -> None:
     )
     for label, q in (("p50", 0.5), ("p95", 0.95)):
         table.add_row(
-            f"key → echo in the console, {label} (n={len(flood)}, {len(lost)} not drawn): guest flooding",
-            _ms(percentile(flood, q)),
-            _ms(percentile(idle, q)),
-            _ratio(percentile(flood, q), percentile(idle, q)),
+            f"key → echo, {label}: guest idle",
+            _ms(percentile(ours.idle, q)),
+            _ms(percentile(raw.idle, q)),
+            _ratio(percentile(ours.idle, q), percentile(raw.idle, q)),
+            "vm console (raw relay), guest idle",
+        )
+    for label, q in (("p50", 0.5), ("p95", 0.95)):
+        table.add_row(
+            f"key → echo, {label} (n={len(ours.flood)}, {ours.lost} not drawn): guest flooding",
+            _ms(percentile(ours.flood, q)),
+            _ms(percentile(ours.idle, q)),
+            _ratio(percentile(ours.flood, q), percentile(ours.idle, q)),
             "the same, guest idle",
+        )
+    for label, q in (("p50", 0.5), ("p95", 0.95)):
+        table.add_row(
+            f"key → echo, {label}: guest flooding",
+            _ms(percentile(ours.flood, q)),
+            f"{_ms(percentile(raw.flood, q))} ({raw.lost} lost)",
+            _ratio(percentile(ours.flood, q), percentile(raw.flood, q)),
+            "vm console (raw relay), flooding",
         )
     table.add_row(
         f"app CPU, {len(POOLS)} pools × 1 idle VM, {args.cpu_seconds:.0f} s",
@@ -332,6 +383,14 @@ def main() -> None:
         f"{base_cpu:.2f} %",
         _ratio(ours_cpu, base_cpu) if base_cpu > 0 else "-",
         "the minimal app, idle as long",
+    )
+    table.add_row(
+        f"app CPU while its console floods, {args.cpu_seconds:.0f} s (pyte ≤ {FEED_BUDGET_S * 1000:.0f} ms "
+        f"of each {TICK_S * 1000:.0f} ms tick)",
+        f"{ours.flood_cpu:.1f} %",
+        f"{raw.flood_cpu:.1f} %",
+        _ratio(ours.flood_cpu, raw.flood_cpu) if raw.flood_cpu > 0 else "-",
+        "vm console relaying the same flood",
     )
     RichConsole(width=150).print(table)
 

@@ -143,7 +143,8 @@ async def _attach(args: argparse.Namespace) -> int:
         mode = "typing goes to the VM" if args.write else "read-only (--write to type)"
         _say(f"watching {args.vm}, {mode}; Ctrl-] detaches\r")
         try:
-            await attach_terminal(console, write=args.write)
+            resize = (lambda cols, rows: client.set_console_size(args.vm, cols, rows)) if args.write else None
+            await attach_terminal(console, write=args.write, resize=resize)
         finally:
             reason = console.close_reason or "detached"
             await console.stream.close()  # detaches

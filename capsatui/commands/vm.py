@@ -140,6 +140,6 @@ async def _vm_console(args: argparse.Namespace) -> int:
             "capsa-tui: Ctrl-] detaches and stops the VM\r",
             file=sys.stderr,
         )
-        await attach_terminal(await vm.console())
+        await attach_terminal(await vm.console(), resize=vm.set_console_size)
     print(f"\r\ncapsa-tui: VM stopped ({vm.status()})", file=sys.stderr)
     return 0

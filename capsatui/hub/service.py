@@ -88,6 +88,9 @@ class ServiceVm:
     def has_agent(self) -> bool:
         return bool(self._hub.pool_has_agent(self.pool_name))
 
+    async def set_console_size(self, cols: int, rows: int) -> bool:
+        return await self._hub.require_client().set_console_size(self.id, cols, rows)
+
     async def agent(self) -> engine.AgentLike:
         if not self.has_agent:
             raise engine.AgentUnavailable(f"pool {self.pool_name!r} runs no guest agent (not a sandbox)")

@@ -17,11 +17,12 @@ import re
 import time
 import weakref
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from textual import on, work
+from textual import events, on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -34,13 +35,23 @@ from capsatui.screens.dialogs import ExecResultModal, FormModal, HelperMenu, Res
 from capsatui.widgets.terminal.search import parse_search
 from capsatui.widgets.terminal.view import TerminalView
 
-__all__ = ["AgentSource", "ConsoleScreen", "Reopen", "ConsoleTab", "ExecResultModal", "FormModal", "ResultModal", "open_console"]
+__all__ = ["AgentSource", "ConsoleHooks", "ConsoleScreen", "ConsoleTab", "ExecResultModal", "FormModal", "ResultModal", "open_console"]
+
+SIZE_SETTLE_S = 0.15  # after a resize, when the view's new size is read and sent to the guest
 
 Release = Callable[[], Awaitable[None]] | None
 AgentSource = Callable[[], Awaitable[engine.AgentLike]] | None
 """The VM's agent, when it has one this side can reach; the run helper uses it over the console."""
-Reopen = Callable[[], Awaitable[engine.ConsoleLike | None]] | None
-"""The VM's console again after the link to its serve dropped (None: the VM is no longer ours)."""
+
+
+@dataclass(frozen=True)
+class ConsoleHooks:
+    """What a tab may ask of its VM beyond the console: ``reopen`` gives the VM's console again
+    after the link to its serve dropped (None: the VM is no longer ours); ``resize`` tells the
+    guest's serial console the view's columns and rows (False: the guest has no agent to tell)."""
+
+    reopen: Callable[[], Awaitable[engine.ConsoleLike | None]] | None = None
+    resize: Callable[[int, int], Awaitable[bool]] | None = None
 
 # (key in the ctrl+] menu, action, label) -- the menu, the palette and the help share this.
 HELPERS: list[tuple[str, str, str]] = [
@@ -74,15 +85,15 @@ _SCREENS: weakref.WeakKeyDictionary[App[Any], ConsoleScreen] = weakref.WeakKeyDi
 
 async def open_console(app: App[Any], title: str, console: engine.ConsoleLike, on_release: Release = None,
                        agent: AgentSource = None, agent_gap: str | None = None, *,
-                       reopen: Reopen = None) -> ConsoleScreen:
+                       hooks: ConsoleHooks | None = None) -> ConsoleScreen:
     """The one entry point for the dashboard: show ``console`` as a tab of the console screen.
 
     ``agent`` gives the VM's agent (the run helper then shows stdout, stderr and the exit code
-    apart); ``agent_gap`` says why a VM that may run one cannot be reached through it; ``reopen``
-    gives the VM's console again after the link to its serve dropped (None: the VM is gone)."""
+    apart); ``agent_gap`` says why a VM that may run one cannot be reached through it; ``hooks``
+    reopen the console after a dropped link and give the guest the view's size."""
     screen = _SCREENS.get(app)
     if screen is None or not screen.tabs_alive:
-        screen = ConsoleScreen(title, console, on_release, agent, agent_gap, reopen=reopen)
+        screen = ConsoleScreen(title, console, on_release, agent, agent_gap, hooks=hooks)
         _SCREENS[app] = screen
         app.install_screen(screen, name=screen.install_name)
         await app.push_screen(screen)
@@ -95,7 +106,7 @@ async def open_console(app: App[Any], title: str, console: engine.ConsoleLike, o
     if existing is not None:
         screen.show_tab(existing)
     else:
-        await screen.add_console(title, console, on_release, agent, agent_gap, reopen=reopen)
+        await screen.add_console(title, console, on_release, agent, agent_gap, hooks=hooks)
     return screen
 
 
@@ -109,11 +120,13 @@ class ConsoleTab(Vertical):
     """
 
     def __init__(self, title: str, console: engine.ConsoleLike, on_release: Release,
-                 agent: AgentSource = None, agent_gap: str | None = None, *, reopen: Reopen = None) -> None:
+                 agent: AgentSource = None, agent_gap: str | None = None, *, hooks: ConsoleHooks | None = None) -> None:
         super().__init__()
         self.title = title
         self.console = console
-        self.reopen = reopen
+        self.hooks = hooks or ConsoleHooks()
+        self._sent_size: tuple[int, int] | None = None
+        self._offered_stty = False
         self.on_release = on_release
         self.agent = agent
         self.agent_gap = agent_gap
@@ -132,6 +145,30 @@ class ConsoleTab(Vertical):
         self.run_worker(self._pump(), name="console-reader", group="console")
         self.run_worker(self._send(), name="console-writer", group="console")
         self.set_interval(1.0, self._update_status)
+        self.set_timer(SIZE_SETTLE_S, self._sync_size)
+
+    def on_resize(self, event: events.Resize) -> None:
+        # The view takes its new size in the same refresh: look once it has settled.
+        self.set_timer(SIZE_SETTLE_S, self._sync_size)
+
+    def _sync_size(self) -> None:
+        """Give the guest's tty the view's size, out of band, whenever it changed."""
+        size = (self.view.term.columns, self.view.term.lines)
+        if self.hooks.resize is None or self.closed_reason is not None or size == self._sent_size:
+            return
+        self._sent_size = size
+        self.run_worker(self._send_size(*size), group="console-size", exclusive=True, exit_on_error=False)
+
+    async def _send_size(self, cols: int, rows: int) -> None:
+        assert self.hooks.resize is not None
+        try:
+            done = await self.hooks.resize(cols, rows)
+        except engine.EngineError:
+            done = False  # a sandbox whose agent is not up (yet): the shell can still be told
+        if not done and not self._offered_stty:
+            self._offered_stty = True  # offered once, on open, rather than hidden in the menu
+            self.app.notify(f"{self.title}: its guest cannot be told this view's size ({cols}x{rows}) out of band; "
+                            "ctrl+] t types `stty rows/cols` into its shell", timeout=10)
 
     async def _enqueue(self, data: bytes) -> None:
         # Keystrokes never wait on the guest: a stuck serial line must not stall the UI.
@@ -165,12 +202,12 @@ class ConsoleTab(Vertical):
 
     async def _reopened(self, reason: str) -> bool:
         """After the link to a serve dropped: the VM's console again, if it is still ours."""
-        if self.reopen is None:
+        if self.hooks.reopen is None:
             return False
         self.view.feed(f"\r\n\x1b[1;33m[{reason}; reconnecting…]\x1b[0m\r\n".encode())
         self.query_one(".console-status", Static).update(f"link lost: {reason}; reconnecting…")
         try:
-            console = await self.reopen()
+            console = await self.hooks.reopen()
         except engine.EngineError as err:
             self.view.feed(f"\x1b[1;31m[not reconnected: {err}]\x1b[0m\r\n".encode())
             return False
@@ -239,11 +276,11 @@ class ConsoleScreen(Screen[None]):
     _counter = 0
 
     def __init__(self, title: str, console: engine.ConsoleLike, on_release: Release = None,
-                 agent: AgentSource = None, agent_gap: str | None = None, *, reopen: Reopen = None) -> None:
+                 agent: AgentSource = None, agent_gap: str | None = None, *, hooks: ConsoleHooks | None = None) -> None:
         super().__init__()
         ConsoleScreen._counter += 1
         self.install_name = f"capsa-consoles-{ConsoleScreen._counter}"
-        self._initial = [(title, console, on_release, agent, agent_gap, reopen)]
+        self._initial = [(title, console, on_release, agent, agent_gap, hooks)]
         self._pane_ids = 0
         self.tabs_alive = True
 
@@ -256,14 +293,14 @@ class ConsoleScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         with TabbedContent(id="console-tabs"):
-            for title, console, on_release, agent, agent_gap, reopen in self._initial:
-                yield self._pane(title, console, on_release, agent, agent_gap, reopen=reopen)
+            for title, console, on_release, agent, agent_gap, hooks in self._initial:
+                yield self._pane(title, console, on_release, agent, agent_gap, hooks=hooks)
         yield Footer()
 
     def _pane(self, title: str, console: engine.ConsoleLike, on_release: Release,
-              agent: AgentSource = None, agent_gap: str | None = None, *, reopen: Reopen = None) -> TabPane:
+              agent: AgentSource = None, agent_gap: str | None = None, *, hooks: ConsoleHooks | None = None) -> TabPane:
         self._pane_ids += 1
-        tab = ConsoleTab(title, console, on_release, agent, agent_gap, reopen=reopen)
+        tab = ConsoleTab(title, console, on_release, agent, agent_gap, hooks=hooks)
         return TabPane(title, tab, id=f"console-{self._pane_ids}")
 
     def on_mount(self) -> None:
@@ -275,9 +312,9 @@ class ConsoleScreen(Screen[None]):
 
     async def add_console(self, title: str, console: engine.ConsoleLike, on_release: Release = None,
                           agent: AgentSource = None, agent_gap: str | None = None, *,
-                          reopen: Reopen = None) -> ConsoleTab:
+                          hooks: ConsoleHooks | None = None) -> ConsoleTab:
         """A new tab for another VM's console; it becomes the active tab."""
-        pane = self._pane(title, console, on_release, agent, agent_gap, reopen=reopen)
+        pane = self._pane(title, console, on_release, agent, agent_gap, hooks=hooks)
         tabs = self.query_one(TabbedContent)
         await tabs.add_pane(pane)
         tabs.active = pane.id or ""

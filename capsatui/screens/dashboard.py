@@ -402,7 +402,7 @@ class DashboardScreen(Screen[None]):
     async def open_console(self, vm: engine.ReservedVm) -> None:
         """Show ``vm``'s console as a tab of the one console screen (its tab again if it has one)."""
         try:
-            from capsatui.screens.console import open_console
+            from capsatui.screens.console import ConsoleHooks, open_console
         except ImportError as err:
             self.notify(f"the console screen is not available ({err}); {vm.id} stays reserved (l releases it)",
                         severity="warning")  # fmt: skip
@@ -410,8 +410,9 @@ class DashboardScreen(Screen[None]):
         console = await vm.console()
         on_release: Callable[[], Awaitable[None]] = lambda: self.hub.release(vm)  # noqa: E731
         agent = vm.agent if vm.has_agent else None
+        hooks = ConsoleHooks(reopen=lambda: self.hub.reattach_console(vm), resize=vm.set_console_size)
         await open_console(self.app, f"{vm.id} ({vm.pool_name})", console, on_release, agent, self.hub.agent_gap,
-                           reopen=lambda: self.hub.reattach_console(vm))
+                           hooks=hooks)
 
     def action_policy(self) -> None:
         name = self._pool_or_warn()

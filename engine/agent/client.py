@@ -421,6 +421,13 @@ class Agent:
                                      "user": user})
         return str(reply.get("root", ""))
 
+    async def set_console_size(self, cols: int, rows: int) -> None:
+        """Tell the guest's serial console how big the user's view of it is (TIOCSWINSZ on its
+        tty; the shell and full-screen programs get SIGWINCH and redraw)."""
+        if not (1 <= cols <= 9999 and 1 <= rows <= 9999):
+            raise AgentError(f"a console size is 1 to 9999 columns and rows, not {cols}x{rows}")
+        await self._request({"t": "console_size", "cols": cols, "rows": rows})
+
     async def shutdown(self) -> None:
         """Sync the guest's disks and power it off (the agent's session ends)."""
         try:

@@ -318,6 +318,14 @@ class VmHandle:
 
     # ----- console ---------------------------------------------------------------------------
 
+    async def set_console_size(self, cols: int, rows: int) -> bool:
+        """Give the serial console's tty the user's window size, through the agent (its shell
+        and full-screen programs get SIGWINCH); False when the guest runs no agent."""
+        if not self.spec.boot.has_agent:
+            return False
+        await (await self.agent()).set_console_size(cols, rows)
+        return True
+
     async def console(self) -> Console:
         """The VM's serial console (one per VM; its reader starts at the first byte kept)."""
         if not self.spec.console:

@@ -120,6 +120,9 @@ class PooledVm:
     def has_agent(self) -> bool:
         return self.handle.spec.boot.has_agent
 
+    async def set_console_size(self, cols: int, rows: int) -> bool:
+        return await self.handle.set_console_size(cols, rows)
+
     def fail(self, message: str) -> None:
         self.handle.fail(message)
 

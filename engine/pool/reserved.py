@@ -48,6 +48,11 @@ class ReservedVm(Protocol):
         """Whether its guest runs an agent this side can reach (a sandbox, here or served)."""
         ...
 
+    async def set_console_size(self, cols: int, rows: int) -> bool:
+        """Give the guest's serial console the user's window size (rows and columns, out of band,
+        through the agent); False when the VM has no agent (the console's shell must be told)."""
+        ...
+
     async def agent(self) -> AgentLike:
         """The guest agent's session; AgentUnavailable when ``has_agent`` is False (says why)."""
         ...

@@ -324,6 +324,12 @@ class ServiceClient:
         return ExecResult(reply.get("exit_code"), reply.get("signal"), stdout, stderr, bool(reply.get("truncated")),
                           float(reply.get("duration_s") or 0.0))
 
+    async def set_console_size(self, vm_id: str, cols: int, rows: int) -> bool:
+        """The reserved VM's serial console gets this window size through its agent; False when
+        the VM runs no agent."""
+        reply = await self._request("console_size", vm=vm_id, cols=cols, rows=rows)
+        return bool(reply.get("done"))
+
     async def write_file(self, vm_id: str, path: str, data: bytes, mode: int = 0o644) -> None:
         await self._request("file_write", vm=vm_id, path=path, data=protocol.b64encode(data), mode=mode)
 

@@ -117,6 +117,7 @@ class Connection:
             "attach": self._op_attach,
             "detach": self._op_detach,
             "input": self._op_input,
+            "console_size": self._op_console_size,
             "bye": self._op_bye,
         }
 
@@ -430,6 +431,23 @@ class Connection:
         except asyncio.QueueFull:
             raise ServiceError(f"VM {vm_id!r} is not taking input (backlog full)", "InputBacklog") from None
         return {}
+
+    async def _op_console_size(self, message: protocol.Message, request_id: int | None) -> protocol.Message:
+        # as for input: a VM this connection reserved, or one it attached to with write=true
+        vm_id = protocol.field(message, "vm", str)
+        cols, rows = protocol.field(message, "cols", int), protocol.field(message, "rows", int)
+        if not (1 <= cols <= 9999 and 1 <= rows <= 9999):
+            raise BadRequest(f"console_size: cols and rows are 1 to 9999, not {cols}x{rows}")
+        reserved = self._reserved.get(vm_id)
+        attachment = self._attachments.get(vm_id)
+        if reserved is not None:
+            handle = reserved.handle
+        elif attachment is not None and attachment.write:
+            handle = self._member(vm_id)
+        else:
+            raise ServiceError(f"VM {vm_id!r} is neither reserved nor attached for writing by this connection",
+                               "NotReserved")
+        return {"done": await handle.set_console_size(cols, rows)}
 
     async def _op_bye(self, message: protocol.Message, request_id: int | None) -> protocol.Message:
         self._said_bye = True  # leaving on purpose: release at once, hold nothing

@@ -72,6 +72,9 @@ VMs
                                           (``command``: a shell line or an argv; bytes base64)
                                           through the VM's guest agent (a sandbox)
     ``file_write {vm, path, data, mode?}`` -> ``{}``; ``file_read {vm, path}`` -> ``{data}``
+    ``console_size {vm, cols, rows}`` -> ``{done}``: the serial console's window size, set
+                                          through the agent (``done`` false: the VM runs none);
+                                          a VM reserved, or attached with write, as for input
     ``attach {vm, from_start, write}`` -> ``{}``, then events (below) until ``detach`` or the
                                           VM ends
     ``detach {vm}``                   -> ``{}``

@@ -199,3 +199,19 @@ async def test_info_describes_the_guest(agent: Agent, sandbox: engine.VmHandle) 
     assert 400 << 20 < info.memory_total <= 512 << 20 and 0 < info.memory_available <= info.memory_total
     assert info.python_version.startswith("3.11") and info.agent_version and info.uptime_s > 0
     assert info.kernel == (await agent.exec(["uname", "-r"], timeout=60)).stdout.decode().strip()
+
+
+async def test_the_console_tty_gets_the_window_size_out_of_band(sandbox: engine.VmHandle, agent: Agent) -> None:
+    """What the app does when a console view opens or resizes: TIOCSWINSZ on the serial tty,
+    so the shell on it wraps at the view's width (no `stty` typed into the user's shell)."""
+    assert await sandbox.set_console_size(123, 45) is True
+    seen = await agent.exec("stty size < /dev/ttyS0", timeout=30)
+    assert seen.stdout == b"45 123\n", seen
+    console = await sandbox.console()
+    result = await console.run("stty size", timeout=30)  # the console's own shell sees it too
+    assert "45 123" in result.output
+    await agent.set_console_size(80, 24)
+    assert (await agent.exec("stty size < /dev/ttyS0", timeout=30)).stdout == b"24 80\n"
+    for cols, rows in ((0, 24), (80, 0), (10000, 24)):
+        with pytest.raises(engine.AgentError, match="1 to 9999"):
+            await agent.set_console_size(cols, rows)

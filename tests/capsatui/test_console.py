@@ -236,8 +236,11 @@ async def test_full_screen_programs_in_the_guest(guest_console: engine.Console) 
             # follow too closely as one escape sequence.
             await until(lambda: view.line_text(0) == "hello from vi"
                         and view.line_text(rows - 1).startswith("- /tmp/vi-test [Modified]"), pilot, timeout=20)
+            assert view.term.alternate  # vi draws on the alternate screen ...
             await type_line(pilot, ":wq")
-            await until(lambda: any(line.endswith("#") for line in view.screen_text().splitlines()[-3:]), pilot, timeout=20)
+            # ... and leaving it gives the main screen back as it was: the prompt, no trace of vi.
+            await until(lambda: not view.term.alternate and any(line.endswith("#") for line in view.screen_text().splitlines()), pilot, timeout=20)
+            assert "~" not in view.screen_text().splitlines() and "hello from vi" not in view.screen_text()
             await type_line(pilot, "clear; cat /tmp/vi-test; echo cat-done")
             await until(lambda: [view.line_text(0), view.line_text(1)] == ["hello from vi", "cat-done"], pilot, timeout=20)
             await type_line(pilot, "top")

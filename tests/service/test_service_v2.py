@@ -174,6 +174,8 @@ async def test_the_agent_over_the_wire_streams_apart_and_files(serve: ServeProce
             with pytest.raises(engine.ExecTimeout) as info:
                 await client.agent_exec(vm, "echo before; sleep 30", timeout=2)
             assert info.value.stdout == b"before\n"
+            assert await client.set_console_size(vm, 100, 30) is True  # the view's size, out of band
+            assert (await client.agent_exec(vm, "stty size < /dev/ttyS0", timeout=30)).stdout == b"30 100\n"
         finally:
             await client.release(vm)
         net = await client.reserve("net", timeout=120)
@@ -181,6 +183,10 @@ async def test_the_agent_over_the_wire_streams_apart_and_files(serve: ServeProce
             with pytest.raises(engine.ServiceError) as refused:
                 await client.agent_exec(net, "true")
             assert refused.value.kind == "AgentUnavailable"
+            assert await client.set_console_size(net, 100, 30) is False  # no agent: the shell must be told
+            with pytest.raises(engine.ServiceError) as refused:
+                await client.set_console_size("net-999", 100, 30)
+            assert refused.value.kind == "NotReserved"
         finally:
             await client.release(net)
         await client.stop_pool("box")

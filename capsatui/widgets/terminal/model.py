@@ -10,6 +10,10 @@ them for "save scrollback"); dropping heals itself when the model has a ``resync
 console's ring): once the flood has drained, or every ``RESYNC_INTERVAL_S`` while it goes on, the
 screen is rebuilt off-screen from the newest ``RESYNC_BYTES`` of output and swapped in, so an echo
 or a prompt that fell in a dropped part is drawn after all.
+
+The screen's answers to the guest's questions (``ESC[6n`` after each busybox prompt) wait for
+``take_answers``, in order; a rebuild's replay answers nothing (its questions were answered when
+they were new, or are too old for an answer to mean anything but typed garbage).
 """
 from __future__ import annotations
 
@@ -145,6 +149,15 @@ class TerminalModel:
                 break
         return self.term.pushed - before
 
+    def take_answers(self) -> bytes:
+        """The screen's answers to the guest since the last call, in order (b"" for none)."""
+        answers = self.term.answers
+        if not answers:
+            return b""
+        data = b"".join(answers)
+        answers.clear()
+        return data
+
     def resize(self, columns: int, lines: int) -> bool:
         """The screen (and one being rebuilt) at a new size; False when the size is the same."""
         if (columns, lines) == (self.term.columns, self.term.lines):
@@ -200,6 +213,7 @@ class TerminalModel:
             del shadow.savepoints[1:]
             shadow.restore_cursor()
         shadow.lenient_restore = True
+        shadow.answering = False  # the replayed questions were asked (and answered) long ago
         # History: what scrolled off before the tail's first byte; the tail pushes the rest again.
         tail_start = self._fed - len(data)
         before = [pushed for offset, pushed in self._push_marks if offset <= tail_start]
@@ -222,8 +236,10 @@ class TerminalModel:
                 break
         if self._shadow_data:
             return False
-        self.term, self._stream = self._shadow, self._shadow_stream
+        old, self.term, self._stream = self.term, self._shadow, self._shadow_stream
         self.term.lenient_restore = False
+        self.term.answering = True
+        self.term.answers[:0] = old.answers  # any the old screen gave that were not taken yet
         self._shadow = self._shadow_stream = None
         self.resyncs += 1
         self._push_marks.append((self._shadow_end, self.term.pushed))

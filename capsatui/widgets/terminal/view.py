@@ -5,9 +5,14 @@ bytes a real terminal would send, to an async ``write`` callback. The model batc
 the oldest of a flood and rebuilds the screen after a drop; the view runs it on a short timer,
 within a time budget per tick, and only while it is shown. Scrollback (``shift+pageup``), search
 and mouse selection copy work on the model's screen plus the lines it scrolled off.
+
+The guest's modes change what goes out: a paste is bracketed when it asked (``?2004``), the mouse
+is reported to it when it asked (``?1000`` and on; ``shift`` + mouse still selects, as in xterm),
+and the screen's answers to its questions (cursor position after a prompt) follow each flush.
 """
 from __future__ import annotations
 
+import collections
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -19,13 +24,15 @@ from textual.widget import Widget
 
 from capsatui.widgets.terminal.keys import key_to_bytes
 from capsatui.widgets.terminal.model import Resync, TerminalModel
+from capsatui.widgets.terminal.modes import MOUSE_X10, MouseAction, mouse_report, mouse_wanted, paste_bytes
 from capsatui.widgets.terminal.screen import HISTORY_LINES, HistoryTerminal, Line
 from capsatui.widgets.terminal.search import Match, as_pattern
 from capsatui.widgets.terminal.style import CellStyles
 
 __all__ = ["TerminalView"]
 
-TICK_S = 0.03  # batching interval: output shows at most this late
+TICK_S = 0.03  # batching interval: output that keeps coming shows at most this late
+QUIET_DRAW_S = 0.001  # output after a quiet spell: the next turn of the loop (Textual timers need > 0)
 FEED_BUDGET_S = 0.010  # pyte time per tick (pyte does ~0.1-1 MB/s); the rest is the app's
 HIDDEN_POLL_S = 0.25  # a hidden view does not feed pyte; it looks again this often
 
@@ -63,6 +70,7 @@ class TerminalView(Widget, can_focus=True):
         # cannot tell); after a drop the screen is rebuilt from them.
         self.model = TerminalModel(columns, lines, history, resync)
         self._timer_armed = False
+        self._last_flush = 0.0  # when output was last drawn (see feed)
         self.scrollback_lines = 0  # lines scrolled back from the live screen
         self.search_pattern: re.Pattern[str] | None = None
         self.matches: list[Match] = []  # (absolute line, start col, end col)
@@ -70,6 +78,10 @@ class TerminalView(Widget, can_focus=True):
         self._sel_anchor: tuple[int, int] | None = None
         self._sel_end: tuple[int, int] | None = None
         self._styles = CellStyles()
+        self._answers: collections.deque[bytes] = collections.deque()  # answers not written yet
+        self._answering = False  # a worker writes them, in order
+        self._mouse_button: int | None = None  # the guest's press we report motion and release of
+        self._mouse_cell: tuple[int, int] | None = None  # where the last motion reported was
 
     @property
     def term(self) -> HistoryTerminal:
@@ -89,9 +101,14 @@ class TerminalView(Widget, can_focus=True):
     # -- output ---------------------------------------------------------------------------------
 
     def feed(self, data: bytes) -> None:
-        """Queue guest output; it is drawn on the next tick (never synchronously)."""
+        """Queue guest output; it is drawn on the next tick (never synchronously).
+
+        Output after a quiet spell (an echo, a prompt) is drawn at the next turn of the loop;
+        only output that keeps coming is batched, once per TICK_S, so a typed key's echo does
+        not wait for a batching interval that protects nothing."""
         self.model.feed(data)
-        self._arm(TICK_S)
+        quiet = time.perf_counter() - self._last_flush >= TICK_S
+        self._arm(QUIET_DRAW_S if quiet else TICK_S)
 
     @property
     def pending(self) -> int:
@@ -120,7 +137,9 @@ class TerminalView(Widget, can_focus=True):
         if not (model.has_output or model.resync_due or model.rebuilding):
             return
         if not self._showing():
-            self._arm(HIDDEN_POLL_S)  # a hidden console catches up when shown
+            # A hidden console catches up when shown; one just mounted and not laid out yet (no
+            # size) is about to show: look again soon, not after the hidden view's poll.
+            self._arm(TICK_S if self.size.area == 0 else HIDDEN_POLL_S)
             return
         deadline = time.perf_counter() + FEED_BUDGET_S
         if model.rebuild(deadline, holding=self._holding):
@@ -138,13 +157,33 @@ class TerminalView(Widget, can_focus=True):
     def flush(self, budget: float | None = None) -> None:
         """Feed pending output to pyte (all of it, or what ``budget`` seconds allow) and redraw."""
         pushed = self.model.flush(budget)
+        self._last_flush = time.perf_counter()
         if self.scrollback_lines:  # keep a scrolled-back view on the same lines
             self.scrollback_lines = min(self.scrollback_lines + pushed, len(self.term.history))
+        self._send_answers()
         self.refresh()
+
+    def _send_answers(self) -> None:
+        """Queue the screen's answers to the guest; a worker writes them in order (the feed never
+        waits on the guest)."""
+        data = self.model.take_answers()
+        if data and self.write_callback is not None:
+            self._answers.append(data)
+        if self._answers and not self._answering and self.is_mounted:
+            self._answering = True
+            self.run_worker(self._write_answers(), group="answers")
+
+    async def _write_answers(self) -> None:
+        try:
+            while self._answers and self.write_callback is not None:
+                await self.write_callback(self._answers.popleft())
+        finally:
+            self._answering = False
 
     def on_mount(self) -> None:
         if self.model.has_output:
             self._arm(TICK_S)
+        self._send_answers()
 
     def on_focus(self) -> None:
         self.refresh()  # the cursor shows only while focused
@@ -236,9 +275,14 @@ class TerminalView(Widget, can_focus=True):
             await self.write_callback(data)
 
     def on_paste(self, event: events.Paste) -> None:
+        """Pasted text goes to the guest as typed (newlines as Enter's ``\r``), bracketed when it
+        asked for that; a bracket marker inside the text is removed (it cannot end the bracket)."""
         event.stop()
-        if self.write_callback is not None:
-            self.run_worker(self.write_callback(event.text.encode("utf-8")), group="paste")
+        data = paste_bytes(event.text, self.term.bracketed_paste)
+        if self._holding:
+            self.live()
+        if self.write_callback is not None and data:
+            self.run_worker(self.write_callback(data), group="paste")
 
     def _scroll_key(self, key: str) -> bool:
         """Scrollback keys; True if the key was used here."""
@@ -316,19 +360,62 @@ class TerminalView(Widget, can_focus=True):
             rows.append(text[(c0 if n == l0 else 0) : (c1 + 1 if n == l1 else None)].rstrip())
         return "\n".join(rows)
 
+    # -- the mouse: reported to the guest when it asked (not with shift), else our selection ------
+
+    def _reporting(self, event: events.MouseEvent) -> bool:
+        """The guest asked for mouse reports, the live screen shows and shift is not held."""
+        return bool(self.term.mouse_tracking) and not event.shift and not self.scrollback_lines
+
+    def _report(self, event: events.MouseEvent, button: int, action: MouseAction) -> None:
+        """Send the guest a mouse event at the event's cell (within the screen) if its mode wants it."""
+        term = self.term
+        tracking = term.mouse_tracking
+        if not mouse_wanted(tracking, action, button) or self.write_callback is None:
+            return
+        x = min(max(event.x, 0), term.columns - 1)
+        y = min(max(event.y, 0), term.lines - 1)
+        if action == "motion" and self._mouse_cell == (x, y):
+            return  # a move within the cell (a pixel-reporting outer terminal): nothing for the guest
+        self._mouse_cell = (x, y)
+        data = mouse_report(
+            button, x, y, action, encoding=term.mouse_encoding,
+            shift=event.shift, meta=event.meta, ctrl=event.ctrl, x10=tracking == MOUSE_X10,
+        )
+        self.run_worker(self.write_callback(data), group="mouse")
+
+    @staticmethod
+    def _button(event: events.MouseEvent) -> int:
+        """A Textual button (1 left, 2 middle, 3 right) as the report's 0, 1, 2 (3: none)."""
+        return event.button - 1 if 1 <= event.button <= 3 else 3
+
     def on_mouse_down(self, event: events.MouseDown) -> None:
+        if self._reporting(event):
+            self._mouse_button = self._button(event)
+            self._report(event, self._mouse_button, "press")
+            self.capture_mouse()  # its release comes here even off the view
+            self.focus()
+            return
         self._sel_anchor = self._sel_end = (self.top_line + event.y, event.x)
         self.capture_mouse()
         self.focus()
         self.refresh()
 
     def on_mouse_move(self, event: events.MouseMove) -> None:
+        selecting = bool(event.button) and self._sel_anchor is not None  # a drag of ours (shift)
+        if self._mouse_button is not None or (not selecting and self._reporting(event)):
+            button = self._mouse_button if self._mouse_button is not None else 3
+            self._report(event, button, "motion")
+            return
         if self._sel_anchor is not None and event.button:
             self._sel_end = (self.top_line + event.y, max(0, event.x))
             self.refresh()
 
     def on_mouse_up(self, event: events.MouseUp) -> None:
         self.release_mouse()
+        if self._mouse_button is not None:  # a press the guest was told of: so is its release
+            button, self._mouse_button = self._mouse_button, None
+            self._report(event, button, "release")
+            return
         if self._sel_anchor is not None and self._sel_end != self._sel_anchor:
             self.copy_selection()
         else:
@@ -345,8 +432,14 @@ class TerminalView(Widget, can_focus=True):
 
     def on_mouse_scroll_up(self, event: events.MouseScrollUp) -> None:
         event.stop()
-        self.scroll_by(3)
+        if self._reporting(event):
+            self._report(event, 64, "press")
+        else:
+            self.scroll_by(3)
 
     def on_mouse_scroll_down(self, event: events.MouseScrollDown) -> None:
         event.stop()
-        self.scroll_by(-3)
+        if self._reporting(event):
+            self._report(event, 65, "press")
+        else:
+            self.scroll_by(-3)

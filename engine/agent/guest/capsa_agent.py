@@ -43,7 +43,8 @@ PORT_READ = 1 << 20  # the most one loop turn takes from the port
 SMALL_BODY = 16 << 10  # a frame body below this is copied into its frame: one write, not two
 # Requests served in our own system root even when an OCI workload root is set (and any request
 # with "system": the engine's own mounts); the rest see the image's root (capsa_workload.py).
-SYSTEM_REQUESTS = frozenset({"hello", "ping", "info", "identity", "shutdown", "workload"})
+SYSTEM_REQUESTS = frozenset({"hello", "ping", "info", "identity", "shutdown", "workload", "console_size"})
+CONSOLE_TTY = "/dev/ttyS0"  # the serial console (console=ttyS0): the user's shell runs on it
 PORT_BUFFER = 4 << 10  # the size of the virtio-serial driver's receive buffers (a page)
 
 
@@ -467,6 +468,21 @@ class Agent:
             raise os_error(err, path, "cannot list") from None
         entries.sort(key=lambda e: str(e["name"]))
         return {"ok": True, "entries": entries}
+
+    def do_console_size(self, rid: int, msg: dict[str, object]) -> dict[str, object]:
+        """The serial console's window size, as the user's view has it: TIOCSWINSZ on the tty.
+
+        The kernel sends SIGWINCH to the tty's foreground process group when the size changes,
+        as a terminal emulator's resize does, so the shell and full-screen programs redraw."""
+        cols, rows = msg.get("cols"), msg.get("rows")
+        if not (isinstance(cols, int) and isinstance(rows, int) and 0 < cols < 10000 and 0 < rows < 10000):
+            raise RequestError("bad_request", "console_size needs cols and rows from 1 to 9999")
+        fd = os.open(CONSOLE_TTY, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            set_winsize(fd, cols, rows)
+        finally:
+            os.close(fd)
+        return {"ok": True, "cols": cols, "rows": rows}
 
     def do_info(self, rid: int, msg: dict[str, object]) -> dict[str, object]:
         meminfo: dict[str, int] = {}
