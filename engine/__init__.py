@@ -76,7 +76,8 @@ if TYPE_CHECKING:
     from engine.pool.pooled import PooledVm
     from engine.pool.reserved import ReservedVm
     from engine.profile.schema import ProfileError, ProfileIssue
-    from engine.profile.store import find_profile, load_profile, load_profiles, profile_dirs, save_profile
+    from engine.profile.folders import profile_dirs
+    from engine.profile.store import find_profile, load_profile, load_profiles, save_profile
     from engine.profile.parse import BootChoice, Profile, parse_profile
     from engine.service.address import ServiceAddress, address_from_env
     from engine.service.client import ServiceClient

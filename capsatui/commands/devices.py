@@ -8,7 +8,7 @@ from typing import TypeVar
 
 import engine
 
-B = TypeVar("B", engine.VmBuilder, engine.SandboxBuilder)
+B = TypeVar("B", "engine.VmBuilder", "engine.SandboxBuilder")  # strings: importing this module loads no builder
 
 
 def share_arg(text: str) -> tuple[str, str, engine.MountMode]:

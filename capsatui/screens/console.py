@@ -27,11 +27,12 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import Screen
-from textual.widgets import Footer, Static, TabbedContent, TabPane
+from textual.widgets import Static, TabbedContent, TabPane
 
 import engine
 from capsatui.palette import ActionCommands, Command
 from capsatui.screens.dialogs import ExecResultModal, FormModal, HelperMenu, ResultModal, exec_status, exec_summary
+from capsatui.widgets.key_footer import KeyFooter
 from capsatui.widgets.terminal.search import parse_search
 from capsatui.widgets.terminal.view import TerminalView
 
@@ -63,6 +64,8 @@ HELPERS: list[tuple[str, str, str]] = [
     ("s", "save_scrollback", "Save the scrollback to a file"),
     ("f", "search", "Search the scrollback (n/N next/prev, Esc back)"),
     ("y", "copy", "Copy the selection (or the screen)"),
+    ("[", "select", "Select with the keyboard (arrows/hjkl, v starts, y copies, esc)"),
+    ("v", "paste", "Paste what was last copied (bracketed when the guest asks)"),
     ("t", "stty", "Tell the guest tty this view's size (stty)"),
     ("n", "next_tab", "Next console tab"),
     ("p", "prev_tab", "Previous console tab"),
@@ -75,7 +78,8 @@ HELPERS: list[tuple[str, str, str]] = [
 VIEW_KEYS: list[tuple[str, str]] = [
     ("any other key", "Goes to the guest as a terminal sends it (arrows, Tab, Ctrl-C, F1-F12...)"),
     ("shift+PgUp / PgDn", "Scroll back / forward; then arrows, PgUp/PgDn, n/N (matches), esc or q: live"),
-    ("mouse drag", "Select text (copied at once); the wheel scrolls back"),
+    ("mouse drag", "Select text (copied at once, to the system clipboard by OSC 52); the wheel scrolls back"),
+    ("shift+mouse", "Select even while the guest takes the mouse (vi, htop)"),
     ("ctrl+PgUp / PgDn", "Previous / next console tab"),
     ("ctrl+p", "Command palette (every helper is there too)"),
 ]
@@ -295,7 +299,7 @@ class ConsoleScreen(Screen[None]):
         with TabbedContent(id="console-tabs"):
             for title, console, on_release, agent, agent_gap, hooks in self._initial:
                 yield self._pane(title, console, on_release, agent, agent_gap, hooks=hooks)
-        yield Footer()
+        yield KeyFooter()
 
     def _pane(self, title: str, console: engine.ConsoleLike, on_release: Release,
               agent: AgentSource = None, agent_gap: str | None = None, *, hooks: ConsoleHooks | None = None) -> TabPane:
@@ -508,6 +512,21 @@ class ConsoleScreen(Screen[None]):
         if tab is not None and not tab.view.copy_selection():
             self.app.copy_to_clipboard(tab.view.screen_text())
             self.notify("copied the screen")
+
+    def action_select(self) -> None:
+        tab = self.active_tab
+        if tab is not None:
+            tab.view.start_selection()
+            self.notify("selecting: arrows/hjkl move, v starts the selection, y or Enter copies, Esc leaves")
+
+    def action_paste(self) -> None:
+        tab = self.active_tab
+        if tab is None:
+            return
+        if not self.app.clipboard:
+            self.notify("nothing copied yet", severity="warning")
+            return
+        tab.view.paste(self.app.clipboard)
 
     def action_next_tab(self) -> None:
         self._cycle(1)

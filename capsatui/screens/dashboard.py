@@ -16,10 +16,11 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen, Screen
-from textual.widgets import DataTable, Footer, Header, Input, Label, Sparkline, Static
+from textual.widgets import DataTable, Header, Input, Label, Sparkline, Static
 
 import engine
 from capsatui.hub import Hub, PoolState
+from capsatui.widgets.key_footer import KeyFooter
 from capsatui.widgets.live_table import LiveTable
 
 MAX_REDRAWS_PER_S = 4
@@ -203,7 +204,7 @@ class DashboardScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static(f"accelerator: {self.hub.accel}", id="accel")
-        yield LiveTable(id="pools", cursor_type="row")
+        yield self._table("pools", COLUMNS)
         with Horizontal(id="lower"):
             with Vertical(id="detail"):
                 yield Static(id="detail-text")
@@ -213,21 +214,25 @@ class DashboardScreen(Screen[None]):
                 yield Sparkline([], id="spark-boot")
             with Vertical(id="reserved-box"):
                 yield Label("Reserved VMs  (enter/c: console, l: release)")
-                yield LiveTable(id="reserved", cursor_type="row")
-        yield Footer()
+                yield self._table("reserved", RESERVED_COLUMNS)
+        yield KeyFooter()
+
+    @staticmethod
+    def _table(name: str, columns: list[tuple[str, str]]) -> LiveTable:
+        # Columns before mounting: the first frame has the headings (added on mount, they cost
+        # a second frame, which the profile loading below would hold back).
+        table = LiveTable(id=name, cursor_type="row")
+        for key, label in columns:
+            table.add_column(label, key=key)
+        return table
 
     def on_mount(self) -> None:
-        pools = self.query_one("#pools", DataTable)
-        for key, label in COLUMNS:
-            pools.add_column(label, key=key)
-        reserved = self.query_one("#reserved", DataTable)
-        for key, label in RESERVED_COLUMNS:
-            reserved.add_column(label, key=key)
         self.hub.subscribe(self._hub_changed)
         self.redraw()
-        # After the first frame: loading profiles imports most of the engine (a few hundred ms
-        # of CPU under the GIL) and would hold back the frame the user waits for.
-        self.call_after_refresh(lambda: self._run(self._startup(), "loading profiles"))
+        # After the first two frames (the tables' headings are drawn in the second, once they
+        # are measured): loading profiles imports much of the engine (~70 ms of CPU under the
+        # GIL) and would hold back the frame the user waits for.
+        self.call_after_refresh(lambda: self.call_after_refresh(lambda: self._run(self._startup(), "loading profiles")))
 
     def on_unmount(self) -> None:
         self.hub.unsubscribe(self._hub_changed)

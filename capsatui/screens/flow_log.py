@@ -19,13 +19,14 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Input, Select, Static
+from textual.widgets import DataTable, Input, Select, Static
 
 import engine
 from capsatui.hub.base import Hub
 from capsatui.palette import BindingCommands
 from capsatui.screens.help import Keys, binding_rows
 from capsatui.screens.policy_editor import PolicyEditorScreen
+from capsatui.widgets.key_footer import KeyFooter
 from capsatui.widgets.live_table import LiveTable
 
 MAX_ROWS = 5000
@@ -109,7 +110,7 @@ class FlowLogScreen(Screen[None]):
         table.add_columns("time", "VM", "action", "proto", "src → dst:port", "domain", "rule")
         yield table
         yield Static("", id="flow-status")
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.set_interval(FLUSH_SECONDS, self.flush)

@@ -21,12 +21,13 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen, Screen
-from textual.widgets import Button, Checkbox, DataTable, Footer, Input, Label, OptionList, Select, Static
+from textual.widgets import Button, Checkbox, DataTable, Input, Label, OptionList, Select, Static
 
 import engine
 from capsatui.hub.base import Hub
 from capsatui.palette import BindingCommands
 from capsatui.screens.help import Keys, binding_rows
+from capsatui.widgets.key_footer import KeyFooter
 from capsatui.widgets.live_table import LiveTable
 from capsatui.widgets.rule_form import RuleForm, rule_values
 
@@ -193,7 +194,7 @@ class PolicyEditorScreen(Screen[None]):
                         id="policy-whatif-input")
             yield Static("", id="policy-whatif-result")
         yield Static("", id="policy-status")
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         if self.pool_name is not None:

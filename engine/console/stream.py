@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import NoReturn
 
@@ -30,6 +31,14 @@ _log = logging.getLogger(__name__)
 # Bytes of console output a VM keeps for late readers (VmSpec.scrollback_bytes, a served console).
 DEFAULT_SCROLLBACK = 1024 * 1024
 _READ_SIZE = 64 * 1024
+# QEMU's UART sends the guest's output a byte at a time: a flood arrives as thousands of reads of
+# a few bytes a second, each a full turn of the pump (ring, matchers, watchers, readers' wake-ups).
+# Once output streams (a read within _STREAMING_S of the one before) the pump lets it pile up in
+# the stream reader for _COALESCE_S before taking it; a lone chunk (an echo, a prompt) is never
+# delayed. The transport keeps reading meanwhile: pausing it would throttle the guest (QEMU's
+# one-byte writes fill the socket's send budget in a few hundred bytes) to a sixth of its rate.
+_STREAMING_S = 0.002
+_COALESCE_S = 0.002
 _SEEN_TAIL = 4096  # bytes of recent output quoted by timeout errors
 
 Watcher = Callable[[bytes], None]
@@ -262,8 +271,14 @@ class ConsoleStream:
     async def _run_pump(self) -> None:
         reason = "end of stream (the machine closed the serial port)"
         try:
+            last = 0.0
             while chunk := await self._reader.read(_READ_SIZE):
                 self._receive(chunk)
+                now = time.monotonic()
+                if now - last < _STREAMING_S and len(chunk) < _READ_SIZE:
+                    await asyncio.sleep(_COALESCE_S)
+                    now = time.monotonic()
+                last = now
             if self._end_reason is not None:
                 reason = self._end_reason() or reason
         except (ConnectionError, OSError) as err:

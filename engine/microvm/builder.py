@@ -6,17 +6,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from engine.microvm.boot import LinuxDirectBoot
-from engine.microvm.created import CreatedVm
 from engine.microvm.disk import DiskImage
 from engine.microvm.share import SANDBOX_TAG_PREFIX, MountMode, Share
-from engine.microvm.handle import VmHandle
 from engine.microvm.oci_image import with_oci_image
 from engine.microvm.resources import seconds_of
 from engine.microvm.spec import LoginSpec, VmSpec
 from engine.netstack.config import NetworkConfig
+
+if TYPE_CHECKING:  # the machinery a build runs is imported by create(): describing a VM needs none of it
+    from engine.microvm.created import CreatedVm
+    from engine.microvm.handle import VmHandle
 
 
 @dataclass
@@ -118,6 +120,8 @@ class VmBuilder(ShapeBuilder):
 
     async def create(self) -> CreatedVm:
         """The VM, checked but not started (status ``Created``); ``await vm.start()`` boots it."""
+        from engine.microvm.created import CreatedVm
+
         return CreatedVm(await asyncio.to_thread(self.spec))
 
     async def build(self) -> VmHandle:

@@ -23,13 +23,12 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import dns.message
-import dns.name
-import dns.rdataclass
-import dns.rdatatype
-import dns.rrset
+if TYPE_CHECKING:  # dnspython is loaded by whoever parsed the response (~25 ms a policy need not pay)
+    import dns.message
+    import dns.name
+    import dns.rrset
 
 from engine.errors import ConfigError
 
@@ -215,6 +214,8 @@ class DomainTracker:
         so stray records an upstream put in the answer section cannot map other names; every
         name on the chain is recorded for the final addresses, with the smallest TTL on it.
         """
+        import dns.rdatatype
+
         if len(response.question) != 1:
             return 0
         question = response.question[0]
@@ -278,13 +279,16 @@ class DomainTracker:
                 del self._by_ip[ip]
 
 
+_CLASS_IN = 1  # dns.rdataclass.IN (RFC 1035), compared without importing dnspython here
+
+
 def _find(response: dns.message.Message, name: dns.name.Name,
-          rdtype: dns.rdatatype.RdataType) -> dns.rrset.RRset | None:
+          rdtype: int) -> dns.rrset.RRset | None:
     """The non-empty IN ``rdtype`` RRset for ``name`` in the answer section.
 
     Scans the list rather than using ``Message.find_rrset``, whose index misses RRsets that
     code appended to ``response.answer`` directly (as a DNS core building answers may)."""
     for rrset in response.answer:
-        if rrset.name == name and rrset.rdclass == dns.rdataclass.IN and rrset.rdtype == rdtype and len(rrset):
+        if rrset.name == name and rrset.rdclass == _CLASS_IN and rrset.rdtype == rdtype and len(rrset):
             return rrset
     return None

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
@@ -32,7 +32,6 @@ from engine.image.sandbox import BASES, check_packages
 from engine.oci.reference import parse_source
 from engine.microvm.boot import LinuxDirectBoot, default_boot, sandbox_boot
 from engine.netstack.config import NetworkConfig, NoNetwork
-from engine.pool.builder import PoolBuilder, vm_pool
 from engine.pool.size import PROFILE_MAX_SIZE, PROFILE_SIZE, pool_sizes_fit
 from engine.profile.network import network_summary, parse_network
 # engine.names: the rules VmSpec.validate applies, checked here too so errors name file and line.
@@ -43,10 +42,13 @@ from engine.microvm.builder import ShapeBuilder, VmBuilder, vm
 from engine.microvm.disk import DiskImage
 from engine.microvm.share import Share
 from engine.microvm.spec import LoginSpec
+from engine.profile.folders import Source
 from engine.profile.devices import disk_mode, parse_disks, parse_root_disk, parse_shares
 
+if TYPE_CHECKING:
+    from engine.pool.builder import PoolBuilder
+
 B = TypeVar("B", bound=ShapeBuilder)
-Source = Literal["bundled", "user", "file"]
 Kind = Literal["vm", "sandbox"]
 KINDS: tuple[Kind, ...] = ("vm", "sandbox")
 TOP_KEYS = (
@@ -174,6 +176,10 @@ class Profile:
 
     def pool_builder(self, build: bool = True) -> PoolBuilder:
         """A pool builder of this shape, max_size and name; pass ``size`` to ``build()``."""
+        # Imported here: reading profiles (the app's first frame, `profiles list`) needs no pool
+        # machinery, which pulls in the VM handle, snapshots and the gateway (~40 ms).
+        from engine.pool.builder import vm_pool
+
         builder = self._shape(vm_pool(self.resolve_boot(build))).max_size(self.max_size).name(self.name)
         snapshot = self.snapshot
         if snapshot is None:

@@ -1,4 +1,4 @@
-"""Profiles on disk: the bundled and user folders, loading by path or name, and saving back.
+"""Profiles on disk: loading by path or name from the folders of ``engine.profile.folders``, and saving back.
 
 The thin I/O wrapper around the pure parser in ``engine.profile.parse``. Saving edits the round-trip
 YAML document in place, so the user's comments and key order survive, re-validates the result
@@ -9,43 +9,20 @@ from __future__ import annotations
 import difflib
 import os
 import re
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-import platformdirs
 from ruamel.yaml.comments import CommentedMap
 
 from engine.atomic_file import replace_file
 from engine.errors import ConfigError
+from engine.profile.folders import Source, profile_dirs, user_dir
+from engine.profile.parse import Profile, parse_profile
 from engine.profile.schema import (
     ProfileError, ProfileIssue, dump_yaml, merge_node, parse_document, put_entry_tail, put_tail, take_entry_tail,
     take_tail, to_node)
-from engine.profile.parse import Profile, Source, parse_profile
 
-CONFIG_DIR_ENV = "CAPSA_CONFIG_DIR"
-APP_NAME = "capsa-tui"
 _NAME_LINE = re.compile(r"^name\s*:")
-
-
-def bundled_dir() -> Path:
-    """The profiles shipped with capsa-tui: the source tree's ``profiles/``, else the wheel's copy."""
-    source_tree = Path(__file__).resolve().parents[2] / "profiles"
-    if source_tree.is_dir():
-        return source_tree
-    return Path(sys.prefix) / "share" / APP_NAME / "profiles"  # pyproject's data-files
-
-
-def user_dir() -> Path:
-    """The user's profiles: ``$CAPSA_CONFIG_DIR/profiles``, else the platformdirs config folder."""
-    base = os.environ.get(CONFIG_DIR_ENV)
-    root = Path(base).expanduser() if base else platformdirs.user_config_path(APP_NAME)
-    return root / "profiles"
-
-
-def profile_dirs() -> list[tuple[Source, Path]]:
-    """Where profiles are looked up, lowest priority first (a later folder overrides by name)."""
-    return [("bundled", bundled_dir()), ("user", user_dir())]
 
 
 def _is_file(path: Path) -> bool:

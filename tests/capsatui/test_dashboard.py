@@ -305,7 +305,8 @@ async def test_sandbox_pool_shows_agent_and_the_helper_runs_through_it(
         await pilot.press("r")
         await wait_for(pilot, lambda: isinstance(app.screen, ConsoleScreen), 60)
         reserved = app.dashboard.query_one("#reserved", DataTable)
-        assert reserved.row_count == 1 and str(reserved.get_row_at(0)[-1]) == "agent"
+        await wait_for(pilot, lambda: reserved.row_count == 1, 10)  # the dashboard's redraws are paced
+        assert str(reserved.get_row_at(0)[-1]) == "agent"
         await pilot.press("ctrl+right_square_bracket", "r")
         await wait_for(pilot, lambda: isinstance(app.screen, FormModal), 10)
         form = app.screen

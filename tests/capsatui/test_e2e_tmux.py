@@ -3,7 +3,8 @@
 A private tmux server (``-L``, no config) runs ``capsa-tui app --start e2e`` in a 120x40 window
 with a config folder holding one small profile; the test reads the screen with ``capture-pane``
 and types with ``send-keys``, as a person would: wait for the warm VM, reserve it, run a command
-in its console, release it (``ctrl+]`` then ``x``), quit with ``q``, and check that the app ended
+in its console, copy its output with the keyboard (to tmux's buffer by OSC 52) and paste it back,
+release it (``ctrl+]`` then ``x``), quit with ``q``, and check that the app ended
 and took every QEMU process and VM socket folder it made with it.
 """
 from __future__ import annotations
@@ -135,6 +136,24 @@ def test_tui_in_tmux_reserve_type_release_quit(boot: engine.LinuxDirectBoot, tmp
         tmux.keys("Enter")
         wait_until(lambda: any(line.strip() == "e2e-42" for line in tmux.screen().splitlines()),
                    tmux, deadline, "the command's output e2e-42")  # fmt: skip
+
+        # Copy with the keyboard: the app sends the copy as OSC 52, which tmux (told to take it
+        # from applications) keeps as its paste buffer, as a terminal over ssh would take it.
+        tmux.run("set-option", "-s", "set-clipboard", "on")
+        tmux.keys("C-]")
+        wait_until(lambda: "Select with the keyboard" in tmux.screen(), tmux, deadline, "the helper menu")
+        tmux.keys("[")
+        wait_until(lambda: "selecting: arrows/hjkl move" in tmux.screen(), tmux, deadline, "keyboard selection")
+        tmux.keys("Up", "Enter")  # the line above the prompt, copied whole
+        wait_until(lambda: tmux.run("show-buffer", check=False).stdout == "e2e-42", tmux, deadline,
+                   "tmux's paste buffer to hold e2e-42 (OSC 52)")  # fmt: skip
+        # ... and paste it back at the prompt (no key of the selection reached the shell).
+        tmux.keys("C-]")
+        wait_until(lambda: "Paste what was last copied" in tmux.screen(), tmux, deadline, "the helper menu")
+        tmux.keys("v")
+        wait_until(lambda: any(line.rstrip().endswith("# e2e-42") for line in tmux.screen().splitlines()),
+                   tmux, deadline, "the paste at the prompt")  # fmt: skip
+        tmux.keys("C-u")  # the shell's line cleared again
 
         # Release from the console's helper menu: back to the dashboard, the VM gone.
         tmux.keys("C-]")

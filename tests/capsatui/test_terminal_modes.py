@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pyte
 from textual import events
-from textual.app import App, ComposeResult
 from textual.pilot import Pilot
 
 from capsatui.widgets.terminal.model import MAX_PENDING, TerminalModel
@@ -24,6 +23,8 @@ from capsatui.widgets.terminal.modes import (
 )
 from capsatui.widgets.terminal.screen import HistoryTerminal
 from capsatui.widgets.terminal.view import TerminalView
+from tests.capsatui.screen_text import shown
+from tests.capsatui.term_app import TermApp
 
 FAR = float("inf")
 SHELL = b"".join(b"sh %d\r\n" % i for i in range(7)) + b"$ vi"  # 3 lines into history on 20x5
@@ -330,18 +331,6 @@ def test_the_screen_tracks_the_newest_mouse_and_paste_modes() -> None:
 # -- the view -------------------------------------------------------------------------------------
 
 
-class TermApp(App[None]):
-    def __init__(self) -> None:
-        super().__init__()
-        self.written: list[bytes] = []
-
-    async def _write(self, data: bytes) -> None:
-        self.written.append(data)
-
-    def compose(self) -> ComposeResult:
-        yield TerminalView(self._write)
-
-
 def scroll(view: TerminalView, up: bool, x: int, y: int, shift: bool = False) -> None:
     kind = events.MouseScrollUp if up else events.MouseScrollDown
     view.post_message(kind(view, x, y, 0, -1 if up else 1, 0, shift, False, False))
@@ -442,3 +431,24 @@ async def test_the_view_reports_the_mouse_only_when_asked_and_not_with_shift() -
         await pilot.hover(TerminalView, offset=(7, 1))
         await pilot.pause()
         assert app.written == [b"\x1b[<35;8;2M"] and view.selected_text() == "hello"
+
+
+async def test_the_view_redraws_each_row_the_guest_changes() -> None:
+    """Only changed rows are redrawn after an echo: each change must still reach the picture
+    (an echo, its erase, a cursor-addressed write on another row, a scroll)."""
+    app = TermApp()
+    async with app.run_test(size=(40, 6)) as pilot:
+        view = app.query_one(TerminalView)
+        view.focus()
+
+        async def feed(data: bytes) -> list[str]:
+            view.feed(data)
+            await pilot.pause(0.05)
+            return shown(app).splitlines()
+
+        assert (await feed(b"one\r\ntwo\r\n# "))[:3] == ["one", "two", "#"]
+        assert (await feed(b"Z"))[2] == "# Z"
+        assert (await feed(b"\x08\x1b[K"))[2] == "#"
+        assert (await feed(b"\x1b7\x1b[1;1HTOP\x1b8y"))[:3] == ["TOP", "two", "# y"]
+        # Six lines more scroll the screen: every row changes at once.
+        assert (await feed(b"".join(b"\r\nn%d" % i for i in range(6)))) == ["n0", "n1", "n2", "n3", "n4", "n5"]

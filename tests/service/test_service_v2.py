@@ -176,6 +176,11 @@ async def test_the_agent_over_the_wire_streams_apart_and_files(serve: ServeProce
             assert info.value.stdout == b"before\n"
             assert await client.set_console_size(vm, 100, 30) is True  # the view's size, out of band
             assert (await client.agent_exec(vm, "stty size < /dev/ttyS0", timeout=30)).stdout == b"30 100\n"
+            async with await _client(serve) as other:  # another client cannot resize a VM it does not hold
+                with pytest.raises(engine.ServiceError) as refused:
+                    await other.set_console_size(vm, 20, 5)
+                assert refused.value.kind == "NotReserved"
+            assert (await client.agent_exec(vm, "stty size < /dev/ttyS0", timeout=30)).stdout == b"30 100\n"
         finally:
             await client.release(vm)
         net = await client.reserve("net", timeout=120)

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 
 from rich.segment import Segment
 from textual import events
+from textual.geometry import Region
 from textual.strip import Strip
 from textual.widget import Widget
 
@@ -27,6 +28,7 @@ from capsatui.widgets.terminal.model import Resync, TerminalModel
 from capsatui.widgets.terminal.modes import MOUSE_X10, MouseAction, mouse_report, mouse_wanted, paste_bytes
 from capsatui.widgets.terminal.screen import HISTORY_LINES, HistoryTerminal, Line
 from capsatui.widgets.terminal.search import Match, as_pattern
+from capsatui.widgets.terminal.select import Bounds, KeyboardSelection
 from capsatui.widgets.terminal.style import CellStyles
 
 __all__ = ["TerminalView"]
@@ -82,6 +84,8 @@ class TerminalView(Widget, can_focus=True):
         self._answering = False  # a worker writes them, in order
         self._mouse_button: int | None = None  # the guest's press we report motion and release of
         self._mouse_cell: tuple[int, int] | None = None  # where the last motion reported was
+        self.keyboard: KeyboardSelection | None = None  # selecting with the keyboard (copy mode)
+        self._drawn: tuple[HistoryTerminal, int] | None = None  # the screen and cursor row last drawn
 
     @property
     def term(self) -> HistoryTerminal:
@@ -118,7 +122,7 @@ class TerminalView(Widget, can_focus=True):
     @property
     def _holding(self) -> bool:
         """The user reads history or matches: no rebuild swaps the screen under them."""
-        return bool(self.scrollback_lines or self.matches)
+        return bool(self.scrollback_lines or self.matches or self.keyboard)
 
     def _arm(self, delay: float) -> None:
         if not self._timer_armed and self.is_mounted:
@@ -146,6 +150,7 @@ class TerminalView(Widget, can_focus=True):
             # A new screen: the old one's scroll position and selection mean nothing on it.
             self.scrollback_lines = 0
             self._sel_anchor = self._sel_end = None
+            self.keyboard = None
             self.refresh()
         if not model.rebuilding and model.has_output:
             self.flush(max(deadline - time.perf_counter(), 0.0))
@@ -158,10 +163,26 @@ class TerminalView(Widget, can_focus=True):
         """Feed pending output to pyte (all of it, or what ``budget`` seconds allow) and redraw."""
         pushed = self.model.flush(budget)
         self._last_flush = time.perf_counter()
-        if self.scrollback_lines:  # keep a scrolled-back view on the same lines
+        if self.scrollback_lines or self.keyboard:  # keep a scrolled-back or selecting view on its lines
             self.scrollback_lines = min(self.scrollback_lines + pushed, len(self.term.history))
         self._send_answers()
-        self.refresh()
+        self._refresh_changed(pushed)
+
+    def _refresh_changed(self, pushed: int) -> None:
+        """Redraw the rows pyte changed and the cursor's old and new rows, when the live screen
+        shows as it was last drawn; else (lines scrolled off, scrolled back, a selection or search
+        marks, a rebuilt screen) the whole view. An echo then costs a row's render, not a screen's."""
+        term = self.term
+        rows = set(term.dirty)
+        term.dirty.clear()
+        drawn, self._drawn = self._drawn, (term, term.cursor.y)
+        marked = self.keyboard is not None or self.matches or self._sel_anchor is not None
+        if pushed or self.scrollback_lines or marked or drawn is None or drawn[0] is not term:
+            self.refresh()
+            return
+        rows.update((drawn[1], term.cursor.y))
+        width = self.size.width
+        self.refresh(*[Region(0, y, width, 1) for y in sorted(rows) if 0 <= y < term.lines])
 
     def _send_answers(self) -> None:
         """Queue the screen's answers to the guest; a worker writes them in order (the feed never
@@ -225,7 +246,10 @@ class TerminalView(Widget, can_focus=True):
             return Strip([Segment(" " * width, base)], width)
         term = self.term
         cursor_x = -1
-        if self.has_focus and not self.scrollback_lines and y == term.cursor.y and not term.cursor.hidden:
+        if self.keyboard is not None:
+            if self.keyboard.cursor[0] == number:
+                cursor_x = self.keyboard.cursor[1]
+        elif self.has_focus and not self.scrollback_lines and y == term.cursor.y and not term.cursor.hidden:
             cursor_x = term.cursor.x
         selected, matched = self._marks(number)
         segments: list[Segment] = []
@@ -264,6 +288,9 @@ class TerminalView(Widget, can_focus=True):
             return  # bubbles to the screen's bindings
         event.stop()
         event.prevent_default()
+        if self.keyboard is not None:
+            self._selection_key(event.key, event.character)
+            return
         if self._scroll_key(event.key):
             return
         data = key_to_bytes(event.key, event.character, self.term.app_cursor_keys)
@@ -278,9 +305,13 @@ class TerminalView(Widget, can_focus=True):
         """Pasted text goes to the guest as typed (newlines as Enter's ``\r``), bracketed when it
         asked for that; a bracket marker inside the text is removed (it cannot end the bracket)."""
         event.stop()
-        data = paste_bytes(event.text, self.term.bracketed_paste)
+        self.paste(event.text)
+
+    def paste(self, text: str) -> None:
+        """Send ``text`` to the guest as a paste (see :meth:`on_paste`)."""
+        data = paste_bytes(text, self.term.bracketed_paste)
         if self._holding:
-            self.live()
+            self.end_selection()
         if self.write_callback is not None and data:
             self.run_worker(self.write_callback(data), group="paste")
 
@@ -305,6 +336,49 @@ class TerminalView(Widget, can_focus=True):
         else:
             return False
         return True
+
+    def _selection_key(self, key: str, character: str | None) -> None:
+        """A key while selecting with the keyboard: none goes to the guest."""
+        assert self.keyboard is not None
+        outcome = self.keyboard.key(key, character, self._bounds())
+        if outcome == "copy":
+            (self._sel_anchor, self._sel_end) = self.keyboard.span()
+            self.copy_selection()
+            self.end_selection()
+        elif outcome == "leave":
+            self.end_selection()
+        elif outcome == "moved":
+            keyboard = self.keyboard
+            self._sel_anchor, self._sel_end = (keyboard.anchor, keyboard.cursor) if keyboard.anchor else (None, None)
+            line = keyboard.cursor[0]
+            if not self.top_line <= line < self.top_line + self.term.lines:  # keep the cursor in view
+                top = line if line < self.top_line else line - self.term.lines + 1
+                self.scrollback_lines = max(0, min(self.term.pushed - top, len(self.term.history)))
+            self.refresh()
+
+    def _bounds(self) -> Bounds:
+        term = self.term
+        return Bounds(first=term.pushed - len(term.history), last=term.pushed + term.lines - 1,
+                      columns=term.columns, page=max(term.lines - 1, 1), text=self.model.text)
+
+    def start_selection(self) -> None:
+        """Select with the keyboard (see :mod:`capsatui.widgets.terminal.select`), from the
+        terminal's cursor (or the bottom row shown, when scrolled back); output keeps coming."""
+        term = self.term
+        if self.scrollback_lines:
+            cursor = (self.top_line + term.lines - 1, 0)
+        else:
+            cursor = (term.pushed + term.cursor.y, min(term.cursor.x, term.columns - 1))
+        self.keyboard = KeyboardSelection(cursor)
+        self._sel_anchor = self._sel_end = None
+        self.focus()
+        self.refresh()
+
+    def end_selection(self) -> None:
+        """Leave keyboard selection, back to the live screen."""
+        self.keyboard = None
+        self._sel_anchor = self._sel_end = None
+        self.live()
 
     def scroll_by(self, lines: int) -> None:
         """Scroll back (positive) or forward by ``lines``, within the history."""
