@@ -70,6 +70,21 @@ def test_a_flood_drops_the_oldest_output_at_a_line_boundary() -> None:
 FLOOD = b"\x1b7\x1b[1;1Hflood\r\n\x1b8"  # save the cursor, write the top row, restore it
 
 
+def test_an_echo_after_a_cut_lands_at_the_prompt_before_any_rebuild() -> None:
+    """A cut at a line boundary keeps a flood unit's "restore cursor" and drops its "save": the
+    restore brings back what the previous save kept (one slot, as on a DEC terminal), so the
+    shell's next echo is drawn at the prompt, not at the home position the flood writes over."""
+    model = TerminalModel(40, 10)  # no resync source: only the live screen can get it right
+    model.feed(b"\x1b[2J\x1b[10;1H# " + FLOOD)
+    model.flush()
+    model.feed(FLOOD * (MAX_PENDING // len(FLOOD) + 50))
+    assert model.dropped > 0 and model.pending_output.startswith(b"\x1b8")  # a restore without its save
+    model.flush()
+    model.feed(b"Z")
+    model.flush()
+    assert screen_rows(model)[9] == "# Z" and screen_rows(model)[0] == "flood"
+
+
 def test_a_dropped_echo_is_drawn_by_the_rebuild() -> None:
     ring = Ring()
     model = TerminalModel(40, 10, resync=ring)

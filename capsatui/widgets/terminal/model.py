@@ -207,10 +207,10 @@ class TerminalModel:
             shadow.resize(lines=old.lines, columns=old.columns)
         shadow.skip_pushes = old.lines
         # A tail starts anywhere in a "save cursor ... restore cursor" update (a status line, a
-        # flood writing the top rows): anchor it at the outermost saved cursor (the real one) and
-        # let a "restore" whose "save" is before the tail leave the cursor there.
+        # flood writing the top rows): anchor it at the saved cursor (the real one; the screen
+        # keeps one, as a terminal does) and let a "restore" whose "save" is before the tail
+        # leave the cursor there.
         if shadow.savepoints:
-            del shadow.savepoints[1:]
             shadow.restore_cursor()
         shadow.lenient_restore = True
         shadow.answering = False  # the replayed questions were asked (and answered) long ago

@@ -44,6 +44,8 @@ class HistoryTerminal(pyte.Screen):
     and nothing scrolled off goes into history; leaving it puts the main rows back as they were.
     It starts cleared each time (xterm keeps a ``?47`` screen's old content; nothing relies on it).
 
+    "Save cursor" keeps one saved state, as a DEC terminal does, where pyte keeps a stack.
+
     Answers to the guest (``ESC[6n``, ``ESC[5n``, ``ESC[c``) are queued in :attr:`answers`, in
     order, for the owner to send; a screen rebuilt from old output sets :attr:`answering` False
     (those questions were answered when they were new)."""
@@ -251,9 +253,23 @@ class HistoryTerminal(pyte.Screen):
             pos += count
         self.dirty.add(cursor.y)
 
+    # "Save cursor" has one slot, as on a DEC terminal and xterm (pyte keeps a stack, which its
+    # "restore" pops): a restore restores the last save, every time. That is what a flood cut
+    # needs: a dropped "save" whose "restore" was kept brings back the cursor the previous
+    # "save" kept (the prompt's, for output drawn on a status row), not the home position.
+
+    def save_cursor(self) -> None:
+        super().save_cursor()
+        del self.savepoints[:-1]
+
     def restore_cursor(self) -> None:
-        if self.savepoints or not self.lenient_restore:
-            super().restore_cursor()
+        if not self.savepoints:
+            if not self.lenient_restore:  # nothing saved: home, origin mode off (pyte's)
+                super().restore_cursor()
+            return
+        saved = self.savepoints[-1]
+        super().restore_cursor()  # pops the slot and makes its cursor the live one ...
+        self.savepoints.append(saved._replace(cursor=copy.copy(saved.cursor)))  # ... so it stays, unmoved
 
     def index(self) -> None:
         top, bottom = self.margins or Margins(0, self.lines - 1)
