@@ -164,7 +164,7 @@ class TerminalView(Widget, can_focus=True):
         pushed = self.model.flush(budget)
         self._last_flush = time.perf_counter()
         if self.scrollback_lines or self.keyboard:  # keep a scrolled-back or selecting view on its lines
-            self.scrollback_lines = min(self.scrollback_lines + pushed, len(self.term.history))
+            self._scroll_back_to(self.scrollback_lines + pushed)
         self._send_answers()
         self._refresh_changed(pushed)
 
@@ -342,7 +342,7 @@ class TerminalView(Widget, can_focus=True):
         assert self.keyboard is not None
         outcome = self.keyboard.key(key, character, self._bounds())
         if outcome == "copy":
-            (self._sel_anchor, self._sel_end) = self.keyboard.span()
+            self._sel_anchor, self._sel_end = self.keyboard.span()
             self.copy_selection()
             self.end_selection()
         elif outcome == "leave":
@@ -353,7 +353,7 @@ class TerminalView(Widget, can_focus=True):
             line = keyboard.cursor[0]
             if not self.top_line <= line < self.top_line + self.term.lines:  # keep the cursor in view
                 top = line if line < self.top_line else line - self.term.lines + 1
-                self.scrollback_lines = max(0, min(self.term.pushed - top, len(self.term.history)))
+                self._scroll_back_to(self.term.pushed - top)
             self.refresh()
 
     def _bounds(self) -> Bounds:
@@ -380,9 +380,13 @@ class TerminalView(Widget, can_focus=True):
         self._sel_anchor = self._sel_end = None
         self.live()
 
+    def _scroll_back_to(self, lines: int) -> None:
+        """Show the view ``lines`` back from the live screen, within the history."""
+        self.scrollback_lines = max(0, min(lines, len(self.term.history)))
+
     def scroll_by(self, lines: int) -> None:
         """Scroll back (positive) or forward by ``lines``, within the history."""
-        self.scrollback_lines = max(0, min(self.scrollback_lines + lines, len(self.term.history)))
+        self._scroll_back_to(self.scrollback_lines + lines)
         self.refresh()
 
     def live(self) -> None:
@@ -411,7 +415,7 @@ class TerminalView(Widget, can_focus=True):
         number = self.matches[self.match_index][0]
         if not (self.top_line <= number < self.top_line + self.term.lines):
             # Put the match in the middle of the view.
-            self.scrollback_lines = max(0, min(self.term.pushed - number + self.term.lines // 2, len(self.term.history)))
+            self._scroll_back_to(self.term.pushed - number + self.term.lines // 2)
         self.refresh()
 
     # -- selection ------------------------------------------------------------------------------
